@@ -1,0 +1,66 @@
+"""baton: typed, durable multi-agent pipelines.
+
+Steps pass Pydantic contracts to each other; every run is recorded, checkpointed step by step, and resumes
+from the step that failed.
+"""
+
+from baton.api import cancel, get_run, resume, run, submit
+from baton.errors import (
+    BatonError,
+    Cancelled,
+    ContractViolation,
+    DefinitionError,
+    InvalidInput,
+    RunError,
+    RunNotFound,
+    RunNotResumable,
+    StepFailed,
+    TransientError,
+    UserError,
+)
+from baton.patterns import Pipeline
+from baton.retry import Retry, register_transient
+from baton.run import Run
+from baton.runtime import register_runtime
+from baton.runtime.local import LocalRuntime
+from baton.status import RunStatus, StepStatus
+from baton.steps import Step, step
+from baton.store import RunStore, open_store
+
+register_runtime("local", LocalRuntime)
+
+__all__ = [
+    # building blocks
+    "Pipeline",
+    "Retry",
+    "Step",
+    "step",
+    "register_transient",
+    # running
+    "Run",
+    "RunStatus",
+    "StepStatus",
+    "cancel",
+    "get_run",
+    "resume",
+    "run",
+    "submit",
+    # storage and runtimes
+    "RunStore",
+    "open_store",
+    "register_runtime",
+    # errors
+    "BatonError",
+    "Cancelled",
+    "ContractViolation",
+    "DefinitionError",
+    "InvalidInput",
+    "RunError",
+    "RunNotFound",
+    "RunNotResumable",
+    "StepFailed",
+    "TransientError",
+    "UserError",
+]
+
+__version__ = "0.1.0"

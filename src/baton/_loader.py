@@ -1,0 +1,79 @@
+"""Finding a pattern from a target string: `package.module:name` or `path/to/file.py:name`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from baton.errors import UserError
+
+__all__ = ["load_target", "normalize_target"]
+
+
+def _split(target: str) -> tuple[str, str]:
+    where, sep, name = target.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise UserError(f"target {target!r} must look like 'package.module:name' or 'path/to/file.py:name'")
+    return where, name
+
+
+def _is_path(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or "\\" in where
+
+
+def normalize_target(target: str) -> str:
+    """The target with a file path made absolute, so that it can be loaded again from anywhere."""
+    where, name = _split(target)
+    if _is_path(where):
+        return f"{Path(where).resolve()}:{name}"
+    return target
+
+
+def load_target(target: str) -> Any:
+    """Import the object a target names."""
+    where, name = _split(target)
+    module = _load_file(where) if _is_path(where) else _import(where)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise UserError(f"target {target!r}: {where} has no attribute {name!r}") from None
+
+
+def _import(module_name: str) -> Any:
+    # Like `python -m`, let a module in the current directory be found.
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise UserError(f"cannot import module {module_name!r}: {exc}") from None
+        raise
+
+
+def _load_file(path_text: str) -> Any:
+    path = Path(path_text).resolve()
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    # A stable module name per file, so that loading it twice gives the same module (and the same classes).
+    module_name = f"baton_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    # Imports next to the file (helpers, contracts) should work as they do when the file is run directly.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module

@@ -1,0 +1,58 @@
+"""Who runs a run: an owner id per process, and a test of whether that process still lives."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+__all__ = ["owner_alive", "this_owner"]
+
+
+def _start_time(pid: int) -> str | None:
+    # The start time tells a live process from a new one that was given a dead one's pid; a zombie (killed,
+    # not yet reaped by its parent) counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return "zombie" if fields[0] in ("Z", "X") else fields[19]
+
+
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
+
+
+def this_owner() -> str:
+    """The owner id of this process: `host:pid:start`."""
+    pid = os.getpid()
+    return f"{_host()}:{pid}:{_start_time(pid) or '?'}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True or False for an owner on this host; None when it lives elsewhere (then only its lease tells)."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    host, pid_text, start = parts
+    if host != _host():
+        return None
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    actual = _start_time(pid)
+    if actual == "zombie":
+        return False
+    if actual is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return start == "?"
+    return start in ("?", actual)

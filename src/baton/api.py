@@ -1,0 +1,46 @@
+"""Module-level conveniences: `baton.run`, `baton.submit`, `baton.resume`, `baton.cancel`, `baton.get_run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from baton.patterns.registry import find_pattern
+from baton.run import Run
+from baton.status import RunStatus
+from baton.store import RunStore, open_store
+
+__all__ = ["cancel", "get_run", "resume", "run", "submit"]
+
+
+def _store(store: RunStore | str | None) -> RunStore:
+    return store if isinstance(store, RunStore) else open_store(store)
+
+
+def run(pattern: Any, input: BaseModel | dict[str, Any] | str, **options: Any) -> Run:
+    """Run `pattern` to the end on `input`; the same as `pattern.run(input)`."""
+    return pattern.run(input, **options)
+
+
+def submit(pattern: Any, input: BaseModel | dict[str, Any] | str, **options: Any) -> str:
+    """Start `pattern` on `input` and return the run id at once; the same as `pattern.submit(input)`."""
+    return pattern.submit(input, **options)
+
+
+def resume(run_id: str, *, store: RunStore | str | None = None, **options: Any) -> Run:
+    """Continue a failed or interrupted run at its first unfinished step, finding its pattern by name."""
+    s = _store(store)
+    recorded = s.get_run(run_id)
+    pattern = find_pattern(recorded.pipeline, recorded.target)
+    return pattern.resume(recorded.id, store=s, **options)
+
+
+def cancel(run_id: str, *, store: RunStore | str | None = None) -> RunStatus:
+    """Cancel a run: at once when idle, after its current step when running. Returns its status now."""
+    return _store(store).request_cancel(run_id)
+
+
+def get_run(run_id: str, *, store: RunStore | str | None = None) -> Run:
+    """The recorded run `run_id` (a unique prefix will do), with every step."""
+    return _store(store).get_run(run_id)

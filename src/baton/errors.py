@@ -1,0 +1,121 @@
+"""The error tree: one root, split by audience.
+
+`UserError` is the user's mistake (a bad definition, bad input, an unknown run), raised as early as possible.
+`RunError` and its children are failures that happen while a run executes. Every class survives pickling,
+because errors cross process boundaries on distributed runtimes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BatonError",
+    "Cancelled",
+    "ContractViolation",
+    "DefinitionError",
+    "InvalidInput",
+    "RunError",
+    "RunNotFound",
+    "RunNotResumable",
+    "StepFailed",
+    "TransientError",
+    "UserError",
+]
+
+
+class BatonError(Exception):
+    """Root of every error baton raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__.copy(), self.args))
+
+
+def _rebuild(cls: type[BatonError], state: dict[str, Any], args: tuple[Any, ...]) -> BatonError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+# -- the user's mistakes ---------------------------------------------------------------------------------
+
+
+class UserError(BatonError):
+    """A mistake in how baton is used: a bad definition, bad input, an unknown run."""
+
+
+class DefinitionError(UserError):
+    """A step or pattern is defined wrongly; raised when it is defined, not when it runs."""
+
+
+class RunNotFound(UserError):
+    """No run has the given id (or the prefix is ambiguous)."""
+
+
+class RunNotResumable(UserError):
+    """A run cannot be resumed: it already succeeded, is live elsewhere, or its code changed."""
+
+
+# -- failures during a run -------------------------------------------------------------------------------
+
+
+class ContractViolation(BatonError):
+    """A value crossing a boundary does not satisfy its contract."""
+
+    def __init__(self, *, contract: str, errors: list[dict[str, str]], step: str | None, where: str) -> None:
+        self.contract = contract
+        self.errors = errors
+        self.step = step
+        self.where = where
+        fields = "; ".join(f"field '{e['field']}': {e['message']}" for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        who = f"step '{step}' {where}" if step else where
+        super().__init__(f"{who} violates contract {contract}: {fields}{more}")
+
+    @classmethod
+    def from_validation_error(cls, exc: Any, *, contract: str, step: str | None, where: str) -> ContractViolation:
+        """Build from a `pydantic.ValidationError`, keeping each field's path and message."""
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "(root)",
+                "message": e["msg"],
+                "type": e["type"],
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        return cls(contract=contract, errors=errors, step=step, where=where)
+
+
+class InvalidInput(ContractViolation, UserError):
+    """The input of a run does not satisfy the first step's contract; the run is not started."""
+
+
+class RunError(BatonError):
+    """A failure while a run executes."""
+
+
+class StepFailed(RunError):
+    """A run ended failed; names the step and carries the recorded error."""
+
+    def __init__(self, run_id: str, step: str, error_type: str, message: str) -> None:
+        self.run_id = run_id
+        self.step = step
+        self.error_type = error_type
+        self.error_message = message
+        super().__init__(f"run {run_id} failed at step '{step}': {error_type}: {message}")
+
+
+class TransientError(RunError):
+    """Raise (or subclass) this from a step for a failure worth retrying: the step's Retry policy applies."""
+
+
+class Cancelled(BaseException):
+    """The run was cancelled. A `BaseException`, so that `except Exception` in user code cannot swallow it."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} was cancelled")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Cancelled, (self.run_id,))

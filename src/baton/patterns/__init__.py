@@ -1,0 +1,5 @@
+"""Coordination patterns: how steps are put together."""
+
+from baton.patterns.pipeline import Pipeline
+
+__all__ = ["Pipeline"]

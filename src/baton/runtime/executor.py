@@ -1,0 +1,105 @@
+"""Executing one attempt of one step: the code path every runtime shares."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from baton.contracts import validate_output
+from baton.errors import ContractViolation
+from baton.run import ErrorInfo
+from baton.steps import Step
+from baton.store import RunStore, StepResult, utcnow
+
+__all__ = ["Failed", "Observer", "Outcome", "RetryLater", "Succeeded", "error_info", "execute_attempt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """The step's output was validated and checkpointed."""
+
+    value: BaseModel
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """A transient failure: try again after `delay` seconds (as attempt `next_attempt`)."""
+
+    delay: float
+    next_attempt: int
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The step failed for good; the step and the run are recorded failed."""
+
+    error: ErrorInfo
+
+
+Outcome = Succeeded | RetryLater | Failed
+
+
+class Observer(Protocol):
+    """Told what a run does as it does it (the CLI's live progress display is one)."""
+
+    def step_started(self, run_id: str, idx: int, name: str, attempt: int) -> None:
+        """A step's attempt starts."""
+
+    def step_finished(self, run_id: str, idx: int, name: str, outcome: Outcome, duration_s: float) -> None:
+        """A step's attempt ended with `outcome`."""
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Type, message and traceback of an exception, as the store keeps them."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "baton.errors") else f"{kind.__module__}.{kind.__qualname__}"
+    tb = "".join(traceback.format_exception(exc))
+    return ErrorInfo(type=name, message=str(exc), traceback=tb)
+
+
+def execute_attempt(
+    store: RunStore,
+    run_id: str,
+    owner: str,
+    step: Step,
+    idx: int,
+    value: BaseModel,
+    *,
+    attempt: int,
+    attempts_this_go: int,
+    replace: bool,
+    next_idx: int | None,
+) -> Outcome:
+    """Run one attempt of `step` on `value`, validate its output, and record what happened.
+
+    `attempts_this_go` counts the attempts made since the run was (re)started, which is what the step's
+    Retry policy limits; `attempt` is the step's attempt number over the run's whole life.
+    """
+    started = utcnow()
+    try:
+        produced = step.execute(value)
+        output, output_json = validate_output(step.output, produced, step=step.name)
+    except Exception as exc:
+        finished = utcnow()
+        info = error_info(exc)
+        if isinstance(exc, ContractViolation):
+            # Keep the offending fields as data too; the message already names them.
+            info = info.model_copy(update={"message": str(exc)})
+        retrying = step.retry.should_retry(exc, attempts_this_go)
+        result = StepResult(idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=finished, error=info)
+        store.record_failure(run_id, owner, result, retrying=retrying, replace=replace)
+        if retrying:
+            return RetryLater(step.retry.delay(attempts_this_go), attempt + 1, info)
+        return Failed(info)
+    result = StepResult(
+        idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), output_json=output_json
+    )
+    cancel = store.checkpoint(
+        run_id, owner, result, replace=replace, next_idx=next_idx, final_output=output_json if next_idx is None else None
+    )
+    return Succeeded(output, cancel)

@@ -1,0 +1,24 @@
+"""The run store: where runs, steps, checkpoints and errors are kept (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+
+from baton.settings import Settings
+from baton.store.store import LostOwnership, RunStore, StepResult, utcnow
+
+__all__ = ["LostOwnership", "RunStore", "StepResult", "open_store", "utcnow"]
+
+_stores: dict[str, RunStore] = {}
+_lock = threading.Lock()
+
+
+def open_store(url: str | None = None) -> RunStore:
+    """The store at `url` (default: BATON_DATABASE_URL, else ./.baton/baton.db), shared per process."""
+    settings = Settings.from_env()
+    url = url or settings.resolved_database_url()
+    with _lock:
+        store = _stores.get(url)
+        if store is None:
+            store = _stores[url] = RunStore(url, lease_seconds=settings.lease_seconds)
+        return store

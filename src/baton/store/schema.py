@@ -1,0 +1,95 @@
+"""The store's tables. Changing them needs a new migration in `migrations/versions/`."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["attempts", "metadata", "runs", "steps"]
+
+metadata = MetaData()
+
+# JSONB on PostgreSQL so that checkpoints can be queried with SQL's JSON operators; TEXT holding JSON on
+# SQLite, where json_extract() reads it.
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+runs = Table(
+    "baton_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("pipeline", String(200), nullable=False),
+    # How to import the pattern again ("pkg.mod:name" or "/abs/file.py:name"), for resume and workers.
+    Column("target", String(1000), nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("input", Json, nullable=False),
+    Column("output", Json, nullable=True),
+    Column("step_names", Json, nullable=False),
+    Column("current_step", Integer, nullable=True),
+    Column("current_attempt", Integer, nullable=False, default=0),
+    Column("current_started_at", DateTime, nullable=True),
+    Column("failed_step", String(100), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    # Who is executing the run ("host:pid:start") and until when that claim holds without a heartbeat.
+    Column("owner", String(200), nullable=True),
+    Column("lease_expires_at", DateTime, nullable=True),
+    Column("tokens_in", Integer, nullable=False, default=0),
+    Column("tokens_out", Integer, nullable=False, default=0),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime, nullable=True),
+    Column("finished_at", DateTime, nullable=True),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_baton_runs_created", "created_at", "id"),
+    Index("ix_baton_runs_status_created", "status", "created_at"),
+    Index("ix_baton_runs_pipeline_created", "pipeline", "created_at"),
+)
+
+# One row per step that has finished at least one attempt; a step with no row is pending (or running, when
+# it is the run's current_step).
+steps = Table(
+    "baton_steps",
+    metadata,
+    Column("run_id", String(32), ForeignKey("baton_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("output", Json, nullable=True),
+    Column("error_type", String(200), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("error_traceback", Text, nullable=True),
+    Column("tokens_in", Integer, nullable=False, default=0),
+    Column("tokens_out", Integer, nullable=False, default=0),
+    Column("started_at", DateTime, nullable=True),
+    Column("finished_at", DateTime, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+)
+
+# Every failed attempt, kept after a later attempt succeeds, so a flaky step leaves a trail.
+attempts = Table(
+    "baton_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("baton_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_idx", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error_type", String(200), nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("error_traceback", Text, nullable=True),
+    Column("retried", Boolean, nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=False),
+    Index("ix_baton_attempts_run", "run_id", "step_idx"),
+)
