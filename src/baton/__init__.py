@@ -4,7 +4,7 @@ Steps pass Pydantic contracts to each other; every run is recorded, checkpointed
 from the step that failed.
 """
 
-from baton.api import cancel, get_run, resume, run, submit
+from baton.api import cancel, get_run, resume, run, submit, wait
 from baton.errors import (
     BatonError,
     Cancelled,
@@ -45,6 +45,7 @@ __all__ = [
     "resume",
     "run",
     "submit",
+    "wait",
     # storage and runtimes
     "RunStore",
     "open_store",

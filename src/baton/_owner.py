@@ -28,7 +28,12 @@ def _host() -> str:
 
 def this_owner() -> str:
     """The owner id of this process: `host:pid:start`."""
-    pid = os.getpid()
+    return _owner_of(os.getpid())
+
+
+@functools.cache
+def _owner_of(pid: int) -> str:
+    # Keyed by pid, so that a forked child (a Celery prefork worker) gets its own id.
     return f"{_host()}:{pid}:{_start_time(pid) or '?'}"
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel
 
+from baton.errors import RunError
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.status import RunStatus
 from baton.store import RunStore, open_store
 
-__all__ = ["cancel", "get_run", "resume", "run", "submit"]
+__all__ = ["cancel", "get_run", "resume", "run", "submit", "wait"]
 
 
 def _store(store: RunStore | str | None) -> RunStore:
@@ -44,3 +46,19 @@ def cancel(run_id: str, *, store: RunStore | str | None = None) -> RunStatus:
 def get_run(run_id: str, *, store: RunStore | str | None = None) -> Run:
     """The recorded run `run_id` (a unique prefix will do), with every step."""
     return _store(store).get_run(run_id)
+
+
+def wait(run_id: str, *, store: RunStore | str | None = None, timeout: float | None = None, poll: float = 0.05) -> Run:
+    """Wait until a run stops running (succeeded, failed, interrupted or cancelled) and return it.
+
+    It watches the store, not a runtime's own results, so it works the same for every runtime.
+    """
+    s = _store(store)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        found = s.get_run(run_id)
+        if found.status.finished:
+            return found
+        if deadline is not None and time.monotonic() >= deadline:
+            raise RunError(f"run {found.id} is still {found.status.value} after {timeout} s")
+        time.sleep(poll)

@@ -61,9 +61,7 @@ def validate_json(contract: type[M], raw: str | bytes, *, step: str | None, wher
     try:
         return contract.model_validate_json(raw)
     except ValidationError as exc:
-        raise ContractViolation.from_validation_error(
-            exc, contract=contract.__name__, step=step, where=where
-        ) from None
+        raise ContractViolation.from_validation_error(exc, contract=contract.__name__, step=step, where=where) from None
 
 
 def dump_json(value: BaseModel) -> str:

@@ -70,7 +70,7 @@ class ContractViolation(BatonError):
         self.where = where
         fields = "; ".join(f"field '{e['field']}': {e['message']}" for e in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        who = f"step '{step}' {where}" if step else where
+        who = f"step '{step}': {where}" if step else where
         super().__init__(f"{who} violates contract {contract}: {fields}{more}")
 
     @classmethod

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from pydantic import BaseModel, Field
 
 from baton.errors import StepFailed
 from baton.status import RunStatus, StepStatus
@@ -13,15 +13,21 @@ from baton.status import RunStatus, StepStatus
 __all__ = ["AttemptError", "ErrorInfo", "Run", "StepRecord", "Tokens"]
 
 
-class ErrorInfo(BaseModel):
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
     """The error that ended a step: type, message and traceback."""
 
     type: str
     message: str
     traceback: str | None = None
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """As `show --json` prints it."""
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
-class AttemptError(BaseModel):
+
+@dataclass(frozen=True, slots=True)
+class AttemptError:
     """A failed attempt of a step, kept even when a later attempt succeeded."""
 
     attempt: int
@@ -31,14 +37,19 @@ class AttemptError(BaseModel):
     finished_at: datetime
 
 
-class Tokens(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Tokens:
     """LLM tokens spent: prompt (`input`) and completion (`output`)."""
 
     input: int = 0
     output: int = 0
 
 
-class StepRecord(BaseModel):
+NO_TOKENS = Tokens()
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
     """One step of a run: status, attempts, checkpointed output, error, tokens and timings."""
 
     name: str
@@ -46,11 +57,11 @@ class StepRecord(BaseModel):
     attempts: int = 0
     output: dict[str, Any] | None = None
     error: ErrorInfo | None = None
-    tokens: Tokens = Field(default_factory=Tokens)
+    tokens: Tokens = NO_TOKENS
     duration_ms: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    attempt_errors: list[AttemptError] = Field(default_factory=list)
+    attempt_errors: tuple[AttemptError, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
         """The documented `show --json` shape of a step."""
@@ -59,26 +70,27 @@ class StepRecord(BaseModel):
             "status": self.status.value,
             "attempts": self.attempts,
             "output": self.output,
-            "error": self.error.model_dump() if self.error else None,
-            "tokens": self.tokens.model_dump(),
+            "error": self.error.to_json_dict() if self.error else None,
+            "tokens": {"input": self.tokens.input, "output": self.tokens.output},
             "duration_ms": self.duration_ms if self.duration_ms is not None else 0.0,
         }
 
 
-class Run(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Run:
     """A run as recorded: its status, input, output and one record per step."""
 
     id: str
     pipeline: str
     status: RunStatus
     input: dict[str, Any]
+    created_at: datetime
     output: dict[str, Any] | None = None
-    steps: list[StepRecord] = Field(default_factory=list)
+    steps: tuple[StepRecord, ...] = ()
     target: str | None = None
     failed_step: str | None = None
     cancel_requested: bool = False
-    tokens: Tokens = Field(default_factory=Tokens)
-    created_at: datetime
+    tokens: Tokens = NO_TOKENS
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -93,6 +105,10 @@ class Run(BaseModel):
             if record.name == name:
                 return record
         raise KeyError(f"run {self.id} has no step {name!r}; its steps: {[s.name for s in self.steps]}")
+
+    def replace(self, **changes: Any) -> Run:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
     def raise_for_status(self) -> Run:
         """Raise `StepFailed` unless the run succeeded; returns the run so calls can be chained."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -10,16 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from baton._ids import new_run_id
-from baton._owner import this_owner
 from baton.contracts import validate_input
-from baton.errors import DefinitionError, RunNotResumable
+from baton.errors import DefinitionError
 from baton.patterns.registry import register
 from baton.run import Run
 from baton.runtime import get_runtime
 from baton.runtime.executor import Observer
-from baton.runtime.local import plan_resume
-from baton.status import RunStatus
 from baton.steps import Step
 from baton.store import RunStore, open_store
 
@@ -45,9 +42,7 @@ class Pipeline:
         for position, item in enumerate(steps):
             if not isinstance(item, Step):
                 hint = " (did you forget @step?)" if callable(item) else ""
-                raise DefinitionError(
-                    f"Pipeline '{name}': item {position} is {item!r}, not a step{hint}"
-                )
+                raise DefinitionError(f"Pipeline '{name}': item {position} is {item!r}, not a step{hint}")
         seen: set[str] = set()
         for item in steps:
             if item.name in seen:
@@ -55,7 +50,7 @@ class Pipeline:
                     f"Pipeline '{name}': two steps are named '{item.name}'; step names must be unique"
                 )
             seen.add(item.name)
-        for before, after in zip(steps, steps[1:], strict=False):
+        for before, after in itertools.pairwise(steps):
             if not issubclass(before.output, after.input):
                 raise DefinitionError(
                     f"Pipeline '{name}': step '{before.name}' returns {before.output.__name__}, but the next "
@@ -102,25 +97,19 @@ class Pipeline:
         observer: Observer | None = None,
     ) -> Run:
         """Run the pipeline to the end on `input` and return the recorded Run (check `.status`)."""
-        store = _store(store)
-        run_id, value = self._create(store, input, owner=this_owner())
-        if observer is not None and hasattr(observer, "run_created"):
-            observer.run_created(run_id)
-        return get_runtime(runtime).start(store, run_id, self.steps, value, observer=observer)
+        value = validate_input(self.input, input, step=self.steps[0].name)
+        return get_runtime(runtime).run(_store(store), self, value, observer)
 
     def submit(
-        self, input: BaseModel | dict[str, Any] | str, *, store: RunStore | str | None = None, runtime: str = "local"
+        self,
+        input: BaseModel | dict[str, Any] | str,
+        *,
+        store: RunStore | str | None = None,
+        runtime: str = "local",
     ) -> str:
         """Start the pipeline on `input` and return the run id at once."""
-        store = _store(store)
-        run_id, value = self._create(store, input, owner=None)
-        rt = get_runtime(runtime)
-
-        def go() -> Run:
-            return self._resume_in(store, run_id, rt, observer=None)
-
-        rt.submit(go, run_id)
-        return run_id
+        value = validate_input(self.input, input, step=self.steps[0].name)
+        return get_runtime(runtime).submit(_store(store), self, value)
 
     def resume(
         self,
@@ -131,36 +120,8 @@ class Pipeline:
         observer: Observer | None = None,
     ) -> Run:
         """Continue a failed or interrupted run at its first unfinished step; finished steps are replayed."""
-        store = _store(store)
-        return self._resume_in(store, store.resolve_id(run_id), get_runtime(runtime), observer=observer)
-
-    def _resume_in(self, store: RunStore, run_id: str, rt: Any, observer: Observer | None) -> Run:
-        run = store.get_run(run_id)
-        if run.pipeline != self.name:
-            raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{self.name}'")
-        idx, value, attempt, replace = plan_resume(store, run, self.steps)
-        statuses = [RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PENDING]
-        if not store.claim(run.id, this_owner(), start_idx=idx, attempt=attempt, statuses=statuses):
-            raise RunNotResumable(f"run {run.id} was taken by another process while resuming; try again")
-        if observer is not None and hasattr(observer, "run_created"):
-            observer.run_created(run.id)
-        return rt.start(
-            store, run.id, self.steps, value,
-            start_idx=idx, first_attempt=attempt, replace_first=replace, observer=observer,
-        )  # fmt: skip
-
-    def _create(self, store: RunStore, input: Any, *, owner: str | None) -> tuple[str, BaseModel]:
-        value = validate_input(self.input, input, step=self.steps[0].name)
-        run_id = new_run_id()
-        store.create_run(
-            run_id=run_id,
-            pipeline=self.name,
-            target=self.target,
-            input_json=value.model_dump_json(),
-            step_names=self.step_names,
-            owner=owner,
-        )
-        return run_id, value
+        s = _store(store)
+        return get_runtime(runtime).resume(s, self, s.resolve_id(run_id), observer)
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name}: {' -> '.join(self.step_names)}>"

@@ -9,10 +9,9 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from baton.contracts import validate_output
-from baton.errors import ContractViolation
 from baton.run import ErrorInfo
 from baton.steps import Step
-from baton.store import RunStore, StepResult, utcnow
+from baton.store import RunStore, RunWriter, StepResult, utcnow
 
 __all__ = ["Failed", "Observer", "Outcome", "RetryLater", "Succeeded", "error_info", "execute_attempt"]
 
@@ -22,7 +21,9 @@ class Succeeded:
     """The step's output was validated and checkpointed."""
 
     value: BaseModel
+    output_json: str
     cancel_requested: bool
+    result: StepResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,9 @@ Outcome = Succeeded | RetryLater | Failed
 class Observer(Protocol):
     """Told what a run does as it does it (the CLI's live progress display is one)."""
 
+    def run_created(self, run_id: str) -> None:
+        """The run has its id and is about to execute."""
+
     def step_started(self, run_id: str, idx: int, name: str, attempt: int) -> None:
         """A step's attempt starts."""
 
@@ -57,13 +61,14 @@ class Observer(Protocol):
 def error_info(exc: BaseException) -> ErrorInfo:
     """Type, message and traceback of an exception, as the store keeps them."""
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "baton.errors") else f"{kind.__module__}.{kind.__qualname__}"
-    tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type=name, message=str(exc), traceback=tb)
+    builtin = kind.__module__ in ("builtins", "baton.errors")
+    name = kind.__qualname__ if builtin else f"{kind.__module__}.{kind.__qualname__}"
+    return ErrorInfo(type=name, message=str(exc), traceback="".join(traceback.format_exception(exc)))
 
 
 def execute_attempt(
     store: RunStore,
+    writer: RunWriter,
     run_id: str,
     owner: str,
     step: Step,
@@ -72,34 +77,44 @@ def execute_attempt(
     *,
     attempt: int,
     attempts_this_go: int,
-    replace: bool,
-    next_idx: int | None,
+    last: bool,
 ) -> Outcome:
     """Run one attempt of `step` on `value`, validate its output, and record what happened.
 
     `attempts_this_go` counts the attempts made since the run was (re)started, which is what the step's
-    Retry policy limits; `attempt` is the step's attempt number over the run's whole life.
+    Retry policy limits; `attempt` is the step's attempt number over the run's whole life. On the last
+    step, the checkpoint also ends the run succeeded, in the same transaction.
     """
     started = utcnow()
     try:
-        produced = step.execute(value)
-        output, output_json = validate_output(step.output, produced, step=step.name)
+        output, output_json = validate_output(step.output, step.execute(value), step=step.name)
     except Exception as exc:
-        finished = utcnow()
         info = error_info(exc)
-        if isinstance(exc, ContractViolation):
-            # Keep the offending fields as data too; the message already names them.
-            info = info.model_copy(update={"message": str(exc)})
         retrying = step.retry.should_retry(exc, attempts_this_go)
-        result = StepResult(idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=finished, error=info)
-        store.record_failure(run_id, owner, result, retrying=retrying, replace=replace)
+        failed = StepResult(
+            idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
+        )
+        store.record_failure(run_id, owner, failed, retrying=retrying)
         if retrying:
             return RetryLater(step.retry.delay(attempts_this_go), attempt + 1, info)
         return Failed(info)
     result = StepResult(
-        idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), output_json=output_json
+        idx=idx,
+        name=step.name,
+        attempt=attempt,
+        started_at=started,
+        finished_at=utcnow(),
+        output_json=output_json,
     )
-    cancel = store.checkpoint(
-        run_id, owner, result, replace=replace, next_idx=next_idx, final_output=output_json if next_idx is None else None
+    cancel = writer.checkpoint(
+        run_id,
+        owner,
+        idx=idx,
+        name=step.name,
+        attempt=attempt,
+        output_json=output_json,
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        final_output=output_json if last else None,
     )
-    return Succeeded(output, cancel)
+    return Succeeded(output, output_json, cancel, result)

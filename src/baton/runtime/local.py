@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 
+from baton._ids import new_run_id
 from baton._owner import this_owner
 from baton.contracts import validate_json
 from baton.errors import RunNotResumable
-from baton.run import Run
+from baton.run import Run, StepRecord
 from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, execute_attempt
 from baton.status import RunStatus, StepStatus
 from baton.steps import Step
-from baton.store import LostOwnership, RunStore
+from baton.store import LostOwnership, RunStore, RunWriter, utcnow
 
 __all__ = ["LocalRuntime", "plan_resume"]
+
+log = logging.getLogger("baton.runtime")
 
 
 class _Heartbeat:
@@ -27,32 +34,32 @@ class _Heartbeat:
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
-        self.owner = this_owner()
-        self.active: set[str] = set()
+        self.active: dict[str, str] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
-    def add(self, run_id: str) -> None:
+    def add(self, run_id: str, owner: str) -> None:
         with self.lock:
-            self.active.add(run_id)
+            self.active[run_id] = owner
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="baton-heartbeat", daemon=True)
                 self.thread.start()
 
     def discard(self, run_id: str) -> None:
         with self.lock:
-            self.active.discard(run_id)
+            self.active.pop(run_id, None)
 
     def _loop(self) -> None:
         interval = max(1.0, self.store.lease.total_seconds() / 3)
         while True:
             time.sleep(interval)
             with self.lock:
-                ids = list(self.active)
-            try:
-                self.store.heartbeat(self.owner, ids)
-            except Exception:  # a database hiccup must not kill the heartbeat; the next beat tries again
-                continue
+                owned = dict(self.active)
+            for owner in set(owned.values()):
+                try:
+                    self.store.heartbeat(owner, [r for r, o in owned.items() if o == owner])
+                except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
+                    continue
 
 
 _heartbeats: dict[int, _Heartbeat] = {}
@@ -68,106 +75,176 @@ def _heartbeat_for(store: RunStore) -> _Heartbeat:
 
 
 class LocalRuntime:
-    """Runs a pipeline's steps in this process; `submit` runs them on a background thread."""
+    """Runs a pattern's steps in this process; `submit` runs them on a background thread."""
 
     name = "local"
 
     def __init__(self, max_workers: int = 4) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._max_workers = max_workers
-        self._futures: dict[str, Future[Run]] = {}
 
-    def start(
-        self,
-        store: RunStore,
-        run_id: str,
-        steps: Sequence[Step],
-        value: BaseModel,
-        *,
-        start_idx: int = 0,
-        first_attempt: int = 1,
-        replace_first: bool = False,
-        observer: Observer | None = None,
-    ) -> Run:
-        """Execute `steps` from `start_idx` on `value`, for a run this process has already claimed."""
+    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """Record a new run of `pattern` on the validated `value`, execute it to the end, return it."""
         owner = this_owner()
-        beat = _heartbeat_for(store)
-        beat.add(run_id)
-        try:
-            self._loop(store, run_id, owner, steps, value, start_idx, first_attempt, replace_first, observer)
-        except LostOwnership:
-            pass  # someone else declared the run interrupted or took it over; the store says what happened
-        except BaseException as exc:
-            # Ctrl-C or a dying interpreter: leave the run resumable instead of "running" forever.
-            _abandon(store, run_id, owner, exc)
-            raise
-        finally:
-            beat.discard(run_id)
-        return store.get_run(run_id)
+        with store.writer() as writer:
+            run_id, input_json, now = _create(writer, store, pattern, value, owner)
+            if observer is not None:
+                observer.run_created(run_id)
+            base = Run(
+                id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
+                created_at=now, steps=(), target=pattern.target, started_at=now,
+            )  # fmt: skip
+            return self._execute(store, writer, base, owner, pattern.steps, value, 0, 1, observer)
 
-    def _loop(
+    def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
+        """Continue a failed, interrupted or pending run of `pattern` at its first unfinished step."""
+        run = store.get_run(run_id)
+        if run.pipeline != pattern.name:
+            raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
+        idx, value, attempt = plan_resume(run, pattern.steps)
+        owner = this_owner()
+        claimable = [RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PENDING]
+        if not store.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=claimable):
+            raise RunNotResumable(f"run {run.id} was taken by another process while resuming; try again")
+        if observer is not None:
+            observer.run_created(run.id)
+        with store.writer() as writer:
+            return self._execute(store, writer, run, owner, pattern.steps, value, idx, attempt, observer)
+
+    def submit(self, store: RunStore, pattern: Any, value: BaseModel) -> str:
+        """Record a pending run and execute it on a background thread; returns its id at once."""
+        with store.writer() as writer:
+            run_id, _, _ = _create(writer, store, pattern, value, None)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
+        future = self._pool.submit(self.resume, store, pattern, run_id)
+        future.add_done_callback(lambda f: _log_failure(f, run_id))
+        return run_id
+
+    def _execute(
         self,
         store: RunStore,
-        run_id: str,
+        writer: RunWriter,
+        base: Run,
         owner: str,
         steps: Sequence[Step],
         value: BaseModel,
         start_idx: int,
         first_attempt: int,
-        replace_first: bool,
         observer: Observer | None,
-    ) -> None:
-        last = len(steps) - 1
-        for idx in range(start_idx, len(steps)):
-            step = steps[idx]
-            attempt = first_attempt if idx == start_idx else 1
-            replace = replace_first and idx == start_idx
-            this_go = 1
-            while True:
-                if observer:
-                    observer.step_started(run_id, idx, step.name, attempt)
-                t0 = time.perf_counter()
-                outcome = execute_attempt(
-                    store, run_id, owner, step, idx, value,
-                    attempt=attempt, attempts_this_go=this_go, replace=replace,
-                    next_idx=idx + 1 if idx < last else None,
-                )  # fmt: skip
-                if observer:
-                    observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
-                if isinstance(outcome, RetryLater):
-                    time.sleep(outcome.delay)
-                    attempt, this_go = outcome.next_attempt, this_go + 1
-                    store.start_attempt(run_id, owner, attempt)
-                    continue
+    ) -> Run:
+        beat = _heartbeat_for(store)
+        beat.add(base.id, owner)
+        try:
+            records = _loop(store, writer, base.id, owner, steps, value, start_idx, first_attempt, observer)
+        except LostOwnership:
+            records = None  # another process declared the run interrupted; the store says what happened
+        except BaseException as exc:
+            # Ctrl-C or a dying interpreter: leave the run resumable instead of "running" forever.
+            _abandon(store, base.id, owner, exc)
+            raise
+        finally:
+            beat.discard(base.id)
+        if records is None:
+            return store.get_run(base.id)
+        # The clean path (every step succeeded at its first attempt) is built from what was just written,
+        # without reading it back; anything else is read from the store, the one source of truth.
+        final = records[-1]
+        return base.replace(
+            status=RunStatus.SUCCEEDED,
+            output=final.output,
+            steps=tuple(records),
+            finished_at=final.finished_at,
+        )
+
+
+def _create(
+    writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str | None
+) -> tuple[str, str, datetime]:
+    run_id = new_run_id()
+    input_json = value.model_dump_json()
+    now = utcnow()
+    writer.create_run(
+        run_id=run_id,
+        pipeline=pattern.name,
+        target=pattern.target,
+        input_json=input_json,
+        step_names_json=json.dumps(pattern.step_names),
+        owner=owner,
+        now=now,
+        lease_until=now + store.lease if owner else None,
+    )
+    return run_id, input_json, now
+
+
+def _loop(
+    store: RunStore,
+    writer: RunWriter,
+    run_id: str,
+    owner: str,
+    steps: Sequence[Step],
+    value: BaseModel,
+    start_idx: int,
+    first_attempt: int,
+    observer: Observer | None,
+) -> list[StepRecord] | None:
+    """Execute the steps; returns their records when all succeeded at once, None when the store must tell."""
+    last = len(steps) - 1
+    records: list[StepRecord] = []
+    clean = True
+    for idx in range(start_idx, len(steps)):
+        step = steps[idx]
+        attempt = first_attempt if idx == start_idx else 1
+        this_go = 1
+        while True:
+            if observer is not None:
+                observer.step_started(run_id, idx, step.name, attempt)
+            t0 = time.perf_counter()
+            outcome = execute_attempt(
+                store, writer, run_id, owner, step, idx, value,
+                attempt=attempt, attempts_this_go=this_go, last=idx == last,
+            )  # fmt: skip
+            if observer is not None:
+                observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
+            if not isinstance(outcome, RetryLater):
                 break
-            if isinstance(outcome, Failed):
-                return
-            assert isinstance(outcome, Succeeded)
-            value = outcome.value
-            if outcome.cancel_requested and idx < last:
-                store.finish_cancelled(run_id, owner)
-                return
+            clean = False
+            time.sleep(outcome.delay)
+            attempt, this_go = outcome.next_attempt, this_go + 1
+            store.start_attempt(run_id, owner, idx, attempt)
+        if isinstance(outcome, Failed):
+            return None
+        assert isinstance(outcome, Succeeded)
+        value = outcome.value
+        r = outcome.result
+        records.append(
+            StepRecord(
+                step.name, StepStatus.SUCCEEDED, attempt, json.loads(outcome.output_json),
+                duration_ms=(r.finished_at - r.started_at).total_seconds() * 1000.0,
+                started_at=r.started_at, finished_at=r.finished_at,
+            )
+        )  # fmt: skip
+        if outcome.cancel_requested and idx < last:
+            store.finish_cancelled(run_id, owner)
+            return None
+    return records if clean and start_idx == 0 else None
 
-    def submit(self, fn: object, run_id: str) -> None:
-        """Start `fn` (a zero-argument callable returning the Run) on a background thread."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        self._futures[run_id] = self._pool.submit(fn)  # type: ignore[arg-type]
 
-    def wait(self, run_id: str, timeout: float | None = None) -> Run:
-        """Wait for a run submitted by this runtime to end, and return it."""
-        return self._futures[run_id].result(timeout)
+def _log_failure(future: Future[Run], run_id: str) -> None:
+    # A run's own failures are in the store; this is for errors around it (the store unreachable, say).
+    exc = future.exception()
+    if exc is not None:
+        log.error("submitted run %s could not execute: %s", run_id, exc, exc_info=exc)
 
 
 def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> None:
-    try:
+    # If this fails too, the process is going down anyway; the reaper will find the run by its dead owner.
+    with contextlib.suppress(Exception):
         store.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
-    except Exception:
-        pass  # the process is going down anyway; the reaper will find the run by its dead owner
 
 
-def plan_resume(store: RunStore, run: Run, steps: Sequence[Step]) -> tuple[int, BaseModel, int, bool]:
-    """Where a run goes on: (first unfinished step, its input, its next attempt number, row exists)."""
+def plan_resume(run: Run, steps: Sequence[Step]) -> tuple[int, BaseModel, int]:
+    """Where a run goes on: (first unfinished step, its input, its next attempt number)."""
     recorded = [s.name for s in run.steps]
     current = [s.name for s in steps]
     if recorded != current:
@@ -183,16 +260,11 @@ def plan_resume(store: RunStore, run: Run, steps: Sequence[Step]) -> tuple[int, 
         raise RunNotResumable(f"run {run.id} is running in another process; cancel it first or wait")
     idx = next(i for i, s in enumerate(run.steps) if s.status is not StepStatus.SUCCEEDED)
     if idx == 0:
-        value = validate_json(steps[0].input, _dump(run.input), step=steps[0].name, where="recorded run input")
+        value = validate_json(steps[0].input, json.dumps(run.input), step=steps[0].name, where="recorded run input")
     else:
         prev = run.steps[idx - 1]
         # Replay the checkpoint: it must still satisfy the contracts on both sides of the boundary.
-        raw = _dump(prev.output)
+        raw = json.dumps(prev.output)
         validate_json(steps[idx - 1].output, raw, step=prev.name, where="checkpoint")
         value = validate_json(steps[idx].input, raw, step=steps[idx].name, where="input (replayed checkpoint)")
-    record = run.steps[idx]
-    return idx, value, record.attempts + 1, record.status is not StepStatus.PENDING
-
-
-def _dump(value: object) -> str:
-    return json.dumps(value)
+    return idx, value, run.steps[idx].attempts + 1

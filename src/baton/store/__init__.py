@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 from baton.settings import Settings
-from baton.store.store import LostOwnership, RunStore, StepResult, utcnow
+from baton.store.store import RunStore, StepResult, utcnow
+from baton.store.writer import LostOwnership, RunWriter
 
-__all__ = ["LostOwnership", "RunStore", "StepResult", "open_store", "utcnow"]
+__all__ = ["LostOwnership", "RunStore", "RunWriter", "StepResult", "open_store", "utcnow"]
 
 _stores: dict[str, RunStore] = {}
 _lock = threading.Lock()

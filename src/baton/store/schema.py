@@ -51,9 +51,10 @@ runs = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=False),
-    Index("ix_baton_runs_created", "created_at", "id"),
-    Index("ix_baton_runs_status_created", "status", "created_at"),
-    Index("ix_baton_runs_pipeline_created", "pipeline", "created_at"),
+    # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
+    Index("ix_baton_runs_status", "status", "id"),
+    Index("ix_baton_runs_pipeline", "pipeline", "id"),
+    sqlite_with_rowid=False,
 )
 
 # One row per step that has finished at least one attempt; a step with no row is pending (or running, when
@@ -75,6 +76,7 @@ steps = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("duration_ms", Float, nullable=True),
+    sqlite_with_rowid=False,
 )
 
 # Every failed attempt, kept after a later attempt succeeds, so a flaky step leaves a trail.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from baton._owner import owner_alive
 from baton.errors import RunNotFound, UserError
@@ -17,17 +18,14 @@ from baton.run import AttemptError, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.schema import attempts, runs, steps
+from baton.store.writer import RunWriter
 
-__all__ = ["LostOwnership", "RunStore", "StepResult", "utcnow"]
+__all__ = ["RunStore", "StepResult", "utcnow"]
 
 
 def utcnow() -> datetime:
     """Now, in UTC, without tzinfo: the store keeps naive UTC on every backend."""
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-class LostOwnership(Exception):
-    """This process no longer owns the run (it was declared interrupted, or cancelled and claimed elsewhere)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +69,18 @@ class RunStore:
         self.engine: Engine = make_engine(url)
         self.url = url
         self.lease = timedelta(seconds=lease_seconds)
+        self._local = threading.local()
+        self._writers: list[RunWriter] = []
+        self._writers_lock = threading.Lock()
         migrate(self.engine)
 
     def close(self) -> None:
         """Release the store's connections."""
+        with self._writers_lock:
+            for writer in self._writers:
+                writer.close()
+            self._writers.clear()
+        self._local = threading.local()
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -88,46 +94,23 @@ class RunStore:
 
     # -- writing a run ----------------------------------------------------------------------------------
 
-    def create_run(
-        self,
-        *,
-        run_id: str,
-        pipeline: str,
-        target: str | None,
-        input_json: str,
-        step_names: Sequence[str],
-        owner: str | None,
-        conn: Connection | None = None,
-    ) -> None:
-        """Record a new run: running (owned by `owner`, at its first step) or, with no owner, pending."""
-        now = utcnow()
-        running = owner is not None
-        with self.transaction(conn) as c:
-            c.execute(
-                runs.insert(),
-                {
-                    "id": run_id,
-                    "pipeline": pipeline,
-                    "target": target,
-                    "status": RunStatus.RUNNING if running else RunStatus.PENDING,
-                    "input": RawJSON(input_json),
-                    "output": None,
-                    "step_names": list(step_names),
-                    "current_step": 0 if running else None,
-                    "current_attempt": 1 if running else 0,
-                    "current_started_at": now if running else None,
-                    "failed_step": None,
-                    "cancel_requested": False,
-                    "owner": owner,
-                    "lease_expires_at": now + self.lease if running else None,
-                    "tokens_in": 0,
-                    "tokens_out": 0,
-                    "created_at": now,
-                    "started_at": now if running else None,
-                    "finished_at": None,
-                    "updated_at": now,
-                },
-            )
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[RunWriter]:
+        """The hot-path writer (creating runs, checkpoints) of this thread, on a connection it keeps.
+
+        Keeping one connection per thread saves a pool checkout and a reset per run; a connection that
+        broke (a database restart) is replaced on the next use.
+        """
+        writer: RunWriter | None = getattr(self._local, "writer", None)
+        if writer is None or writer.broken():
+            if writer is not None:
+                writer.close()
+            proxied = self.engine.raw_connection()
+            writer = RunWriter(proxied, self.engine.dialect.name, self.lease.total_seconds())
+            self._local.writer = writer
+            with self._writers_lock:
+                self._writers.append(writer)
+        yield writer
 
     def claim(self, run_id: str, owner: str, *, start_idx: int, attempt: int, statuses: Sequence[str]) -> bool:
         """Take a run in one of `statuses` for `owner`, at step `start_idx`; False if someone else has it."""
@@ -151,51 +134,6 @@ class RunStore:
             )
             return result.rowcount == 1
 
-    def checkpoint(
-        self,
-        run_id: str,
-        owner: str,
-        result: StepResult,
-        *,
-        replace: bool,
-        next_idx: int | None,
-        final_output: str | None = None,
-        conn: Connection | None = None,
-    ) -> bool:
-        """Save a step's output and move the run on, in one transaction.
-
-        With `next_idx`, the run goes on at that step; otherwise it has succeeded with `final_output`.
-        `replace` says a row for the step exists already (an earlier failed attempt). Returns True when a
-        cancel was requested. Raises `LostOwnership` when `owner` no longer owns the run; nothing is written.
-        """
-        now = result.finished_at
-        values: dict[str, Any] = {"updated_at": now, "lease_expires_at": now + self.lease}
-        if next_idx is None:
-            values |= {
-                "status": RunStatus.SUCCEEDED,
-                "output": RawJSON(final_output or "null"),
-                "finished_at": now,
-                "current_step": None,
-                "owner": None,
-                "lease_expires_at": None,
-            }
-        else:
-            values |= {"current_step": next_idx, "current_attempt": 1, "current_started_at": now}
-        if result.tokens_in or result.tokens_out:
-            values["tokens_in"] = runs.c.tokens_in + result.tokens_in
-            values["tokens_out"] = runs.c.tokens_out + result.tokens_out
-        with self.transaction(conn) as c:
-            row = c.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
-                .values(**values)
-                .returning(runs.c.cancel_requested)
-            ).first()
-            if row is None:
-                raise LostOwnership(run_id)
-            self._write_step(c, run_id, result, StepStatus.SUCCEEDED, replace=replace)
-            return bool(row[0])
-
     def record_failure(
         self,
         run_id: str,
@@ -203,7 +141,6 @@ class RunStore:
         result: StepResult,
         *,
         retrying: bool,
-        replace: bool,
         conn: Connection | None = None,
     ) -> None:
         """Keep a failed attempt; unless another attempt follows, the step and the run end failed."""
@@ -226,7 +163,11 @@ class RunStore:
                 },
             )
             if retrying:
-                values: dict[str, Any] = {"current_attempt": result.attempt + 1, "lease_expires_at": now + self.lease}
+                values: dict[str, Any] = {
+                    "current_step": result.idx,
+                    "current_attempt": result.attempt + 1,
+                    "lease_expires_at": now + self.lease,
+                }
             else:
                 values = {
                     "status": RunStatus.FAILED,
@@ -239,16 +180,21 @@ class RunStore:
             values["updated_at"] = now
             c.execute(update(runs).where(runs.c.id == run_id, runs.c.owner == owner).values(**values))
             if not retrying:
-                self._write_step(c, run_id, result, StepStatus.FAILED, replace=replace)
+                self._write_step(c, run_id, result, StepStatus.FAILED)
 
-    def start_attempt(self, run_id: str, owner: str, attempt: int) -> None:
-        """Record that a new attempt of the current step starts now (after a retry's wait)."""
+    def start_attempt(self, run_id: str, owner: str, idx: int, attempt: int) -> None:
+        """Record that a new attempt of step `idx` starts now (after a retry's wait)."""
         now = utcnow()
         with self.engine.begin() as c:
             c.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.owner == owner)
-                .values(current_attempt=attempt, current_started_at=now, lease_expires_at=now + self.lease)
+                .values(
+                    current_step=idx,
+                    current_attempt=attempt,
+                    current_started_at=now,
+                    lease_expires_at=now + self.lease,
+                )
             )
 
     def finish_cancelled(self, run_id: str, owner: str | None = None) -> None:
@@ -310,42 +256,35 @@ class RunStore:
     def reap(self, run_id: str | None = None) -> list[str]:
         """Mark running runs whose process died (or whose lease ran out) interrupted; returns their ids."""
         now = utcnow()
-        query = select(
-            runs.c.id, runs.c.owner, runs.c.lease_expires_at, runs.c.current_step, runs.c.current_attempt,
-            runs.c.current_started_at, runs.c.step_names,
-        ).where(runs.c.status == RunStatus.RUNNING)
+        query = select(runs.c.id, runs.c.owner, runs.c.lease_expires_at).where(runs.c.status == RunStatus.RUNNING)
         if run_id is not None:
             query = query.where(runs.c.id == run_id)
         with self.engine.connect() as c:
             candidates = c.execute(query).all()
         reaped = []
-        for rid, owner, lease, current, attempt, started, names in candidates:
+        for rid, owner, lease in candidates:
             alive = owner_alive(owner) if owner else False
             if alive is None:
                 alive = lease is not None and lease > now
             if not alive:
                 why = f"the process running this step ({owner}) stopped before the step finished"
-                if self._mark_interrupted(rid, owner, current, attempt, started, _names(names), why):
+                if self._mark_interrupted(rid, owner, why):
                     reaped.append(rid)
         return reaped
 
     def reap_owned(self, run_id: str, owner: str, why: str) -> None:
         """Mark a run this process owns interrupted (it is stopping mid-run: Ctrl-C, shutdown)."""
-        with self.engine.connect() as c:
-            row = c.execute(
-                select(runs.c.current_step, runs.c.current_attempt, runs.c.current_started_at, runs.c.step_names)
-                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
-            ).first()
-        if row is not None:
-            self._mark_interrupted(run_id, owner, row[0], row[1], row[2], _names(row[3]), why)
+        self._mark_interrupted(run_id, owner, why)
 
-    def _mark_interrupted(
-        self, run_id: str, owner: str | None, current: int | None, attempt: int,
-        started: datetime | None, names: list[str], why: str,
-    ) -> bool:
+    def _mark_interrupted(self, run_id: str, owner: str | None, why: str) -> bool:
         now = utcnow()
-        name = names[current] if current is not None and current < len(names) else None
         with self.engine.begin() as c:
+            row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+            if row is None or row["status"] != RunStatus.RUNNING or row["owner"] != owner:
+                return False
+            by_idx = {r["idx"]: r for r in c.execute(select(steps).where(steps.c.run_id == run_id)).mappings()}
+            current = _current_step(row, by_idx)
+            name = _names(row["step_names"])[current[0]] if current else None
             owner_cond = runs.c.owner == owner if owner is not None else runs.c.owner.is_(None)
             changed = c.execute(
                 update(runs)
@@ -361,17 +300,19 @@ class RunStore:
             ).rowcount
             if not changed or current is None or name is None:
                 return bool(changed)
-            error = ErrorInfo(type="Interrupted", message=why)
-            exists = c.execute(
-                select(steps.c.attempts).where(steps.c.run_id == run_id, steps.c.idx == current)
-            ).first()
+            idx, attempt, started = current
             result = StepResult(
-                idx=current, name=name, attempt=attempt, started_at=started or now, finished_at=now, error=error
+                idx=idx,
+                name=name,
+                attempt=attempt,
+                started_at=started or now,
+                finished_at=now,
+                error=ErrorInfo(type="Interrupted", message=why),
             )
-            self._write_step(c, run_id, result, StepStatus.INTERRUPTED, replace=exists is not None)
+            self._write_step(c, run_id, result, StepStatus.INTERRUPTED)
         return True
 
-    def _write_step(self, c: Connection, run_id: str, r: StepResult, status: StepStatus, *, replace: bool) -> None:
+    def _write_step(self, c: Connection, run_id: str, r: StepResult, status: StepStatus) -> None:
         error = r.error
         values = {
             "status": status,
@@ -386,9 +327,8 @@ class RunStore:
             "finished_at": r.finished_at,
             "duration_ms": (r.finished_at - r.started_at).total_seconds() * 1000.0,
         }
-        if replace:
-            c.execute(_UPDATE_STEP, {"b_run_id": run_id, "b_idx": r.idx, **values})
-        else:
+        # Only the run's owner writes its steps, so update-then-insert cannot race.
+        if not c.execute(_UPDATE_STEP, {"b_run_id": run_id, "b_idx": r.idx, **values}).rowcount:
             c.execute(steps.insert(), {"run_id": run_id, "idx": r.idx, "name": r.name, **values})
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -414,9 +354,7 @@ class RunStore:
             row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().one()
             step_rows = c.execute(select(steps).where(steps.c.run_id == run_id)).mappings().all()
             attempt_rows = (
-                c.execute(select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id))
-                .mappings()
-                .all()
+                c.execute(select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)).mappings().all()
             )
         return _run_from_rows(row, step_rows, attempt_rows)
 
@@ -426,27 +364,21 @@ class RunStore:
         status: str | None = None,
         pipeline: str | None = None,
         limit: int = 50,
-        before: tuple[datetime, str] | None = None,
+        before: str | None = None,
     ) -> list[Run]:
-        """Runs newest first (without step records), filtered; `before` is a keyset cursor (created_at, id)."""
+        """Runs newest first (without step records), filtered; `before` is a keyset cursor (a run id)."""
         self.reap()
-        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        # Run ids begin with their creation time in milliseconds, so id order is creation order.
+        query = select(runs).order_by(runs.c.id.desc()).limit(limit)
         if status:
             query = query.where(runs.c.status == status)
         if pipeline:
             query = query.where(runs.c.pipeline == pipeline)
         if before is not None:
-            at, rid = before
-            query = query.where(or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < rid)))
+            query = query.where(runs.c.id < before)
         with self.engine.connect() as c:
             rows = c.execute(query).mappings().all()
         return [_run_from_rows(row, None, ()) for row in rows]
-
-    def count_step_rows(self, run_id: str) -> dict[int, str]:
-        """The recorded status of each step index that has a row (for resume)."""
-        with self.engine.connect() as c:
-            rows = c.execute(select(steps.c.idx, steps.c.status).where(steps.c.run_id == run_id)).all()
-        return {idx: status for idx, status in rows}
 
     def describe(self) -> str:
         """The store's URL, without a password, for messages."""
@@ -467,6 +399,23 @@ def _error(type_: str | None, message: str | None, tb: str | None) -> ErrorInfo 
     return ErrorInfo(type=type_, message=message or "", traceback=tb)
 
 
+def _current_step(row: Any, by_idx: dict[int, Any]) -> tuple[int, int, datetime | None] | None:
+    """The step a running run is at: (index, attempt, started at).
+
+    Checkpoints do not touch the run's row (that would cost a statement a step), so the current step is
+    the first one without a successful checkpoint; `current_*` columns hold what the claim or the last
+    retry wrote, and count only when they name that step.
+    """
+    count = len(_names(row["step_names"]))
+    idx = next((i for i in range(count) if i not in by_idx or by_idx[i]["status"] != StepStatus.SUCCEEDED), None)
+    if idx is None:
+        return None
+    if idx == row["current_step"]:
+        return idx, row["current_attempt"], row["current_started_at"]
+    previous = by_idx.get(idx - 1)
+    return idx, 1, previous["finished_at"] if previous is not None else row["current_started_at"]
+
+
 def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequence[Any]) -> Run:
     status = RunStatus(row["status"])
     records: list[StepRecord] = []
@@ -483,17 +432,18 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
                     finished_at=a["finished_at"],
                 )
             )
+        current = _current_step(row, by_idx) if status is RunStatus.RUNNING else None
         for idx, name in enumerate(_names(row["step_names"])):
             r = by_idx.get(idx)
             history = errors_by_idx.get(idx, [])
-            if status is RunStatus.RUNNING and idx == row["current_step"]:
+            if current is not None and idx == current[0]:
                 records.append(
                     StepRecord(
                         name=name,
                         status=StepStatus.RUNNING,
-                        attempts=row["current_attempt"],
-                        started_at=row["current_started_at"],
-                        attempt_errors=history,
+                        attempts=current[1],
+                        started_at=current[2],
+                        attempt_errors=tuple(history),
                     )
                 )
             elif r is not None:
@@ -508,19 +458,19 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
                         duration_ms=r["duration_ms"],
                         started_at=r["started_at"],
                         finished_at=r["finished_at"],
-                        attempt_errors=history,
+                        attempt_errors=tuple(history),
                     )
                 )
             else:
                 pending = StepStatus.CANCELLED if status is RunStatus.CANCELLED else StepStatus.PENDING
-                records.append(StepRecord(name=name, status=pending, attempt_errors=history))
+                records.append(StepRecord(name=name, status=pending, attempt_errors=tuple(history)))
     return Run(
         id=row["id"],
         pipeline=row["pipeline"],
         status=status,
         input=_load(row["input"]),
         output=_load(row["output"]),
-        steps=records,
+        steps=tuple(records),
         target=row["target"],
         failed_step=row["failed_step"],
         cancel_requested=row["cancel_requested"],

@@ -1,0 +1,231 @@
+"""The `baton` command line: run, runs, show, resume, cancel, demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from baton import api
+from baton._loader import load_target, normalize_target
+from baton.errors import BatonError, UserError
+from baton.patterns.registry import find_pattern
+from baton.run import Run
+from baton.status import RunStatus
+from baton.store import RunStore, open_store
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _errors_to_exit(fn: F) -> F:
+    """Turn baton's errors into a clear message: the user's mistakes exit 2, failures exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(EXIT_USAGE)
+        except BatonError as exc:
+            click.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _err() -> Console:
+    return _console(stderr=True)
+
+
+def _out() -> Console:
+    return _console(stderr=False)
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr)
+    # Piped output (CI logs, `| less`) has no width; 80 columns would fold run ids and tracebacks.
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+def store_option(fn: F) -> F:
+    """The --database-url option every command that reads or writes runs takes."""
+    return click.option(
+        "--database-url",
+        envvar="BATON_DATABASE_URL",
+        show_envvar=True,
+        default=None,
+        help="Where runs are stored (SQLite or PostgreSQL URL). Default: sqlite file ./.baton/baton.db.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    """The --json option: print machine-readable JSON instead of tables."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
+
+
+def _store(url: str | None) -> RunStore:
+    return open_store(url)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _read_input(text: str) -> Any:
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--input") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--input") from None
+
+
+def _exit_for(run: Run) -> int:
+    return EXIT_OK if run.status is RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+def _finish(run: Run, as_json: bool) -> None:
+    from baton.cli.render import render_run
+
+    if as_json:
+        _print_json(run.to_json_dict())
+    else:
+        _out().print(render_run(run))
+        if run.status.resumable:
+            _err().print(f"resume with: baton resume {run.id}", highlight=False, markup=False)
+    sys.exit(_exit_for(run))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="baton")
+def main() -> None:
+    """baton: typed, durable multi-agent pipelines."""
+
+
+@main.command()
+@click.argument("target")
+@click.option("--input", "input_text", required=True, help="The run's input: JSON, or @FILE (@- for stdin).")
+@click.option(
+    "--runtime", default="local", envvar="BATON_RUNTIME", show_envvar=True, show_default=True,
+    help="Where the steps execute.",
+)  # fmt: skip
+@store_option
+@json_option
+@_errors_to_exit
+def run(target: str, input_text: str, runtime: str, database_url: str | None, as_json: bool) -> None:
+    """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not."""
+    from baton.cli.render import LiveProgress
+
+    data = _read_input(input_text)
+    pattern = load_target(target)
+    if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
+        raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
+    pattern.target = normalize_target(target)
+    store = _store(database_url)
+    with LiveProgress(_err(), pattern.step_names, pattern.name) as progress:
+        result = pattern.run(data, store=store, runtime=runtime, observer=progress)
+    _finish(result, as_json)
+
+
+@main.command()
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs with this status.")
+@click.option("--pipeline", help="Only runs of this pipeline.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="At most this many.")
+@store_option
+@json_option
+@_errors_to_exit
+def runs(status: str | None, pipeline: str | None, limit: int, database_url: str | None, as_json: bool) -> None:
+    """List runs, newest first."""
+    from baton.cli.render import render_runs
+
+    found = _store(database_url).list_runs(status=status, pipeline=pipeline, limit=limit)
+    if as_json:
+        _print_json([r.to_json_dict(with_steps=False) for r in found])
+    else:
+        _out().print(render_runs(found))
+
+
+@main.command()
+@click.argument("run_id")
+@store_option
+@json_option
+@_errors_to_exit
+def show(run_id: str, database_url: str | None, as_json: bool) -> None:
+    """Show one run with every step: status, attempts, checkpoint, error and timings."""
+    from baton.cli.render import render_run
+
+    found = _store(database_url).get_run(run_id)
+    if as_json:
+        _print_json(found.to_json_dict())
+    else:
+        _out().print(render_run(found))
+
+
+@main.command()
+@click.argument("run_id")
+@store_option
+@json_option
+@_errors_to_exit
+def resume(run_id: str, database_url: str | None, as_json: bool) -> None:
+    """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run."""
+    from baton.cli.render import LiveProgress
+
+    store = _store(database_url)
+    recorded = store.get_run(run_id)
+    pattern = find_pattern(recorded.pipeline, recorded.target)
+    with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
+        result = pattern.resume(recorded.id, store=store, observer=progress)
+    _finish(result, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@store_option
+@json_option
+@_errors_to_exit
+def cancel(run_id: str, database_url: str | None, as_json: bool) -> None:
+    """Cancel a run: nothing after its current step starts."""
+    store = _store(database_url)
+    status = api.cancel(run_id, store=store)
+    found = store.get_run(run_id)
+    if as_json:
+        _print_json(found.to_json_dict())
+    elif status is RunStatus.CANCELLED:
+        _out().print(f"run {found.id} cancelled", highlight=False)
+    else:
+        _out().print(f"run {found.id}: cancel requested; nothing after its current step will start", highlight=False)
+
+
+@main.command()
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False), help="Your own text file.")
+@store_option
+@json_option
+@_errors_to_exit
+def demo(file_path: str | None, database_url: str | None, as_json: bool) -> None:
+    """Run the document pipeline (extract -> chunk -> summarise -> classify) on a bundled sample."""
+    from baton.cli.render import LiveProgress
+    from baton.demo import document_pipeline, load_document
+
+    doc = load_document(file_path)
+    store = _store(database_url)
+    pipeline = document_pipeline()
+    with LiveProgress(_err(), pipeline.step_names, pipeline.name) as progress:
+        result = pipeline.run(doc, store=store, observer=progress)
+    _finish(result, as_json)

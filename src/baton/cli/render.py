@@ -1,0 +1,176 @@
+"""How the CLI shows runs: Rich tables for people, a live per-step display while a run works."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from baton.run import Run
+from baton.runtime.executor import Failed, Outcome, RetryLater, Succeeded
+from baton.status import RunStatus
+
+__all__ = ["LiveProgress", "render_run", "render_runs"]
+
+_STYLE = {
+    "succeeded": "green",
+    "failed": "bold red",
+    "interrupted": "red",
+    "running": "yellow",
+    "pending": "dim",
+    "cancelled": "magenta",
+    "skipped": "dim",
+}
+_MARK = {
+    "succeeded": "✓",
+    "failed": "✗",
+    "interrupted": "!",
+    "running": "▶",
+    "pending": "·",
+    "cancelled": "⊘",
+}
+
+
+def _status(value: str) -> Text:
+    return Text(f"{_MARK.get(value, ' ')} {value}", style=_STYLE.get(value, ""))
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def render_runs(runs: list[Run]) -> Table:
+    """A table of runs, newest first."""
+    table = Table(title=f"{len(runs)} run(s), newest first", title_justify="left")
+    for column in ("id", "pipeline", "status", "failed step", "created (UTC)", "duration"):
+        table.add_column(column, no_wrap=column in ("id", "created (UTC)"))
+    for run in runs:
+        duration = None
+        if run.started_at and run.finished_at:
+            duration = (run.finished_at - run.started_at).total_seconds() * 1000
+        table.add_row(
+            run.id,
+            run.pipeline,
+            _status(run.status.value),
+            run.failed_step or "",
+            _when(run.created_at),
+            _ms(duration),
+        )
+    return table
+
+
+def render_run(run: Run) -> Group:
+    """One run: a summary, its steps, the error of any failed step, and its output."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row("run", Text(run.id, style="bold"))
+    head.add_row("pipeline", run.pipeline)
+    head.add_row("status", _status(run.status.value))
+    head.add_row("created (UTC)", _when(run.created_at))
+    if run.finished_at and run.started_at:
+        head.add_row("duration", _ms((run.finished_at - run.started_at).total_seconds() * 1000))
+    head.add_row("tokens", f"{run.tokens.input} in / {run.tokens.output} out")
+    if run.cancel_requested and run.status is RunStatus.RUNNING:
+        head.add_row("cancel", Text("requested: nothing after the current step will start", style="magenta"))
+    steps = Table(title="steps", title_justify="left")
+    for column in ("#", "step", "status", "attempts", "duration", "tokens in/out"):
+        steps.add_column(column)
+    for i, s in enumerate(run.steps, 1):
+        steps.add_row(
+            str(i), s.name, _status(s.status.value), str(s.attempts), _ms(s.duration_ms),
+            f"{s.tokens.input}/{s.tokens.output}",
+        )  # fmt: skip
+    parts: list[Any] = [head, steps]
+    for s in run.steps:
+        if s.error is not None:
+            body: list[Any] = [Text(f"{s.error.type}: {s.error.message}", style="bold red")]
+            if s.error.traceback:
+                body.append(Syntax(s.error.traceback.rstrip(), "pytb", word_wrap=True))
+            parts.append(Panel(Group(*body), title=f"step '{s.name}' {s.status.value}", border_style="red"))
+        retried = [a for a in s.attempt_errors if a.retried]
+        if retried:
+            lines = "\n".join(f"attempt {a.attempt}: {a.error.type}: {a.error.message}" for a in retried)
+            parts.append(Panel(lines, title=f"step '{s.name}': attempts that were retried", border_style="yellow"))
+    if run.output is not None:
+        parts.append(Panel(Syntax(json.dumps(run.output, indent=2), "json", word_wrap=True), title="output"))
+    return Group(*parts)
+
+
+class LiveProgress:
+    """An Observer that shows each step's state as the run goes (a live table on a terminal, lines otherwise)."""
+
+    def __init__(self, console: Console, step_names: list[str], title: str) -> None:
+        self.console = console
+        self.names = step_names
+        self.title = title
+        self.state = {name: ("pending", "") for name in step_names}
+        self.started: dict[str, float] = {}
+        self.run_id = ""
+        self.live: Live | None = None
+        if console.is_terminal:
+            self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+
+    def __enter__(self) -> LiveProgress:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.update(self._table())
+            self.live.__exit__(None, None, None)
+
+    def run_created(self, run_id: str) -> None:
+        """The run got its id."""
+        self.run_id = run_id
+        self._show(f"run {run_id}")
+
+    def step_started(self, run_id: str, idx: int, name: str, attempt: int) -> None:
+        """A step's attempt starts."""
+        self.started[name] = time.perf_counter()
+        self.state[name] = ("running", f"attempt {attempt}" if attempt > 1 else "")
+        self._show(f"▶ {name}" + (f" (attempt {attempt})" if attempt > 1 else ""))
+
+    def step_finished(self, run_id: str, idx: int, name: str, outcome: Outcome, duration_s: float) -> None:
+        """A step's attempt ended."""
+        took = _ms(duration_s * 1000)
+        if isinstance(outcome, Succeeded):
+            self.state[name] = ("succeeded", took)
+            self._show(f"✓ {name} {took}")
+        elif isinstance(outcome, RetryLater):
+            note = f"{outcome.error.type}; retrying in {outcome.delay:.2f} s"
+            self.state[name] = ("running", note)
+            self._show(f"↻ {name}: {note}")
+        elif isinstance(outcome, Failed):
+            self.state[name] = ("failed", f"{outcome.error.type}: {outcome.error.message}"[:120])
+            self._show(f"✗ {name}: {outcome.error.type}: {outcome.error.message}")
+
+    def _show(self, line: str) -> None:
+        if self.live:
+            self.live.update(self._table())
+        else:
+            self.console.print(line, highlight=False, markup=False)
+
+    def _table(self) -> Table:
+        table = Table(title=f"{self.title} {self.run_id}", title_justify="left")
+        for column in ("step", "status", ""):
+            table.add_column(column)
+        for name in self.names:
+            status, note = self.state[name]
+            if status == "running" and name in self.started and not note:
+                note = _ms((time.perf_counter() - self.started[name]) * 1000)
+            table.add_row(name, _status(status), note)
+        return table

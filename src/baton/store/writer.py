@@ -1,0 +1,190 @@
+"""The hot path of the store: creating a run and checkpointing its steps.
+
+These writes happen once per step of every run, so they skip the ORM and SQL compilation: each is one
+prepared statement on the driver's connection, and a step costs one statement and one commit. The SQL is
+written once per dialect here; the tables are the ones `schema.py` declares and the migrations create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from datetime import datetime
+from typing import Any
+
+from baton.status import RunStatus, StepStatus
+
+__all__ = ["LostOwnership", "RunWriter"]
+
+
+class LostOwnership(Exception):
+    """This process no longer owns the run (it was declared interrupted, or taken over); nothing was written."""
+
+
+# Placeholders: ?s text, ?i integer, ?f float, ?b boolean, ?t timestamp, ?j JSON. PostgreSQL needs the types
+# spelled out where a parameter feeds INSERT ... SELECT; SQLite takes them as they come.
+_PG_CASTS = {
+    "s": "TEXT",
+    "i": "INTEGER",
+    "f": "DOUBLE PRECISION",
+    "b": "BOOLEAN",
+    "t": "TIMESTAMP",
+    "j": "JSONB",
+}
+
+_CREATE_RUN = """
+INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
+    current_started_at, failed_step, cancel_requested, owner, lease_expires_at, tokens_in, tokens_out,
+    created_at, started_at, finished_at, updated_at)
+VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t)
+"""
+
+# The step's row is written only while `owner` still owns the running run (a fence against a process that
+# was declared dead and came back), and the same statement reads whether a cancel was requested.
+_CHECKPOINT = """
+INSERT INTO baton_steps (run_id, idx, name, status, attempts, output, error_type, error_message,
+    error_traceback, tokens_in, tokens_out, started_at, finished_at, duration_ms)
+SELECT ?s, ?i, ?s, ?s, ?i, ?j, NULL, NULL, NULL, ?i, ?i, ?t, ?t, ?f
+FROM baton_runs WHERE id = ?s AND owner = ?s AND status = 'running'
+ON CONFLICT (run_id, idx) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+    output = excluded.output, error_type = NULL, error_message = NULL, error_traceback = NULL,
+    tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms
+RETURNING (SELECT cancel_requested FROM baton_runs WHERE id = baton_steps.run_id)
+"""
+
+_FINISH_RUN = """
+UPDATE baton_runs SET status = 'succeeded', output = ?j, finished_at = ?t, updated_at = ?t, current_step = NULL,
+    owner = NULL, lease_expires_at = NULL, tokens_in = tokens_in + ?i, tokens_out = tokens_out + ?i
+WHERE id = ?s AND owner = ?s
+"""
+
+_ADD_TOKENS = "UPDATE baton_runs SET tokens_in = tokens_in + ?i, tokens_out = tokens_out + ?i WHERE id = ?s"
+
+_PLACEHOLDER = re.compile(r"\?([sifbtj])")
+
+
+def _for_dialect(sql: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        return _PLACEHOLDER.sub(lambda m: f"CAST(%s AS {_PG_CASTS[m.group(1)]})", sql)
+    return _PLACEHOLDER.sub("?", sql)
+
+
+def _ts_sqlite(value: datetime | None) -> str | None:
+    # The format SQLAlchemy's SQLite DateTime reads and writes, so both paths see the same values.
+    return None if value is None else value.isoformat(" ", "microseconds")
+
+
+def _ts_native(value: datetime | None) -> datetime | None:
+    return value
+
+
+class RunWriter:
+    """Writes a run's creation and its checkpoints on one driver connection (from the store's pool)."""
+
+    def __init__(self, proxied: Any, dialect: str, lease_seconds: float) -> None:
+        self._proxied = proxied
+        self.conn = proxied.dbapi_connection
+        self.dialect = dialect
+        self.ts = _ts_sqlite if dialect == "sqlite" else _ts_native
+        self.lease_seconds = lease_seconds
+        self._create, self._checkpoint, self._finish, self._tokens = _statements(dialect)
+
+    def broken(self) -> bool:
+        """True when the connection can no longer be used (closed, or lost by psycopg)."""
+        if self.dialect == "postgresql":
+            return bool(self.conn.closed or self.conn.broken)
+        return False
+
+    def close(self) -> None:
+        """Give the connection back."""
+        # A broken connection cannot be closed cleanly; it is gone either way.
+        with contextlib.suppress(Exception):
+            self._proxied.close()
+
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        target: str | None,
+        input_json: str,
+        step_names_json: str,
+        owner: str | None,
+        now: datetime,
+        lease_until: datetime | None,
+    ) -> None:
+        """Record a new run: running (owned by `owner`, at its first step) or, with no owner, pending."""
+        running = owner is not None
+        ts = self.ts
+        cur = self.conn.cursor()
+        try:
+            cur.execute(
+                self._create,
+                (
+                    run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
+                    input_json, step_names_json, 0 if running else None, 1 if running else 0,
+                    ts(now) if running else None, False, owner, ts(lease_until), ts(now),
+                    ts(now) if running else None, ts(now),
+                ),
+            )  # fmt: skip
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+    def checkpoint(
+        self,
+        run_id: str,
+        owner: str,
+        *,
+        idx: int,
+        name: str,
+        attempt: int,
+        output_json: str,
+        started_at: datetime,
+        finished_at: datetime,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        final_output: str | None = None,
+    ) -> bool:
+        """Save a step's output; with `final_output`, the run has succeeded. Returns whether a cancel is asked.
+
+        Raises `LostOwnership` (and writes nothing) when `owner` no longer owns the run.
+        """
+        ts = self.ts
+        duration_ms = (finished_at - started_at).total_seconds() * 1000.0
+        cur = self.conn.cursor()
+        try:
+            cur.execute(
+                self._checkpoint,
+                (
+                    run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, tokens_in, tokens_out,
+                    ts(started_at), ts(finished_at), duration_ms, run_id, owner,
+                ),
+            )  # fmt: skip
+            rows = cur.fetchall()
+            if not rows:
+                raise LostOwnership(run_id)
+            if final_output is not None:
+                cur.execute(
+                    self._finish,
+                    (final_output, ts(finished_at), ts(finished_at), tokens_in, tokens_out, run_id, owner),
+                )
+            elif tokens_in or tokens_out:
+                cur.execute(self._tokens, (tokens_in, tokens_out, run_id))
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        finally:
+            cur.close()
+        return bool(rows[0][0])
+
+
+@functools.cache
+def _statements(dialect: str) -> tuple[str, str, str, str]:
+    return tuple(_for_dialect(sql, dialect) for sql in (_CREATE_RUN, _CHECKPOINT, _FINISH_RUN, _ADD_TOKENS))  # type: ignore[return-value]

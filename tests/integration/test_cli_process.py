@@ -1,0 +1,189 @@
+"""The `baton` command as a user runs it: a real process, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+BILLING = f"{APPS / 'billing.py'}:billing"
+CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
+
+
+@pytest.fixture
+def env(database_url, tmp_path):
+    control = tmp_path / "control"
+    control.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    environment |= {"BATON_DATABASE_URL": database_url, "BATON_TEST_DIR": str(control)}
+    return environment
+
+
+def baton(env, *args, check=None, cwd=None):
+    result = subprocess.run(
+        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def control(env) -> Path:
+    return Path(env["BATON_TEST_DIR"])
+
+
+def counts(env) -> dict[str, int]:
+    return {p.stem: len(p.read_text().splitlines()) for p in control(env).glob("*.count")}
+
+
+def test_run_prints_the_finished_run_as_show_does(env):
+    result = baton(env, "run", BILLING, "--input", '{"customer": "Ada", "amounts": [1, 2]}', "--json", check=0)
+    run = json.loads(result.stdout)
+    assert run["status"] == "succeeded"
+    assert run["output"] == {"body": "Dear Ada, you owe 3.00."}
+    assert set(run) == {"id", "pipeline", "status", "input", "output", "steps"}
+    assert [set(s) for s in run["steps"]] == [
+        {"name", "status", "attempts", "output", "error", "tokens", "duration_ms"}
+    ] * 2
+    assert run["steps"][0]["tokens"] == {"input": 0, "output": 0}
+    shown = json.loads(baton(env, "show", run["id"], "--json", check=0).stdout)
+    assert shown == run
+    listed = json.loads(baton(env, "runs", "--json", check=0).stdout)
+    assert listed == [{k: v for k, v in run.items() if k != "steps"}]
+
+
+def test_input_can_come_from_a_file(env, tmp_path):
+    (tmp_path / "in.json").write_text('{"customer": "Bo", "amounts": [2.5]}')
+    result = baton(env, "run", BILLING, "--input", f"@{tmp_path / 'in.json'}", "--json", check=0)
+    assert json.loads(result.stdout)["output"] == {"body": "Dear Bo, you owe 2.50."}
+
+
+def test_bad_input_exits_2_naming_the_field_and_starts_nothing(env):
+    result = baton(env, "run", BILLING, "--input", '{"customer": "Ada", "amounts": ["many"]}', check=2)
+    assert "amounts.0" in result.stderr and "Invoice" in result.stderr
+    assert json.loads(baton(env, "runs", "--json", check=0).stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", BILLING, "--input", "{not json"], "not valid JSON"),
+        (["run", "nowhere.py:thing", "--input", "{}"], "no such file"),
+        (["run", BILLING], "Missing option '--input'"),
+        (["run", f"{APPS / 'billing.py'}:Letter", "--input", "{}"], "not a baton pattern"),
+        (["show", "0123456789abcdef"], "no run with id"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_clear_message(env, args, needle):
+    result = baton(env, *args, check=2)
+    assert needle in result.stderr
+
+
+def test_a_failed_run_exits_1_and_show_tells_which_step_and_why(env):
+    (control(env) / "transform.fail").write_text("the transformer is broken")
+    result = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--json", check=1)
+    run = json.loads(result.stdout)
+    assert run["status"] == "failed"
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "failed", "pending"]
+    error = run["steps"][1]["error"]
+    assert error["type"] == "ValueError" and error["message"] == "the transformer is broken"
+    assert "Traceback" in error["traceback"]
+    table = baton(env, "show", run["id"], check=0).stdout
+    assert "the transformer is broken" in table and "failed" in table
+    failed = json.loads(baton(env, "runs", "--status", "failed", "--json", check=0).stdout)
+    assert [r["id"] for r in failed] == [run["id"]]
+
+
+def test_resume_continues_at_the_failed_step_and_never_reruns_finished_ones(env):
+    (control(env) / "transform.fail").write_text("not yet")
+    run = json.loads(baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--json", check=1).stdout)
+    (control(env) / "transform.fail").unlink()
+    resumed = json.loads(baton(env, "resume", run["id"], "--json", check=0).stdout)
+    assert resumed["status"] == "succeeded"
+    assert resumed["output"] == {"value": 25}
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+    assert [s["attempts"] for s in resumed["steps"]] == [1, 2, 1]
+    again = baton(env, "resume", run["id"], check=2)
+    assert "already succeeded" in again.stderr
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+
+
+def start_blocked_run(env, step_name):
+    (control(env) / f"{step_name}.block").write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "baton", "run", CONTROLLED, "--input", '{"value": 1}', "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = control(env) / f"{step_name}.started"
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.02)
+    runs = json.loads(baton(env, "runs", "--json", check=0).stdout)
+    assert len(runs) == 1
+    return proc, runs[0]["id"]
+
+
+def test_a_run_killed_mid_step_shows_interrupted_and_resumes_without_redoing_work(env):
+    proc, run_id = start_blocked_run(env, "transform")
+    shown = json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
+    assert shown["status"] == "running"
+    assert [s["status"] for s in shown["steps"]] == ["succeeded", "running", "pending"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    shown = json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
+    assert shown["status"] == "interrupted"
+    assert [s["status"] for s in shown["steps"]] == ["succeeded", "interrupted", "pending"]
+    assert shown["steps"][1]["error"]["type"] == "Interrupted"
+    listed = json.loads(baton(env, "runs", "--status", "interrupted", "--json", check=0).stdout)
+    assert [r["id"] for r in listed] == [run_id]
+
+    (control(env) / "transform.block").unlink()
+    resumed = json.loads(baton(env, "resume", run_id, "--json", check=0).stdout)
+    assert resumed["status"] == "succeeded" and resumed["output"] == {"value": 25}
+    # transform ran twice (killed, then resumed); fetch and publish once each.
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+
+
+def test_cancel_lets_the_current_step_finish_and_starts_nothing_after_it(env):
+    proc, run_id = start_blocked_run(env, "transform")
+    result = baton(env, "cancel", run_id, check=0)
+    assert "cancel requested" in result.stdout
+    (control(env) / "transform.block").unlink()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    run = json.loads(out)
+    assert run["status"] == "cancelled"
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "cancelled"]
+    assert counts(env) == {"fetch": 1, "transform": 1}
+    assert "already cancelled" in baton(env, "cancel", run_id, check=2).stderr
+
+
+def test_resume_refuses_when_the_pipelines_steps_changed(env):
+    (control(env) / "publish.fail").write_text("no")
+    run = json.loads(baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--json", check=1).stdout)
+    changed = env | {"BATON_TEST_STEPS": "short"}
+    result = baton(changed, "resume", run["id"], check=2)
+    assert "recorded steps ['fetch', 'transform', 'publish']" in result.stderr
+    assert "['fetch', 'publish']" in result.stderr
+
+
+def test_run_shows_live_progress_per_step(env):
+    result = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', check=0)
+    lines = result.stderr.splitlines()
+    for name in ("fetch", "transform", "publish"):
+        assert f"▶ {name}" in lines
+        assert any(line.startswith(f"✓ {name} ") for line in lines)
+    assert "succeeded" in result.stdout
