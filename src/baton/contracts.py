@@ -8,7 +8,7 @@ from pydantic import BaseModel, ValidationError
 
 from baton.errors import ContractViolation, InvalidInput
 
-__all__ = ["dump_json", "is_contract", "validate_input", "validate_json", "validate_output"]
+__all__ = ["is_contract", "validate_input", "validate_json", "validate_output"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -62,11 +62,6 @@ def validate_json(contract: type[M], raw: str | bytes, *, step: str | None, wher
         return contract.model_validate_json(raw)
     except ValidationError as exc:
         raise ContractViolation.from_validation_error(exc, contract=contract.__name__, step=step, where=where) from None
-
-
-def dump_json(value: BaseModel) -> str:
-    """The compact JSON of a contract value, as it is stored."""
-    return value.model_dump_json()
 
 
 def _json_of(contract: type[BaseModel], value: Any) -> str:

@@ -65,6 +65,3 @@ class Retry:
         if not self.jitter:
             return ceiling
         return (rng or random).uniform(0, ceiling)
-
-
-NO_RETRY = Retry(max_attempts=1)

@@ -121,7 +121,8 @@ class LiveProgress:
         self.run_id = ""
         self.live: Live | None = None
         if console.is_terminal:
-            self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+            # get_renderable makes each refresh redraw, so a running step's clock ticks between events.
+            self.live = Live(console=console, refresh_per_second=8, transient=False, get_renderable=self._view)
 
     def __enter__(self) -> LiveProgress:
         if self.live:
@@ -130,7 +131,7 @@ class LiveProgress:
 
     def __exit__(self, *exc: object) -> None:
         if self.live:
-            self.live.update(self._table())
+            self.live.refresh()
             self.live.__exit__(None, None, None)
 
     def run_created(self, run_id: str) -> None:
@@ -160,12 +161,13 @@ class LiveProgress:
 
     def _show(self, line: str) -> None:
         if self.live:
-            self.live.update(self._table())
+            self.live.refresh()
         else:
             self.console.print(line, highlight=False, markup=False)
 
-    def _table(self) -> Table:
-        table = Table(title=f"{self.title} {self.run_id}", title_justify="left")
+    def _view(self) -> Group:
+        header = Text(f"{self.title}  run {self.run_id}" if self.run_id else self.title, style="bold")
+        table = Table()
         for column in ("step", "status", ""):
             table.add_column(column)
         for name in self.names:
@@ -173,4 +175,4 @@ class LiveProgress:
             if status == "running" and name in self.started and not note:
                 note = _ms((time.perf_counter() - self.started[name]) * 1000)
             table.add_row(name, _status(status), note)
-        return table
+        return Group(header, table)

@@ -1,0 +1,43 @@
+import pytest
+
+from baton import UserError
+from baton._ids import new_run_id
+from baton._loader import load_target, normalize_target
+from baton.settings import Settings
+
+
+def test_run_ids_grow_even_within_one_millisecond():
+    ids = [new_run_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 32 for i in ids)
+
+
+def test_a_file_target_loads_once_and_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "mod.py").write_text("VALUE = object()\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_target("mod.py:VALUE") is load_target(f"{tmp_path}/mod.py:VALUE")
+    assert normalize_target("mod.py:VALUE") == f"{tmp_path}/mod.py:VALUE"
+
+
+def test_a_module_target_imports_the_module():
+    assert load_target("baton.demo:pipeline").name == "demo-documents"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no-colon", "must look like"),
+        ("missing_module_xyz:thing", "cannot import module"),
+        ("baton.demo:nothing_here", "has no attribute"),
+        ("/does/not/exist.py:x", "no such file"),
+    ],
+)
+def test_bad_targets_fail_clearly(target, message):
+    with pytest.raises(UserError, match=message):
+        load_target(target)
+
+
+def test_settings_are_read_from_the_environment_when_asked():
+    settings = Settings.from_env({"BATON_DATABASE_URL": "sqlite:///x.db", "BATON_LEASE_SECONDS": "5"})
+    assert settings.database_url == "sqlite:///x.db" and settings.lease_seconds == 5.0
+    assert Settings.from_env({}).resolved_database_url().endswith("/.baton/baton.db")

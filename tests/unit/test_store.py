@@ -1,0 +1,117 @@
+"""The store's rules, on a real SQLite file: fencing, reaping dead owners, leases."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from baton import RunStatus, StepStatus
+from baton._owner import owner_alive, this_owner
+from baton.store import LostOwnership, utcnow
+
+
+def dead_owner() -> str:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    host = this_owner().rsplit(":", 2)[0]
+    return f"{host}:{proc.pid}:12345"
+
+
+def create(store, owner, run_id="01" * 16, names=("a", "b")):
+    now = utcnow()
+    with store.writer() as w:
+        w.create_run(
+            run_id=run_id,
+            pipeline="p",
+            target=None,
+            input_json='{"n": 1}',
+            step_names_json=json.dumps(list(names)),
+            owner=owner,
+            now=now,
+            lease_until=now + store.lease if owner else None,
+        )
+    return run_id
+
+
+def checkpoint(store, run_id, owner, idx, final=False):
+    now = utcnow()
+    with store.writer() as w:
+        return w.checkpoint(
+            run_id,
+            owner,
+            idx=idx,
+            name="ab"[idx],
+            attempt=1,
+            output_json='{"n": 2}',
+            started_at=now,
+            finished_at=now,
+            final_output='{"n": 2}' if final else None,
+        )
+
+
+def test_a_checkpoint_is_refused_to_a_process_that_no_longer_owns_the_run(store):
+    run_id = create(store, this_owner())
+    with pytest.raises(LostOwnership):
+        checkpoint(store, run_id, "someone-else:1:1", 0)
+    assert store.get_run(run_id).steps[0].status is StepStatus.RUNNING
+
+
+def test_the_last_checkpoint_ends_the_run_succeeded(store):
+    run_id = create(store, this_owner())
+    assert checkpoint(store, run_id, this_owner(), 0) is False
+    checkpoint(store, run_id, this_owner(), 1, final=True)
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.SUCCEEDED and run.output == {"n": 2}
+
+
+def test_a_checkpoint_reports_a_requested_cancel(store):
+    run_id = create(store, this_owner())
+    assert store.request_cancel(run_id) is RunStatus.RUNNING
+    assert checkpoint(store, run_id, this_owner(), 0) is True
+
+
+def test_a_run_whose_process_died_is_seen_interrupted(store):
+    run_id = create(store, dead_owner())
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.INTERRUPTED and run.failed_step == "a"
+    assert run.steps[0].status is StepStatus.INTERRUPTED
+    assert run.steps[0].error.type == "Interrupted"
+    assert run.steps[1].status is StepStatus.PENDING
+
+
+def test_a_live_owner_keeps_its_run_running(store):
+    run_id = create(store, this_owner())
+    assert store.reap() == []
+    assert store.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_an_owner_on_another_host_is_judged_by_its_lease(store):
+    run_id = create(store, "another-host:42:7")
+    assert store.reap() == []
+    with store.engine.begin() as c:
+        c.exec_driver_sql(
+            "UPDATE baton_runs SET lease_expires_at = ? WHERE id = ?",
+            ((utcnow() - timedelta(seconds=1)).isoformat(" "), run_id),
+        )
+    assert store.reap() == [run_id]
+
+
+def test_the_heartbeat_extends_the_lease(store):
+    run_id = create(store, "another-host:42:7")
+    with store.engine.begin() as c:
+        c.exec_driver_sql(
+            "UPDATE baton_runs SET lease_expires_at = ? WHERE id = ?",
+            ((utcnow() + timedelta(seconds=1)).isoformat(" "), run_id),
+        )
+    store.heartbeat("another-host:42:7", [run_id])
+    with store.engine.connect() as c:
+        lease = c.exec_driver_sql("SELECT lease_expires_at FROM baton_runs").scalar()
+    assert lease > (utcnow() + timedelta(seconds=30)).isoformat(" ")
+
+
+def test_owner_alive_knows_this_process_and_a_dead_one():
+    assert owner_alive(this_owner()) is True
+    assert owner_alive(dead_owner()) is False
+    assert owner_alive("elsewhere:1:1") is None
