@@ -48,7 +48,7 @@ class Tokens:
 NO_TOKENS = Tokens()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepRecord:
     """One step of a run: status, attempts, checkpointed output, error, tokens and timings."""
 
@@ -76,7 +76,7 @@ class StepRecord:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Run:
     """A run as recorded: its status, input, output and one record per step."""
 

@@ -98,6 +98,8 @@ def _clip(text: str, limit: int) -> str:
 def extract(doc: Document) -> ExtractionResult:
     """Pick the sentences that carry figures as key facts."""
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", doc.text) if p.strip()]
+    if paragraphs and paragraphs[0].lstrip("# ").strip() == doc.title:
+        paragraphs = paragraphs[1:] or paragraphs  # the heading is the title, not content
     sentences = [s.strip() for p in paragraphs for s in _SENTENCE.split(p) if s.strip()]
     factual = [s for s in sentences if re.search(r"\d", s)]
     warnings = []

@@ -199,7 +199,7 @@ def _loop(
         while True:
             if observer is not None:
                 observer.step_started(run_id, idx, step.name, attempt)
-            t0 = time.perf_counter()
+                t0 = time.perf_counter()
             outcome = execute_attempt(
                 store, writer, run_id, owner, step, idx, value,
                 attempt=attempt, attempts_this_go=this_go, last=idx == last,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +61,16 @@ UPDATE baton_runs SET status = 'succeeded', output = ?j, finished_at = ?t, updat
 WHERE id = ?s AND owner = ?s
 """
 
+# PostgreSQL does the last checkpoint and the run's success in one statement (one round trip, one
+# transaction); data-modifying CTEs are PostgreSQL's, so SQLite opens a transaction for the two statements.
+_CHECKPOINT_FINAL_PG = (
+    "WITH ins AS ("
+    + _CHECKPOINT.split("RETURNING")[0]
+    + "RETURNING 1 AS ok), upd AS ("
+    + _FINISH_RUN.strip()
+    + " AND EXISTS (SELECT 1 FROM ins) RETURNING 1) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)"
+)
+
 _ADD_TOKENS = "UPDATE baton_runs SET tokens_in = tokens_in + ?i, tokens_out = tokens_out + ?i WHERE id = ?s"
 
 _PLACEHOLDER = re.compile(r"\?([sifbtj])")
@@ -90,6 +101,9 @@ class RunWriter:
         self.ts = _ts_sqlite if dialect == "sqlite" else _ts_native
         self.lease_seconds = lease_seconds
         self._create, self._checkpoint, self._finish, self._tokens = _statements(dialect)
+        self._final = _for_dialect(_CHECKPOINT_FINAL_PG, dialect) if dialect == "postgresql" else None
+        self._saved_mode = self._set_autocommit(None if dialect == "sqlite" else True)
+        self.cur = self.conn.cursor()
 
     def broken(self) -> bool:
         """True when the connection can no longer be used (closed, or lost by psycopg)."""
@@ -98,10 +112,36 @@ class RunWriter:
         return False
 
     def close(self) -> None:
-        """Give the connection back."""
-        # A broken connection cannot be closed cleanly; it is gone either way.
+        """Give the connection back to the pool as the pool lent it."""
+        # A broken connection cannot be reset or closed cleanly; it is gone either way.
+        with contextlib.suppress(Exception):
+            self.cur.close()
+            self._set_autocommit(self._saved_mode)
         with contextlib.suppress(Exception):
             self._proxied.close()
+
+    def _set_autocommit(self, mode: Any) -> Any:
+        # Autocommit: a write of one statement is its own transaction, which spares the driver's BEGIN and
+        # COMMIT (two round trips on PostgreSQL). Writes of several statements open a transaction explicitly.
+        if self.dialect == "sqlite":
+            previous, self.conn.isolation_level = self.conn.isolation_level, mode
+        else:
+            previous, self.conn.autocommit = self.conn.autocommit, mode
+        return previous
+
+    @contextlib.contextmanager
+    def _transaction(self, cur: Any) -> Iterator[None]:
+        if self.dialect != "sqlite":
+            with self.conn.transaction():
+                yield
+            return
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
 
     def create_run(
         self,
@@ -118,23 +158,15 @@ class RunWriter:
         """Record a new run: running (owned by `owner`, at its first step) or, with no owner, pending."""
         running = owner is not None
         ts = self.ts
-        cur = self.conn.cursor()
-        try:
-            cur.execute(
-                self._create,
-                (
-                    run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
-                    input_json, step_names_json, 0 if running else None, 1 if running else 0,
-                    ts(now) if running else None, False, owner, ts(lease_until), ts(now),
-                    ts(now) if running else None, ts(now),
-                ),
-            )  # fmt: skip
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
-        finally:
-            cur.close()
+        self.cur.execute(
+            self._create,
+            (
+                run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
+                input_json, step_names_json, 0 if running else None, 1 if running else 0,
+                ts(now) if running else None, False, owner, ts(lease_until), ts(now),
+                ts(now) if running else None, ts(now),
+            ),
+        )  # fmt: skip
 
     def checkpoint(
         self,
@@ -156,16 +188,26 @@ class RunWriter:
         Raises `LostOwnership` (and writes nothing) when `owner` no longer owns the run.
         """
         ts = self.ts
-        duration_ms = (finished_at - started_at).total_seconds() * 1000.0
-        cur = self.conn.cursor()
-        try:
-            cur.execute(
-                self._checkpoint,
-                (
-                    run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, tokens_in, tokens_out,
-                    ts(started_at), ts(finished_at), duration_ms, run_id, owner,
-                ),
-            )  # fmt: skip
+        cur = self.cur
+        params = (
+            run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, tokens_in, tokens_out,
+            ts(started_at), ts(finished_at), (finished_at - started_at).total_seconds() * 1000.0, run_id, owner,
+        )  # fmt: skip
+        if final_output is None and not (tokens_in or tokens_out):
+            cur.execute(self._checkpoint, params)
+            rows = cur.fetchall()
+            if not rows:
+                raise LostOwnership(run_id)
+            return bool(rows[0][0])
+        if final_output is not None and self._final is not None:
+            finish = (final_output, ts(finished_at), ts(finished_at), tokens_in, tokens_out, run_id, owner)
+            cur.execute(self._final, params + finish)
+            inserted, updated = cur.fetchone()
+            if not (inserted and updated):
+                raise LostOwnership(run_id)
+            return False
+        with self._transaction(cur):
+            cur.execute(self._checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
@@ -174,14 +216,8 @@ class RunWriter:
                     self._finish,
                     (final_output, ts(finished_at), ts(finished_at), tokens_in, tokens_out, run_id, owner),
                 )
-            elif tokens_in or tokens_out:
+            else:
                 cur.execute(self._tokens, (tokens_in, tokens_out, run_id))
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
-        finally:
-            cur.close()
         return bool(rows[0][0])
 
 
