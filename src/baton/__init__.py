@@ -15,6 +15,7 @@ from baton.errors import (
     RunNotFound,
     RunNotResumable,
     StepFailed,
+    StoreUnavailable,
     TransientError,
     UserError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "RunNotFound",
     "RunNotResumable",
     "StepFailed",
+    "StoreUnavailable",
     "TransientError",
     "UserError",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "RunNotFound",
     "RunNotResumable",
     "StepFailed",
+    "StoreUnavailable",
     "TransientError",
     "UserError",
 ]
@@ -93,6 +94,10 @@ class InvalidInput(ContractViolation, UserError):
 
 class RunError(BatonError):
     """A failure while a run executes."""
+
+
+class StoreUnavailable(BatonError):
+    """The run store cannot be reached (the database is down, or the URL points nowhere)."""
 
 
 class StepFailed(RunError):

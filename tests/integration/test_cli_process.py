@@ -187,3 +187,11 @@ def test_run_shows_live_progress_per_step(env):
         assert f"▶ {name}" in lines
         assert any(line.startswith(f"✓ {name} ") for line in lines)
     assert "succeeded" in result.stdout
+
+
+def test_an_unreachable_store_is_a_clear_error_that_hides_the_password(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env["BATON_DATABASE_URL"] = "postgresql://postgres:s3cret-pw@127.0.0.1:1/test"
+    result = baton(env, "runs", check=1)
+    assert "cannot reach the run store" in result.stderr and "Connection refused" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout

@@ -40,6 +40,10 @@ def _errors_to_exit(fn: F) -> F:
         except BatonError as exc:
             click.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
+        except KeyboardInterrupt:
+            # The runtime has already marked the run interrupted; it resumes like a failed one.
+            click.secho("interrupted: `baton runs --status interrupted` lists it; `baton resume ID` goes on", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 

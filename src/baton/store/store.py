@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from baton._owner import owner_alive
-from baton.errors import RunNotFound, UserError
+from baton.errors import RunNotFound, StoreUnavailable, UserError
 from baton.run import AttemptError, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
 from baton.store.engine import RawJSON, make_engine, migrate
@@ -72,7 +73,12 @@ class RunStore:
         self._local = threading.local()
         self._writers: list[RunWriter] = []
         self._writers_lock = threading.Lock()
-        migrate(self.engine)
+        try:
+            migrate(self.engine)
+        except OperationalError as exc:
+            self.engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreUnavailable(f"cannot reach the run store at {self.describe()}: {reason}") from None
 
     def close(self) -> None:
         """Release the store's connections."""
@@ -169,14 +175,7 @@ class RunStore:
                     "lease_expires_at": now + self.lease,
                 }
             else:
-                values = {
-                    "status": RunStatus.FAILED,
-                    "failed_step": result.name,
-                    "finished_at": now,
-                    "current_step": None,
-                    "owner": None,
-                    "lease_expires_at": None,
-                }
+                values = _ended(RunStatus.FAILED, now) | {"failed_step": result.name}
             values["updated_at"] = now
             c.execute(update(runs).where(runs.c.id == run_id, runs.c.owner == owner).values(**values))
             if not retrying:
@@ -204,18 +203,7 @@ class RunStore:
         if owner is not None:
             cond.append(runs.c.owner == owner)
         with self.engine.begin() as c:
-            c.execute(
-                update(runs)
-                .where(*cond)
-                .values(
-                    status=RunStatus.CANCELLED,
-                    finished_at=now,
-                    updated_at=now,
-                    current_step=None,
-                    owner=None,
-                    lease_expires_at=None,
-                )
-            )
+            c.execute(update(runs).where(*cond).values(**_ended(RunStatus.CANCELLED, now)))
 
     def request_cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: at once if nothing runs it, else after its current step. Returns the new status."""
@@ -289,14 +277,7 @@ class RunStore:
             changed = c.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING, owner_cond)
-                .values(
-                    status=RunStatus.INTERRUPTED,
-                    failed_step=name,
-                    finished_at=now,
-                    updated_at=now,
-                    owner=None,
-                    lease_expires_at=None,
-                )
+                .values(**_ended(RunStatus.INTERRUPTED, now), failed_step=name)
             ).rowcount
             if not changed or current is None or name is None:
                 return bool(changed)
@@ -383,6 +364,18 @@ class RunStore:
     def describe(self) -> str:
         """The store's URL, without a password, for messages."""
         return self.engine.url.render_as_string(hide_password=True)
+
+
+def _ended(status: RunStatus, now: datetime) -> dict[str, Any]:
+    """The run columns of a run that stops: nobody owns it any more."""
+    return {
+        "status": status,
+        "finished_at": now,
+        "updated_at": now,
+        "current_step": None,
+        "owner": None,
+        "lease_expires_at": None,
+    }
 
 
 def _names(value: Any) -> list[str]:
