@@ -22,28 +22,34 @@ def _start_time(pid: int) -> str | None:
 
 
 @functools.cache
-def _host() -> str:
-    return socket.gethostname()
+def _machine() -> str:
+    # A hostname alone is not enough: containers can share one while each has its own process ids. Two
+    # processes can check each other's pids only within the same pid namespace on the same host.
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "0"
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def this_owner() -> str:
-    """The owner id of this process: `host:pid:start`."""
+    """The owner id of this process: `host/pid-namespace:pid:start`."""
     return _owner_of(os.getpid())
 
 
 @functools.cache
 def _owner_of(pid: int) -> str:
     # Keyed by pid, so that a forked child (a Celery prefork worker) gets its own id.
-    return f"{_host()}:{pid}:{_start_time(pid) or '?'}"
+    return f"{_machine()}:{pid}:{_start_time(pid) or '?'}"
 
 
 def owner_alive(owner: str) -> bool | None:
-    """True or False for an owner on this host; None when it lives elsewhere (then only its lease tells)."""
+    """True or False for an owner on this machine; None when it lives elsewhere (then only its lease tells)."""
     parts = owner.rsplit(":", 2)
     if len(parts) != 3:
         return None
-    host, pid_text, start = parts
-    if host != _host():
+    machine, pid_text, start = parts
+    if machine != _machine():
         return None
     try:
         pid = int(pid_text)

@@ -42,7 +42,11 @@ def validate_output(contract: type[M], value: Any, *, step: str) -> tuple[M, str
         if isinstance(value, BaseModel) and not isinstance(value, contract):
             raise TypeError(f"returned a {type(value).__name__}, not a {contract.__name__}")
         raw = value.model_dump_json() if isinstance(value, BaseModel) else _json_of(contract, value)
-        return contract.model_validate_json(raw), raw
+        validated = contract.model_validate_json(raw)
+        if type(value) is not contract:
+            # A subclass carries fields the contract does not have; only the contract crosses the boundary.
+            raw = validated.model_dump_json()
+        return validated, raw
     except ValidationError as exc:
         raise ContractViolation.from_validation_error(
             exc, contract=contract.__name__, step=step, where="output"

@@ -90,6 +90,7 @@ class Run:
     target: str | None = None
     failed_step: str | None = None
     cancel_requested: bool = False
+    claims: int = 0
     tokens: Tokens = NO_TOKENS
     started_at: datetime | None = None
     finished_at: datetime | None = None

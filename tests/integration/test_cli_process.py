@@ -195,3 +195,18 @@ def test_an_unreachable_store_is_a_clear_error_that_hides_the_password(tmp_path)
     result = baton(env, "runs", check=1)
     assert "cannot reach the run store" in result.stderr and "Connection refused" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_run_and_show_print_the_same_json_text(env, tmp_path):
+    app = tmp_path / "ordered.py"
+    app.write_text(
+        "from pydantic import BaseModel\n"
+        "from baton import Pipeline, step\n"
+        "class Out(BaseModel):\n    zeta: int\n    alpha: int\n"
+        "@step\ndef make(x: Out) -> Out:\n    return Out(zeta=x.zeta + 1, alpha=x.alpha)\n"
+        "ordered = Pipeline('ordered', [make])\n"
+    )
+    ran = baton(env, "run", f"{app}:ordered", "--input", '{"zeta": 1, "alpha": 2}', "--json", check=0).stdout
+    shown = baton(env, "show", json.loads(ran)["id"], "--json", check=0).stdout
+    assert ran == shown
+    assert list(json.loads(ran)["output"]) == ["zeta", "alpha"]

@@ -6,6 +6,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import baton
+import baton._owner
 from baton import InvalidInput, Pipeline, Retry, RunNotResumable, RunStatus, StepStatus, TransientError, step
 
 
@@ -200,3 +201,56 @@ def test_a_unique_prefix_finds_a_run(store):
     assert store.get_run(run.id[:20]).id == run.id
     with pytest.raises(baton.RunNotFound):
         store.get_run("ffffffffffff")
+
+
+def test_a_cancel_during_retries_stops_the_retrying(store):
+    attempts = []
+
+    @step(retry=Retry(max_attempts=5, backoff=0, jitter=False))
+    def flaky(x: Num) -> Num:
+        attempts.append(1)
+        (running,) = store.list_runs(status="running")
+        baton.cancel(running.id, store=store)
+        raise ConnectionError("down")
+
+    run = Pipeline("cancel-retries", [flaky]).run({"n": 1}, store=store)
+    assert run.status is RunStatus.CANCELLED
+    assert len(attempts) == 1
+
+
+def test_a_step_that_builds_an_invalid_contract_fails_at_its_boundary(store):
+    class Short(BaseModel):
+        text: str = Field(max_length=5)
+
+    @step
+    def writes_too_much(x: Num) -> Short:
+        return Short(text="much more than five characters")
+
+    run = Pipeline("builds-invalid", [writes_too_much]).run({"n": 1}, store=store)
+    error = run.step("writes_too_much").error
+    assert error.type == "ContractViolation"
+    assert "step 'writes_too_much': output violates contract Short: field 'text'" in error.message
+
+
+def test_only_the_contracts_fields_cross_the_boundary(store):
+    class Wide(Num):
+        secret: str = "not for the next step"
+
+    @step
+    def widens(x: Num) -> Num:
+        return Wide(n=x.n)
+
+    run = Pipeline("narrows", [widens]).run({"n": 3}, store=store)
+    assert run.output == {"n": 3}
+    assert store.get_run(run.id).steps[0].output == {"n": 3}
+
+
+def test_a_pending_run_is_not_resumed_by_hand(store):
+    calls = Calls()
+    pipeline = make(calls, name="pending-guard")
+    with store.writer() as w:
+        from baton.runtime.local import _create
+
+        run_id, _, _ = _create(w, store, pipeline, Num(n=1), baton._owner.this_owner(), pending=True)
+    with pytest.raises(RunNotResumable, match="pending"):
+        baton.resume(run_id, store=store)

@@ -9,17 +9,18 @@ import pytest
 
 from baton import RunStatus, StepStatus
 from baton._owner import owner_alive, this_owner
-from baton.store import LostOwnership, utcnow
+from baton.run import ErrorInfo
+from baton.store import LostOwnership, StepResult, utcnow
 
 
 def dead_owner() -> str:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    host = this_owner().rsplit(":", 2)[0]
-    return f"{host}:{proc.pid}:12345"
+    machine = this_owner().rsplit(":", 2)[0]
+    return f"{machine}:{proc.pid}:12345"
 
 
-def create(store, owner, run_id="01" * 16, names=("a", "b")):
+def create(store, owner, run_id="01" * 16, names=("a", "b"), pending=False):
     now = utcnow()
     with store.writer() as w:
         w.create_run(
@@ -30,9 +31,18 @@ def create(store, owner, run_id="01" * 16, names=("a", "b")):
             step_names_json=json.dumps(list(names)),
             owner=owner,
             now=now,
-            lease_until=now + store.lease if owner else None,
+            lease_until=now + store.lease,
+            pending=pending,
         )
     return run_id
+
+
+def expire_lease(store, run_id):
+    with store.engine.begin() as c:
+        c.exec_driver_sql(
+            "UPDATE baton_runs SET lease_expires_at = ? WHERE id = ?",
+            ((utcnow() - timedelta(seconds=1)).isoformat(" "), run_id),
+        )
 
 
 def checkpoint(store, run_id, owner, idx, final=False):
@@ -90,25 +100,85 @@ def test_a_live_owner_keeps_its_run_running(store):
 def test_an_owner_on_another_host_is_judged_by_its_lease(store):
     run_id = create(store, "another-host:42:7")
     assert store.reap() == []
-    with store.engine.begin() as c:
-        c.exec_driver_sql(
-            "UPDATE baton_runs SET lease_expires_at = ? WHERE id = ?",
-            ((utcnow() - timedelta(seconds=1)).isoformat(" "), run_id),
-        )
+    expire_lease(store, run_id)
     assert store.reap() == [run_id]
 
 
 def test_the_heartbeat_extends_the_lease(store):
     run_id = create(store, "another-host:42:7")
-    with store.engine.begin() as c:
-        c.exec_driver_sql(
-            "UPDATE baton_runs SET lease_expires_at = ? WHERE id = ?",
-            ((utcnow() + timedelta(seconds=1)).isoformat(" "), run_id),
-        )
+    expire_lease(store, run_id)
     store.heartbeat("another-host:42:7", [run_id])
+    assert store.reap() == []
     with store.engine.connect() as c:
         lease = c.exec_driver_sql("SELECT lease_expires_at FROM baton_runs").scalar()
     assert lease > (utcnow() + timedelta(seconds=30)).isoformat(" ")
+
+
+def test_a_live_process_that_stopped_renewing_its_lease_loses_its_run(store):
+    # A run claimed by this (live) process but not executing, e.g. a thread that died between claim and
+    # execution: no heartbeat renews it, so it must not stay "running" for as long as the process lives.
+    run_id = create(store, this_owner())
+    expire_lease(store, run_id)
+    assert store.reap() == [run_id]
+    assert store.get_run(run_id).status is RunStatus.INTERRUPTED
+
+
+def test_reaping_never_erases_a_checkpoint(store):
+    owner = "another-host:42:7"
+    run_id = create(store, owner)
+    checkpoint(store, run_id, owner, 0)
+    expire_lease(store, run_id)
+    assert store.reap() == [run_id]
+    run = store.get_run(run_id)
+    assert run.steps[0].status is StepStatus.SUCCEEDED and run.steps[0].output == {"n": 2}
+    assert run.steps[1].status is StepStatus.INTERRUPTED
+    with pytest.raises(LostOwnership):  # the owner, back too late, cannot write any more
+        checkpoint(store, run_id, owner, 1)
+
+
+def test_a_failure_from_a_process_that_lost_the_run_writes_nothing(store):
+    owner = "another-host:42:7"
+    run_id = create(store, owner)
+    expire_lease(store, run_id)
+    store.reap()
+    now = utcnow()
+    failure = StepResult(idx=1, name="b", attempt=1, started_at=now, finished_at=now, error=ErrorInfo("E", "m"))
+    for retrying in (True, False):
+        with pytest.raises(LostOwnership):
+            store.record_failure(run_id, owner, failure, retrying=retrying)
+    with pytest.raises(LostOwnership):
+        store.start_attempt(run_id, owner, 1, 2)
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.INTERRUPTED
+    assert all(not s.attempt_errors for s in run.steps)
+
+
+def test_a_resume_claims_only_the_run_it_planned_from(store):
+    run_id = create(store, dead_owner())
+    seen = store.get_run(run_id)
+    assert seen.status is RunStatus.INTERRUPTED
+    statuses = [RunStatus.INTERRUPTED, RunStatus.FAILED]
+    assert store.claim(run_id, this_owner(), start_idx=0, attempt=2, statuses=statuses, claims=seen.claims)
+    store.reap_owned(run_id, this_owner(), "stopped again")
+    # A second resumer that read the run before the first one claimed it must not act on that stale plan.
+    assert not store.claim(run_id, this_owner(), start_idx=0, attempt=2, statuses=statuses, claims=seen.claims)
+
+
+def test_a_new_claim_forgets_an_old_cancel_request(store):
+    run_id = create(store, this_owner())
+    assert store.request_cancel(run_id) is RunStatus.RUNNING
+    store.reap_owned(run_id, this_owner(), "killed")
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.INTERRUPTED and run.cancel_requested
+    assert store.claim(run_id, this_owner(), start_idx=0, attempt=2, statuses=["interrupted"], claims=run.claims)
+    assert store.get_run(run_id).cancel_requested is False
+
+
+def test_a_pending_run_whose_submitter_died_becomes_resumable(store):
+    run_id = create(store, dead_owner(), pending=True)
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.INTERRUPTED
+    assert [s.status for s in run.steps] == [StepStatus.PENDING, StepStatus.PENDING]
 
 
 def test_owner_alive_knows_this_process_and_a_dead_one():

@@ -6,9 +6,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from baton.contracts import validate_output
+from baton.errors import ContractViolation
 from baton.run import ErrorInfo
 from baton.steps import Step
 from baton.store import RunStore, RunWriter, StepResult, utcnow
@@ -33,6 +34,7 @@ class RetryLater:
     delay: float
     next_attempt: int
     error: ErrorInfo
+    cancel_requested: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +89,23 @@ def execute_attempt(
     """
     started = utcnow()
     try:
-        output, output_json = validate_output(step.output, step.execute(value), step=step.name)
+        try:
+            produced = step.execute(value)
+        except ValidationError as exc:
+            # The step built a contract that breaks its bounds (`return Letter(body=...)`): that is the
+            # boundary failing, and it must say so, naming the step.
+            where = "output" if exc.title == step.output.__name__ else f"a {exc.title} it built"
+            raise ContractViolation.from_validation_error(exc, contract=exc.title, step=step.name, where=where) from exc
+        output, output_json = validate_output(step.output, produced, step=step.name)
     except Exception as exc:
         info = error_info(exc)
         retrying = step.retry.should_retry(exc, attempts_this_go)
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
         )
-        store.record_failure(run_id, owner, failed, retrying=retrying)
+        cancel = store.record_failure(run_id, owner, failed, retrying=retrying)
         if retrying:
-            return RetryLater(step.retry.delay(attempts_this_go), attempt + 1, info)
+            return RetryLater(step.retry.delay(attempts_this_go), attempt + 1, info, cancel)
         return Failed(info)
     result = StepResult(
         idx=idx,

@@ -87,39 +87,53 @@ class LocalRuntime:
         """Record a new run of `pattern` on the validated `value`, execute it to the end, return it."""
         owner = this_owner()
         with store.writer() as writer:
-            run_id, input_json, now = _create(writer, store, pattern, value, owner)
-            if observer is not None:
-                observer.run_created(run_id)
+            run_id, input_json, now = _create(writer, store, pattern, value, owner, pending=False)
             base = Run(
                 id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
-                created_at=now, steps=(), target=pattern.target, started_at=now,
+                created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
             )  # fmt: skip
             return self._execute(store, writer, base, owner, pattern.steps, value, 0, 1, observer)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
-        """Continue a failed, interrupted or pending run of `pattern` at its first unfinished step."""
+        """Continue a failed or interrupted run of `pattern` at its first unfinished step."""
         run = store.get_run(run_id)
         if run.pipeline != pattern.name:
             raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
         idx, value, attempt = plan_resume(run, pattern.steps)
         owner = this_owner()
-        claimable = [RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PENDING]
-        if not store.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=claimable):
-            raise RunNotResumable(f"run {run.id} was taken by another process while resuming; try again")
-        if observer is not None:
-            observer.run_created(run.id)
+        resumable = [RunStatus.FAILED, RunStatus.INTERRUPTED]
+        # Conditional on the run being as it was read: another resume in between would make the plan stale.
+        if not store.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=resumable, claims=run.claims):
+            raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         with store.writer() as writer:
             return self._execute(store, writer, run, owner, pattern.steps, value, idx, attempt, observer)
 
     def submit(self, store: RunStore, pattern: Any, value: BaseModel) -> str:
         """Record a pending run and execute it on a background thread; returns its id at once."""
+        owner = this_owner()
         with store.writer() as writer:
-            run_id, _, _ = _create(writer, store, pattern, value, None)
+            run_id, _, _ = _create(writer, store, pattern, value, owner, pending=True)
+        # The heartbeat keeps the pending run from looking abandoned while it waits for a thread.
+        _heartbeat_for(store).add(run_id, owner)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        future = self._pool.submit(self.resume, store, pattern, run_id)
+        future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
         future.add_done_callback(lambda f: _log_failure(f, run_id))
         return run_id
+
+    def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
+        try:
+            run = store.get_run(run_id)
+            if run.status is not RunStatus.PENDING:
+                return run  # cancelled while it waited
+            idx, value, attempt = plan_resume(run, pattern.steps, pending_ok=True)
+            statuses = [RunStatus.PENDING]
+            if not store.claim(run_id, owner, start_idx=idx, attempt=attempt, statuses=statuses, only_owner=owner):
+                return store.get_run(run_id)
+        finally:
+            _heartbeat_for(store).discard(run_id)
+        with store.writer() as writer:
+            return self._execute(store, writer, run, owner, pattern.steps, value, idx, attempt, observer=None)
 
     def _execute(
         self,
@@ -136,6 +150,8 @@ class LocalRuntime:
         beat = _heartbeat_for(store)
         beat.add(base.id, owner)
         try:
+            if observer is not None:
+                observer.run_created(base.id)
             records = _loop(store, writer, base.id, owner, steps, value, start_idx, first_attempt, observer)
         except LostOwnership:
             records = None  # another process declared the run interrupted; the store says what happened
@@ -159,7 +175,7 @@ class LocalRuntime:
 
 
 def _create(
-    writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str | None
+    writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str, *, pending: bool
 ) -> tuple[str, str, datetime]:
     run_id = new_run_id()
     input_json = value.model_dump_json()
@@ -172,7 +188,8 @@ def _create(
         step_names_json=json.dumps(pattern.step_names),
         owner=owner,
         now=now,
-        lease_until=now + store.lease if owner else None,
+        lease_until=now + store.lease,
+        pending=pending,
     )
     return run_id, input_json, now
 
@@ -209,9 +226,14 @@ def _loop(
             if not isinstance(outcome, RetryLater):
                 break
             clean = False
+            if outcome.cancel_requested:
+                store.finish_cancelled(run_id, owner)
+                return None
             time.sleep(outcome.delay)
             attempt, this_go = outcome.next_attempt, this_go + 1
-            store.start_attempt(run_id, owner, idx, attempt)
+            if store.start_attempt(run_id, owner, idx, attempt):
+                store.finish_cancelled(run_id, owner)
+                return None
         if isinstance(outcome, Failed):
             return None
         assert isinstance(outcome, Succeeded)
@@ -243,7 +265,7 @@ def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> No
         store.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
 
 
-def plan_resume(run: Run, steps: Sequence[Step]) -> tuple[int, BaseModel, int]:
+def plan_resume(run: Run, steps: Sequence[Step], *, pending_ok: bool = False) -> tuple[int, BaseModel, int]:
     """Where a run goes on: (first unfinished step, its input, its next attempt number)."""
     recorded = [s.name for s in run.steps]
     current = [s.name for s in steps]
@@ -258,6 +280,8 @@ def plan_resume(run: Run, steps: Sequence[Step]) -> tuple[int, BaseModel, int]:
         raise RunNotResumable(f"run {run.id} was cancelled; start a new run instead")
     if run.status is RunStatus.RUNNING:
         raise RunNotResumable(f"run {run.id} is running in another process; cancel it first or wait")
+    if run.status is RunStatus.PENDING and not pending_ok:
+        raise RunNotResumable(f"run {run.id} is pending: the process that submitted it will start it")
     idx = next(i for i, s in enumerate(run.steps) if s.status is not StepStatus.SUCCEEDED)
     if idx == 0:
         value = validate_json(steps[0].input, json.dumps(run.input), step=steps[0].name, where="recorded run input")

@@ -16,15 +16,15 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["attempts", "metadata", "runs", "steps"]
 
 metadata = MetaData()
 
-# JSONB on PostgreSQL so that checkpoints can be queried with SQL's JSON operators; TEXT holding JSON on
-# SQLite, where json_extract() reads it.
-Json = JSON().with_variant(JSONB(), "postgresql")
+# JSON, not JSONB, on PostgreSQL: it keeps the text as written (key order included), so what `baton run`
+# printed and what `baton show` reads back are the same; SQL's ->> operators read both. On SQLite it is TEXT
+# holding JSON, which json_extract() reads.
+Json = JSON()
 
 runs = Table(
     "baton_runs",
@@ -42,6 +42,8 @@ runs = Table(
     Column("current_started_at", DateTime, nullable=True),
     Column("failed_step", String(100), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    # How many times the run was claimed (started or resumed); a resume claims only the version it planned from.
+    Column("claims", Integer, nullable=False, default=0),
     # Who is executing the run ("host:pid:start") and until when that claim holds without a heartbeat.
     Column("owner", String(200), nullable=True),
     Column("lease_expires_at", DateTime, nullable=True),

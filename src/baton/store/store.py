@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from baton._owner import owner_alive
@@ -19,7 +19,7 @@ from baton.run import AttemptError, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.schema import attempts, runs, steps
-from baton.store.writer import RunWriter
+from baton.store.writer import LostOwnership, RunWriter
 
 __all__ = ["RunStore", "StepResult", "utcnow"]
 
@@ -46,7 +46,11 @@ class StepResult:
 
 _UPDATE_STEP = (
     update(steps)
-    .where(steps.c.run_id == bindparam("b_run_id"), steps.c.idx == bindparam("b_idx"))
+    .where(
+        steps.c.run_id == bindparam("b_run_id"),
+        steps.c.idx == bindparam("b_idx"),
+        steps.c.status != StepStatus.SUCCEEDED.value,
+    )
     .values(
         status=bindparam("status"),
         attempts=bindparam("attempts"),
@@ -89,15 +93,6 @@ class RunStore:
         self._local = threading.local()
         self.engine.dispose()
 
-    @contextlib.contextmanager
-    def transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
-        """A transaction, or the caller's, so that writes which belong together commit together."""
-        if conn is not None:
-            yield conn
-            return
-        with self.engine.begin() as own:
-            yield own
-
     # -- writing a run ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -118,13 +113,33 @@ class RunStore:
                 self._writers.append(writer)
         yield writer
 
-    def claim(self, run_id: str, owner: str, *, start_idx: int, attempt: int, statuses: Sequence[str]) -> bool:
-        """Take a run in one of `statuses` for `owner`, at step `start_idx`; False if someone else has it."""
+    def claim(
+        self,
+        run_id: str,
+        owner: str,
+        *,
+        start_idx: int,
+        attempt: int,
+        statuses: Sequence[str],
+        claims: int | None = None,
+        only_owner: str | None = None,
+    ) -> bool:
+        """Take a run in one of `statuses` for `owner`, at step `start_idx`; False if it is not as expected.
+
+        `claims` makes the claim conditional on the run not having been claimed since it was read (a resume
+        plans from what it read); `only_owner` lets a process take a pending run it submitted itself. An
+        explicit claim is a new intent, so an earlier cancel request is forgotten.
+        """
         now = utcnow()
+        cond = [runs.c.id == run_id, runs.c.status.in_(list(statuses))]
+        if claims is not None:
+            cond.append(runs.c.claims == claims)
+        if only_owner is not None:
+            cond.append(runs.c.owner == only_owner)
         with self.engine.begin() as c:
             result = c.execute(
                 update(runs)
-                .where(runs.c.id == run_id, runs.c.status.in_(list(statuses)))
+                .where(*cond)
                 .values(
                     status=RunStatus.RUNNING,
                     owner=owner,
@@ -134,26 +149,36 @@ class RunStore:
                     current_started_at=now,
                     failed_step=None,
                     finished_at=None,
+                    cancel_requested=False,
+                    claims=runs.c.claims + 1,
                     started_at=func.coalesce(runs.c.started_at, now),
                     updated_at=now,
                 )
             )
             return result.rowcount == 1
 
-    def record_failure(
-        self,
-        run_id: str,
-        owner: str,
-        result: StepResult,
-        *,
-        retrying: bool,
-        conn: Connection | None = None,
-    ) -> None:
-        """Keep a failed attempt; unless another attempt follows, the step and the run end failed."""
+    def record_failure(self, run_id: str, owner: str, result: StepResult, *, retrying: bool) -> bool:
+        """Keep a failed attempt; unless another attempt follows, the step and the run end failed.
+
+        Returns whether a cancel was requested; when one was and no attempt follows, the run ends cancelled
+        (the step keeps its error). Raises `LostOwnership`, writing nothing, when `owner` lost the run.
+        """
         error = result.error
         assert error is not None
         now = utcnow()
-        with self.transaction(conn) as c:
+        with self.engine.begin() as c:
+            values: dict[str, Any] = {"updated_at": now, "lease_expires_at": now + self.lease}
+            if not retrying:
+                stopped = case((runs.c.cancel_requested, RunStatus.CANCELLED.value), else_=RunStatus.FAILED.value)
+                values |= _ended(RunStatus.FAILED, now) | {"status": stopped, "failed_step": result.name}
+            row = c.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
+                .values(**values)
+                .returning(runs.c.cancel_requested)
+            ).first()
+            if row is None:
+                raise LostOwnership(run_id)
             c.execute(
                 attempts.insert(),
                 {
@@ -168,38 +193,38 @@ class RunStore:
                     "finished_at": result.finished_at,
                 },
             )
-            if retrying:
-                values: dict[str, Any] = {
-                    "current_step": result.idx,
-                    "current_attempt": result.attempt + 1,
-                    "lease_expires_at": now + self.lease,
-                }
-            else:
-                values = _ended(RunStatus.FAILED, now) | {"failed_step": result.name}
-            values["updated_at"] = now
-            c.execute(update(runs).where(runs.c.id == run_id, runs.c.owner == owner).values(**values))
             if not retrying:
                 self._write_step(c, run_id, result, StepStatus.FAILED)
+            return bool(row[0])
 
-    def start_attempt(self, run_id: str, owner: str, idx: int, attempt: int) -> None:
-        """Record that a new attempt of step `idx` starts now (after a retry's wait)."""
+    def start_attempt(self, run_id: str, owner: str, idx: int, attempt: int) -> bool:
+        """Record that attempt `attempt` of step `idx` starts now (after a retry's wait).
+
+        Returns whether a cancel was requested (then the attempt must not start). Raises `LostOwnership`
+        when `owner` lost the run.
+        """
         now = utcnow()
         with self.engine.begin() as c:
-            c.execute(
+            row = c.execute(
                 update(runs)
-                .where(runs.c.id == run_id, runs.c.owner == owner)
+                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
                 .values(
                     current_step=idx,
                     current_attempt=attempt,
                     current_started_at=now,
                     lease_expires_at=now + self.lease,
+                    updated_at=now,
                 )
-            )
+                .returning(runs.c.cancel_requested)
+            ).first()
+        if row is None:
+            raise LostOwnership(run_id)
+        return bool(row[0])
 
     def finish_cancelled(self, run_id: str, owner: str | None = None) -> None:
         """End a run cancelled: nothing after its current step will start."""
         now = utcnow()
-        cond = [runs.c.id == run_id]
+        cond = [runs.c.id == run_id, runs.c.status == RunStatus.RUNNING]
         if owner is not None:
             cond.append(runs.c.owner == owner)
         with self.engine.begin() as c:
@@ -242,55 +267,63 @@ class RunStore:
             )
 
     def reap(self, run_id: str | None = None) -> list[str]:
-        """Mark running runs whose process died (or whose lease ran out) interrupted; returns their ids."""
+        """Mark runs whose owner died or whose lease ran out interrupted (resumable); returns their ids.
+
+        An owner on this machine is dead when its process is; any owner is dead when it stopped renewing its
+        lease (a heartbeat renews it while a run executes or waits to start).
+        """
         now = utcnow()
-        query = select(runs.c.id, runs.c.owner, runs.c.lease_expires_at).where(runs.c.status == RunStatus.RUNNING)
+        query = select(runs.c.id, runs.c.owner, runs.c.lease_expires_at).where(
+            runs.c.status.in_([RunStatus.RUNNING, RunStatus.PENDING]), runs.c.owner.is_not(None)
+        )
         if run_id is not None:
             query = query.where(runs.c.id == run_id)
         with self.engine.connect() as c:
             candidates = c.execute(query).all()
         reaped = []
         for rid, owner, lease in candidates:
-            alive = owner_alive(owner) if owner else False
-            if alive is None:
-                alive = lease is not None and lease > now
-            if not alive:
+            if owner_alive(owner) is False or lease is None or lease <= now:
                 why = f"the process running this step ({owner}) stopped before the step finished"
-                if self._mark_interrupted(rid, owner, why):
+                if self._mark_interrupted(rid, owner, why, require_expired=owner_alive(owner) is not False):
                     reaped.append(rid)
         return reaped
 
     def reap_owned(self, run_id: str, owner: str, why: str) -> None:
         """Mark a run this process owns interrupted (it is stopping mid-run: Ctrl-C, shutdown)."""
-        self._mark_interrupted(run_id, owner, why)
+        self._mark_interrupted(run_id, owner, why, require_expired=False)
 
-    def _mark_interrupted(self, run_id: str, owner: str | None, why: str) -> bool:
+    def _mark_interrupted(self, run_id: str, owner: str, why: str, *, require_expired: bool) -> bool:
         now = utcnow()
         with self.engine.begin() as c:
-            row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
-            if row is None or row["status"] != RunStatus.RUNNING or row["owner"] != owner:
+            # Lock the run before reading it, so that its owner cannot checkpoint in between: a write
+            # first on SQLite (it takes the database's write lock), FOR UPDATE on PostgreSQL.
+            query = select(runs).where(runs.c.id == run_id)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update()
+            else:
+                c.execute(update(runs).where(runs.c.id == run_id).values(updated_at=runs.c.updated_at))
+            row = c.execute(query).mappings().first()
+            if row is None or row["owner"] != owner or row["status"] not in (RunStatus.RUNNING, RunStatus.PENDING):
                 return False
+            if require_expired and row["lease_expires_at"] is not None and row["lease_expires_at"] > now:
+                return False  # the owner renewed its lease since we looked
             by_idx = {r["idx"]: r for r in c.execute(select(steps).where(steps.c.run_id == run_id)).mappings()}
-            current = _current_step(row, by_idx)
+            current = _current_step(row, by_idx) if row["status"] == RunStatus.RUNNING else None
             name = _names(row["step_names"])[current[0]] if current else None
-            owner_cond = runs.c.owner == owner if owner is not None else runs.c.owner.is_(None)
-            changed = c.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING, owner_cond)
-                .values(**_ended(RunStatus.INTERRUPTED, now), failed_step=name)
-            ).rowcount
-            if not changed or current is None or name is None:
-                return bool(changed)
-            idx, attempt, started = current
-            result = StepResult(
-                idx=idx,
-                name=name,
-                attempt=attempt,
-                started_at=started or now,
-                finished_at=now,
-                error=ErrorInfo(type="Interrupted", message=why),
+            c.execute(
+                update(runs).where(runs.c.id == run_id).values(**_ended(RunStatus.INTERRUPTED, now), failed_step=name)
             )
-            self._write_step(c, run_id, result, StepStatus.INTERRUPTED)
+            if current is not None and name is not None:
+                idx, attempt, started = current
+                result = StepResult(
+                    idx=idx,
+                    name=name,
+                    attempt=attempt,
+                    started_at=started or now,
+                    finished_at=now,
+                    error=ErrorInfo(type="Interrupted", message=why),
+                )
+                self._write_step(c, run_id, result, StepStatus.INTERRUPTED)
         return True
 
     def _write_step(self, c: Connection, run_id: str, r: StepResult, status: StepStatus) -> None:
@@ -308,8 +341,12 @@ class RunStore:
             "finished_at": r.finished_at,
             "duration_ms": (r.finished_at - r.started_at).total_seconds() * 1000.0,
         }
-        # Only the run's owner writes its steps, so update-then-insert cannot race.
-        if not c.execute(_UPDATE_STEP, {"b_run_id": run_id, "b_idx": r.idx, **values}).rowcount:
+        # A succeeded step is never overwritten: its checkpoint is what makes resume skip it. The callers
+        # hold the run (as its owner, or under the reaper's lock), so update-then-insert cannot race.
+        if c.execute(_UPDATE_STEP, {"b_run_id": run_id, "b_idx": r.idx, **values}).rowcount:
+            return
+        exists = c.execute(select(steps.c.status).where(steps.c.run_id == run_id, steps.c.idx == r.idx)).first()
+        if exists is None:
             c.execute(steps.insert(), {"run_id": run_id, "idx": r.idx, "name": r.name, **values})
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -467,6 +504,7 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
         target=row["target"],
         failed_step=row["failed_step"],
         cancel_requested=row["cancel_requested"],
+        claims=row["claims"],
         tokens=Tokens(input=row["tokens_in"], output=row["tokens_out"]),
         created_at=row["created_at"],
         started_at=row["started_at"],

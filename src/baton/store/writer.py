@@ -36,9 +36,9 @@ _PG_CASTS = {
 
 _CREATE_RUN = """
 INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
-    current_started_at, failed_step, cancel_requested, owner, lease_expires_at, tokens_in, tokens_out,
+    current_started_at, failed_step, cancel_requested, claims, owner, lease_expires_at, tokens_in, tokens_out,
     created_at, started_at, finished_at, updated_at)
-VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t)
+VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t)
 """
 
 # The step's row is written only while `owner` still owns the running run (a fence against a process that
@@ -151,19 +151,20 @@ class RunWriter:
         target: str | None,
         input_json: str,
         step_names_json: str,
-        owner: str | None,
+        owner: str,
         now: datetime,
-        lease_until: datetime | None,
+        lease_until: datetime,
+        pending: bool = False,
     ) -> None:
-        """Record a new run: running (owned by `owner`, at its first step) or, with no owner, pending."""
-        running = owner is not None
+        """Record a new run owned by `owner`: running at its first step, or `pending` (submitted, to start)."""
+        running = not pending
         ts = self.ts
         self.cur.execute(
             self._create,
             (
                 run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
                 input_json, step_names_json, 0 if running else None, 1 if running else 0,
-                ts(now) if running else None, False, owner, ts(lease_until), ts(now),
+                ts(now) if running else None, False, 1 if running else 0, owner, ts(lease_until), ts(now),
                 ts(now) if running else None, ts(now),
             ),
         )  # fmt: skip

@@ -6,14 +6,13 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
-Json = sa.JSON().with_variant(JSONB(), "postgresql")
+Json = sa.JSON()
 
 
 def upgrade() -> None:
@@ -31,6 +30,7 @@ def upgrade() -> None:
         sa.Column("current_started_at", sa.DateTime, nullable=True),
         sa.Column("failed_step", sa.String(100), nullable=True),
         sa.Column("cancel_requested", sa.Boolean, nullable=False),
+        sa.Column("claims", sa.Integer, nullable=False),
         sa.Column("owner", sa.String(200), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime, nullable=True),
         sa.Column("tokens_in", sa.Integer, nullable=False),
