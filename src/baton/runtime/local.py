@@ -166,12 +166,10 @@ class LocalRuntime:
         # The clean path (every step succeeded at its first attempt) is built from what was just written,
         # without reading it back; anything else is read from the store, the one source of truth.
         final = records[-1]
-        return base.replace(
-            status=RunStatus.SUCCEEDED,
-            output=final.output,
-            steps=tuple(records),
-            finished_at=final.finished_at,
-        )
+        base.status, base.output, base.steps, base.finished_at = (
+            RunStatus.SUCCEEDED, final.output, tuple(records), final.finished_at,
+        )  # fmt: skip
+        return base
 
 
 def _create(

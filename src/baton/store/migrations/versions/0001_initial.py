@@ -42,7 +42,13 @@ def upgrade() -> None:
         # One b-tree per table instead of a rowid table plus a primary-key index: fewer pages per commit.
         sqlite_with_rowid=False,
     )
-    op.create_index("ix_baton_runs_status", "baton_runs", ["status", "id"])
+    op.create_index(
+        "ix_baton_runs_status",
+        "baton_runs",
+        ["status", "id"],
+        sqlite_where=sa.text("status <> 'succeeded'"),
+        postgresql_where=sa.text("status <> 'succeeded'"),
+    )
     op.create_index("ix_baton_runs_pipeline", "baton_runs", ["pipeline", "id"])
     op.create_table(
         "baton_steps",
