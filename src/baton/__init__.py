@@ -4,6 +4,7 @@ Steps pass Pydantic contracts to each other; every run is recorded, checkpointed
 from the step that failed.
 """
 
+from baton.agents import Agent, Tool
 from baton.api import cancel, get_run, resume, run, submit, wait
 from baton.errors import (
     BatonError,
@@ -20,6 +21,14 @@ from baton.errors import (
     UserError,
 )
 from baton.patterns import Pipeline
+from baton.pricing import register_price
+from baton.providers import (
+    PermanentProviderError,
+    ProviderError,
+    ScriptedModel,
+    TransientProviderError,
+    register_provider,
+)
 from baton.retry import Retry, register_transient
 from baton.run import Run
 from baton.runtime import register_runtime
@@ -32,6 +41,8 @@ register_runtime("local", LocalRuntime)
 
 __all__ = [
     # building blocks
+    "Agent",
+    "Tool",
     "Pipeline",
     "Retry",
     "Step",
@@ -47,6 +58,10 @@ __all__ = [
     "run",
     "submit",
     "wait",
+    # models
+    "ScriptedModel",
+    "register_price",
+    "register_provider",
     # storage and runtimes
     "RunStore",
     "open_store",
@@ -57,12 +72,15 @@ __all__ = [
     "ContractViolation",
     "DefinitionError",
     "InvalidInput",
+    "PermanentProviderError",
+    "ProviderError",
     "RunError",
     "RunNotFound",
     "RunNotResumable",
     "StepFailed",
     "StoreUnavailable",
     "TransientError",
+    "TransientProviderError",
     "UserError",
 ]
 

@@ -64,11 +64,21 @@ class RunNotResumable(UserError):
 class ContractViolation(BatonError):
     """A value crossing a boundary does not satisfy its contract."""
 
-    def __init__(self, *, contract: str, errors: list[dict[str, str]], step: str | None, where: str) -> None:
+    def __init__(
+        self,
+        *,
+        contract: str,
+        errors: list[dict[str, str]],
+        step: str | None,
+        where: str,
+        raw_output: str | None = None,
+    ) -> None:
         self.contract = contract
         self.errors = errors
         self.step = step
         self.where = where
+        # For a model's answer: the text it gave, kept so a person can read what went wrong.
+        self.raw_output = raw_output
         fields = "; ".join(f"field '{e['field']}': {e['message']}" for e in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         who = f"step '{step}': {where}" if step else where

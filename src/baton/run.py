@@ -10,7 +10,7 @@ from typing import Any
 from baton.errors import StepFailed
 from baton.status import RunStatus, StepStatus
 
-__all__ = ["AttemptError", "ErrorInfo", "Run", "StepRecord", "Tokens"]
+__all__ = ["AttemptError", "CallRecord", "ErrorInfo", "Run", "StepRecord", "Tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +20,18 @@ class ErrorInfo:
     type: str
     message: str
     traceback: str | None = None
+    raw_output: str | None = None
+    validation_errors: tuple[dict[str, Any], ...] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """As `show --json` prints it."""
-        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "raw_output": self.raw_output,
+            "validation_errors": list(self.validation_errors) if self.validation_errors is not None else None,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,34 @@ class Tokens:
 NO_TOKENS = Tokens()
 
 
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One recorded model call of a step."""
+
+    attempt: int
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    cost_usd: float | None
+    outcome: str
+    error: str | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """As `show --json` prints it."""
+        return {
+            "attempt": self.attempt,
+            "provider": self.provider,
+            "model": self.model,
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "latency_ms": round(self.latency_ms, 3),
+            "cost_usd": self.cost_usd,
+            "outcome": self.outcome,
+            "error": self.error,
+        }
+
+
 @dataclass(slots=True)
 class StepRecord:
     """One step of a run: status, attempts, checkpointed output, error, tokens and timings."""
@@ -62,6 +98,9 @@ class StepRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_errors: tuple[AttemptError, ...] = ()
+    cost_usd: float = 0.0
+    boundary_tokens: int | None = None
+    calls: tuple[CallRecord, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
         """The documented `show --json` shape of a step."""
@@ -73,6 +112,9 @@ class StepRecord:
             "error": self.error.to_json_dict() if self.error else None,
             "tokens": {"input": self.tokens.input, "output": self.tokens.output},
             "duration_ms": self.duration_ms if self.duration_ms is not None else 0.0,
+            "cost_usd": self.cost_usd,
+            "boundary_tokens": self.boundary_tokens,
+            "calls": [c.to_json_dict() for c in self.calls],
         }
 
 
@@ -92,6 +134,7 @@ class Run:
     cancel_requested: bool = False
     claims: int = 0
     tokens: Tokens = NO_TOKENS
+    cost_usd: float = 0.0
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -128,6 +171,8 @@ class Run:
             "status": self.status.value,
             "input": self.input,
             "output": self.output,
+            "tokens": {"input": self.tokens.input, "output": self.tokens.output},
+            "cost_usd": self.cost_usd,
         }
         if with_steps:
             data["steps"] = [s.to_json_dict() for s in self.steps]

@@ -8,11 +8,13 @@ from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from baton._context import StepContext, enter, leave
 from baton.contracts import validate_output
 from baton.errors import ContractViolation
 from baton.run import ErrorInfo
 from baton.steps import Step
 from baton.store import RunStore, RunWriter, StepResult, utcnow
+from baton.tokens import count_tokens
 
 __all__ = ["Failed", "Observer", "Outcome", "RetryLater", "Succeeded", "error_info", "execute_attempt"]
 
@@ -25,6 +27,7 @@ class Succeeded:
     output_json: str
     cancel_requested: bool
     result: StepResult
+    called_models: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +64,20 @@ class Observer(Protocol):
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """Type, message and traceback of an exception, as the store keeps them."""
+    """Type, message and traceback of an exception (and a model's raw answer), as the store keeps them."""
     kind = type(exc)
-    builtin = kind.__module__ in ("builtins", "baton.errors")
+    builtin = kind.__module__ in ("builtins",) or kind.__module__.startswith("baton.")
     name = kind.__qualname__ if builtin else f"{kind.__module__}.{kind.__qualname__}"
-    return ErrorInfo(type=name, message=str(exc), traceback="".join(traceback.format_exception(exc)))
+    raw = details = None
+    if isinstance(exc, ContractViolation):
+        raw, details = exc.raw_output, tuple(exc.errors)
+    return ErrorInfo(
+        type=name,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        raw_output=raw,
+        validation_errors=details,
+    )
 
 
 def execute_attempt(
@@ -80,6 +92,7 @@ def execute_attempt(
     attempt: int,
     attempts_this_go: int,
     last: bool,
+    measure: bool = False,
 ) -> Outcome:
     """Run one attempt of `step` on `value`, validate its output, and record what happened.
 
@@ -88,6 +101,8 @@ def execute_attempt(
     step, the checkpoint also ends the run succeeded, in the same transaction.
     """
     started = utcnow()
+    ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt)
+    token = enter(ctx)
     try:
         try:
             produced = step.execute(value)
@@ -103,17 +118,16 @@ def execute_attempt(
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
         )
-        cancel = store.record_failure(run_id, owner, failed, retrying=retrying)
+        cancel = store.record_failure(run_id, owner, failed, retrying=retrying, calls=ctx.calls)
         if retrying:
-            return RetryLater(step.retry.delay(attempts_this_go), attempt + 1, info, cancel)
+            # A provider that says when to come back (Retry-After) is waited for at least that long.
+            delay = max(step.retry.delay(attempts_this_go), getattr(exc, "retry_after", None) or 0.0)
+            return RetryLater(delay, attempt + 1, info, cancel)
         return Failed(info)
+    finally:
+        leave(token)
     result = StepResult(
-        idx=idx,
-        name=step.name,
-        attempt=attempt,
-        started_at=started,
-        finished_at=utcnow(),
-        output_json=output_json,
+        idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), output_json=output_json
     )
     cancel = writer.checkpoint(
         run_id,
@@ -125,5 +139,7 @@ def execute_attempt(
         started_at=result.started_at,
         finished_at=result.finished_at,
         final_output=output_json if last else None,
+        calls=ctx.calls,
+        boundary_tokens=count_tokens(output_json) if measure else None,
     )
-    return Succeeded(output, output_json, cancel, result)
+    return Succeeded(output, output_json, cancel, result, bool(ctx.calls))

@@ -205,6 +205,7 @@ def _loop(
 ) -> list[StepRecord] | None:
     """Execute the steps; returns their records when all succeeded at once, None when the store must tell."""
     last = len(steps) - 1
+    measured = boundaries_to_measure(steps)
     records: list[StepRecord] = []
     clean = True
     for idx in range(start_idx, len(steps)):
@@ -217,7 +218,7 @@ def _loop(
                 t0 = time.perf_counter()
             outcome = execute_attempt(
                 store, writer, run_id, owner, step, idx, value,
-                attempt=attempt, attempts_this_go=this_go, last=idx == last,
+                attempt=attempt, attempts_this_go=this_go, last=idx == last, measure=idx in measured,
             )  # fmt: skip
             if observer is not None:
                 observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
@@ -227,7 +228,7 @@ def _loop(
             if outcome.cancel_requested:
                 store.finish_cancelled(run_id, owner)
                 return None
-            time.sleep(outcome.delay)
+            _pause(outcome.delay)
             attempt, this_go = outcome.next_attempt, this_go + 1
             if store.start_attempt(run_id, owner, idx, attempt):
                 store.finish_cancelled(run_id, owner)
@@ -236,6 +237,7 @@ def _loop(
             return None
         assert isinstance(outcome, Succeeded)
         value = outcome.value
+        clean = clean and not outcome.called_models  # model calls are read back from the store
         r = outcome.result
         records.append(
             StepRecord(
@@ -248,6 +250,17 @@ def _loop(
             store.finish_cancelled(run_id, owner)
             return None
     return records if clean and start_idx == 0 else None
+
+
+def _pause(seconds: float) -> None:
+    """Wait before a retry (a function of its own so that tests can see the waits)."""
+    time.sleep(seconds)
+
+
+def boundaries_to_measure(steps: Sequence[Step]) -> frozenset[int]:
+    """The steps whose output a model writes or reads: their boundary's tokens are worth counting."""
+    is_agent = [getattr(s, "instructions", None) is not None for s in steps]
+    return frozenset(i for i in range(len(steps)) if is_agent[i] or (i + 1 < len(steps) and is_agent[i + 1]))
 
 
 def _log_failure(future: Future[Run], run_id: str) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "metadata", "runs", "steps"]
+__all__ = ["attempts", "llm_calls", "metadata", "runs", "steps"]
 
 metadata = MetaData()
 
@@ -54,6 +54,7 @@ runs = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=False),
+    Column("cost_usd", Float, nullable=False, default=0.0, server_default="0"),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.
@@ -87,6 +88,12 @@ steps = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("duration_ms", Float, nullable=True),
+    Column("cost_usd", Float, nullable=False, default=0.0, server_default="0"),
+    # Tokens of the output's JSON: what the next step is fed (measured where a model reads or writes it).
+    Column("boundary_tokens", Integer, nullable=True),
+    # For a model's invalid answer: the text it gave and the contract's errors.
+    Column("error_raw", Text, nullable=True),
+    Column("error_details", Json, nullable=True),
     sqlite_with_rowid=False,
 )
 
@@ -105,4 +112,25 @@ attempts = Table(
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=False),
     Index("ix_baton_attempts_run", "run_id", "step_idx"),
+)
+
+# Every call of a model: the usage, latency and cost that a step's and a run's totals add up.
+llm_calls = Table(
+    "baton_llm_calls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("baton_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_idx", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("cost_usd", Float, nullable=True),
+    Column("outcome", String(20), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("started_at", DateTime, nullable=False),
+    Index("ix_baton_llm_calls_run", "run_id", "step_idx"),
 )

@@ -13,13 +13,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, case, func, select, update
 from sqlalchemy.exc import OperationalError
 
+from baton._context import LLMCall
 from baton._owner import owner_alive
 from baton.errors import RunNotFound, StoreUnavailable, UserError
-from baton.run import AttemptError, ErrorInfo, Run, StepRecord, Tokens
+from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
 from baton.store.engine import RawJSON, make_engine, migrate
-from baton.store.schema import attempts, runs, steps
-from baton.store.writer import LostOwnership, RunWriter
+from baton.store.schema import attempts, llm_calls, runs, steps
+from baton.store.writer import LostOwnership, RunWriter, write_calls
 
 __all__ = ["RunStore", "StepResult", "utcnow"]
 
@@ -40,8 +41,6 @@ class StepResult:
     finished_at: datetime
     output_json: str | None = None
     error: ErrorInfo | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
 
 
 _UPDATE_STEP = (
@@ -58,8 +57,8 @@ _UPDATE_STEP = (
         error_type=bindparam("error_type"),
         error_message=bindparam("error_message"),
         error_traceback=bindparam("error_traceback"),
-        tokens_in=bindparam("tokens_in"),
-        tokens_out=bindparam("tokens_out"),
+        error_raw=bindparam("error_raw"),
+        error_details=bindparam("error_details"),
         started_at=bindparam("started_at"),
         finished_at=bindparam("finished_at"),
         duration_ms=bindparam("duration_ms"),
@@ -157,7 +156,9 @@ class RunStore:
             )
             return result.rowcount == 1
 
-    def record_failure(self, run_id: str, owner: str, result: StepResult, *, retrying: bool) -> bool:
+    def record_failure(
+        self, run_id: str, owner: str, result: StepResult, *, retrying: bool, calls: Sequence[LLMCall] = ()
+    ) -> bool:
         """Keep a failed attempt; unless another attempt follows, the step and the run end failed.
 
         Returns whether a cancel was requested; when one was and no attempt follows, the run ends cancelled
@@ -195,6 +196,12 @@ class RunStore:
             )
             if not retrying:
                 self._write_step(c, run_id, result, StepStatus.FAILED)
+            if calls:
+                cursor = c.connection.cursor()
+                try:
+                    write_calls(cursor, self.engine.dialect.name, run_id, result.idx, result.attempt, calls)
+                finally:
+                    cursor.close()
             return bool(row[0])
 
     def start_attempt(self, run_id: str, owner: str, idx: int, attempt: int) -> bool:
@@ -335,8 +342,8 @@ class RunStore:
             "error_type": error.type if error else None,
             "error_message": error.message if error else None,
             "error_traceback": error.traceback if error else None,
-            "tokens_in": r.tokens_in,
-            "tokens_out": r.tokens_out,
+            "error_raw": error.raw_output if error else None,
+            "error_details": list(error.validation_errors) if error and error.validation_errors else None,
             "started_at": r.started_at,
             "finished_at": r.finished_at,
             "duration_ms": (r.finished_at - r.started_at).total_seconds() * 1000.0,
@@ -347,7 +354,10 @@ class RunStore:
             return
         exists = c.execute(select(steps.c.status).where(steps.c.run_id == run_id, steps.c.idx == r.idx)).first()
         if exists is None:
-            c.execute(steps.insert(), {"run_id": run_id, "idx": r.idx, "name": r.name, **values})
+            c.execute(
+                steps.insert(),
+                {"run_id": run_id, "idx": r.idx, "name": r.name, "tokens_in": 0, "tokens_out": 0, **values},
+            )
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -374,7 +384,12 @@ class RunStore:
             attempt_rows = (
                 c.execute(select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)).mappings().all()
             )
-        return _run_from_rows(row, step_rows, attempt_rows)
+            call_rows = (
+                c.execute(select(llm_calls).where(llm_calls.c.run_id == run_id).order_by(llm_calls.c.id))
+                .mappings()
+                .all()
+            )
+        return _run_from_rows(row, step_rows, attempt_rows, call_rows)
 
     def list_runs(
         self,
@@ -423,10 +438,17 @@ def _load(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _error(type_: str | None, message: str | None, tb: str | None) -> ErrorInfo | None:
-    if type_ is None:
+def _error(r: Any) -> ErrorInfo | None:
+    if r["error_type"] is None:
         return None
-    return ErrorInfo(type=type_, message=message or "", traceback=tb)
+    details = _load(r["error_details"])
+    return ErrorInfo(
+        type=r["error_type"],
+        message=r["error_message"] or "",
+        traceback=r["error_traceback"],
+        raw_output=r["error_raw"],
+        validation_errors=tuple(details) if details is not None else None,
+    )
 
 
 def _current_step(row: Any, by_idx: dict[int, Any]) -> tuple[int, int, datetime | None] | None:
@@ -446,7 +468,9 @@ def _current_step(row: Any, by_idx: dict[int, Any]) -> tuple[int, int, datetime 
     return idx, 1, previous["finished_at"] if previous is not None else row["current_started_at"]
 
 
-def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequence[Any]) -> Run:
+def _run_from_rows(
+    row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequence[Any], call_rows: Sequence[Any] = ()
+) -> Run:
     status = RunStatus(row["status"])
     records: list[StepRecord] = []
     if step_rows is not None:
@@ -463,9 +487,28 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
                 )
             )
         current = _current_step(row, by_idx) if status is RunStatus.RUNNING else None
+        calls_by_idx: dict[int, list[CallRecord]] = {}
+        for call in call_rows:
+            calls_by_idx.setdefault(call["step_idx"], []).append(
+                CallRecord(
+                    attempt=call["attempt"],
+                    provider=call["provider"],
+                    model=call["model"],
+                    input_tokens=call["input_tokens"],
+                    output_tokens=call["output_tokens"],
+                    latency_ms=call["latency_ms"],
+                    cost_usd=call["cost_usd"],
+                    outcome=call["outcome"],
+                    error=call["error"],
+                )
+            )
         for idx, name in enumerate(_names(row["step_names"])):
             r = by_idx.get(idx)
             history = errors_by_idx.get(idx, [])
+            calls = tuple(calls_by_idx.get(idx, ()))
+            # A step's usage is what its calls add up to, for a running step too.
+            usage = Tokens(sum(x.input_tokens for x in calls), sum(x.output_tokens for x in calls))
+            cost = sum((x.cost_usd or 0.0 for x in calls), 0.0)
             if current is not None and idx == current[0]:
                 records.append(
                     StepRecord(
@@ -474,6 +517,9 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
                         attempts=current[1],
                         started_at=current[2],
                         attempt_errors=tuple(history),
+                        tokens=usage,
+                        cost_usd=cost,
+                        calls=calls,
                     )
                 )
             elif r is not None:
@@ -483,17 +529,29 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
                         status=StepStatus(r["status"]),
                         attempts=r["attempts"],
                         output=_load(r["output"]),
-                        error=_error(r["error_type"], r["error_message"], r["error_traceback"]),
-                        tokens=Tokens(input=r["tokens_in"], output=r["tokens_out"]),
+                        error=_error(r),
+                        tokens=usage,
                         duration_ms=r["duration_ms"],
                         started_at=r["started_at"],
                         finished_at=r["finished_at"],
                         attempt_errors=tuple(history),
+                        cost_usd=cost,
+                        boundary_tokens=r["boundary_tokens"],
+                        calls=calls,
                     )
                 )
             else:
                 pending = StepStatus.CANCELLED if status is RunStatus.CANCELLED else StepStatus.PENDING
-                records.append(StepRecord(name=name, status=pending, attempt_errors=tuple(history)))
+                records.append(
+                    StepRecord(
+                        name=name,
+                        status=pending,
+                        attempt_errors=tuple(history),
+                        tokens=usage,
+                        cost_usd=cost,
+                        calls=calls,
+                    )
+                )
     return Run(
         id=row["id"],
         pipeline=row["pipeline"],
@@ -506,6 +564,7 @@ def _run_from_rows(row: Any, step_rows: Sequence[Any] | None, attempt_rows: Sequ
         cancel_requested=row["cancel_requested"],
         claims=row["claims"],
         tokens=Tokens(input=row["tokens_in"], output=row["tokens_out"]),
+        cost_usd=float(row["cost_usd"] or 0.0),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

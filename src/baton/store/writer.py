@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from baton._context import LLMCall
 from baton.status import RunStatus, StepStatus
 
-__all__ = ["LostOwnership", "RunWriter"]
+__all__ = ["LostOwnership", "RunWriter", "write_calls"]
 
 
 class LostOwnership(Exception):
@@ -45,20 +46,43 @@ VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t
 # was declared dead and came back), and the same statement reads whether a cancel was requested.
 _CHECKPOINT = """
 INSERT INTO baton_steps (run_id, idx, name, status, attempts, output, error_type, error_message,
-    error_traceback, tokens_in, tokens_out, started_at, finished_at, duration_ms)
-SELECT ?s, ?i, ?s, ?s, ?i, ?j, NULL, NULL, NULL, ?i, ?i, ?t, ?t, ?f
+    error_traceback, tokens_in, tokens_out, started_at, finished_at, duration_ms, boundary_tokens)
+SELECT ?s, ?i, ?s, ?s, ?i, ?j, NULL, NULL, NULL, 0, 0, ?t, ?t, ?f, ?i
 FROM baton_runs WHERE id = ?s AND owner = ?s AND status = 'running'
 ON CONFLICT (run_id, idx) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
     output = excluded.output, error_type = NULL, error_message = NULL, error_traceback = NULL,
-    tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, started_at = excluded.started_at,
-    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms
+    error_raw = NULL, error_details = NULL, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, boundary_tokens = excluded.boundary_tokens
 RETURNING (SELECT cancel_requested FROM baton_runs WHERE id = baton_steps.run_id)
 """
 
 _FINISH_RUN = """
 UPDATE baton_runs SET status = 'succeeded', output = ?j, finished_at = ?t, updated_at = ?t, current_step = NULL,
-    owner = NULL, lease_expires_at = NULL, tokens_in = tokens_in + ?i, tokens_out = tokens_out + ?i
+    owner = NULL, lease_expires_at = NULL
 WHERE id = ?s AND owner = ?s
+"""
+
+INSERT_CALL = """
+INSERT INTO baton_llm_calls (run_id, step_idx, attempt, seq, provider, model, input_tokens, output_tokens,
+    latency_ms, cost_usd, outcome, error, started_at)
+VALUES (?s, ?i, ?i, ?i, ?s, ?s, ?i, ?i, ?f, ?f, ?s, ?s, ?t)
+"""
+
+# Totals are recounted from the calls, so a step's and a run's usage always add up to what was called.
+RECOUNT_STEP = """
+UPDATE baton_steps SET
+    tokens_in = (SELECT COALESCE(SUM(input_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i),
+    tokens_out = (SELECT COALESCE(SUM(output_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i),
+    cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i)
+WHERE run_id = ?s AND idx = ?i
+"""
+
+RECOUNT_RUN = """
+UPDATE baton_runs SET
+    tokens_in = (SELECT COALESCE(SUM(input_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s),
+    tokens_out = (SELECT COALESCE(SUM(output_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s),
+    cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM baton_llm_calls WHERE run_id = ?s)
+WHERE id = ?s
 """
 
 # PostgreSQL does the last checkpoint and the run's success in one statement (one round trip, one
@@ -71,7 +95,6 @@ _CHECKPOINT_FINAL_PG = (
     + " AND EXISTS (SELECT 1 FROM ins) RETURNING 1) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)"
 )
 
-_ADD_TOKENS = "UPDATE baton_runs SET tokens_in = tokens_in + ?i, tokens_out = tokens_out + ?i WHERE id = ?s"
 
 _PLACEHOLDER = re.compile(r"\?([sifbtj])")
 
@@ -100,7 +123,7 @@ class RunWriter:
         self.dialect = dialect
         self.ts = _ts_sqlite if dialect == "sqlite" else _ts_native
         self.lease_seconds = lease_seconds
-        self._create, self._checkpoint, self._finish, self._tokens = _statements(dialect)
+        self._create, self._checkpoint, self._finish = _statements(dialect)
         self._final = _for_dialect(_CHECKPOINT_FINAL_PG, dialect) if dialect == "postgresql" else None
         self._saved_mode = self._set_autocommit(None if dialect == "sqlite" else True)
         self.cur = self.conn.cursor()
@@ -180,28 +203,29 @@ class RunWriter:
         output_json: str,
         started_at: datetime,
         finished_at: datetime,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
         final_output: str | None = None,
+        calls: Sequence[LLMCall] = (),
+        boundary_tokens: int | None = None,
     ) -> bool:
-        """Save a step's output; with `final_output`, the run has succeeded. Returns whether a cancel is asked.
+        """Save a step's output (and its model calls); with `final_output`, the run has succeeded.
 
-        Raises `LostOwnership` (and writes nothing) when `owner` no longer owns the run.
+        Returns whether a cancel was requested. Raises `LostOwnership` (and writes nothing) when `owner` no
+        longer owns the run.
         """
         ts = self.ts
         cur = self.cur
         params = (
-            run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, tokens_in, tokens_out,
-            ts(started_at), ts(finished_at), (finished_at - started_at).total_seconds() * 1000.0, run_id, owner,
+            run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, ts(started_at), ts(finished_at),
+            (finished_at - started_at).total_seconds() * 1000.0, boundary_tokens, run_id, owner,
         )  # fmt: skip
-        if final_output is None and not (tokens_in or tokens_out):
+        if final_output is None and not calls:
             cur.execute(self._checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
             return bool(rows[0][0])
-        if final_output is not None and self._final is not None:
-            finish = (final_output, ts(finished_at), ts(finished_at), tokens_in, tokens_out, run_id, owner)
+        finish = (final_output, ts(finished_at), ts(finished_at), run_id, owner)
+        if final_output is not None and not calls and self._final is not None:
             cur.execute(self._final, params + finish)
             inserted, updated = cur.fetchone()
             if not (inserted and updated):
@@ -212,16 +236,40 @@ class RunWriter:
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
+            if calls:
+                self.record_calls(cur, run_id, idx, attempt, calls)
             if final_output is not None:
-                cur.execute(
-                    self._finish,
-                    (final_output, ts(finished_at), ts(finished_at), tokens_in, tokens_out, run_id, owner),
-                )
-            else:
-                cur.execute(self._tokens, (tokens_in, tokens_out, run_id))
+                cur.execute(self._finish, finish)
         return bool(rows[0][0])
+
+    def record_calls(self, cur: Any, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
+        """Insert an attempt's model calls and recount the totals (in the caller's transaction)."""
+        write_calls(cur, self.dialect, run_id, idx, attempt, calls)
+
+
+def write_calls(cur: Any, dialect: str, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
+    """Insert an attempt's model calls with `cur` and recount the step's and the run's totals from them."""
+    insert, recount_step, recount_run = _call_statements(dialect)
+    ts = _ts_sqlite if dialect == "sqlite" else _ts_native
+    cur.executemany(
+        insert,
+        [
+            (
+                run_id, idx, attempt, seq, c.provider, c.model, c.input_tokens, c.output_tokens, c.latency_ms,
+                c.cost_usd, c.outcome, c.error, ts(c.started_at),
+            )
+            for seq, c in enumerate(calls)
+        ],
+    )  # fmt: skip
+    cur.execute(recount_step, (run_id, idx) * 4)
+    cur.execute(recount_run, (run_id,) * 4)
 
 
 @functools.cache
-def _statements(dialect: str) -> tuple[str, str, str, str]:
-    return tuple(_for_dialect(sql, dialect) for sql in (_CREATE_RUN, _CHECKPOINT, _FINISH_RUN, _ADD_TOKENS))  # type: ignore[return-value]
+def _call_statements(dialect: str) -> tuple[str, str, str]:
+    return tuple(_for_dialect(sql, dialect) for sql in (INSERT_CALL, RECOUNT_STEP, RECOUNT_RUN))  # type: ignore[return-value]
+
+
+@functools.cache
+def _statements(dialect: str) -> tuple[str, str, str]:
+    return tuple(_for_dialect(sql, dialect) for sql in (_CREATE_RUN, _CHECKPOINT, _FINISH_RUN))  # type: ignore[return-value]

@@ -1,0 +1,54 @@
+"""What a step's attempt gathers while it runs (its model calls), for the executor to record."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = ["LLMCall", "StepContext", "current_step"]
+
+
+@dataclass(slots=True)
+class LLMCall:
+    """One call of a model: who, how many tokens, how long, what it cost, and how it ended."""
+
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    cost_usd: float | None
+    outcome: str  # answer | invalid | tool_calls | error
+    started_at: datetime
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class StepContext:
+    """The step attempt being executed in this thread (or task)."""
+
+    run_id: str
+    step: str
+    idx: int
+    attempt: int
+    calls: list[LLMCall] = field(default_factory=list)
+    input_boundary_tokens: int | None = None
+
+
+_current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("baton_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    """The attempt being executed here, if any."""
+    return _current.get()
+
+
+def enter(ctx: StepContext) -> contextvars.Token[StepContext | None]:
+    """Make `ctx` the current attempt."""
+    return _current.set(ctx)
+
+
+def leave(token: contextvars.Token[StepContext | None]) -> None:
+    """Restore the attempt that was current before."""
+    _current.reset(token)

