@@ -42,6 +42,11 @@ def test_the_readme_pipeline_runs_as_the_readme_says(tmp_path, sqlite_url):
     assert json.loads(result.stdout)["output"] == {"body": "Dear Ada, you owe 3.00."}
 
 
+def test_every_python_example_in_the_readme_runs():
+    for block in code_blocks("python"):
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+
+
 def _split(command: str) -> list[str]:
     import shlex
 

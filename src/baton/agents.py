@@ -126,7 +126,7 @@ class Agent(Step):
         for _ in range(self.reasks + 1):
             raw = self._answer(messages, ctx)
             try:
-                return self.output.model_validate_json(raw)
+                return self._parse(raw)
             except ValidationError as exc:
                 violation = ContractViolation.from_validation_error(
                     exc, contract=self.output.__name__, step=self.name, where="the model's answer"
@@ -147,6 +147,20 @@ class Agent(Step):
             where=f"the model's answer (after {self.reasks} re-ask{'s' if self.reasks != 1 else ''})",
             raw_output=raw,
         )
+
+    def _parse(self, raw: str) -> BaseModel:
+        try:
+            return self.output.model_validate_json(raw)
+        except ValidationError as exc:
+            if not any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise
+            # Small models put raw newlines and tabs inside strings; JSON's lenient mode reads those, and the
+            # contract still checks every field and bound.
+            try:
+                data = json.loads(raw, strict=False)
+            except ValueError:
+                raise exc from None
+            return self.output.model_validate(data)
 
     def _answer(self, messages: list[Message], ctx: StepContext | None) -> str:
         """Ask until the model answers (running the tools it calls in between); returns the answer's text."""

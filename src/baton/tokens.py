@@ -15,10 +15,13 @@ _lock = threading.Lock()
 def _vocab() -> Any:
     try:
         from llama_cpp import Llama
+        from llama_cpp._utils import suppress_stdout_stderr
 
         from baton.providers.local import model_path
 
-        return Llama(model_path=model_path(), vocab_only=True, verbose=False)
+        # llama.cpp prints its loading chatter straight to the process's stderr; keep the CLI's output clean.
+        with suppress_stdout_stderr(disable=False):
+            return Llama(model_path=model_path(), vocab_only=True, verbose=False)
     except Exception:  # no llama-cpp or no model: fall back to the usual 4-characters-a-token estimate
         return None
 

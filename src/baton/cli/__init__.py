@@ -218,18 +218,30 @@ def cancel(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False), help="Your own text file.")
+@click.option(
+    "--file", "file_path", type=click.Path(exists=True, dir_okay=False), help="Your own text, Markdown or PDF file."
+)
+@click.option(
+    "--model", envvar="BATON_MODEL", show_envvar=True, default="local", show_default=True,
+    help="The model of the three agents: local, openai:MODEL or anthropic:MODEL.",
+)  # fmt: skip
 @store_option
 @json_option
 @_errors_to_exit
-def demo(file_path: str | None, database_url: str | None, as_json: bool) -> None:
+def demo(file_path: str | None, model: str, database_url: str | None, as_json: bool) -> None:
     """Run the document pipeline (extract -> chunk -> summarise -> classify) on a bundled sample."""
     from baton.cli.render import LiveProgress
     from baton.demo import document_pipeline, load_document
 
-    doc = load_document(file_path)
+    doc, warnings = load_document(file_path)
+    for warning in warnings:
+        _err().print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
     store = _store(database_url)
-    pipeline = document_pipeline()
+    pipeline = document_pipeline(model)
     with LiveProgress(_err(), pipeline.step_names, pipeline.name) as progress:
         result = pipeline.run(doc, store=store, observer=progress)
+    if not as_json and result.step("summarise").output:
+        from baton.cli.render import render_demo
+
+        _out().print(render_demo(result))
     _finish(result, as_json)

@@ -49,6 +49,10 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
 
 
+def _usd(value: float | None) -> str:
+    return "?" if value is None else f"${value:.6f}"
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
@@ -83,20 +87,39 @@ def render_run(run: Run) -> Group:
     if run.finished_at and run.started_at:
         head.add_row("duration", _ms((run.finished_at - run.started_at).total_seconds() * 1000))
     head.add_row("tokens", f"{run.tokens.input} in / {run.tokens.output} out")
+    head.add_row("cost", _usd(run.cost_usd))
     if run.cancel_requested and run.status is RunStatus.RUNNING:
         head.add_row("cancel", Text("requested: nothing after the current step will start", style="magenta"))
     steps = Table(title="steps", title_justify="left")
-    for column in ("#", "step", "status", "attempts", "duration", "tokens in/out"):
+    for column in ("#", "step", "status", "attempts", "duration", "tokens in/out", "cost", "boundary tokens"):
         steps.add_column(column)
     for i, s in enumerate(run.steps, 1):
         steps.add_row(
             str(i), s.name, _status(s.status.value), str(s.attempts), _ms(s.duration_ms),
-            f"{s.tokens.input}/{s.tokens.output}",
+            f"{s.tokens.input}/{s.tokens.output}", _usd(s.cost_usd) if s.calls else "-",
+            str(s.boundary_tokens) if s.boundary_tokens is not None else "-",
         )  # fmt: skip
     parts: list[Any] = [head, steps]
+    calls = [(s.name, c) for s in run.steps for c in s.calls]
+    if calls:
+        table = Table(title="model calls", title_justify="left")
+        for column in ("step", "attempt", "model", "tokens in/out", "latency", "cost", "outcome"):
+            table.add_column(column)
+        for name, c in calls:
+            table.add_row(
+                name, str(c.attempt), f"{c.provider}:{c.model}", f"{c.input_tokens}/{c.output_tokens}",
+                _ms(c.latency_ms), _usd(c.cost_usd), c.outcome + (f": {c.error}" if c.error else ""),
+            )  # fmt: skip
+        parts.append(table)
     for s in run.steps:
         if s.error is not None:
             body: list[Any] = [Text(f"{s.error.type}: {s.error.message}", style="bold red")]
+            if s.error.validation_errors:
+                listed = "\n".join(f"- {e['field']}: {e['message']}" for e in s.error.validation_errors)
+                body.append(Text(f"validation errors:\n{listed}", style="red"))
+            if s.error.raw_output is not None:
+                body.append(Text("the model's last answer:", style="bold"))
+                body.append(Text(s.error.raw_output[:4000]))
             if s.error.traceback:
                 body.append(Syntax(s.error.traceback.rstrip(), "pytb", word_wrap=True))
             parts.append(Panel(Group(*body), title=f"step '{s.name}' {s.status.value}", border_style="red"))
@@ -176,3 +199,20 @@ class LiveProgress:
                 note = _ms((time.perf_counter() - self.started[name]) * 1000)
             table.add_row(name, _status(status), note)
         return Group(header, table)
+
+
+def render_demo(run: Run) -> Panel:
+    """The demo's structured result: the extracted facts, the summaries and the label."""
+    extraction = run.step("extract").output or {}
+    summaries = run.step("summarise").output or {}
+    label = run.output or {}
+    lines = Text()
+    lines.append("key facts\n", style="bold")
+    for fact in extraction.get("key_facts", []):
+        lines.append(f"  • {fact}\n")
+    lines.append("summary\n", style="bold")
+    lines.append(f"  {summaries.get('overall', '')}\n")
+    if label:
+        lines.append("label  ", style="bold")
+        lines.append(f"{label.get('label')} (confidence {label.get('confidence')})")
+    return Panel(lines, title=f"demo result, run {run.id}", border_style="green")

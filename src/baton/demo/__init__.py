@@ -1,19 +1,20 @@
-"""The document-processing demo: extract -> chunk -> summarise -> classify, over a bundled sample.
+"""The document-processing demo: extract -> chunk -> summarise -> classify, on the embedded model.
 
-Until baton's model providers land, the four steps are plain Python (sentence scoring and keyword
-matching), so the demo runs anywhere; the contracts between them are the ones the agents will keep.
+Three agents and one plain step, each boundary a bounded contract: the extractor keeps at most 10 key
+facts and a summary under 500 characters; the chunker hands the summariser a few facts at a time; the
+classifier sees only the short summaries and picks a label from a fixed set.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
+from baton.agents import Agent
 from baton.errors import UserError
 from baton.patterns import Pipeline
 from baton.steps import step
@@ -23,162 +24,154 @@ __all__ = [
     "Classification",
     "Document",
     "ExtractionResult",
-    "Summary",
+    "Summaries",
     "document_pipeline",
     "load_document",
 ]
 
+# What fits the embedded model's context with room for its answer (about 1,500 tokens of text).
+MAX_TEXT = 6_000
+
 Label = Literal["finance", "operations", "legal", "technology", "other"]
+
+# Bounds on every string: the grammar that forces the model's JSON also caps each string, so even a tiny
+# model that starts repeating itself ends its answer inside the contract.
+Fact = Annotated[str, StringConstraints(min_length=1, max_length=80)]
+Line = Annotated[str, StringConstraints(min_length=1, max_length=150)]
 
 
 class Document(BaseModel):
     """A document to process."""
 
     title: str = Field(max_length=200)
-    text: str = Field(min_length=1, max_length=200_000)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
 
 
 class ExtractionResult(BaseModel):
-    """What extraction keeps of a document: at most 10 key facts and a short summary of the raw data."""
+    """What extraction keeps of a document: at most 10 key facts and a summary under 500 characters."""
 
-    title: str = Field(max_length=200)
-    key_facts: list[str] = Field(max_length=10)
-    raw_data_summary: str = Field(max_length=500)
-    confidence_score: float = Field(ge=0, le=1)
-    extraction_warnings: list[str] = Field(default_factory=list, max_length=10)
-    paragraphs: list[str] = Field(max_length=200)
+    key_facts: list[Fact] = Field(min_length=1, max_length=10, description="the document's key facts, short")
+    raw_data_summary: str = Field(max_length=500, description="what the document is about, in two sentences")
+    confidence_score: float = Field(ge=0, le=1, description="0 to 1: how sure the extraction is")
+    extraction_warnings: list[Line] = Field(default_factory=list, max_length=3)
 
 
 class Chunk(BaseModel):
-    """A piece of the document small enough for one model call."""
+    """A few facts, small enough for one model call."""
 
     index: int = Field(ge=0)
-    text: str = Field(max_length=2_000)
+    facts: list[Fact] = Field(min_length=1, max_length=3)
 
 
 class Chunks(BaseModel):
-    """The document cut into chunks, with the facts extraction found."""
+    """The key facts cut into chunks: all the summariser needs, and nothing else."""
 
-    title: str = Field(max_length=200)
-    key_facts: list[str] = Field(max_length=10)
-    chunks: list[Chunk] = Field(max_length=100)
+    chunks: list[Chunk] = Field(min_length=1, max_length=4)
 
 
-class Summary(BaseModel):
-    """A summary under 500 characters, with the key facts it rests on."""
+class Summaries(BaseModel):
+    """One short summary line per chunk, and an overall summary under 500 characters."""
 
-    title: str = Field(max_length=200)
-    summary: str = Field(max_length=500)
-    key_facts: list[str] = Field(max_length=10)
+    summaries: list[Line] = Field(min_length=1, max_length=4)
+    overall: str = Field(max_length=300)
 
 
 class Classification(BaseModel):
     """The document's label, from a fixed set, with a confidence."""
 
-    title: str = Field(max_length=200)
     label: Label
     confidence: float = Field(ge=0, le=1)
-    summary: str = Field(max_length=500)
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "finance": ("revenue", "margin", "euros", "cash", "debt", "profit", "cost", "budget", "dollars"),
-    "operations": ("warehouse", "delivery", "route", "capacity", "driver", "logistics", "stock", "trucks"),
-    "legal": ("contract", "court", "regulation", "compliance", "lawsuit", "union", "liability"),
-    "technology": ("system", "software", "cyber", "portal", "data", "cloud", "model", "tracking"),
-}
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-@step
-def extract(doc: Document) -> ExtractionResult:
-    """Pick the sentences that carry figures as key facts."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", doc.text) if p.strip()]
-    if paragraphs and paragraphs[0].lstrip("# ").strip() == doc.title:
-        paragraphs = paragraphs[1:] or paragraphs  # the heading is the title, not content
-    sentences = [s.strip() for p in paragraphs for s in _SENTENCE.split(p) if s.strip()]
-    factual = [s for s in sentences if re.search(r"\d", s)]
-    warnings = []
-    if not factual:
-        warnings.append("no sentence carries a figure; key facts fall back to the first sentences")
-        factual = sentences
-    if len(paragraphs) > 200:
-        warnings.append(f"{len(paragraphs)} paragraphs; only the first 200 are kept")
-    facts = [_clip(s, 300) for s in factual[:10]]
-    return ExtractionResult(
-        title=_clip(doc.title, 200),
-        key_facts=facts,
-        raw_data_summary=_clip(" ".join(sentences[:3]), 500),
-        confidence_score=round(min(1.0, len(factual) / max(1, len(sentences))), 2),
-        extraction_warnings=warnings,
-        paragraphs=paragraphs[:200],
+def _agents(model: str | Any | None) -> tuple[Agent, Agent, Agent]:
+    extract = Agent(
+        "extract",
+        instructions=(
+            "You are a data extraction specialist. Read the document and return its key facts (figures, "
+            "names, decisions; one short sentence each, at most 10), a summary of at most two sentences, "
+            "a confidence_score between 0 and 1, and warnings about anything unclear. Reply with JSON only."
+        ),
+        input=Document,
+        output=ExtractionResult,
+        model=model,
+        reasks=2,
+        max_tokens=700,
     )
+    summarise = Agent(
+        "summarise",
+        instructions=(
+            "Summarise each chunk of facts in one short sentence, then write an overall summary of at most "
+            "two sentences. Reply with JSON only."
+        ),
+        input=Chunks,
+        output=Summaries,
+        model=model,
+        reasks=2,
+        max_tokens=400,
+    )
+    classify = Agent(
+        "classify",
+        instructions=(
+            "Classify the document from its summaries. label is one of: finance, operations, legal, "
+            "technology, other. confidence is between 0 and 1. Reply with JSON only."
+        ),
+        input=Summaries,
+        output=Classification,
+        model=model,
+        reasks=2,
+        max_tokens=40,
+    )
+    return extract, summarise, classify
 
 
 @step
 def chunk(extraction: ExtractionResult) -> Chunks:
-    """Cut the paragraphs into chunks of at most 2,000 characters."""
-    pieces: list[str] = []
-    current = ""
-    for paragraph in extraction.paragraphs:
-        for part in [paragraph[i : i + 2000] for i in range(0, len(paragraph), 2000)]:
-            if current and len(current) + len(part) + 2 > 2000:
-                pieces.append(current)
-                current = ""
-            current = f"{current}\n\n{part}" if current else part
-    if current:
-        pieces.append(current)
-    return Chunks(
-        title=extraction.title,
-        key_facts=extraction.key_facts,
-        chunks=[Chunk(index=i, text=t) for i, t in enumerate(pieces[:100])],
-    )
+    """Cut the key facts into chunks of at most three, so each model call reads a few facts, not a document."""
+    facts = extraction.key_facts
+    chunks = [Chunk(index=i, facts=facts[start : start + 3]) for i, start in enumerate(range(0, len(facts), 3))]
+    return Chunks(chunks=chunks)
 
 
-@step
-def summarise(chunks: Chunks) -> Summary:
-    """Summarise with the lead sentence of each chunk, under 500 characters."""
-    leads = [_SENTENCE.split(c.text.strip(), maxsplit=1)[0] for c in chunks.chunks]
-    return Summary(title=chunks.title, summary=_clip(" ".join(leads), 500), key_facts=chunks.key_facts)
-
-
-@step
-def classify(summary: Summary) -> Classification:
-    """Label the document by the keywords its summary and facts use most."""
-    words = Counter(re.findall(r"[a-z]+", " ".join([summary.summary, *summary.key_facts]).lower()))
-    scores = {label: sum(words[w] for w in keywords) for label, keywords in _KEYWORDS.items()}
-    best = max(scores, key=lambda label: scores[label])
-    total = sum(scores.values())
-    label: Label = best if scores[best] > 0 else "other"  # type: ignore[assignment]
-    confidence = round(scores[best] / total, 2) if total else 0.0
-    return Classification(title=summary.title, label=label, confidence=confidence, summary=summary.summary)
-
-
-def document_pipeline() -> Pipeline:
-    """The demo pipeline: extract -> chunk -> summarise -> classify."""
+def document_pipeline(model: str | Any | None = None) -> Pipeline:
+    """The demo pipeline: extract -> chunk -> summarise -> classify (agents on `model`, default BATON_MODEL)."""
+    extract, summarise, classify = _agents(model)
     return Pipeline("demo-documents", [extract, chunk, summarise, classify], target="baton.demo:pipeline")
 
 
-def load_document(path: str | None = None) -> Document:
-    """The bundled sample, or the user's own text or Markdown file."""
+def load_document(path: str | None = None) -> tuple[Document, list[str]]:
+    """The bundled sample, or the user's own text, Markdown or PDF file; with warnings (e.g. truncation)."""
     if path is None:
         text = resources.files("baton.demo").joinpath("sample.txt").read_text(encoding="utf-8")
-        return Document(title=text.splitlines()[0].strip(), text=text)
+        title = text.splitlines()[0].strip()
+        return Document(title=title, text=text[len(title) :].strip()), []
     file = Path(path)
     if file.suffix.lower() == ".pdf":
-        raise UserError(f"{file}: PDF input arrives with baton's model providers; give a text or Markdown file")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {file} as UTF-8 text: {exc}") from None
-    if not text.strip():
-        raise UserError(f"{file} is empty")
+        text = _pdf_text(file)
+    else:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {file} as UTF-8 text: {exc}") from None
+    text = re.sub(r"[ \t]+", " ", text).strip()
+    if not text:
+        raise UserError(f"{file} has no text")
     first = next((line.strip("# ").strip() for line in text.splitlines() if line.strip()), file.stem)
-    return Document(title=_clip(first, 200), text=_clip(text, 200_000))
+    warnings = []
+    if len(text) > MAX_TEXT:
+        warnings.append(f"{file.name} has {len(text):,} characters; the demo reads the first {MAX_TEXT:,}")
+        text = text[:MAX_TEXT]
+    return Document(title=first[:200], text=text), warnings
+
+
+def _pdf_text(file: Path) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(file)
+        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+    except (OSError, PdfReadError) as exc:
+        raise UserError(f"cannot read {file} as a PDF: {exc}") from None
 
 
 pipeline = document_pipeline()

@@ -28,12 +28,19 @@ class AnthropicProvider:
         except ImportError:
             raise UserError('the anthropic provider needs the anthropic SDK: pip install "baton[anthropic]"') from None
         self._sdk = anthropic
+        self._clients: dict[tuple[str | None, str, float], Any] = {}
+
+    def _client(self) -> Any:
+        # Settings are read at each call; the key comes from ANTHROPIC_API_KEY and is never stored or printed.
         base_url = os.environ.get("BATON_ANTHROPIC_BASE_URL") or None
         api_key = os.environ.get("ANTHROPIC_API_KEY") or ("not-needed" if base_url else None)
         if api_key is None:
             raise UserError("the anthropic provider needs ANTHROPIC_API_KEY")
         timeout = float(os.environ.get("BATON_ANTHROPIC_TIMEOUT", "120"))
-        self._client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        key = (base_url, api_key, timeout)
+        if key not in self._clients:
+            self._clients[key] = self._sdk.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        return self._clients[key]
 
     def complete(
         self,
@@ -55,14 +62,14 @@ class AnthropicProvider:
         ]
         system = "\n\n".join(m.content for m in messages if m.role == "system")
         try:
-            response = self._client.messages.create(
+            response = self._client().messages.create(
                 model=model,
                 system=system,
                 messages=_conversation(messages),
                 tools=offered,
                 tool_choice={"type": "tool", "name": schema_name} if not tools else {"type": "any"},
                 max_tokens=max_tokens,
-                temperature=temperature,
+                # No temperature: current versions of the Messages API and its SDK no longer take one.
             )
         except self._sdk.APITimeoutError as exc:
             raise TransientProviderError("anthropic", f"timed out: {exc}") from None

@@ -29,6 +29,12 @@ class OpenAIProvider:
         except ImportError:
             raise UserError('the openai provider needs the openai SDK: pip install "baton[openai]"') from None
         self._sdk = openai
+        self._clients: dict[tuple[str | None, str, float], Any] = {}
+        # Servers found to know only JSON mode, by base URL.
+        self._json_object_only: set[str | None] = set()
+
+    def _client(self) -> tuple[Any, str | None]:
+        # Settings are read at each call, so a process can point at another server without restarting.
         base_url = os.environ.get("BATON_OPENAI_BASE_URL") or None
         # A local server needs no key, but the SDK insists on one; a hosted API gets the real one from
         # OPENAI_API_KEY, which baton never stores or prints.
@@ -36,8 +42,15 @@ class OpenAIProvider:
         if api_key is None:
             raise UserError("the openai provider needs OPENAI_API_KEY (or BATON_OPENAI_BASE_URL for a local server)")
         timeout = float(os.environ.get("BATON_OPENAI_TIMEOUT", "120"))
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        self._format = os.environ.get("BATON_OPENAI_RESPONSE_FORMAT", "json_schema")
+        key = (base_url, api_key, timeout)
+        if key not in self._clients:
+            self._clients[key] = self._sdk.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        return self._clients[key], base_url
+
+    def _mode(self, base_url: str | None) -> str:
+        if base_url in self._json_object_only:
+            return "json_object"
+        return os.environ.get("BATON_OPENAI_RESPONSE_FORMAT", "json_schema")
 
     def complete(
         self,
@@ -53,12 +66,13 @@ class OpenAIProvider:
         """One chat completion whose answer follows `schema`, or asks for tools."""
         if not model:
             raise UserError("name the OpenAI model: 'openai:MODEL', e.g. 'openai:gpt-4o-mini'")
+        client, base_url = self._client()
         request: dict[str, Any] = {
             "model": model,
             "messages": [_message(m) for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
-            "response_format": self._response_format(schema, schema_name),
+            "response_format": _response_format(self._mode(base_url), schema, schema_name),
         }
         if tools:
             request["tools"] = [
@@ -69,7 +83,7 @@ class OpenAIProvider:
                 for t in tools
             ]
         try:
-            response = self._call(request, schema, schema_name)
+            response = self._call(client, base_url, request, schema, schema_name)
         except self._sdk.APITimeoutError as exc:
             raise TransientProviderError("openai", f"timed out: {exc}") from None
         except self._sdk.APIConnectionError as exc:
@@ -90,22 +104,26 @@ class OpenAIProvider:
             tool_calls=calls,
         )
 
-    def _response_format(self, schema: dict[str, Any], name: str) -> dict[str, Any]:
-        if self._format == "json_object":
-            return {"type": "json_object", "schema": schema}
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-
-    def _call(self, request: dict[str, Any], schema: dict[str, Any], name: str) -> Any:
+    def _call(
+        self, client: Any, base_url: str | None, request: dict[str, Any], schema: dict[str, Any], name: str
+    ) -> Any:
         try:
-            return self._client.chat.completions.create(**request)
+            return client.chat.completions.create(**request)
         except self._sdk.APIStatusError as exc:
-            refused_format = exc.status_code in (400, 422) and "response_format" in _detail(exc)
-            if not refused_format or self._format == "json_object":
+            # llama-cpp-python's server reports its refusal as a 500; any answer that names the field counts.
+            refused_format = exc.status_code in (400, 422, 500) and "response_format" in _detail(exc)
+            if not refused_format or request["response_format"]["type"] == "json_object":
                 raise
         # The server does not know `json_schema` structured output; JSON mode with the schema it does know.
-        self._format = "json_object"
-        request["response_format"] = self._response_format(schema, name)
-        return self._client.chat.completions.create(**request)
+        self._json_object_only.add(base_url)
+        request["response_format"] = _response_format("json_object", schema, name)
+        return client.chat.completions.create(**request)
+
+
+def _response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, Any]:
+    if mode == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
 
 
 def _detail(exc: Any) -> str:
