@@ -23,6 +23,8 @@ from baton.store import utcnow
 __all__ = ["Agent", "Tool"]
 
 MAX_TOOL_ROUNDS = 5
+# Narrow agents keep few tools; a long list is what made the monolith's model forget them.
+MAX_TOOLS = 10
 
 REASK = (
     "Your answer does not satisfy the {contract} contract:\n{errors}\n"
@@ -102,6 +104,12 @@ class Agent(Step):
         names = [t.name for t in self.tools]
         if len(set(names)) != len(names):
             raise DefinitionError(f"agent '{name}': two tools share a name: {names}")
+        if len(self.tools) > MAX_TOOLS:
+            raise DefinitionError(
+                f"agent '{name}' has {len(self.tools)} tools; keep it at most {MAX_TOOLS} and split the agent"
+            )
+        if self.tools and not getattr(self._provider()[0], "supports_tools", True):
+            raise DefinitionError(f"agent '{name}': model {self.model_label!r} cannot call tools")
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.schema = output.model_json_schema()

@@ -209,3 +209,15 @@ def test_run_and_show_print_the_same_json_text(env, tmp_path):
     shown = baton(env, "show", json.loads(ran)["id"], "--json", check=0).stdout
     assert ran == shown
     assert list(json.loads(ran)["output"]) == ["zeta", "alpha"]
+
+
+def test_show_prints_a_models_invalid_answer_and_the_validation_errors(env):
+    result = baton(env, "run", f"{APPS / 'agents.py'}:tagger", "--input", '{"text": "hi"}', "--json", check=1)
+    run = json.loads(result.stdout)
+    error = run["steps"][0]["error"]
+    assert error["type"] == "ContractViolation" and error["raw_output"] == '{"tags": ["a", "b", "c"]}'
+    assert error["validation_errors"][0]["field"] == "tags"
+    assert [c["outcome"] for c in run["steps"][0]["calls"]] == ["invalid", "invalid"]
+    shown = baton(env, "show", run["id"], check=0).stdout
+    assert "the model's last answer" in shown and '{"tags": ["a", "b", "c"]}' in shown
+    assert "validation errors" in shown and "model calls" in shown

@@ -157,3 +157,53 @@ def test_the_local_provider_end_to_end(store):
 
 def test_the_embedded_model_ships_in_a_package():
     assert os.path.getsize(model_path()) > 50_000_000
+
+
+def lookup_account(email: str) -> dict:
+    """Find a customer's account by e-mail."""
+    return {"email": email, "plan": "pro", "open_invoices": 2}
+
+
+def test_openai_tool_calls_go_round_trip_through_the_sdk(monkeypatch, store):
+    tool_call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup_account", "arguments": '{"email": "ada@example.org"}'},
+    }
+    asks_tool = openai_reply("")
+    asks_tool[2]["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [tool_call]}
+    replies = [asks_tool, openai_reply('{"category": "billing", "urgent": false}')]
+    with ScriptedHTTPServer(replies) as server:
+        monkeypatch.setenv("BATON_OPENAI_BASE_URL", server.url + "/v1")
+        run = triage("openai:gpt-4o-mini", tools=[lookup_account]).run({"text": "invoice?"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED, run.steps[0].error
+    first, second = (r["body"] for r in server.requests)
+    assert first["tools"][0]["function"]["name"] == "lookup_account"
+    assert first["tools"][0]["function"]["parameters"]["properties"]["email"]["type"] == "string"
+    assert second["messages"][2]["tool_calls"][0]["id"] == "call_1"
+    assert second["messages"][3] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": '{"email":"ada@example.org","plan":"pro","open_invoices":2}',
+    }
+
+
+def test_anthropic_tool_calls_go_round_trip_through_the_sdk(monkeypatch, store):
+    replies = [
+        anthropic_reply("lookup_account", {"email": "ada@example.org"}),
+        anthropic_reply("Triage", {"category": "billing", "urgent": True}),
+    ]
+    with ScriptedHTTPServer(replies) as server:
+        monkeypatch.setenv("BATON_ANTHROPIC_BASE_URL", server.url)
+        agent_pipeline = triage("anthropic:claude-3-5-haiku-latest", tools=[lookup_account])
+        run = agent_pipeline.run({"text": "invoice?"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED and run.output == {"category": "billing", "urgent": True}
+    first, second = (r["body"] for r in server.requests)
+    assert [t["name"] for t in first["tools"]] == ["Triage", "lookup_account"]
+    assert first["tool_choice"] == {"type": "any"}
+    assert second["messages"][1]["content"][0]["type"] == "tool_use"
+    assert second["messages"][2]["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": '{"email":"ada@example.org","plan":"pro","open_invoices":2}',
+    }

@@ -134,3 +134,17 @@ def test_contract_violation_keeps_the_raw_answer_across_processes():
 
     err = ContractViolation(contract="C", errors=[], step="s", where="w", raw_output="{bad")
     assert pickle.loads(pickle.dumps(err)).raw_output == "{bad"
+
+
+def test_an_agents_tool_list_stays_short_and_needs_a_model_that_calls_tools():
+    def make_tool(i):
+        def tool(x: int) -> int:
+            return x
+
+        tool.__name__ = f"tool{i}"
+        return tool
+
+    with pytest.raises(DefinitionError, match="at most 10"):
+        agent(ScriptedModel([GOOD]), tools=[make_tool(i) for i in range(11)])
+    with pytest.raises(DefinitionError, match="cannot call tools"):
+        agent("local", tools=[make_tool(0)])

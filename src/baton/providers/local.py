@@ -31,6 +31,7 @@ class LocalProvider:
     """Runs the embedded model on the CPU, in this process (loaded once, on first use)."""
 
     name = "local"
+    supports_tools = False
 
     def __init__(self) -> None:
         self._llm: Any = None
