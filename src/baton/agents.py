@@ -63,6 +63,15 @@ class Tool:
         return TypeAdapter(Any).dump_json(result).decode()
 
 
+def field_guide(contract: type[BaseModel]) -> str:
+    """A short description of a contract's fields, for a model that cannot read its JSON schema."""
+    lines = [f"Answer with a JSON object ({contract.__name__}) with these fields:"]
+    for name, field in contract.model_fields.items():
+        what = field.description or name.replace("_", " ")
+        lines.append(f"- {name}: {what}")
+    return "\n".join(lines)
+
+
 class Agent(Step):
     """An LLM-backed step: `instructions` as system message, the input contract as JSON as user message.
 
@@ -123,8 +132,16 @@ class Agent(Step):
         return f"{getattr(self.model, 'name', type(self.model).__name__)}:{getattr(self.model, 'model', '')}"
 
     def prompt(self, value: BaseModel) -> list[Message]:
-        """The messages the model gets for `value`: instructions, then the input contract as compact JSON."""
-        return [Message("system", self.instructions), Message("user", value.model_dump_json())]
+        """The messages the model gets for `value`: instructions, then the input contract as compact JSON.
+
+        A provider that enforces the schema without showing it to the model (a grammar, for the embedded
+        model) gets a one-line guide per output field appended to the instructions, so that the model knows
+        what each field means and not only its shape.
+        """
+        system = self.instructions
+        if not getattr(self._provider()[0], "model_sees_schema", True):
+            system = f"{system}\n\n{field_guide(self.output)}"
+        return [Message("system", system), Message("user", value.model_dump_json())]
 
     def _work(self, value: BaseModel) -> BaseModel:
         ctx = current_step()

@@ -48,7 +48,7 @@ def test_the_demo_prints_progress_the_result_tokens_and_the_run_id(env, tmp_path
     # A 135M-parameter model may still give an answer that breaks a contract after its re-asks; then the
     # run fails at that step, visibly. Either way the user sees the progress, the tokens and the run id.
     assert result.returncode in (0, 1), result.stderr
-    assert "▶ extract" in result.stderr and "✓ extract" in result.stderr
+    assert "▶ extract" in result.stderr
     runs = subprocess.run(
         [sys.executable, "-m", "baton", "runs", "--json"], env=env, capture_output=True, text=True, check=True
     )

@@ -32,6 +32,8 @@ class LocalProvider:
 
     name = "local"
     supports_tools = False
+    # The grammar enforces the schema, but the model never reads it; agents describe the fields in the prompt.
+    model_sees_schema = False
 
     def __init__(self) -> None:
         self._llm: Any = None
@@ -69,6 +71,8 @@ class LocalProvider:
                     response_format={"type": "json_object", "schema": schema},
                     max_tokens=max_tokens,
                     temperature=temperature,
+                    # A 135M model greedily decoded loops on itself ("3, 2022, 3, 2022"); a mild penalty stops that.
+                    repeat_penalty=1.15,
                 )
             except ValueError as exc:  # the prompt does not fit the context window
                 raise PermanentProviderError("local", str(exc)) from None
