@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,59 +16,34 @@ from baton import RunStore
 POSTGRES_ADMIN_URL = os.environ.get("BATON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
-
-
-class NetworkBlocked(RuntimeError):
-    """A test tried to reach beyond this machine's loopback."""
-
-
-def _is_loopback(host: object) -> bool:
-    if isinstance(host, bytes):
-        host = host.decode()
-    if not isinstance(host, str) or host in LOOPBACK_NAMES:
-        return host in LOOPBACK_NAMES
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+NETGUARD = Path(__file__).parent / "netguard"
+sys.path.insert(0, str(NETGUARD))
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_network_beyond_loopback() -> Iterator[None]:
-    """Every test talks only to 127.0.0.1/::1: a connection or a name lookup elsewhere fails the test."""
-    real_connect, real_connect_ex, real_getaddrinfo = (
-        socket.socket.connect,
-        socket.socket.connect_ex,
-        socket.getaddrinfo,
-    )
+def no_network_beyond_loopback(tmp_path_factory) -> Iterator[Path]:
+    """Every test, and every process it starts, talks only to loopback (see tests/netguard)."""
+    log = tmp_path_factory.mktemp("netguard") / "blocked.log"
+    log.touch()
+    os.environ["BATON_TEST_NETGUARD_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    from netguard import install
 
-    def check(sock: socket.socket, address: object) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):  # type: ignore[index]
-            raise NetworkBlocked(f"tests may not connect to {address!r}: only loopback is allowed")
+    install(str(log))
+    yield log
 
-    def connect(sock, address):
-        check(sock, address)
-        return real_connect(sock, address)
 
-    def connect_ex(sock, address):
-        check(sock, address)
-        return real_connect_ex(sock, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host is not None and not _is_loopback(host):
-            raise NetworkBlocked(f"tests may not look up {host!r}: only loopback is allowed")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = (
-            real_connect,
-            real_connect_ex,
-            real_getaddrinfo,
-        )  # type: ignore[method-assign]
+@pytest.fixture(autouse=True)
+def fail_on_blocked_network(no_network_beyond_loopback) -> Iterator[None]:
+    """A test during which anything tried to leave loopback fails, even if the attempt's error was caught."""
+    log = no_network_beyond_loopback
+    before = log.stat().st_size
+    yield
+    with open(log) as f:
+        f.seek(before)
+        blocked = f.read().split()
+    if blocked:
+        pytest.fail(f"the test tried to reach beyond loopback: {', '.join(blocked)}", pytrace=False)
 
 
 def _services_optional() -> bool:

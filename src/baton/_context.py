@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,7 +34,14 @@ class StepContext:
     idx: int
     attempt: int
     calls: list[LLMCall] = field(default_factory=list)
-    input_boundary_tokens: int | None = None
+    # Writes a finished call to the store at once (set by the executor).
+    record: Callable[[LLMCall], None] | None = None
+
+    def keep(self, call: LLMCall) -> None:
+        """Note a call whose outcome is known, and write it."""
+        self.calls.append(call)
+        if self.record is not None:
+            self.record(call)
 
 
 _current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("baton_step", default=None)

@@ -15,6 +15,7 @@ from baton.contracts import is_contract
 from baton.errors import ContractViolation, DefinitionError
 from baton.pricing import cost_of
 from baton.providers import Message, ToolCall, ToolSpec, check_model, get_provider, split_model
+from baton.providers.base import redact
 from baton.retry import Retry
 from baton.settings import Settings
 from baton.steps import Step
@@ -149,22 +150,25 @@ class Agent(Step):
         errors: list[dict[str, str]] = []
         raw = ""
         for _ in range(self.reasks + 1):
-            raw = self._answer(messages, ctx)
+            raw, call = self._answer(messages, ctx)
             try:
-                return self._parse(raw)
+                answer = self._parse(raw)
             except ValidationError as exc:
                 violation = ContractViolation.from_validation_error(
                     exc, contract=self.output.__name__, step=self.name, where="the model's answer"
                 )
                 errors = violation.errors
-                if ctx is not None and ctx.calls:
-                    ctx.calls[-1].outcome = "invalid"
+                _keep(ctx, call, "invalid")
                 listed = "\n".join(f"- {e['field']}: {e['message']}" for e in errors)
                 messages = [
                     *messages,
-                    Message("assistant", raw),
+                    # Never an empty message (APIs refuse them): the model is shown what it gave.
+                    Message("assistant", raw or "(no answer)"),
                     Message("user", REASK.format(contract=self.output.__name__, errors=listed)),
                 ]
+                continue
+            _keep(ctx, call, "answer")
+            return answer
         raise ContractViolation(
             contract=self.output.__name__,
             errors=errors,
@@ -187,15 +191,17 @@ class Agent(Step):
                 raise exc from None
             return self.output.model_validate(data)
 
-    def _answer(self, messages: list[Message], ctx: StepContext | None) -> str:
-        """Ask until the model answers (running the tools it calls in between); returns the answer's text."""
+    def _answer(self, messages: list[Message], ctx: StepContext | None) -> tuple[str, LLMCall]:
+        """Ask until the model answers (running the tools it calls in between): the answer's text and the
+        call that gave it (kept by the caller once it knows whether the answer is valid)."""
         provider, model = self._provider()
         for _ in range(MAX_TOOL_ROUNDS + 1):
-            completion = self._call(provider, model, messages, ctx)
+            completion, call = self._call(provider, model, messages, ctx)
             if not completion.tool_calls:
-                return completion.text or ""
+                return completion.text or "", call
+            _keep(ctx, call, "tool_calls")
             messages.append(Message("assistant", completion.text or "", tool_calls=completion.tool_calls))
-            messages.extend(self._run_tool(call) for call in completion.tool_calls)
+            messages.extend(self._run_tool(tool_call) for tool_call in completion.tool_calls)
         raise ContractViolation(
             contract=self.output.__name__,
             errors=[{"field": "(root)", "message": f"no answer after {MAX_TOOL_ROUNDS} tool rounds", "type": "tools"}],
@@ -214,7 +220,7 @@ class Agent(Step):
             return get_provider(provider_name), model
         return self.model, getattr(self.model, "model", "")
 
-    def _call(self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None) -> Any:
+    def _call(self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None) -> tuple[Any, LLMCall]:
         started = utcnow()
         t0 = time.perf_counter()
         provider_name = getattr(provider, "name", type(provider).__name__)
@@ -229,23 +235,25 @@ class Agent(Step):
                 temperature=self.temperature,
             )
         except Exception as exc:
-            if ctx is not None:
-                latency = (time.perf_counter() - t0) * 1000
-                ctx.calls.append(LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, str(exc)[:500]))
+            latency = (time.perf_counter() - t0) * 1000
+            error = redact(str(exc))[:500]
+            _keep(ctx, LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, error), "error")
             raise
-        latency = (time.perf_counter() - t0) * 1000
-        if ctx is not None:
-            priced = f"{provider_name}:{model}" if model else provider_name
-            ctx.calls.append(
-                LLMCall(
-                    provider=provider_name,
-                    model=completion.model,
-                    input_tokens=completion.input_tokens,
-                    output_tokens=completion.output_tokens,
-                    latency_ms=latency,
-                    cost_usd=cost_of(priced, completion.input_tokens, completion.output_tokens),
-                    outcome="tool_calls" if completion.tool_calls else "answer",
-                    started_at=started,
-                )
-            )
-        return completion
+        priced = f"{provider_name}:{model}" if model else provider_name
+        call = LLMCall(
+            provider=provider_name,
+            model=completion.model,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            cost_usd=cost_of(priced, completion.input_tokens, completion.output_tokens),
+            outcome="answer",
+            started_at=started,
+        )
+        return completion, call
+
+
+def _keep(ctx: StepContext | None, call: LLMCall, outcome: str) -> None:
+    call.outcome = outcome
+    if ctx is not None:
+        ctx.keep(call)

@@ -98,7 +98,7 @@ class StepRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_errors: tuple[AttemptError, ...] = ()
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
     boundary_tokens: int | None = None
     calls: tuple[CallRecord, ...] = ()
 
@@ -134,7 +134,8 @@ class Run:
     cancel_requested: bool = False
     claims: int = 0
     tokens: Tokens = NO_TOKENS
-    cost_usd: float = 0.0
+    # None when a model without a known price was called (see baton.register_price).
+    cost_usd: float | None = 0.0
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

@@ -207,3 +207,28 @@ def test_anthropic_tool_calls_go_round_trip_through_the_sdk(monkeypatch, store):
         "tool_use_id": "toolu_1",
         "content": '{"email":"ada@example.org","plan":"pro","open_invoices":2}',
     }
+
+
+def test_an_api_key_echoed_by_a_server_never_reaches_the_store(monkeypatch, store):
+    secret = "sk-live-abcdefghijklmnop"
+    with ScriptedHTTPServer([error_reply(401, f"Incorrect API key provided: {secret}")]) as server:
+        monkeypatch.setenv("BATON_OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", secret)
+        run = triage("openai:gpt-4o-mini").run({"text": "x"}, store=store)
+        headers = {k.lower(): v for k, v in server.requests[0]["headers"].items()}
+        assert headers["authorization"] == f"Bearer {secret}"
+    stored = str(store.get_run(run.id).to_json_dict())
+    assert run.status is RunStatus.FAILED and "HTTP 401" in stored
+    assert secret not in stored and "[redacted]" in stored
+
+
+def test_an_anthropic_answer_without_the_tool_is_re_asked_with_its_words(monkeypatch, store):
+    prose = (200, {}, {**anthropic_reply("Triage", {})[2], "content": [{"type": "text", "text": "It is a bug."}]})
+    replies = [prose, anthropic_reply("Triage", {"category": "bug", "urgent": False})]
+    with ScriptedHTTPServer(replies) as server:
+        monkeypatch.setenv("BATON_ANTHROPIC_BASE_URL", server.url)
+        run = triage("anthropic:claude-3-5-haiku-latest").run({"text": "crash"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED and run.output == {"category": "bug", "urgent": False}
+    reask = server.requests[1]["body"]["messages"]
+    assert reask[1] == {"role": "assistant", "content": "It is a bug."}
+    assert [c.outcome for c in run.step("triage").calls] == ["invalid", "answer"]

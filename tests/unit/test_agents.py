@@ -148,3 +148,29 @@ def test_an_agents_tool_list_stays_short_and_needs_a_model_that_calls_tools():
         agent(ScriptedModel([GOOD]), tools=[make_tool(i) for i in range(11)])
     with pytest.raises(DefinitionError, match="cannot call tools"):
         agent("local", tools=[make_tool(0)])
+
+
+def test_a_model_without_a_known_price_makes_the_cost_unknown_not_free(store):
+    model = ScriptedModel([GOOD], model="unpriced-model")
+    model.name = "mystery"
+    run = Pipeline("unpriced", [agent(model)]).run({"text": "x"}, store=store)
+    assert run.step("extract").calls[0].cost_usd is None
+    assert run.step("extract").cost_usd is None and run.cost_usd is None
+    assert store.get_run(run.id).to_json_dict()["cost_usd"] is None
+
+
+def test_each_model_call_is_stored_as_soon_as_it_returns(store):
+    seen = []
+
+    def count_stored_calls(probe: str) -> int:
+        """How many model calls the store holds for the running run."""
+        (running,) = store.list_runs(status="running")
+        seen.append(len(store.get_run(running.id).step("extract").calls))
+        return seen[-1]
+
+    from baton.providers import ToolCall
+
+    model = ScriptedModel([[ToolCall("c1", "count_stored_calls", {"probe": "now"})], GOOD])
+    run = Pipeline("stored-at-once", [agent(model, tools=[count_stored_calls])]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED
+    assert seen == [1]  # the call that asked for the tool was in the store before the tool ran

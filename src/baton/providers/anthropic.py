@@ -79,13 +79,16 @@ class AnthropicProvider:
             raise classify_status("anthropic", exc.status_code, str(exc)[:500], exc.response.headers) from None
         text = None
         calls = []
+        prose = []
         for block in response.content:
-            if block.type != "tool_use":
-                continue
-            if block.name == schema_name:
+            if block.type == "text":
+                prose.append(block.text)
+            elif block.type == "tool_use" and block.name == schema_name:
                 text = json.dumps(block.input)
-            else:
+            elif block.type == "tool_use":
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input)))
+        if text is None and not calls:
+            text = "\n".join(prose)  # no answer tool call: the model's words are what gets re-asked
         return Completion(
             text=text if not calls else None,
             input_tokens=response.usage.input_tokens,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -16,6 +18,7 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "TransientProviderError",
+    "redact",
 ]
 
 
@@ -79,14 +82,36 @@ class Provider(Protocol):
         ...
 
 
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
+)
+_KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+
+
+def redact(text: str) -> str:
+    """`text` without API keys: the configured ones, bearer tokens, and anything shaped like `sk-...`.
+
+    Provider errors end up in the store, the CLI and the dashboard; a server that echoes the key it was
+    sent must not put it there.
+    """
+    for variable in _KEY_VARIABLES:
+        key = os.environ.get(variable)
+        if key and len(key) >= 6:
+            text = text.replace(key, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("[redacted]", text)
+    return text
+
+
 class ProviderError(RunError):
-    """A model provider refused or failed a request."""
+    """A model provider refused or failed a request (its message never carries an API key)."""
 
     def __init__(self, provider: str, message: str, *, status: int | None = None) -> None:
         self.provider = provider
         self.status = status
         where = f"{provider} (HTTP {status})" if status else provider
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {redact(message)}")
 
 
 class TransientProviderError(ProviderError, TransientError):

@@ -92,8 +92,7 @@ class OpenAIProvider:
             raise classify_status("openai", exc.status_code, _detail(exc), exc.response.headers) from None
         choice = response.choices[0].message
         calls = tuple(
-            ToolCall(id=c.id, name=c.function.name, arguments=json.loads(c.function.arguments or "{}"))
-            for c in (choice.tool_calls or [])
+            ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c)) for c in (choice.tool_calls or [])
         )
         usage = response.usage
         return Completion(
@@ -124,6 +123,15 @@ def _response_format(mode: str, schema: dict[str, Any], name: str) -> dict[str, 
     if mode == "json_object":
         return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
+
+
+def _arguments(call: Any) -> dict[str, Any]:
+    # Arguments that are not a JSON object reach the tool as such; its validation tells the model what is wrong.
+    try:
+        value = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        return {"__invalid_json__": call.function.arguments}
+    return value if isinstance(value, dict) else {"__invalid_json__": call.function.arguments}
 
 
 def _detail(exc: Any) -> str:

@@ -102,6 +102,7 @@ def execute_attempt(
     """
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt)
+    ctx.record = lambda call: store.record_calls(run_id, idx, attempt, [call])
     token = enter(ctx)
     try:
         try:
@@ -118,7 +119,7 @@ def execute_attempt(
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
         )
-        cancel = store.record_failure(run_id, owner, failed, retrying=retrying, calls=ctx.calls)
+        cancel = store.record_failure(run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls))
         if retrying:
             # A provider that says when to come back (Retry-After) is waited for at least that long.
             delay = max(step.retry.delay(attempts_this_go), getattr(exc, "retry_after", None) or 0.0)
@@ -139,7 +140,7 @@ def execute_attempt(
         started_at=result.started_at,
         finished_at=result.finished_at,
         final_output=output_json if last else None,
-        calls=ctx.calls,
+        recount=bool(ctx.calls),
         boundary_tokens=count_tokens(output_json) if measure else None,
     )
     return Succeeded(output, output_json, cancel, result, bool(ctx.calls))

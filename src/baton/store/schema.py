@@ -54,7 +54,7 @@ runs = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=False),
-    Column("cost_usd", Float, nullable=False, default=0.0, server_default="0"),
+    Column("cost_usd", Float, nullable=True, default=0.0, server_default="0"),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.
@@ -88,7 +88,7 @@ steps = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("duration_ms", Float, nullable=True),
-    Column("cost_usd", Float, nullable=False, default=0.0, server_default="0"),
+    Column("cost_usd", Float, nullable=True, default=0.0, server_default="0"),
     # Tokens of the output's JSON: what the next step is fed (measured where a model reads or writes it).
     Column("boundary_tokens", Integer, nullable=True),
     # For a model's invalid answer: the text it gave and the contract's errors.

@@ -20,7 +20,7 @@ from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Toke
 from baton.status import RunStatus, StepStatus
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.schema import attempts, llm_calls, runs, steps
-from baton.store.writer import LostOwnership, RunWriter, write_calls
+from baton.store.writer import LostOwnership, RunWriter, recount_step, write_calls
 
 __all__ = ["RunStore", "StepResult", "utcnow"]
 
@@ -156,8 +156,17 @@ class RunStore:
             )
             return result.rowcount == 1
 
+    def record_calls(self, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
+        """Keep model calls the moment they are made: they were paid for, whatever happens to the attempt."""
+        with self.engine.begin() as c:
+            cursor = c.connection.cursor()
+            try:
+                write_calls(cursor, self.engine.dialect.name, run_id, idx, attempt, calls)
+            finally:
+                cursor.close()
+
     def record_failure(
-        self, run_id: str, owner: str, result: StepResult, *, retrying: bool, calls: Sequence[LLMCall] = ()
+        self, run_id: str, owner: str, result: StepResult, *, retrying: bool, recount: bool = False
     ) -> bool:
         """Keep a failed attempt; unless another attempt follows, the step and the run end failed.
 
@@ -196,10 +205,10 @@ class RunStore:
             )
             if not retrying:
                 self._write_step(c, run_id, result, StepStatus.FAILED)
-            if calls:
+            if recount and not retrying:
                 cursor = c.connection.cursor()
                 try:
-                    write_calls(cursor, self.engine.dialect.name, run_id, result.idx, result.attempt, calls)
+                    recount_step(cursor, self.engine.dialect.name, run_id, result.idx)
                 finally:
                     cursor.close()
             return bool(row[0])
@@ -508,7 +517,8 @@ def _run_from_rows(
             calls = tuple(calls_by_idx.get(idx, ()))
             # A step's usage is what its calls add up to, for a running step too.
             usage = Tokens(sum(x.input_tokens for x in calls), sum(x.output_tokens for x in calls))
-            cost = sum((x.cost_usd or 0.0 for x in calls), 0.0)
+            known = all(x.cost_usd is not None for x in calls)
+            cost = sum((x.cost_usd or 0.0 for x in calls), 0.0) if known else None
             if current is not None and idx == current[0]:
                 records.append(
                     StepRecord(
@@ -564,7 +574,7 @@ def _run_from_rows(
         cancel_requested=row["cancel_requested"],
         claims=row["claims"],
         tokens=Tokens(input=row["tokens_in"], output=row["tokens_out"]),
-        cost_usd=float(row["cost_usd"] or 0.0),
+        cost_usd=float(row["cost_usd"]) if row["cost_usd"] is not None else None,
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

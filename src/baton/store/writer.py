@@ -17,7 +17,7 @@ from typing import Any
 from baton._context import LLMCall
 from baton.status import RunStatus, StepStatus
 
-__all__ = ["LostOwnership", "RunWriter", "write_calls"]
+__all__ = ["LostOwnership", "RunWriter", "recount_step", "write_calls"]
 
 
 class LostOwnership(Exception):
@@ -68,12 +68,14 @@ INSERT INTO baton_llm_calls (run_id, step_idx, attempt, seq, provider, model, in
 VALUES (?s, ?i, ?i, ?i, ?s, ?s, ?i, ?i, ?f, ?f, ?s, ?s, ?t)
 """
 
-# Totals are recounted from the calls, so a step's and a run's usage always add up to what was called.
+# Totals are recounted from the calls, so a step's and a run's usage always add up to what was called. A
+# cost is unknown (NULL) as soon as one call's model has no price: a sum that leaves it out would look free.
 RECOUNT_STEP = """
 UPDATE baton_steps SET
     tokens_in = (SELECT COALESCE(SUM(input_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i),
     tokens_out = (SELECT COALESCE(SUM(output_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i),
-    cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i)
+    cost_usd = (SELECT CASE WHEN COUNT(*) = COUNT(cost_usd) THEN COALESCE(SUM(cost_usd), 0) END
+        FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i)
 WHERE run_id = ?s AND idx = ?i
 """
 
@@ -81,7 +83,8 @@ RECOUNT_RUN = """
 UPDATE baton_runs SET
     tokens_in = (SELECT COALESCE(SUM(input_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s),
     tokens_out = (SELECT COALESCE(SUM(output_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s),
-    cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM baton_llm_calls WHERE run_id = ?s)
+    cost_usd = (SELECT CASE WHEN COUNT(*) = COUNT(cost_usd) THEN COALESCE(SUM(cost_usd), 0) END
+        FROM baton_llm_calls WHERE run_id = ?s)
 WHERE id = ?s
 """
 
@@ -204,10 +207,11 @@ class RunWriter:
         started_at: datetime,
         finished_at: datetime,
         final_output: str | None = None,
-        calls: Sequence[LLMCall] = (),
+        recount: bool = False,
         boundary_tokens: int | None = None,
     ) -> bool:
-        """Save a step's output (and its model calls); with `final_output`, the run has succeeded.
+        """Save a step's output; with `final_output`, the run has succeeded; with `recount`, the step made
+        model calls (already recorded) whose totals go on its row.
 
         Returns whether a cancel was requested. Raises `LostOwnership` (and writes nothing) when `owner` no
         longer owns the run.
@@ -218,14 +222,14 @@ class RunWriter:
             run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, ts(started_at), ts(finished_at),
             (finished_at - started_at).total_seconds() * 1000.0, boundary_tokens, run_id, owner,
         )  # fmt: skip
-        if final_output is None and not calls:
+        if final_output is None and not recount:
             cur.execute(self._checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
             return bool(rows[0][0])
         finish = (final_output, ts(finished_at), ts(finished_at), run_id, owner)
-        if final_output is not None and not calls and self._final is not None:
+        if final_output is not None and not recount and self._final is not None:
             cur.execute(self._final, params + finish)
             inserted, updated = cur.fetchone()
             if not (inserted and updated):
@@ -236,15 +240,11 @@ class RunWriter:
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
-            if calls:
-                self.record_calls(cur, run_id, idx, attempt, calls)
+            if recount:
+                recount_step(cur, self.dialect, run_id, idx)
             if final_output is not None:
                 cur.execute(self._finish, finish)
         return bool(rows[0][0])
-
-    def record_calls(self, cur: Any, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
-        """Insert an attempt's model calls and recount the totals (in the caller's transaction)."""
-        write_calls(cur, self.dialect, run_id, idx, attempt, calls)
 
 
 def write_calls(cur: Any, dialect: str, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
@@ -263,6 +263,11 @@ def write_calls(cur: Any, dialect: str, run_id: str, idx: int, attempt: int, cal
     )  # fmt: skip
     cur.execute(recount_step, (run_id, idx) * 4)
     cur.execute(recount_run, (run_id,) * 4)
+
+
+def recount_step(cur: Any, dialect: str, run_id: str, idx: int) -> None:
+    """Set a step row's totals from its recorded calls (after the row was written)."""
+    cur.execute(_call_statements(dialect)[1], (run_id, idx) * 4)
 
 
 @functools.cache

@@ -15,9 +15,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("baton_runs") as batch:
-        batch.add_column(sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"))
+        batch.add_column(sa.Column("cost_usd", sa.Float, nullable=True, server_default="0"))
     with op.batch_alter_table("baton_steps") as batch:
-        batch.add_column(sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"))
+        batch.add_column(sa.Column("cost_usd", sa.Float, nullable=True, server_default="0"))
         batch.add_column(sa.Column("boundary_tokens", sa.Integer, nullable=True))
         batch.add_column(sa.Column("error_raw", sa.Text, nullable=True))
         batch.add_column(sa.Column("error_details", sa.JSON, nullable=True))
