@@ -136,6 +136,7 @@ class Run:
     tokens: Tokens = NO_TOKENS
     # None when a model without a known price was called (see baton.register_price).
     cost_usd: float | None = 0.0
+    input_boundary_tokens: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -174,6 +175,7 @@ class Run:
             "output": self.output,
             "tokens": {"input": self.tokens.input, "output": self.tokens.output},
             "cost_usd": self.cost_usd,
+            "input_boundary_tokens": self.input_boundary_tokens,
         }
         if with_steps:
             data["steps"] = [s.to_json_dict() for s in self.steps]

@@ -48,7 +48,17 @@ def test_run_prints_the_finished_run_as_show_does(env):
     run = json.loads(result.stdout)
     assert run["status"] == "succeeded"
     assert run["output"] == {"body": "Dear Ada, you owe 3.00."}
-    assert set(run) == {"id", "pipeline", "status", "input", "output", "steps", "tokens", "cost_usd"}
+    assert set(run) == {
+        "id",
+        "pipeline",
+        "status",
+        "input",
+        "output",
+        "steps",
+        "tokens",
+        "cost_usd",
+        "input_boundary_tokens",
+    }
     step_keys = {"name", "status", "attempts", "output", "error", "tokens", "duration_ms"}
     assert [set(s) for s in run["steps"]] == [step_keys | {"cost_usd", "boundary_tokens", "calls"}] * 2
     assert run["steps"][0]["tokens"] == {"input": 0, "output": 0}

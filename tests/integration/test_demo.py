@@ -37,6 +37,7 @@ def test_the_demo_runs_the_document_pipeline_on_the_embedded_model(env):
     assert all(s["tokens"]["input"] > 0 and s["tokens"]["output"] > 0 for s in agents)
     assert run["tokens"]["input"] == sum(s["tokens"]["input"] for s in run["steps"])
     assert all(s["boundary_tokens"] > 0 for s in run["steps"])
+    assert run["input_boundary_tokens"] > 100  # the document the extractor reads
 
 
 def test_the_demo_prints_progress_the_result_tokens_and_the_run_id(env, tmp_path):

@@ -251,6 +251,6 @@ def test_a_pending_run_is_not_resumed_by_hand(store):
     with store.writer() as w:
         from baton.runtime.local import _create
 
-        run_id, _, _ = _create(w, store, pipeline, Num(n=1), baton._owner.this_owner(), pending=True)
+        run_id, *_ = _create(w, store, pipeline, Num(n=1), baton._owner.this_owner(), pending=True)
     with pytest.raises(RunNotResumable, match="pending"):
         baton.resume(run_id, store=store)

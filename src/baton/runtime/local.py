@@ -23,6 +23,7 @@ from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, exec
 from baton.status import RunStatus, StepStatus
 from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
+from baton.tokens import count_tokens
 
 __all__ = ["LocalRuntime", "plan_resume"]
 
@@ -87,10 +88,11 @@ class LocalRuntime:
         """Record a new run of `pattern` on the validated `value`, execute it to the end, return it."""
         owner = this_owner()
         with store.writer() as writer:
-            run_id, input_json, now = _create(writer, store, pattern, value, owner, pending=False)
+            run_id, input_json, now, input_tokens = _create(writer, store, pattern, value, owner, pending=False)
             base = Run(
                 id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
                 created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
+                input_boundary_tokens=input_tokens,
             )  # fmt: skip
             return self._execute(store, writer, base, owner, pattern.steps, value, 0, 1, observer)
 
@@ -112,7 +114,7 @@ class LocalRuntime:
         """Record a pending run and execute it on a background thread; returns its id at once."""
         owner = this_owner()
         with store.writer() as writer:
-            run_id, _, _ = _create(writer, store, pattern, value, owner, pending=True)
+            run_id, *_ = _create(writer, store, pattern, value, owner, pending=True)
         # The heartbeat keeps the pending run from looking abandoned while it waits for a thread.
         _heartbeat_for(store).add(run_id, owner)
         if self._pool is None:
@@ -174,9 +176,11 @@ class LocalRuntime:
 
 def _create(
     writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str, *, pending: bool
-) -> tuple[str, str, datetime]:
+) -> tuple[str, str, datetime, int | None]:
     run_id = new_run_id()
     input_json = value.model_dump_json()
+    # The run's input is a boundary too when a model reads it.
+    input_tokens = count_tokens(input_json) if 0 in boundaries_to_measure(pattern.steps[:1]) else None
     now = utcnow()
     writer.create_run(
         run_id=run_id,
@@ -188,8 +192,9 @@ def _create(
         now=now,
         lease_until=now + store.lease,
         pending=pending,
+        input_tokens=input_tokens,
     )
-    return run_id, input_json, now
+    return run_id, input_json, now, input_tokens
 
 
 def _loop(

@@ -55,6 +55,8 @@ runs = Table(
     Column("finished_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=False),
     Column("cost_usd", Float, nullable=True, default=0.0, server_default="0"),
+    # Tokens of the input's JSON, when a model reads it (the first step is an agent).
+    Column("input_boundary_tokens", Integer, nullable=True),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.

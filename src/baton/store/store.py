@@ -575,6 +575,7 @@ def _run_from_rows(
         claims=row["claims"],
         tokens=Tokens(input=row["tokens_in"], output=row["tokens_out"]),
         cost_usd=float(row["cost_usd"]) if row["cost_usd"] is not None else None,
+        input_boundary_tokens=row["input_boundary_tokens"],
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

@@ -38,8 +38,8 @@ _PG_CASTS = {
 _CREATE_RUN = """
 INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
     current_started_at, failed_step, cancel_requested, claims, owner, lease_expires_at, tokens_in, tokens_out,
-    created_at, started_at, finished_at, updated_at)
-VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t)
+    created_at, started_at, finished_at, updated_at, input_boundary_tokens)
+VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i)
 """
 
 # The step's row is written only while `owner` still owns the running run (a fence against a process that
@@ -181,6 +181,7 @@ class RunWriter:
         now: datetime,
         lease_until: datetime,
         pending: bool = False,
+        input_tokens: int | None = None,
     ) -> None:
         """Record a new run owned by `owner`: running at its first step, or `pending` (submitted, to start)."""
         running = not pending
@@ -191,7 +192,7 @@ class RunWriter:
                 run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
                 input_json, step_names_json, 0 if running else None, 1 if running else 0,
                 ts(now) if running else None, False, 1 if running else 0, owner, ts(lease_until), ts(now),
-                ts(now) if running else None, ts(now),
+                ts(now) if running else None, ts(now), input_tokens,
             ),
         )  # fmt: skip
 

@@ -16,6 +16,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("baton_runs") as batch:
         batch.add_column(sa.Column("cost_usd", sa.Float, nullable=True, server_default="0"))
+        batch.add_column(sa.Column("input_boundary_tokens", sa.Integer, nullable=True))
     with op.batch_alter_table("baton_steps") as batch:
         batch.add_column(sa.Column("cost_usd", sa.Float, nullable=True, server_default="0"))
         batch.add_column(sa.Column("boundary_tokens", sa.Integer, nullable=True))
@@ -50,4 +51,5 @@ def downgrade() -> None:
         batch.drop_column("boundary_tokens")
         batch.drop_column("cost_usd")
     with op.batch_alter_table("baton_runs") as batch:
+        batch.drop_column("input_boundary_tokens")
         batch.drop_column("cost_usd")
