@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from baton.errors import UserError
 from baton.providers.base import PermanentProviderError, ProviderError, TransientProviderError
 
-__all__ = ["classify_status", "retry_after"]
+__all__ = ["SDKClients", "classify_status", "retry_after"]
 
 _PERMANENT_HINTS = {
     400: "bad request",
@@ -49,3 +52,29 @@ def classify_status(provider: str, status: int, message: str, headers: Any = Non
         return TransientProviderError(provider, message, status=status, retry_after=retry_after(headers))
     hint = _PERMANENT_HINTS.get(status, "the request was refused")
     return PermanentProviderError(provider, f"{hint}; not retried: {message}", status=status)
+
+
+class SDKClients:
+    """An official SDK's clients, one per (base URL, key, timeout), from settings read at each call.
+
+    Reading the environment per call lets a process point at another server without restarting. A local
+    server needs no key but the SDKs insist on one; a hosted API's key comes from its usual variable and
+    is never stored or printed. The SDK's own retries are off: the step's Retry policy decides.
+    """
+
+    def __init__(self, make: Callable[..., Any], *, base_env: str, key_env: str, timeout_env: str, hint: str) -> None:
+        self.make = make
+        self.base_env, self.key_env, self.timeout_env, self.hint = base_env, key_env, timeout_env, hint
+        self._clients: dict[tuple[str | None, str, float], Any] = {}
+
+    def get(self) -> tuple[Any, str | None]:
+        """The client for the current settings, and the base URL it talks to (None: the provider's own)."""
+        base_url = os.environ.get(self.base_env) or None
+        api_key = os.environ.get(self.key_env) or ("not-needed" if base_url else None)
+        if api_key is None:
+            raise UserError(self.hint)
+        timeout = float(os.environ.get(self.timeout_env, "120"))
+        key = (base_url, api_key, timeout)
+        if key not in self._clients:
+            self._clients[key] = self.make(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        return self._clients[key], base_url

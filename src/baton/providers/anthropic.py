@@ -7,11 +7,10 @@ the contract, and that call's input is the answer.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from baton.errors import UserError
-from baton.providers._http import classify_status
+from baton.providers._http import SDKClients, classify_status
 from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
 
 __all__ = ["AnthropicProvider"]
@@ -28,19 +27,13 @@ class AnthropicProvider:
         except ImportError:
             raise UserError('the anthropic provider needs the anthropic SDK: pip install "baton[anthropic]"') from None
         self._sdk = anthropic
-        self._clients: dict[tuple[str | None, str, float], Any] = {}
-
-    def _client(self) -> Any:
-        # Settings are read at each call; the key comes from ANTHROPIC_API_KEY and is never stored or printed.
-        base_url = os.environ.get("BATON_ANTHROPIC_BASE_URL") or None
-        api_key = os.environ.get("ANTHROPIC_API_KEY") or ("not-needed" if base_url else None)
-        if api_key is None:
-            raise UserError("the anthropic provider needs ANTHROPIC_API_KEY")
-        timeout = float(os.environ.get("BATON_ANTHROPIC_TIMEOUT", "120"))
-        key = (base_url, api_key, timeout)
-        if key not in self._clients:
-            self._clients[key] = self._sdk.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        return self._clients[key]
+        self._clients = SDKClients(
+            anthropic.Anthropic,
+            base_env="BATON_ANTHROPIC_BASE_URL",
+            key_env="ANTHROPIC_API_KEY",
+            timeout_env="BATON_ANTHROPIC_TIMEOUT",
+            hint="the anthropic provider needs ANTHROPIC_API_KEY (or BATON_ANTHROPIC_BASE_URL for a local server)",
+        )
 
     def complete(
         self,
@@ -62,7 +55,7 @@ class AnthropicProvider:
         ]
         system = "\n\n".join(m.content for m in messages if m.role == "system")
         try:
-            response = self._client().messages.create(
+            response = self._clients.get()[0].messages.create(
                 model=model,
                 system=system,
                 messages=_conversation(messages),

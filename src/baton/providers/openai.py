@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from baton.errors import UserError
-from baton.providers._http import classify_status
+from baton.providers._http import SDKClients, classify_status
 from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
 
 __all__ = ["OpenAIProvider"]
@@ -29,23 +29,15 @@ class OpenAIProvider:
         except ImportError:
             raise UserError('the openai provider needs the openai SDK: pip install "baton[openai]"') from None
         self._sdk = openai
-        self._clients: dict[tuple[str | None, str, float], Any] = {}
+        self._clients = SDKClients(
+            openai.OpenAI,
+            base_env="BATON_OPENAI_BASE_URL",
+            key_env="OPENAI_API_KEY",
+            timeout_env="BATON_OPENAI_TIMEOUT",
+            hint="the openai provider needs OPENAI_API_KEY (or BATON_OPENAI_BASE_URL for a local server)",
+        )
         # Servers found to know only JSON mode, by base URL.
         self._json_object_only: set[str | None] = set()
-
-    def _client(self) -> tuple[Any, str | None]:
-        # Settings are read at each call, so a process can point at another server without restarting.
-        base_url = os.environ.get("BATON_OPENAI_BASE_URL") or None
-        # A local server needs no key, but the SDK insists on one; a hosted API gets the real one from
-        # OPENAI_API_KEY, which baton never stores or prints.
-        api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
-        if api_key is None:
-            raise UserError("the openai provider needs OPENAI_API_KEY (or BATON_OPENAI_BASE_URL for a local server)")
-        timeout = float(os.environ.get("BATON_OPENAI_TIMEOUT", "120"))
-        key = (base_url, api_key, timeout)
-        if key not in self._clients:
-            self._clients[key] = self._sdk.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        return self._clients[key], base_url
 
     def _mode(self, base_url: str | None) -> str:
         if base_url in self._json_object_only:
@@ -66,7 +58,7 @@ class OpenAIProvider:
         """One chat completion whose answer follows `schema`, or asks for tools."""
         if not model:
             raise UserError("name the OpenAI model: 'openai:MODEL', e.g. 'openai:gpt-4o-mini'")
-        client, base_url = self._client()
+        client, base_url = self._clients.get()
         request: dict[str, Any] = {
             "model": model,
             "messages": [_message(m) for m in messages],
