@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from baton.agents import Agent
 from baton.errors import UserError
@@ -36,9 +36,16 @@ Label = Literal["finance", "operations", "legal", "technology", "other"]
 
 # Bounds on every string: the grammar that forces the model's JSON also caps each string, so even a tiny
 # model that starts repeating itself ends its answer inside the contract.
+
+
+def _one_line(value: object) -> object:
+    # Small models break lines inside a fact; a fact is one line of prose, so runs of whitespace become one space.
+    return " ".join(value.split()) if isinstance(value, str) else value
+
+
 # A fact or a line is a short sentence: at least 8 characters, so stray JSON ("]", "{") is refused.
-Fact = Annotated[str, StringConstraints(min_length=8, max_length=80)]
-Line = Annotated[str, StringConstraints(min_length=8, max_length=150)]
+Fact = Annotated[str, BeforeValidator(_one_line), StringConstraints(min_length=8, max_length=80)]
+Line = Annotated[str, BeforeValidator(_one_line), StringConstraints(min_length=8, max_length=150)]
 
 
 class Document(BaseModel):
