@@ -20,7 +20,7 @@ from baton.errors import (
     TransientError,
     UserError,
 )
-from baton.patterns import Pipeline
+from baton.patterns import Pipeline, Supervisor
 from baton.pricing import register_price
 from baton.providers import (
     PermanentProviderError,
@@ -44,6 +44,7 @@ __all__ = [
     "Agent",
     "Tool",
     "Pipeline",
+    "Supervisor",
     "Retry",
     "Step",
     "step",

@@ -93,6 +93,7 @@ def execute_attempt(
     attempts_this_go: int,
     last: bool,
     measure: bool = False,
+    end_run: bool = True,
 ) -> Outcome:
     """Run one attempt of `step` on `value`, validate its output, and record what happened.
 
@@ -119,7 +120,9 @@ def execute_attempt(
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
         )
-        cancel = store.record_failure(run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls))
+        cancel = store.record_failure(
+            run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=end_run
+        )
         if retrying:
             # A provider that says when to come back (Retry-After) is waited for at least that long.
             delay = max(step.retry.delay(attempts_this_go), getattr(exc, "retry_after", None) or 0.0)

@@ -19,7 +19,7 @@ from baton._owner import this_owner
 from baton.contracts import validate_json
 from baton.errors import RunNotResumable
 from baton.run import Run, StepRecord
-from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, execute_attempt
+from baton.runtime.executor import Failed, Observer, Outcome, RetryLater, Succeeded, execute_attempt
 from baton.status import RunStatus, StepStatus
 from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
@@ -94,21 +94,21 @@ class LocalRuntime:
                 created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
                 input_boundary_tokens=input_tokens,
             )  # fmt: skip
-            return self._execute(store, writer, base, owner, pattern.steps, value, 0, 1, observer)
+            return self._execute(store, writer, base, owner, pattern, value, 0, 1, observer)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
         """Continue a failed or interrupted run of `pattern` at its first unfinished step."""
         run = store.get_run(run_id)
         if run.pipeline != pattern.name:
             raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
-        idx, value, attempt = plan_resume(run, pattern.steps)
+        idx, value, attempt = plan_resume(run, pattern.steps, groups=_groups(pattern))
         owner = this_owner()
         resumable = [RunStatus.FAILED, RunStatus.INTERRUPTED]
         # Conditional on the run being as it was read: another resume in between would make the plan stale.
         if not store.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=resumable, claims=run.claims):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         with store.writer() as writer:
-            return self._execute(store, writer, run, owner, pattern.steps, value, idx, attempt, observer)
+            return self._execute(store, writer, run, owner, pattern, value, idx, attempt, observer)
 
     def submit(self, store: RunStore, pattern: Any, value: BaseModel) -> str:
         """Record a pending run and execute it on a background thread; returns its id at once."""
@@ -128,14 +128,14 @@ class LocalRuntime:
             run = store.get_run(run_id)
             if run.status is not RunStatus.PENDING:
                 return run  # cancelled while it waited
-            idx, value, attempt = plan_resume(run, pattern.steps, pending_ok=True)
+            idx, value, attempt = plan_resume(run, pattern.steps, pending_ok=True, groups=_groups(pattern))
             statuses = [RunStatus.PENDING]
             if not store.claim(run_id, owner, start_idx=idx, attempt=attempt, statuses=statuses, only_owner=owner):
                 return store.get_run(run_id)
         finally:
             _heartbeat_for(store).discard(run_id)
         with store.writer() as writer:
-            return self._execute(store, writer, run, owner, pattern.steps, value, idx, attempt, observer=None)
+            return self._execute(store, writer, run, owner, pattern, value, idx, attempt, observer=None)
 
     def _execute(
         self,
@@ -143,7 +143,7 @@ class LocalRuntime:
         writer: RunWriter,
         base: Run,
         owner: str,
-        steps: Sequence[Step],
+        pattern: Any,
         value: BaseModel,
         start_idx: int,
         first_attempt: int,
@@ -154,7 +154,10 @@ class LocalRuntime:
         try:
             if observer is not None:
                 observer.run_created(base.id)
-            records = _loop(store, writer, base.id, owner, steps, value, start_idx, first_attempt, observer)
+            if _groups(pattern):
+                records = _supervise(store, writer, base, owner, pattern, value, observer)
+            else:
+                records = _loop(store, writer, base.id, owner, pattern.steps, value, start_idx, first_attempt, observer)
         except LostOwnership:
             records = None  # another process declared the run interrupted; the store says what happened
         except BaseException as exc:
@@ -197,6 +200,56 @@ def _create(
     return run_id, input_json, now, input_tokens
 
 
+def _attempts(
+    store: RunStore,
+    writer: RunWriter,
+    run_id: str,
+    owner: str,
+    step: Step,
+    idx: int,
+    value: BaseModel,
+    *,
+    attempt: int,
+    last: bool,
+    measure: bool,
+    observer: Observer | None,
+    end_run: bool = True,
+) -> tuple[Outcome | None, int, bool]:
+    """The attempts of one step under its Retry policy.
+
+    Returns the final outcome (None when a cancel stopped the retrying), the last attempt's number, and
+    whether there was more than one attempt.
+    """
+    this_go = 1
+    while True:
+        if observer is not None:
+            observer.step_started(run_id, idx, step.name, attempt)
+            t0 = time.perf_counter()
+        outcome = execute_attempt(
+            store, writer, run_id, owner, step, idx, value,
+            attempt=attempt, attempts_this_go=this_go, last=last, measure=measure, end_run=end_run,
+        )  # fmt: skip
+        if observer is not None:
+            observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
+        if not isinstance(outcome, RetryLater):
+            return outcome, attempt, this_go > 1
+        if outcome.cancel_requested:
+            return None, attempt, True
+        _pause(outcome.delay)
+        attempt, this_go = outcome.next_attempt, this_go + 1
+        if store.start_attempt(run_id, owner, idx, attempt):
+            return None, attempt, True
+
+
+def _record(step: Step, outcome: Succeeded, attempt: int) -> StepRecord:
+    r = outcome.result
+    return StepRecord(
+        step.name, StepStatus.SUCCEEDED, attempt, json.loads(outcome.output_json),
+        duration_ms=(r.finished_at - r.started_at).total_seconds() * 1000.0,
+        started_at=r.started_at, finished_at=r.finished_at,
+    )  # fmt: skip
+
+
 def _loop(
     store: RunStore,
     writer: RunWriter,
@@ -215,46 +268,109 @@ def _loop(
     clean = True
     for idx in range(start_idx, len(steps)):
         step = steps[idx]
-        attempt = first_attempt if idx == start_idx else 1
-        this_go = 1
-        while True:
-            if observer is not None:
-                observer.step_started(run_id, idx, step.name, attempt)
-                t0 = time.perf_counter()
-            outcome = execute_attempt(
-                store, writer, run_id, owner, step, idx, value,
-                attempt=attempt, attempts_this_go=this_go, last=idx == last, measure=idx in measured,
-            )  # fmt: skip
-            if observer is not None:
-                observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
-            if not isinstance(outcome, RetryLater):
-                break
-            clean = False
-            if outcome.cancel_requested:
-                store.finish_cancelled(run_id, owner)
-                return None
-            _pause(outcome.delay)
-            attempt, this_go = outcome.next_attempt, this_go + 1
-            if store.start_attempt(run_id, owner, idx, attempt):
-                store.finish_cancelled(run_id, owner)
-                return None
+        outcome, attempt, retried = _attempts(
+            store, writer, run_id, owner, step, idx, value,
+            attempt=first_attempt if idx == start_idx else 1, last=idx == last, measure=idx in measured,
+            observer=observer,
+        )  # fmt: skip
+        if outcome is None:
+            store.finish_cancelled(run_id, owner)
+            return None
         if isinstance(outcome, Failed):
             return None
         assert isinstance(outcome, Succeeded)
         value = outcome.value
-        clean = clean and not outcome.called_models  # model calls are read back from the store
-        r = outcome.result
-        records.append(
-            StepRecord(
-                step.name, StepStatus.SUCCEEDED, attempt, json.loads(outcome.output_json),
-                duration_ms=(r.finished_at - r.started_at).total_seconds() * 1000.0,
-                started_at=r.started_at, finished_at=r.finished_at,
-            )
-        )  # fmt: skip
+        clean = clean and not retried and not outcome.called_models  # those are read back from the store
+        records.append(_record(step, outcome, attempt))
         if outcome.cancel_requested and idx < last:
             store.finish_cancelled(run_id, owner)
             return None
     return records if clean and start_idx == 0 else None
+
+
+def _supervise(
+    store: RunStore, writer: RunWriter, base: Run, owner: str, pattern: Any, value: BaseModel, observer: Observer | None
+) -> None:
+    """Router, then the chosen workers in parallel (each checkpointed on its own), then the merge.
+
+    On a resume, what succeeded (or was skipped) is replayed from the store; only the rest runs. The run is
+    read back from the store afterwards, so this returns nothing.
+    """
+    run_id, steps = base.id, pattern.steps
+    recorded = dict(enumerate(base.steps))
+    measured = boundaries_to_measure(steps)
+
+    def done(idx: int) -> StepRecord | None:
+        record = recorded.get(idx)
+        return record if record is not None and record.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) else None
+
+    def next_attempt(idx: int) -> int:
+        record = recorded.get(idx)
+        return record.attempts + 1 if record is not None else 1
+
+    router = steps[0]
+    if (record := done(0)) is not None:
+        route = router.output.model_validate(record.output)
+    else:
+        outcome, _, _ = _attempts(
+            store, writer, run_id, owner, router, 0, value,
+            attempt=next_attempt(0), last=False, measure=0 in measured, observer=observer,
+        )  # fmt: skip
+        if outcome is None or (isinstance(outcome, Succeeded) and outcome.cancel_requested):
+            store.finish_cancelled(run_id, owner)
+            return None
+        if not isinstance(outcome, Succeeded):
+            return None
+        route = outcome.value
+    keys = list(pattern.workers)
+    chosen = {i + 1: key for i, key in enumerate(keys) if getattr(route, key) is not None}
+    unchosen = [(i + 1, key) for i, key in enumerate(keys) if i + 1 not in chosen and done(i + 1) is None]
+    if unchosen:
+        store.mark_skipped(run_id, owner, unchosen)
+    outputs: dict[str, Any] = {}
+    to_run = []
+    for idx, key in chosen.items():
+        if (record := done(idx)) is not None:
+            outputs[key] = steps[idx].output.model_validate(record.output)
+        else:
+            to_run.append((idx, key))
+
+    def work(item: tuple[int, str]) -> tuple[str, Outcome | None]:
+        # Each thread checkpoints through its own connection; a failure ends the worker, not the run.
+        idx, key = item
+        with store.writer() as own:
+            outcome, _, _ = _attempts(
+                store, own, run_id, owner, steps[idx], idx, getattr(route, key),
+                attempt=next_attempt(idx), last=False, measure=idx in measured, observer=observer, end_run=False,
+            )  # fmt: skip
+        return key, outcome
+
+    failed: list[str] = []
+    cancelled = False
+    with ThreadPoolExecutor(max_workers=min(pattern.max_parallel, max(1, len(to_run)))) as pool:
+        for key, outcome in pool.map(work, to_run):
+            if isinstance(outcome, Succeeded):
+                outputs[key] = outcome.value
+                cancelled = cancelled or outcome.cancel_requested
+            elif outcome is None:
+                cancelled = True
+            else:
+                failed.append(key)
+    if failed:
+        store.end_failed(run_id, owner, failed[0])
+        return None
+    if cancelled:
+        store.finish_cancelled(run_id, owner)
+        return None
+    merge_idx = len(steps) - 1
+    merged = steps[merge_idx].input.model_validate({key: outputs.get(key) for key in keys})
+    outcome, _, _ = _attempts(
+        store, writer, run_id, owner, steps[merge_idx], merge_idx, merged,
+        attempt=next_attempt(merge_idx), last=True, measure=merge_idx in measured, observer=observer,
+    )  # fmt: skip
+    if outcome is None:
+        store.finish_cancelled(run_id, owner)
+    return None
 
 
 def _pause(seconds: float) -> None:
@@ -281,8 +397,18 @@ def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> No
         store.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
 
 
-def plan_resume(run: Run, steps: Sequence[Step], *, pending_ok: bool = False) -> tuple[int, BaseModel, int]:
-    """Where a run goes on: (first unfinished step, its input, its next attempt number)."""
+def _groups(pattern: Any) -> bool:
+    return getattr(pattern, "kind", "pipeline") == "supervisor"
+
+
+def plan_resume(
+    run: Run, steps: Sequence[Step], *, pending_ok: bool = False, groups: bool = False
+) -> tuple[int, BaseModel, int]:
+    """Where a run goes on: (first unfinished step, its input, its next attempt number).
+
+    With `groups` (a supervisor), the steps are not a chain: the run's own input is returned, and the
+    pattern replays what is done and runs the rest itself.
+    """
     recorded = [s.name for s in run.steps]
     current = [s.name for s in steps]
     if recorded != current:
@@ -298,9 +424,12 @@ def plan_resume(run: Run, steps: Sequence[Step], *, pending_ok: bool = False) ->
         raise RunNotResumable(f"run {run.id} is running in another process; cancel it first or wait")
     if run.status is RunStatus.PENDING and not pending_ok:
         raise RunNotResumable(f"run {run.id} is pending: the process that submitted it will start it")
-    idx = next(i for i, s in enumerate(run.steps) if s.status is not StepStatus.SUCCEEDED)
-    if idx == 0:
+    done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+    idx = next(i for i, s in enumerate(run.steps) if s.status not in done)
+    if idx == 0 or groups:
         value = validate_json(steps[0].input, json.dumps(run.input), step=steps[0].name, where="recorded run input")
+        if groups:
+            return idx, value, run.steps[idx].attempts + 1
     else:
         prev = run.steps[idx - 1]
         # Replay the checkpoint: it must still satisfy the contracts on both sides of the boundary.

@@ -166,7 +166,14 @@ class RunStore:
                 cursor.close()
 
     def record_failure(
-        self, run_id: str, owner: str, result: StepResult, *, retrying: bool, recount: bool = False
+        self,
+        run_id: str,
+        owner: str,
+        result: StepResult,
+        *,
+        retrying: bool,
+        recount: bool = False,
+        end_run: bool = True,
     ) -> bool:
         """Keep a failed attempt; unless another attempt follows, the step and the run end failed.
 
@@ -178,7 +185,7 @@ class RunStore:
         now = utcnow()
         with self.engine.begin() as c:
             values: dict[str, Any] = {"updated_at": now, "lease_expires_at": now + self.lease}
-            if not retrying:
+            if not retrying and end_run:
                 stopped = case((runs.c.cancel_requested, RunStatus.CANCELLED.value), else_=RunStatus.FAILED.value)
                 values |= _ended(RunStatus.FAILED, now) | {"status": stopped, "failed_step": result.name}
             row = c.execute(
@@ -212,6 +219,32 @@ class RunStore:
                 finally:
                     cursor.close()
             return bool(row[0])
+
+    def end_failed(self, run_id: str, owner: str, failed_step: str) -> None:
+        """End a run failed after its parallel steps finished (or cancelled, if a cancel was asked)."""
+        now = utcnow()
+        stopped = case((runs.c.cancel_requested, RunStatus.CANCELLED.value), else_=RunStatus.FAILED.value)
+        with self.engine.begin() as c:
+            c.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
+                .values(**(_ended(RunStatus.FAILED, now) | {"status": stopped, "failed_step": failed_step}))
+            )
+
+    def mark_skipped(self, run_id: str, owner: str, skipped: Sequence[tuple[int, str]]) -> None:
+        """Record steps that will not run in this run (workers the router did not choose)."""
+        now = utcnow()
+        with self.engine.begin() as c:
+            fenced = c.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
+                .values(updated_at=now)
+            ).rowcount
+            if not fenced:
+                raise LostOwnership(run_id)
+            for idx, name in skipped:
+                result = StepResult(idx=idx, name=name, attempt=0, started_at=now, finished_at=now)
+                self._write_step(c, run_id, result, StepStatus.SKIPPED)
 
     def start_attempt(self, run_id: str, owner: str, idx: int, attempt: int) -> bool:
         """Record that attempt `attempt` of step `idx` starts now (after a retry's wait).
@@ -468,7 +501,8 @@ def _current_step(row: Any, by_idx: dict[int, Any]) -> tuple[int, int, datetime 
     retry wrote, and count only when they name that step.
     """
     count = len(_names(row["step_names"]))
-    idx = next((i for i in range(count) if i not in by_idx or by_idx[i]["status"] != StepStatus.SUCCEEDED), None)
+    done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+    idx = next((i for i in range(count) if i not in by_idx or by_idx[i]["status"] not in done), None)
     if idx is None:
         return None
     if idx == row["current_step"]:

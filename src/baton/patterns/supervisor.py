@@ -1,0 +1,207 @@
+"""The Supervisor pattern: a thin router picks narrow workers, they run in parallel, a merge stitches them."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from baton.contracts import validate_input
+from baton.errors import ContractViolation, DefinitionError
+from baton.patterns.pipeline import _NAME, _find_target, _store
+from baton.patterns.registry import register
+from baton.run import Run
+from baton.runtime import get_runtime
+from baton.runtime.executor import Observer
+from baton.steps import Step
+from baton.store import RunStore
+
+__all__ = ["Supervisor"]
+
+
+class Supervisor:
+    """`Supervisor(name, router=plan, workers={"news": news, ...}, merge=report)`.
+
+    The router's output is the routing contract: one optional field per worker, holding that worker's input
+    when the router wants it called (None otherwise). The chosen workers run in parallel, each checkpointed
+    on its own; `merge` takes a contract with one optional field per worker, holding its output. Checked
+    when built: the routing contract's fields name exactly the workers and fit their inputs, and the merge's
+    fields fit their outputs.
+    """
+
+    kind = "supervisor"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        router: Step,
+        workers: Mapping[str, Step],
+        merge: Step,
+        max_parallel: int | None = None,
+        target: str | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise DefinitionError(f"Supervisor name {name!r} is not valid: letters, digits, '_', '-' or '.'")
+        for role, item in (("router", router), ("merge", merge)):
+            if not isinstance(item, Step):
+                raise DefinitionError(f"Supervisor '{name}': {role}= takes a step or an agent, not {item!r}")
+        if not isinstance(workers, Mapping) or not workers:
+            raise DefinitionError(f"Supervisor '{name}' needs a non-empty dict of workers")
+        for key, worker in workers.items():
+            if not isinstance(worker, Step):
+                hint = " (did you forget @step?)" if callable(worker) else ""
+                raise DefinitionError(f"Supervisor '{name}': worker '{key}' is {worker!r}, not a step{hint}")
+            if not isinstance(key, str) or not key.isidentifier():
+                raise DefinitionError(f"Supervisor '{name}': worker name {key!r} must be a Python identifier")
+        names = [router.name, *workers, merge.name]
+        if len(set(names)) != len(names):
+            raise DefinitionError(f"Supervisor '{name}': step names must be unique, got {names}")
+        _check_slots(name, "the routing contract", router.output, {k: w.input for k, w in workers.items()}, "input")
+        _check_slots(name, "the merge's input", merge.input, {k: w.output for k, w in workers.items()}, "output")
+        if max_parallel is not None and max_parallel < 1:
+            raise DefinitionError(f"Supervisor '{name}': max_parallel must be >= 1")
+        self.name = name
+        self.router = _RoutingStep(router, set(workers))
+        # Each worker is recorded under its key in `workers`, whatever its own name.
+        self.workers = {key: _renamed(worker, key) for key, worker in workers.items()}
+        self.merge = merge
+        self.max_parallel = max_parallel or len(workers)
+        self.steps: tuple[Step, ...] = (self.router, *self.workers.values(), merge)
+        self._target = target
+        self._module = sys._getframe(1).f_globals.get("__name__")
+        register(self)
+
+    @property
+    def input(self) -> type[BaseModel]:
+        """The contract of the input: the router's."""
+        return self.router.input
+
+    @property
+    def output(self) -> type[BaseModel]:
+        """The contract of the output: the merge's."""
+        return self.merge.output
+
+    @property
+    def step_names(self) -> list[str]:
+        """The router, the workers (by their keys), and the merge, in the order they are recorded."""
+        return [s.name for s in self.steps]
+
+    @property
+    def target(self) -> str | None:
+        """How another process imports this pattern, if known."""
+        if self._target is None:
+            self._target = _find_target(self)  # type: ignore[arg-type]
+        return self._target
+
+    @target.setter
+    def target(self, value: str | None) -> None:
+        self._target = value
+
+    def run(
+        self,
+        input: BaseModel | dict[str, Any] | str,
+        *,
+        store: RunStore | str | None = None,
+        runtime: str = "local",
+        observer: Observer | None = None,
+    ) -> Run:
+        """Run the supervisor to the end on `input` and return the recorded Run."""
+        value = validate_input(self.input, input, step=self.router.name)
+        return get_runtime(runtime).run(_store(store), self, value, observer)
+
+    def submit(
+        self, input: BaseModel | dict[str, Any] | str, *, store: RunStore | str | None = None, runtime: str = "local"
+    ) -> str:
+        """Start the supervisor on `input` and return the run id at once."""
+        value = validate_input(self.input, input, step=self.router.name)
+        return get_runtime(runtime).submit(_store(store), self, value)
+
+    def resume(
+        self,
+        run_id: str,
+        *,
+        store: RunStore | str | None = None,
+        runtime: str = "local",
+        observer: Observer | None = None,
+    ) -> Run:
+        """Continue a failed or interrupted run: only the steps (workers) that did not succeed run again."""
+        s = _store(store)
+        return get_runtime(runtime).resume(s, self, s.resolve_id(run_id), observer)
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.name}: {self.router.name} -> {{{', '.join(self.workers)}}} -> {self.merge.name}>"
+
+
+class _RoutingStep(Step):
+    """The router, with its boundary also refusing routes to workers that do not exist."""
+
+    def __init__(self, router: Step, workers: set[str]) -> None:
+        super().__init__(router.name, router.fn, input=router.input, output=router.output, retry=router.retry)
+        self.inner = router
+        self.known = workers
+        # An agent router stays an agent for what measures models' boundaries.
+        self.instructions = getattr(router, "instructions", None)
+
+    def execute(self, value: BaseModel) -> Any:
+        """Run the router; a route naming an unknown worker is a contract violation of the router."""
+        produced = self.inner.execute(value)
+        keys = set(produced) if isinstance(produced, dict) else set(getattr(produced, "model_extra", None) or {})
+        unknown = sorted(keys - self.known)
+        if unknown:
+            raise ContractViolation(
+                contract=self.output.__name__,
+                errors=[
+                    {"field": k, "message": f"names no worker; the workers are {sorted(self.known)}", "type": "route"}
+                    for k in unknown
+                ],
+                step=self.name,
+                where="route",
+            )
+        return produced
+
+
+def _renamed(worker: Step, key: str) -> Step:
+    if worker.name == key:
+        return worker
+    renamed = copy.copy(worker)
+    renamed.name = key
+    return renamed
+
+
+def _optional_type(annotation: Any) -> type | None:
+    """X for `X | None` (or Optional[X]); None when the annotation is not optional of one model."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) != 1 or len(typing.get_args(annotation)) != 2 or not isinstance(args[0], type):
+        return None
+    return args[0]
+
+
+def _check_slots(name: str, what: str, contract: type[BaseModel], slots: dict[str, type[BaseModel]], role: str) -> None:
+    fields = contract.model_fields
+    for field in fields:
+        if field not in slots:
+            raise DefinitionError(
+                f"Supervisor '{name}': {what} ({contract.__name__}) has a field '{field}' that names no worker; "
+                f"the workers are {sorted(slots)}"
+            )
+    for key, expected in slots.items():
+        if key not in fields:
+            raise DefinitionError(
+                f"Supervisor '{name}': {what} ({contract.__name__}) needs a field '{key}: "
+                f"{expected.__name__} | None = None' for worker '{key}'"
+            )
+        inner = _optional_type(fields[key].annotation)
+        fits = inner is not None and (issubclass(inner, expected) if role == "input" else issubclass(expected, inner))
+        if not fits:
+            raise DefinitionError(
+                f"Supervisor '{name}': {what} ({contract.__name__}) field '{key}' must be "
+                f"'{expected.__name__} | None' to carry worker '{key}''s {role}"
+            )
