@@ -44,7 +44,8 @@ def test_the_readme_pipeline_runs_as_the_readme_says(tmp_path, sqlite_url):
 
 def test_every_python_example_in_the_readme_runs():
     for block in code_blocks("python"):
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+        # dont_inherit: the examples run as a user's file would, without this module's __future__ imports.
+        exec(compile(block, "README.md", "exec", dont_inherit=True), {"__name__": "readme_example"})
 
 
 def _split(command: str) -> list[str]:

@@ -11,20 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from baton.contracts import validate_input
 from baton.errors import ContractViolation, DefinitionError
-from baton.patterns.pipeline import _NAME, _find_target, _store
-from baton.patterns.registry import register
-from baton.run import Run
-from baton.runtime import get_runtime
-from baton.runtime.executor import Observer
+from baton.patterns.base import NAME, Pattern
 from baton.steps import Step
-from baton.store import RunStore
 
 __all__ = ["Supervisor"]
 
 
-class Supervisor:
+class Supervisor(Pattern):
     """`Supervisor(name, router=plan, workers={"news": news, ...}, merge=report)`.
 
     The router's output is the routing contract: one optional field per worker, holding that worker's input
@@ -46,7 +40,7 @@ class Supervisor:
         max_parallel: int | None = None,
         target: str | None = None,
     ) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not NAME.match(name):
             raise DefinitionError(f"Supervisor name {name!r} is not valid: letters, digits, '_', '-' or '.'")
         for role, item in (("router", router), ("merge", merge)):
             if not isinstance(item, Step):
@@ -73,66 +67,7 @@ class Supervisor:
         self.merge = merge
         self.max_parallel = max_parallel or len(workers)
         self.steps: tuple[Step, ...] = (self.router, *self.workers.values(), merge)
-        self._target = target
-        self._module = sys._getframe(1).f_globals.get("__name__")
-        register(self)
-
-    @property
-    def input(self) -> type[BaseModel]:
-        """The contract of the input: the router's."""
-        return self.router.input
-
-    @property
-    def output(self) -> type[BaseModel]:
-        """The contract of the output: the merge's."""
-        return self.merge.output
-
-    @property
-    def step_names(self) -> list[str]:
-        """The router, the workers (by their keys), and the merge, in the order they are recorded."""
-        return [s.name for s in self.steps]
-
-    @property
-    def target(self) -> str | None:
-        """How another process imports this pattern, if known."""
-        if self._target is None:
-            self._target = _find_target(self)  # type: ignore[arg-type]
-        return self._target
-
-    @target.setter
-    def target(self, value: str | None) -> None:
-        self._target = value
-
-    def run(
-        self,
-        input: BaseModel | dict[str, Any] | str,
-        *,
-        store: RunStore | str | None = None,
-        runtime: str = "local",
-        observer: Observer | None = None,
-    ) -> Run:
-        """Run the supervisor to the end on `input` and return the recorded Run."""
-        value = validate_input(self.input, input, step=self.router.name)
-        return get_runtime(runtime).run(_store(store), self, value, observer)
-
-    def submit(
-        self, input: BaseModel | dict[str, Any] | str, *, store: RunStore | str | None = None, runtime: str = "local"
-    ) -> str:
-        """Start the supervisor on `input` and return the run id at once."""
-        value = validate_input(self.input, input, step=self.router.name)
-        return get_runtime(runtime).submit(_store(store), self, value)
-
-    def resume(
-        self,
-        run_id: str,
-        *,
-        store: RunStore | str | None = None,
-        runtime: str = "local",
-        observer: Observer | None = None,
-    ) -> Run:
-        """Continue a failed or interrupted run: only the steps (workers) that did not succeed run again."""
-        s = _store(store)
-        return get_runtime(runtime).resume(s, self, s.resolve_id(run_id), observer)
+        self._register(target, sys._getframe(1).f_globals.get("__name__"))
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.name}: {self.router.name} -> {{{', '.join(self.workers)}}} -> {self.merge.name}>"
