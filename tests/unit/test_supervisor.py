@@ -157,3 +157,11 @@ def test_definition_checks_name_the_field_and_the_worker():
 
 def test_errors_of_the_router_keep_their_types():
     assert issubclass(ContractViolation, baton.BatonError)
+
+
+def test_many_runs_on_one_store_give_their_connections_back(store):
+    harness = Harness()
+    supervisor = harness.supervisor("research-many", route=("financials", "news", "risks"))
+    for _ in range(25):
+        assert supervisor.run({"topic": "ACME"}, store=store).status is RunStatus.SUCCEEDED
+    assert store.engine.pool.checkedout() <= 1  # at most this thread's own writer

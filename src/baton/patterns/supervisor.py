@@ -65,7 +65,8 @@ class Supervisor(Pattern):
         # Each worker is recorded under its key in `workers`, whatever its own name.
         self.workers = {key: _renamed(worker, key) for key, worker in workers.items()}
         self.merge = merge
-        self.max_parallel = max_parallel or len(workers)
+        # At most 8 at once by default: each running worker holds a database connection.
+        self.max_parallel = max_parallel or min(len(workers), 8)
         self.steps: tuple[Step, ...] = (self.router, *self.workers.values(), merge)
         self._register(target, sys._getframe(1).f_globals.get("__name__"))
 

@@ -335,10 +335,13 @@ def _supervise(
         else:
             to_run.append((idx, key))
 
+    observer = _Serialized(observer) if observer is not None else None
+
     def work(item: tuple[int, str]) -> tuple[str, Outcome | None]:
-        # Each thread checkpoints through its own connection; a failure ends the worker, not the run.
+        # Each thread checkpoints through a connection of its own, given back when the worker ends; a
+        # failure ends the worker, not the run.
         idx, key = item
-        with store.writer() as own:
+        with store.writer(scoped=True) as own:
             outcome, _, _ = _attempts(
                 store, own, run_id, owner, steps[idx], idx, getattr(route, key),
                 attempt=next_attempt(idx), last=False, measure=idx in measured, observer=observer, end_run=False,
@@ -347,7 +350,10 @@ def _supervise(
 
     failed: list[str] = []
     cancelled = False
-    with ThreadPoolExecutor(max_workers=min(pattern.max_parallel, max(1, len(to_run)))) as pool:
+    pool = ThreadPoolExecutor(
+        max_workers=min(pattern.max_parallel, max(1, len(to_run))), thread_name_prefix="baton-worker"
+    )
+    try:
         for key, outcome in pool.map(work, to_run):
             if isinstance(outcome, Succeeded):
                 outputs[key] = outcome.value
@@ -356,6 +362,12 @@ def _supervise(
                 cancelled = True
             else:
                 failed.append(key)
+    except BaseException:
+        # Ctrl-C (or a worker's own crash): workers not yet started never start, and the run is marked
+        # interrupted at once; the ones in flight find it gone at their checkpoint.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     if failed:
         store.end_failed(run_id, owner, failed[0])
         return None
@@ -371,6 +383,26 @@ def _supervise(
     if outcome is None:
         store.finish_cancelled(run_id, owner)
     return None
+
+
+class _Serialized:
+    """An observer whose methods are called one at a time, however many worker threads report."""
+
+    def __init__(self, inner: Observer) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+
+    def run_created(self, run_id: str) -> None:
+        with self.lock:
+            self.inner.run_created(run_id)
+
+    def step_started(self, run_id: str, idx: int, name: str, attempt: int) -> None:
+        with self.lock:
+            self.inner.step_started(run_id, idx, name, attempt)
+
+    def step_finished(self, run_id: str, idx: int, name: str, outcome: Outcome, duration_s: float) -> None:
+        with self.lock:
+            self.inner.step_finished(run_id, idx, name, outcome, duration_s)
 
 
 def _pause(seconds: float) -> None:

@@ -51,7 +51,9 @@ def make_engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise UserError(f"BATON_DATABASE_URL: baton stores runs in SQLite or PostgreSQL, not {backend!r}")
-    kwargs: dict[str, Any] = {"json_serializer": _serialize}
+    # Room for a supervisor's parallel workers: each holds a connection while it runs, and may borrow one
+    # more to record a failure or a model call.
+    kwargs: dict[str, Any] = {"json_serializer": _serialize, "pool_size": 10, "max_overflow": 30}
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

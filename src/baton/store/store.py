@@ -95,12 +95,20 @@ class RunStore:
     # -- writing a run ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[RunWriter]:
+    def writer(self, *, scoped: bool = False) -> Iterator[RunWriter]:
         """The hot-path writer (creating runs, checkpoints) of this thread, on a connection it keeps.
 
         Keeping one connection per thread saves a pool checkout and a reset per run; a connection that
-        broke (a database restart) is replaced on the next use.
+        broke (a database restart) is replaced on the next use. A `scoped` writer is for a short-lived
+        thread (a supervisor's worker): its connection goes back to the pool when the block ends.
         """
+        if scoped:
+            own = RunWriter(self.engine.raw_connection(), self.engine.dialect.name, self.lease.total_seconds())
+            try:
+                yield own
+            finally:
+                own.close()
+            return
         writer: RunWriter | None = getattr(self._local, "writer", None)
         if writer is None or writer.broken():
             if writer is not None:
