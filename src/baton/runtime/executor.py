@@ -24,9 +24,8 @@ class Succeeded:
     """The step's output was validated and checkpointed."""
 
     value: BaseModel
-    output_json: str
     cancel_requested: bool
-    result: StepResult
+    result: StepResult  # holds the checkpointed JSON as `output_json`
     called_models: bool
 
 
@@ -146,4 +145,4 @@ def execute_attempt(
         recount=bool(ctx.calls),
         boundary_tokens=count_tokens(output_json) if measure else None,
     )
-    return Succeeded(output, output_json, cancel, result, bool(ctx.calls))
+    return Succeeded(output, cancel, result, bool(ctx.calls))

@@ -244,7 +244,7 @@ def _attempts(
 def _record(step: Step, outcome: Succeeded, attempt: int) -> StepRecord:
     r = outcome.result
     return StepRecord(
-        step.name, StepStatus.SUCCEEDED, attempt, json.loads(outcome.output_json),
+        step.name, StepStatus.SUCCEEDED, attempt, json.loads(r.output_json or "null"),
         duration_ms=(r.finished_at - r.started_at).total_seconds() * 1000.0,
         started_at=r.started_at, finished_at=r.finished_at,
     )  # fmt: skip
