@@ -8,6 +8,7 @@ from baton.agents import Agent, Tool
 from baton.api import cancel, get_run, resume, run, submit, wait
 from baton.errors import (
     BatonError,
+    BrokerUnavailable,
     Cancelled,
     ContractViolation,
     DefinitionError,
@@ -37,7 +38,16 @@ from baton.status import RunStatus, StepStatus
 from baton.steps import Step, step
 from baton.store import RunStore, open_store
 
+
+def _celery_runtime() -> object:
+    # Imported when first asked for: Celery is an optional extra, and its import says how to install it.
+    from baton.runtime.celery import CeleryRuntime
+
+    return CeleryRuntime()
+
+
 register_runtime("local", LocalRuntime)
+register_runtime("celery", _celery_runtime)
 
 __all__ = [
     # building blocks
@@ -80,6 +90,7 @@ __all__ = [
     "RunNotResumable",
     "StepFailed",
     "StoreUnavailable",
+    "BrokerUnavailable",
     "TransientError",
     "TransientProviderError",
     "UserError",

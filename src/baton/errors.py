@@ -20,6 +20,7 @@ __all__ = [
     "RunNotResumable",
     "StepFailed",
     "StoreUnavailable",
+    "BrokerUnavailable",
     "TransientError",
     "UserError",
 ]
@@ -108,6 +109,10 @@ class RunError(BatonError):
 
 class StoreUnavailable(BatonError):
     """The run store cannot be reached (the database is down, or the URL points nowhere)."""
+
+
+class BrokerUnavailable(BatonError):
+    """The Celery broker cannot be reached (Redis is down, or BATON_BROKER_URL points nowhere)."""
 
 
 class StepFailed(RunError):

@@ -133,6 +133,8 @@ class Run:
     failed_step: str | None = None
     cancel_requested: bool = False
     claims: int = 0
+    # Where its steps execute: "local" or "celery".
+    runtime: str = "local"
     tokens: Tokens = NO_TOKENS
     # None when a model without a known price was called (see baton.register_price).
     cost_usd: float | None = 0.0
@@ -171,6 +173,7 @@ class Run:
             "id": self.id,
             "pipeline": self.pipeline,
             "status": self.status.value,
+            "runtime": self.runtime,
             "input": self.input,
             "output": self.output,
             "tokens": {"input": self.tokens.input, "output": self.tokens.output},

@@ -19,6 +19,12 @@ class Settings:
     model: str = "local"
     # Seconds a running run's claim holds without a heartbeat before another process may call it interrupted.
     lease_seconds: float = 60.0
+    # Where Celery chords count their finished members (default: the broker's Redis).
+    result_backend: str = ""
+    # Seconds before Redis gives an unacknowledged message (its worker's machine vanished) to another worker.
+    # Longer than any retry countdown; a step running longer is delivered twice, and the second waits on the
+    # first's lease instead of running it again.
+    visibility_timeout: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

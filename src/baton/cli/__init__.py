@@ -1,4 +1,4 @@
-"""The `baton` command line: run, runs, show, resume, cancel, demo."""
+"""The `baton` command line: run, runs, show, resume, cancel, demo, worker."""
 
 from __future__ import annotations
 
@@ -128,12 +128,16 @@ def main() -> None:
 @click.option("--input", "input_text", required=True, help="The run's input: JSON, or @FILE (@- for stdin).")
 @click.option(
     "--runtime", default="local", envvar="BATON_RUNTIME", show_envvar=True, show_default=True,
-    help="Where the steps execute.",
+    help="Where the steps execute: local (this process) or celery (`baton worker` processes).",
+)  # fmt: skip
+@click.option(
+    "--wait/--no-wait", default=None,
+    help="Wait for the run to end. Default: wait on the local runtime; on celery, print the run id at once.",
 )  # fmt: skip
 @store_option
 @json_option
 @_errors_to_exit
-def run(target: str, input_text: str, runtime: str, database_url: str | None, as_json: bool) -> None:
+def run(target: str, input_text: str, runtime: str, wait: bool | None, database_url: str | None, as_json: bool) -> None:
     """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not."""
     from baton.cli.render import LiveProgress
 
@@ -143,9 +147,25 @@ def run(target: str, input_text: str, runtime: str, database_url: str | None, as
         raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
     pattern.target = normalize_target(target)
     store = _store(database_url)
+    if runtime != "local":
+        run_id = pattern.submit(data, store=store, runtime=runtime)
+        _submitted(store, run_id, f"submitted to the {runtime} runtime", wait, as_json)
+        return
     with LiveProgress(_err(), pattern.step_names, pattern.name) as progress:
         result = pattern.run(data, store=store, runtime=runtime, observer=progress)
     _finish(result, as_json)
+
+
+def _submitted(store: RunStore, run_id: str, what: str, wait: bool | None, as_json: bool) -> None:
+    """After a run went to workers: wait for it and show it, or print its id and how to follow it."""
+    if wait:
+        _finish(api.wait(run_id, store=store), as_json)
+    found = store.get_run(run_id)
+    if as_json:
+        _print_json(found.to_json_dict())
+    else:
+        click.echo(run_id)
+        _err().print(f"{what}; follow it with: baton show {run_id}", highlight=False, markup=False)
 
 
 @main.command()
@@ -184,16 +204,25 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_id")
+@click.option(
+    "--runtime", default=None, help="Where the rest of the run executes. Default: where it ran (local or celery)."
+)
+@click.option("--wait/--no-wait", default=None, help="On celery, wait for the run to end (default: do not).")
 @store_option
 @json_option
 @_errors_to_exit
-def resume(run_id: str, database_url: str | None, as_json: bool) -> None:
+def resume(run_id: str, runtime: str | None, wait: bool | None, database_url: str | None, as_json: bool) -> None:
     """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run."""
     from baton.cli.render import LiveProgress
 
     store = _store(database_url)
     recorded = store.get_run(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
+    runtime = runtime or recorded.runtime
+    if runtime != "local":
+        pattern.resume(recorded.id, store=store, runtime=runtime)
+        _submitted(store, recorded.id, f"resumed on the {runtime} runtime", wait, as_json)
+        return
     with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
         result = pattern.resume(recorded.id, store=store, observer=progress)
     _finish(result, as_json)
@@ -245,3 +274,48 @@ def demo(file_path: str | None, model: str, database_url: str | None, as_json: b
 
         _out().print(render_demo(result))
     _finish(result, as_json)
+
+
+@main.command()
+@click.option(
+    "--concurrency", "-c", default=2, show_default=True, type=click.IntRange(1, 512),
+    envvar="BATON_WORKER_CONCURRENCY", show_envvar=True, help="How many steps this worker executes at once.",
+)  # fmt: skip
+@click.option(
+    "--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]),
+    envvar="BATON_WORKER_POOL", show_envvar=True, help="Celery's execution pool.",
+)  # fmt: skip
+@click.option(
+    "--import", "imports", multiple=True, metavar="MODULE",
+    help="Import a module defining patterns before starting (else they are imported from each run's target).",
+)  # fmt: skip
+@click.option("--loglevel", default="info", show_default=True, help="Celery's log level.")
+@click.option(
+    "--broker-url", envvar="BATON_BROKER_URL", show_envvar=True, default=None,
+    help="The Celery broker. Default: redis://127.0.0.1:6379/0.",
+)  # fmt: skip
+@store_option
+@_errors_to_exit
+def worker(
+    concurrency: int, pool: str, imports: tuple[str, ...], loglevel: str, broker_url: str | None,
+    database_url: str | None,
+) -> None:  # fmt: skip
+    """Start a Celery worker that executes the steps of runs submitted with --runtime celery."""
+    import os
+
+    # The worker's children read the settings from the environment, as every baton process does.
+    if broker_url:
+        os.environ["BATON_BROKER_URL"] = broker_url
+    if database_url:
+        os.environ["BATON_DATABASE_URL"] = database_url
+    from baton.runtime.celery import celery_app, check_broker, worker_argv
+
+    store = _store(database_url)  # migrates, and fails early with a clear message when unreachable
+    described = store.describe()
+    store.close()
+    for module in imports:
+        load_target(f"{module}:__name__")
+    app = celery_app()
+    check_broker(app)
+    _err().print(f"baton worker: store {described}, broker {app.conf.broker_url}", highlight=False, markup=False)
+    app.worker_main(worker_argv(concurrency=concurrency, pool=pool, loglevel=loglevel))

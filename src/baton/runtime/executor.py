@@ -93,12 +93,14 @@ def execute_attempt(
     last: bool,
     measure: bool = False,
     end_run: bool = True,
+    lease_owner: str | None = None,
 ) -> Outcome:
     """Run one attempt of `step` on `value`, validate its output, and record what happened.
 
     `attempts_this_go` counts the attempts made since the run was (re)started, which is what the step's
     Retry policy limits; `attempt` is the step's attempt number over the run's whole life. On the last
-    step, the checkpoint also ends the run succeeded, in the same transaction.
+    step, the checkpoint also ends the run succeeded, in the same transaction. With `lease_owner` (the
+    celery runtime), what is written is fenced on that worker still holding the step's lease.
     """
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt)
@@ -120,7 +122,7 @@ def execute_attempt(
             idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
         )
         cancel = store.record_failure(
-            run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=end_run
+            run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=end_run, lease_owner=lease_owner
         )
         if retrying:
             # A provider that says when to come back (Retry-After) is waited for at least that long.
@@ -144,5 +146,6 @@ def execute_attempt(
         final_output=output_json if last else None,
         recount=bool(ctx.calls),
         boundary_tokens=count_tokens(output_json) if measure else None,
+        lease_owner=lease_owner,
     )
     return Succeeded(output, cancel, result, bool(ctx.calls))

@@ -5,10 +5,21 @@ from __future__ import annotations
 import threading
 
 from baton.settings import Settings
+from baton.store.leases import CELERY_OWNER, StepClaim, StepState
 from baton.store.store import RunStore, StepResult, utcnow
 from baton.store.writer import LostOwnership, RunWriter
 
-__all__ = ["LostOwnership", "RunStore", "RunWriter", "StepResult", "open_store", "utcnow"]
+__all__ = [
+    "CELERY_OWNER",
+    "LostOwnership",
+    "RunStore",
+    "RunWriter",
+    "StepClaim",
+    "StepResult",
+    "StepState",
+    "open_store",
+    "utcnow",
+]
 
 _stores: dict[str, RunStore] = {}
 _lock = threading.Lock()

@@ -57,6 +57,8 @@ runs = Table(
     Column("cost_usd", Float, nullable=True, default=0.0, server_default="0"),
     # Tokens of the input's JSON, when a model reads it (the first step is an agent).
     Column("input_boundary_tokens", Integer, nullable=True),
+    # Where the run's steps execute ("local" or "celery"): what resume hands it back to.
+    Column("runtime", String(50), nullable=False, default="local", server_default="local"),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.
@@ -96,6 +98,17 @@ steps = Table(
     # For a model's invalid answer: the text it gave and the contract's errors.
     Column("error_raw", Text, nullable=True),
     Column("error_details", Json, nullable=True),
+    # Which worker executes the step right now, and until when without a heartbeat (the celery runtime: two
+    # workers never run the same step of a run at once). NULL when nobody holds it.
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", DateTime, nullable=True),
+    # Partial: only steps a worker holds right now, which its heartbeat finds by owner.
+    Index(
+        "ix_baton_steps_lease",
+        "lease_owner",
+        sqlite_where=text("lease_owner IS NOT NULL"),
+        postgresql_where=text("lease_owner IS NOT NULL"),
+    ),
     sqlite_with_rowid=False,
 )
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, case, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, exists, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from baton._context import LLMCall
@@ -19,10 +19,11 @@ from baton.errors import RunNotFound, StoreUnavailable, UserError
 from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
 from baton.store.engine import RawJSON, make_engine, migrate
+from baton.store.leases import CELERY_OWNER, StepLeases
 from baton.store.schema import attempts, llm_calls, runs, steps
 from baton.store.writer import LostOwnership, RunWriter, recount_step, write_calls
 
-__all__ = ["RunStore", "StepResult", "utcnow"]
+__all__ = ["CELERY_OWNER", "RunStore", "StepResult", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -62,11 +63,13 @@ _UPDATE_STEP = (
         started_at=bindparam("started_at"),
         finished_at=bindparam("finished_at"),
         duration_ms=bindparam("duration_ms"),
+        lease_owner=None,
+        lease_expires_at=None,
     )
 )
 
 
-class RunStore:
+class RunStore(StepLeases):
     """Runs, steps and attempts in a SQL database (SQLite or PostgreSQL), one code path for both."""
 
     def __init__(self, url: str, *, lease_seconds: float = 60.0) -> None:
@@ -182,11 +185,13 @@ class RunStore:
         retrying: bool,
         recount: bool = False,
         end_run: bool = True,
+        lease_owner: str | None = None,
     ) -> bool:
         """Keep a failed attempt; unless another attempt follows, the step and the run end failed.
 
         Returns whether a cancel was requested; when one was and no attempt follows, the run ends cancelled
-        (the step keeps its error). Raises `LostOwnership`, writing nothing, when `owner` lost the run.
+        (the step keeps its error). Raises `LostOwnership`, writing nothing, when `owner` lost the run (or
+        `lease_owner`, given, no longer holds the step's lease; the lease ends here either way).
         """
         error = result.error
         assert error is not None
@@ -204,6 +209,15 @@ class RunStore:
             ).first()
             if row is None:
                 raise LostOwnership(run_id)
+            if lease_owner is not None:
+                # Pending again until the retry claims it; a failure for good is written just below.
+                released = c.execute(
+                    update(steps)
+                    .where(steps.c.run_id == run_id, steps.c.idx == result.idx, steps.c.lease_owner == lease_owner)
+                    .values(lease_owner=None, lease_expires_at=None, status=StepStatus.PENDING)
+                ).rowcount
+                if not released:
+                    raise LostOwnership(run_id)
             c.execute(
                 attempts.insert(),
                 {
@@ -294,10 +308,16 @@ class RunStore:
         now = utcnow()
         idle = [RunStatus.PENDING, RunStatus.FAILED, RunStatus.INTERRUPTED]
         with self.engine.begin() as c:
+            # A celery run that no worker is executing right now is idle too: its queued messages will find it
+            # cancelled and do nothing.
+            no_worker = ~exists().where(
+                steps.c.run_id == run_id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now
+            )
+            idle_celery = (runs.c.owner == CELERY_OWNER) & (runs.c.status == RunStatus.RUNNING) & no_worker
             done = c.execute(
                 update(runs)
-                .where(runs.c.id == run_id, runs.c.status.in_(idle))
-                .values(status=RunStatus.CANCELLED, finished_at=now, updated_at=now, cancel_requested=True)
+                .where(runs.c.id == run_id, runs.c.status.in_(idle) | idle_celery)
+                .values(**(_ended(RunStatus.CANCELLED, now) | {"cancel_requested": True}))
             ).rowcount
             if done:
                 return RunStatus.CANCELLED
@@ -330,8 +350,12 @@ class RunStore:
         lease (a heartbeat renews it while a run executes or waits to start).
         """
         now = utcnow()
+        # A celery run belongs to the broker, which redelivers the message of a step whose worker died; its
+        # steps' leases say who executes them.
         query = select(runs.c.id, runs.c.owner, runs.c.lease_expires_at).where(
-            runs.c.status.in_([RunStatus.RUNNING, RunStatus.PENDING]), runs.c.owner.is_not(None)
+            runs.c.status.in_([RunStatus.RUNNING, RunStatus.PENDING]),
+            runs.c.owner.is_not(None),
+            runs.c.owner != CELERY_OWNER,
         )
         if run_id is not None:
             query = query.where(runs.c.id == run_id)
@@ -537,7 +561,9 @@ def _run_from_rows(
                     finished_at=a["finished_at"],
                 )
             )
-        current = _current_step(row, by_idx) if status is RunStatus.RUNNING else None
+        # The local runtime writes a step's row when it ends; a celery worker writes it when it claims the step.
+        local = row["runtime"] != "celery"
+        current = _current_step(row, by_idx) if status is RunStatus.RUNNING and local else None
         calls_by_idx: dict[int, list[CallRecord]] = {}
         for call in call_rows:
             calls_by_idx.setdefault(call["step_idx"], []).append(
@@ -615,6 +641,7 @@ def _run_from_rows(
         failed_step=row["failed_step"],
         cancel_requested=row["cancel_requested"],
         claims=row["claims"],
+        runtime=row["runtime"],
         tokens=Tokens(input=row["tokens_in"], output=row["tokens_out"]),
         cost_usd=float(row["cost_usd"]) if row["cost_usd"] is not None else None,
         input_boundary_tokens=row["input_boundary_tokens"],

@@ -38,8 +38,8 @@ _PG_CASTS = {
 _CREATE_RUN = """
 INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
     current_started_at, failed_step, cancel_requested, claims, owner, lease_expires_at, tokens_in, tokens_out,
-    created_at, started_at, finished_at, updated_at, input_boundary_tokens)
-VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i)
+    created_at, started_at, finished_at, updated_at, input_boundary_tokens, runtime)
+VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i, ?s)
 """
 
 # The step's row is written only while `owner` still owns the running run (a fence against a process that
@@ -55,6 +55,14 @@ ON CONFLICT (run_id, idx) DO UPDATE SET status = excluded.status, attempts = exc
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, boundary_tokens = excluded.boundary_tokens
 RETURNING (SELECT cancel_requested FROM baton_runs WHERE id = baton_steps.run_id)
 """
+
+# The celery runtime's checkpoint: the worker writes only while it still holds the step's lease (a worker
+# thought dead whose step was taken over must not overwrite the checkpoint the next step may already have
+# read), and the lease ends with it.
+_CHECKPOINT_LEASED = _CHECKPOINT.replace(
+    "boundary_tokens = excluded.boundary_tokens",
+    "boundary_tokens = excluded.boundary_tokens,\n    lease_owner = NULL, lease_expires_at = NULL",
+).replace("RETURNING", "WHERE baton_steps.lease_owner = ?s\nRETURNING")
 
 _FINISH_RUN = """
 UPDATE baton_runs SET status = 'succeeded', output = ?j, finished_at = ?t, updated_at = ?t, current_step = NULL,
@@ -88,15 +96,17 @@ UPDATE baton_runs SET
 WHERE id = ?s
 """
 
+
 # PostgreSQL does the last checkpoint and the run's success in one statement (one round trip, one
 # transaction); data-modifying CTEs are PostgreSQL's, so SQLite opens a transaction for the two statements.
-_CHECKPOINT_FINAL_PG = (
-    "WITH ins AS ("
-    + _CHECKPOINT.split("RETURNING")[0]
-    + "RETURNING 1 AS ok), upd AS ("
-    + _FINISH_RUN.strip()
-    + " AND EXISTS (SELECT 1 FROM ins) RETURNING 1) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)"
-)
+def _final_pg(checkpoint: str) -> str:
+    return (
+        "WITH ins AS ("
+        + checkpoint.split("RETURNING")[0]
+        + "RETURNING 1 AS ok), upd AS ("
+        + _FINISH_RUN.strip()
+        + " AND EXISTS (SELECT 1 FROM ins) RETURNING 1) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)"
+    )
 
 
 _PLACEHOLDER = re.compile(r"\?([sifbtj])")
@@ -126,8 +136,10 @@ class RunWriter:
         self.dialect = dialect
         self.ts = _ts_sqlite if dialect == "sqlite" else _ts_native
         self.lease_seconds = lease_seconds
-        self._create, self._checkpoint, self._finish = _statements(dialect)
-        self._final = _for_dialect(_CHECKPOINT_FINAL_PG, dialect) if dialect == "postgresql" else None
+        self._create, self._checkpoint, self._finish, self._leased = _statements(dialect)
+        pg = dialect == "postgresql"
+        self._final = _for_dialect(_final_pg(_CHECKPOINT), dialect) if pg else None
+        self._final_leased = _for_dialect(_final_pg(_CHECKPOINT_LEASED), dialect) if pg else None
         self._saved_mode = self._set_autocommit(None if dialect == "sqlite" else True)
         self.cur = self.conn.cursor()
 
@@ -179,11 +191,16 @@ class RunWriter:
         step_names_json: str,
         owner: str,
         now: datetime,
-        lease_until: datetime,
+        lease_until: datetime | None,
         pending: bool = False,
         input_tokens: int | None = None,
+        runtime: str = "local",
     ) -> None:
-        """Record a new run owned by `owner`: running at its first step, or `pending` (submitted, to start)."""
+        """Record a new run owned by `owner`: running at its first step, or `pending` (submitted, to start).
+
+        A run of the celery runtime is owned by the runtime as a whole, with no lease of its own: its steps
+        carry the leases of the workers that execute them.
+        """
         running = not pending
         ts = self.ts
         self.cur.execute(
@@ -191,8 +208,9 @@ class RunWriter:
             (
                 run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
                 input_json, step_names_json, 0 if running else None, 1 if running else 0,
-                ts(now) if running else None, False, 1 if running else 0, owner, ts(lease_until), ts(now),
-                ts(now) if running else None, ts(now), input_tokens,
+                ts(now) if running else None, False, 1 if running else 0, owner,
+                ts(lease_until) if lease_until else None, ts(now),
+                ts(now) if running else None, ts(now), input_tokens, runtime,
             ),
         )  # fmt: skip
 
@@ -210,34 +228,39 @@ class RunWriter:
         final_output: str | None = None,
         recount: bool = False,
         boundary_tokens: int | None = None,
+        lease_owner: str | None = None,
     ) -> bool:
         """Save a step's output; with `final_output`, the run has succeeded; with `recount`, the step made
-        model calls (already recorded) whose totals go on its row.
+        model calls (already recorded) whose totals go on its row; with `lease_owner`, only while that
+        worker holds the step's lease.
 
         Returns whether a cancel was requested. Raises `LostOwnership` (and writes nothing) when `owner` no
-        longer owns the run.
+        longer owns the run (or `lease_owner` the step).
         """
         ts = self.ts
         cur = self.cur
-        params = (
+        params: tuple[Any, ...] = (
             run_id, idx, name, StepStatus.SUCCEEDED.value, attempt, output_json, ts(started_at), ts(finished_at),
             (finished_at - started_at).total_seconds() * 1000.0, boundary_tokens, run_id, owner,
         )  # fmt: skip
+        checkpoint, final = self._checkpoint, self._final
+        if lease_owner is not None:
+            checkpoint, final, params = self._leased, self._final_leased, (*params, lease_owner)
         if final_output is None and not recount:
-            cur.execute(self._checkpoint, params)
+            cur.execute(checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
             return bool(rows[0][0])
         finish = (final_output, ts(finished_at), ts(finished_at), run_id, owner)
-        if final_output is not None and not recount and self._final is not None:
-            cur.execute(self._final, params + finish)
+        if final_output is not None and not recount and final is not None:
+            cur.execute(final, params + finish)
             inserted, updated = cur.fetchone()
             if not (inserted and updated):
                 raise LostOwnership(run_id)
             return False
         with self._transaction(cur):
-            cur.execute(self._checkpoint, params)
+            cur.execute(checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
@@ -277,5 +300,6 @@ def _call_statements(dialect: str) -> tuple[str, str, str]:
 
 
 @functools.cache
-def _statements(dialect: str) -> tuple[str, str, str]:
-    return tuple(_for_dialect(sql, dialect) for sql in (_CREATE_RUN, _CHECKPOINT, _FINISH_RUN))  # type: ignore[return-value]
+def _statements(dialect: str) -> tuple[str, str, str, str]:
+    sqls = (_CREATE_RUN, _CHECKPOINT, _FINISH_RUN, _CHECKPOINT_LEASED)
+    return tuple(_for_dialect(sql, dialect) for sql in sqls)  # type: ignore[return-value]

@@ -19,6 +19,10 @@ class Item(BaseModel):
     value: int = Field(ge=0, le=10_000)
 
 
+def folder() -> Path:
+    return Path(os.environ["BATON_TEST_DIR"])
+
+
 def _control(name: str) -> None:
     folder = Path(os.environ["BATON_TEST_DIR"])
     with open(folder / f"{name}.count", "a") as f:

@@ -1,0 +1,433 @@
+"""The celery runtime: steps execute on `baton worker` processes, with Redis as the broker.
+
+Messages carry ids only (run id, step index, and the count of attempts since the step was started); a
+run's input and every checkpoint live in the store. Each step goes through the same executor as on the
+local runtime. Reliability comes from three places:
+
+- the broker: tasks are acknowledged late and rejected when their worker process is lost, so a killed
+  worker's step is delivered again (at once for a killed prefork child; after `visibility_timeout` on
+  Redis when the whole machine vanished);
+- the store: a worker takes a step through a lease on its row, so two workers never run it at once, and a
+  step whose checkpoint was committed is never run again, however often its message is delivered;
+- Celery's countdown: a transient failure is retried by re-queueing the task with exponential backoff and
+  jitter, never by sleeping in a worker.
+
+A Supervisor fans out through a Celery chord: its chosen workers are the group, and the join task checks
+in the store (not in Celery's results) that every one of them ended before the merge runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from baton._ids import new_run_id
+from baton._owner import owner_alive, this_owner
+from baton.contracts import validate_json
+from baton.errors import BrokerUnavailable, ContractViolation, RunNotResumable, UserError
+from baton.patterns.registry import find_pattern
+from baton.run import Run
+from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, error_info, execute_attempt
+from baton.runtime.local import boundaries_to_measure, plan_resume
+from baton.settings import Settings
+from baton.status import RunStatus, StepStatus
+from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepResult, open_store, utcnow
+from baton.tokens import count_tokens
+
+try:
+    import celery
+    from celery import signals
+except ImportError as exc:  # pragma: no cover - exercised by the install hint test in a bare venv
+    raise UserError('the celery runtime needs Celery and Redis\'s client: pip install "baton[celery]"') from exc
+
+__all__ = ["CeleryRuntime", "celery_app", "check_broker", "worker_argv"]
+
+log = logging.getLogger("baton.celery")
+
+QUEUE = "baton"
+
+
+class CeleryRuntime:
+    """Runs a pattern's steps on Celery workers; `submit` returns at once, `run` waits on the store."""
+
+    name = "celery"
+
+    def submit(self, store: RunStore, pattern: Any, value: BaseModel) -> str:
+        """Record a pending run and queue its first step; returns the run id at once."""
+        _require_target(pattern)
+        run_id = new_run_id()
+        input_json = value.model_dump_json()
+        input_tokens = count_tokens(input_json) if 0 in boundaries_to_measure(pattern.steps[:1]) else None
+        now = utcnow()
+        with store.writer() as writer:
+            writer.create_run(
+                run_id=run_id, pipeline=pattern.name, target=pattern.target, input_json=input_json,
+                step_names_json=json.dumps(pattern.step_names), owner=CELERY_OWNER, now=now, lease_until=None,
+                pending=True, input_tokens=input_tokens, runtime=self.name,
+            )  # fmt: skip
+        _send(step_task, run_id, 0)
+        return run_id
+
+    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """Submit, then wait on the store until the run stops (never on Celery's results)."""
+        run_id = self.submit(store, pattern, value)
+        if observer is not None:
+            observer.run_created(run_id)
+        return _wait(store, run_id)
+
+    def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
+        """Queue a failed or interrupted run again at its first unfinished step; returns it (pending)."""
+        _require_target(pattern)
+        run = store.get_run(run_id)
+        if run.pipeline != pattern.name:
+            raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
+        supervisor = _is_supervisor(pattern)
+        idx, _, _ = plan_resume(run, pattern.steps, groups=supervisor)
+        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
+            raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
+        # A supervisor starts again at its router, which replays its checkpoint and fans out to the workers
+        # that did not succeed.
+        _send(step_task, run.id, 0 if supervisor else idx)
+        if observer is not None:
+            observer.run_created(run.id)
+        return store.get_run(run.id)
+
+
+# -- the Celery app -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def celery_app() -> celery.Celery:
+    """The Celery app of this process, configured from the environment (BATON_BROKER_URL and friends)."""
+    settings = Settings.from_env()
+    app = celery.Celery("baton", set_as_current=False)
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    app.conf.update(
+        broker_url=settings.broker_url,
+        # Chords count their finished members in the result backend; baton never waits on results.
+        result_backend=settings.result_backend or settings.broker_url,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # Acknowledged when done, and given back when the process running it is lost: a killed worker's
+        # step runs again elsewhere. The step's lease and checkpoint make the second delivery safe.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        result_expires=3600,
+        worker_hijack_root_logger=False,
+        task_track_started=False,
+    )
+    _register_tasks(app)
+    return app
+
+
+def worker_argv(*, concurrency: int, pool: str, loglevel: str) -> list[str]:
+    """The arguments `baton worker` starts Celery's worker with."""
+    return [
+        "worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}", f"--queues={QUEUE}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+def check_broker(app: celery.Celery) -> None:
+    """Fail with a clear message when the broker cannot be reached."""
+    conn = app.connection_for_write()
+    try:
+        conn.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:
+        raise BrokerUnavailable(f"cannot reach the Celery broker at {conn.as_uri()}: {exc}") from None
+    finally:
+        conn.release()
+
+
+def _register_tasks(app: celery.Celery) -> None:
+    options = {"bind": True, "max_retries": None, "acks_late": True, "reject_on_worker_lost": True}
+    app.task(name="baton.step", ignore_result=True, **options)(_step_body)
+    # A supervisor's worker is a member of a chord, whose count lives in the result backend.
+    app.task(name="baton.branch", ignore_result=False, **options)(_branch_body)
+    app.task(name="baton.join", ignore_result=True, **options)(_join_body)
+
+
+def _send(task_name: str, run_id: str, idx: int) -> None:
+    celery_app().send_task(task_name, args=(run_id, idx, 1), queue=QUEUE)
+
+
+step_task = "baton.step"
+
+
+# -- what a worker does ---------------------------------------------------------------------------------
+
+
+def _step_body(task: Any, run_id: str, idx: int, this_go: int = 1) -> None:
+    _execute(task, run_id, idx, this_go)
+
+
+def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1) -> int:
+    _execute(task, run_id, idx, this_go)
+    return idx
+
+
+def _join_body(task: Any, _results: Any, run_id: str) -> None:
+    """After a supervisor's chosen workers: end the run failed if one failed, else run the merge."""
+    store = _worker_store()
+    run = store.get_run(run_id)
+    if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+        return
+    pattern = find_pattern(run.pipeline, run.target)
+    route = _route(store, pattern, run_id)
+    chosen = _chosen(pattern, route)
+    states = store.step_states(run_id, list(chosen))
+    unfinished = [i for i in chosen if i not in states or states[i].status in _OPEN]
+    if unfinished:
+        # The chord fired before every member ended (a member delivered twice counts twice): look again.
+        raise task.retry(countdown=1.0)
+    failed = [chosen[i] for i in chosen if states[i].status is not StepStatus.SUCCEEDED]
+    if failed:
+        store.end_failed(run_id, CELERY_OWNER, failed[0])
+        return
+    if run.cancel_requested:
+        store.finish_cancelled(run_id, CELERY_OWNER)
+        return
+    _send(step_task, run_id, len(pattern.steps) - 1)
+
+
+_OPEN = (StepStatus.PENDING, StepStatus.RUNNING)
+
+
+def _execute(task: Any, run_id: str, idx: int, this_go: int) -> None:
+    store = _worker_store()
+    me = this_owner()
+    claim = store.claim_step(run_id, idx, me, utcnow())
+    if claim.outcome == "busy" and claim.holder is not None:
+        dead = owner_alive(claim.holder) is False
+        expired = claim.until is not None and claim.until < utcnow()
+        if dead or expired:
+            claim = store.claim_step(run_id, idx, me, utcnow(), take_from=claim.holder, expired=not dead)
+    if claim.outcome == "gone":
+        return
+    if claim.outcome == "cancel":
+        store.finish_cancelled(run_id, CELERY_OWNER)
+        return
+    if claim.outcome == "busy":
+        # Another live worker holds the step (this message was delivered twice): come back when its lease
+        # would have run out; by then it has checkpointed, or it is dead and the step is taken over.
+        wait = (claim.until - utcnow()).total_seconds() if claim.until else 1.0
+        raise task.retry(countdown=max(0.5, wait + 0.5))
+    pattern = find_pattern(claim.pipeline, claim.target)
+    if claim.outcome == "done":
+        _after(store, pattern, run_id, idx)  # its message may have been lost between checkpoint and send
+        return
+    steps = pattern.steps
+    last = len(steps) - 1
+    branch = _is_supervisor(pattern) and 0 < idx < last
+    try:
+        if tuple(pattern.step_names) != claim.step_names:
+            raise RunNotResumable(
+                f"run {run_id} recorded steps {list(claim.step_names)}, but pipeline '{pattern.name}' on this "
+                f"worker has {pattern.step_names}: the workers run other code than the one that started the run"
+            )
+        value = _input(store, pattern, run_id, idx)
+    except (ContractViolation, RunNotResumable) as exc:
+        _fail_before_start(store, run_id, idx, claim.step_names[idx], claim.attempt, me, exc, end_run=not branch)
+        return
+    with _holding(store, me), store.writer() as writer:
+        try:
+            outcome = execute_attempt(
+                store, writer, run_id, CELERY_OWNER, steps[idx], idx, value,
+                attempt=claim.attempt, attempts_this_go=this_go, last=idx == last,
+                measure=idx in boundaries_to_measure(steps), end_run=not branch, lease_owner=me,
+            )  # fmt: skip
+        except LostOwnership:
+            return  # taken over, or the run ended; whoever holds it now writes what happens
+    if isinstance(outcome, RetryLater):
+        if outcome.cancel_requested:
+            store.finish_cancelled(run_id, CELERY_OWNER)
+            return
+        raise task.retry(args=(run_id, idx, this_go + 1), countdown=outcome.delay)
+    if isinstance(outcome, Failed):
+        return
+    assert isinstance(outcome, Succeeded)
+    if outcome.cancel_requested and idx < last and not branch:
+        store.finish_cancelled(run_id, CELERY_OWNER)
+        return
+    _after(store, pattern, run_id, idx)
+
+
+def _after(store: RunStore, pattern: Any, run_id: str, idx: int) -> None:
+    """Queue what follows step `idx`: the next step, or a supervisor's fan-out after its router."""
+    last = len(pattern.steps) - 1
+    if idx >= last:
+        return
+    if not _is_supervisor(pattern):
+        _send(step_task, run_id, idx + 1)
+    elif idx == 0:
+        _fan_out(store, pattern, run_id)
+
+
+def _fan_out(store: RunStore, pattern: Any, run_id: str) -> None:
+    route = _route(store, pattern, run_id)
+    chosen = _chosen(pattern, route)
+    states = store.step_states(run_id)
+    done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+    unchosen = [
+        (i + 1, key)
+        for i, key in enumerate(pattern.workers)
+        if i + 1 not in chosen and (i + 1 not in states or states[i + 1].status not in done)
+    ]
+    if unchosen:
+        try:
+            store.mark_skipped(run_id, CELERY_OWNER, unchosen)
+        except LostOwnership:
+            return  # the run ended (cancelled) meanwhile
+    to_run = [i for i in chosen if i not in states or states[i].status is not StepStatus.SUCCEEDED]
+    app = celery_app()
+    join = app.signature("baton.join", args=(run_id,), queue=QUEUE)
+    if not to_run:
+        join.apply_async(args=(None,))
+        return
+    members = [app.signature("baton.branch", args=(run_id, i, 1), queue=QUEUE) for i in to_run]
+    celery.chord(members)(join)
+
+
+def _route(store: RunStore, pattern: Any, run_id: str) -> BaseModel:
+    state = store.step_states(run_id, [0]).get(0)
+    if state is None or state.output_json is None:
+        raise RunNotResumable(f"run {run_id}: the router has no checkpoint to route from")
+    return validate_json(pattern.steps[0].output, state.output_json, step=pattern.steps[0].name, where="checkpoint")
+
+
+def _chosen(pattern: Any, route: BaseModel) -> dict[int, str]:
+    return {i + 1: key for i, key in enumerate(pattern.workers) if getattr(route, key) is not None}
+
+
+def _input(store: RunStore, pattern: Any, run_id: str, idx: int) -> BaseModel:
+    """The validated input of step `idx`, read from the store (the messages carry none)."""
+    steps = pattern.steps
+    step = steps[idx]
+    if idx == 0:
+        return validate_json(step.input, store.run_input_json(run_id), step=step.name, where="recorded run input")
+    if not _is_supervisor(pattern):
+        prev = store.step_states(run_id, [idx - 1]).get(idx - 1)
+        if prev is None or prev.output_json is None:
+            raise RunNotResumable(f"run {run_id}: step '{steps[idx - 1].name}' has no checkpoint for '{step.name}'")
+        validate_json(steps[idx - 1].output, prev.output_json, step=steps[idx - 1].name, where="checkpoint")
+        return validate_json(step.input, prev.output_json, step=step.name, where="input (checkpoint)")
+    route = _route(store, pattern, run_id)
+    if idx < len(steps) - 1:
+        return getattr(route, step.name)
+    keys = list(pattern.workers)
+    states = store.step_states(run_id, range(1, len(keys) + 1))
+    outputs: dict[str, Any] = {}
+    for i, key in enumerate(keys, start=1):
+        state = states.get(i)
+        if state is not None and state.status is StepStatus.SUCCEEDED and state.output_json is not None:
+            outputs[key] = validate_json(steps[i].output, state.output_json, step=key, where="checkpoint")
+    return step.input.model_validate({key: outputs.get(key) for key in keys})
+
+
+def _fail_before_start(
+    store: RunStore, run_id: str, idx: int, name: str, attempt: int, me: str, exc: Exception, *, end_run: bool
+) -> None:
+    now = utcnow()
+    result = StepResult(idx=idx, name=name, attempt=attempt, started_at=now, finished_at=now, error=error_info(exc))
+    with contextlib.suppress(LostOwnership):
+        store.record_failure(run_id, CELERY_OWNER, result, retrying=False, end_run=end_run, lease_owner=me)
+
+
+def _wait(store: RunStore, run_id: str, poll: float = 0.05) -> Run:
+    while True:
+        found = store.get_run(run_id)
+        if found.status.finished:
+            return found
+        time.sleep(poll)
+
+
+def _is_supervisor(pattern: Any) -> bool:
+    return getattr(pattern, "kind", "pipeline") == "supervisor"
+
+
+def _require_target(pattern: Any) -> None:
+    if not pattern.target:
+        raise UserError(
+            f"pattern '{pattern.name}' has no importable target, so workers cannot find it: define it at the top "
+            "level of a module (or a file run by `baton run path/file.py:name`)"
+        )
+
+
+# -- worker processes -----------------------------------------------------------------------------------
+
+
+class _LeaseBeat:
+    """Renews the leases of the steps this worker process holds while it executes them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holding: dict[tuple[int, str], int] = {}
+        self.thread: threading.Thread | None = None
+
+    def enter(self, store: RunStore, me: str) -> None:
+        with self.lock:
+            key = (id(store), me)
+            self.holding[key] = self.holding.get(key, 0) + 1
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, args=(store,), name="baton-lease", daemon=True)
+                self.thread.start()
+
+    def leave(self, store: RunStore, me: str) -> None:
+        with self.lock:
+            key = (id(store), me)
+            self.holding[key] -= 1
+            if not self.holding[key]:
+                del self.holding[key]
+
+    def _loop(self, store: RunStore) -> None:
+        interval = max(0.5, store.lease.total_seconds() / 3)
+        while True:
+            time.sleep(interval)
+            with self.lock:
+                owners = {me for (_, me) in self.holding}
+            for me in owners:
+                try:
+                    store.heartbeat_steps(me, utcnow())
+                except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
+                    log.warning("could not renew the step leases of %s", me, exc_info=True)
+
+
+_beat = _LeaseBeat()
+
+
+@contextlib.contextmanager
+def _holding(store: RunStore, me: str) -> Any:
+    _beat.enter(store, me)
+    try:
+        yield
+    finally:
+        _beat.leave(store, me)
+
+
+def _worker_store() -> RunStore:
+    return open_store()
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A prefork child must not share the parent's database connections: it opens its own."""
+    import baton.store as store_module
+
+    for store in list(store_module._stores.values()):
+        store.engine.dispose(close=False)
+    store_module._stores.clear()
+    global _beat
+    _beat = _LeaseBeat()

@@ -1,0 +1,224 @@
+"""Step leases: how workers of the celery runtime take a step of a run, one worker at a time.
+
+A celery run is owned by the runtime as a whole (`CELERY_OWNER`); each step it executes is held by one
+worker process through a lease on the step's row, renewed by that worker's heartbeat. A message delivered
+twice (a redelivery after a worker died, a retry racing its original) finds the step either checkpointed
+(nothing to do), leased by a live worker (wait), or leased by a dead one (take it over, and record the lost
+attempt).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from baton.status import RunStatus, StepStatus
+from baton.store.schema import attempts, runs, steps
+
+__all__ = ["CELERY_OWNER", "StepClaim", "StepLeases", "StepState"]
+
+# The owner of a run whose steps the celery runtime executes: the runtime as a whole, not one process.
+CELERY_OWNER = "celery"
+
+_DONE = (StepStatus.SUCCEEDED.value, StepStatus.SKIPPED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class StepClaim:
+    """What claiming a step found.
+
+    `claimed`: this worker holds the step, as attempt `attempt`. `done`: it already succeeded (or was
+    skipped). `busy`: `holder` holds it until `until`. `cancel`: a cancel was asked; nothing may start.
+    `gone`: the run no longer runs (it ended, or was never there).
+    """
+
+    outcome: Literal["claimed", "done", "busy", "cancel", "gone"]
+    pipeline: str = ""
+    target: str | None = None
+    step_names: tuple[str, ...] = ()
+    attempt: int = 0
+    holder: str | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """A step's row as the celery runtime reads it to plan what comes next."""
+
+    status: StepStatus
+    output_json: str | None
+    holder: str | None
+
+
+class StepLeases:
+    """The lease operations of the run store (mixed into `RunStore`)."""
+
+    engine: Engine
+    lease: Any
+
+    def claim_step(
+        self, run_id: str, idx: int, worker: str, now: datetime, *, take_from: str | None = None, expired: bool = False
+    ) -> StepClaim:
+        """Take step `idx` of a celery run for `worker`, marking the run running.
+
+        Without `take_from`, only a step nobody holds is taken. With it, the step is taken from that holder
+        (found dead, or with `expired`, whose lease ran out), and the attempt it lost is recorded.
+        """
+        with self.engine.begin() as c:
+            row = c.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.owner == CELERY_OWNER,
+                    runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]),
+                )
+                .values(status=RunStatus.RUNNING, started_at=func.coalesce(runs.c.started_at, now), updated_at=now)
+                .returning(runs.c.pipeline, runs.c.target, runs.c.step_names, runs.c.cancel_requested)
+            ).first()
+            if row is None:
+                return StepClaim("gone")
+            pipeline, target, names_value, cancel = row
+            names = tuple(json.loads(names_value) if isinstance(names_value, str) else names_value)
+            found = StepClaim("gone", pipeline, target, names)
+            if cancel:
+                return StepClaim("cancel", pipeline, target, names)
+            if not 0 <= idx < len(names):
+                return found
+            if take_from is None:
+                free = steps.c.lease_owner.is_(None)
+            else:
+                free = steps.c.lease_owner == take_from
+                if expired:
+                    free = and_(free, steps.c.lease_expires_at < now)
+            insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(steps)
+            fresh = {
+                "run_id": run_id, "idx": idx, "name": names[idx], "status": StepStatus.RUNNING, "attempts": 1,
+                "tokens_in": 0, "tokens_out": 0, "started_at": now, "lease_owner": worker,
+                "lease_expires_at": now + self.lease,
+            }  # fmt: skip
+            statement = (
+                insert.values(**fresh)
+                .on_conflict_do_update(
+                    index_elements=[steps.c.run_id, steps.c.idx],
+                    set_={
+                        "status": StepStatus.RUNNING,
+                        "attempts": steps.c.attempts + 1,
+                        "started_at": now,
+                        "finished_at": None,
+                        "duration_ms": None,
+                        "error_type": None,
+                        "error_message": None,
+                        "error_traceback": None,
+                        "error_raw": None,
+                        "error_details": None,
+                        "lease_owner": worker,
+                        "lease_expires_at": now + self.lease,
+                    },
+                    where=and_(steps.c.status.not_in(_DONE), free),
+                )
+                .returning(steps.c.attempts, steps.c.started_at)
+            )
+            claimed = c.execute(statement).first()
+            if claimed is not None:
+                attempt = int(claimed[0])
+                if take_from is not None and attempt > 1:
+                    why = "its lease ran out" if expired else "its process died"
+                    c.execute(
+                        attempts.insert(),
+                        {
+                            "run_id": run_id, "step_idx": idx, "attempt": attempt - 1, "error_type": "Interrupted",
+                            "error_message": f"the worker running this step ({take_from}) stopped before the step "
+                            f"finished ({why}); another worker runs it again",
+                            "error_traceback": None, "retried": True, "started_at": now, "finished_at": now,
+                        },
+                    )  # fmt: skip
+                return StepClaim("claimed", pipeline, target, names, attempt=attempt)
+            state = c.execute(
+                select(steps.c.status, steps.c.lease_owner, steps.c.lease_expires_at).where(
+                    steps.c.run_id == run_id, steps.c.idx == idx
+                )
+            ).first()
+        if state is None:
+            return found
+        status, holder, until = state
+        if status in _DONE:
+            return StepClaim("done", pipeline, target, names)
+        return StepClaim("busy", pipeline, target, names, holder=holder, until=until)
+
+    def heartbeat_steps(self, worker: str, now: datetime) -> None:
+        """Extend the leases of the steps `worker` holds."""
+        with self.engine.begin() as c:
+            c.execute(update(steps).where(steps.c.lease_owner == worker).values(lease_expires_at=now + self.lease))
+
+    def step_states(self, run_id: str, idxs: Sequence[int] | None = None) -> dict[int, StepState]:
+        """The rows of a run's steps (all, or those in `idxs`); a step with no row has not started."""
+        query = select(steps.c.idx, steps.c.status, steps.c.output, steps.c.lease_owner).where(steps.c.run_id == run_id)
+        if idxs is not None:
+            query = query.where(steps.c.idx.in_(list(idxs)))
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        return {idx: StepState(StepStatus(status), _as_json(output), holder) for idx, status, output, holder in rows}
+
+    def run_input_json(self, run_id: str) -> str:
+        """The run's input, as the JSON it was recorded as."""
+        with self.engine.connect() as c:
+            value = c.execute(select(runs.c.input).where(runs.c.id == run_id)).scalar_one()
+        result = _as_json(value)
+        assert result is not None
+        return result
+
+    def reopen(self, run_id: str, *, claims: int, runtime: str, now: datetime) -> bool:
+        """Make a failed or interrupted run pending again for `runtime`'s workers; False if it changed since
+        it was read (`claims`) or is not resumable."""
+        with self.engine.begin() as c:
+            return (
+                c.execute(
+                    update(runs)
+                    .where(
+                        runs.c.id == run_id,
+                        runs.c.claims == claims,
+                        runs.c.status.in_([RunStatus.FAILED, RunStatus.INTERRUPTED]),
+                    )
+                    .values(
+                        status=RunStatus.PENDING,
+                        owner=CELERY_OWNER,
+                        runtime=runtime,
+                        lease_expires_at=None,
+                        current_step=None,
+                        failed_step=None,
+                        finished_at=None,
+                        cancel_requested=False,
+                        claims=runs.c.claims + 1,
+                        updated_at=now,
+                    )
+                ).rowcount
+                == 1
+            )
+
+    def live_leases(self, run_id: str, now: datetime) -> int:
+        """How many steps of the run a worker holds right now."""
+        with self.engine.connect() as c:
+            return int(
+                c.execute(
+                    select(func.count())
+                    .select_from(steps)
+                    .where(
+                        steps.c.run_id == run_id,
+                        steps.c.lease_owner.is_not(None),
+                        or_(steps.c.lease_expires_at.is_(None), steps.c.lease_expires_at >= now),
+                    )
+                ).scalar_one()
+            )
+
+
+def _as_json(value: Any) -> str | None:
+    # SQLite hands JSON back as text; PostgreSQL's json type as parsed values.
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)

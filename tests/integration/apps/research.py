@@ -1,0 +1,82 @@
+"""A supervisor whose router, workers and merge obey the same switches as `controlled.py`, for runs on
+worker processes.
+
+The input names the workers to call; `<name>.count`, `<name>.fail` and `<name>.block` in BATON_TEST_DIR work
+as in `controlled.py`. `<name>.transient` holds how many more times the step fails with a TransientError.
+A topic of "route-to-nowhere" makes the router name a worker that does not exist.
+"""
+
+from pydantic import BaseModel, Field
+
+from baton import Retry, Supervisor, TransientError, step
+from tests.integration.apps.controlled import _control, folder
+
+
+class Ask(BaseModel):
+    topic: str = Field(max_length=100)
+    want: list[str] = Field(max_length=3)
+
+
+class Query(BaseModel):
+    q: str = Field(max_length=200)
+
+
+class Finding(BaseModel):
+    text: str = Field(max_length=500)
+
+
+class Plan(BaseModel):
+    financials: Query | None = None
+    news: Query | None = None
+    risks: Query | None = None
+
+
+class Found(BaseModel):
+    financials: Finding | None = None
+    news: Finding | None = None
+    risks: Finding | None = None
+
+
+class Report(BaseModel):
+    body: str = Field(max_length=2000)
+
+
+@step(retry=Retry(max_attempts=1))
+def plan(ask: Ask) -> Plan:
+    _control("plan")
+    if ask.topic == "route-to-nowhere":
+        return {"weather": {"q": ask.topic}}  # type: ignore[return-value]
+    return Plan(**{name: Query(q=ask.topic) for name in ask.want})
+
+
+def _transient(name: str) -> None:
+    left = folder() / f"{name}.transient"
+    if left.exists() and int(left.read_text() or 0) > 0:
+        left.write_text(str(int(left.read_text()) - 1))
+        raise TransientError(f"{name}: the source is busy, try again")
+
+
+def _worker(name: str):
+    # Quick retries, so a flaky source costs the tests half a second.
+    @step(name=name, retry=Retry(max_attempts=4, backoff=0.2, max_delay=1.0))
+    def body(query: Query) -> Finding:
+        _control(name)
+        _transient(name)
+        return Finding(text=f"{name}: {query.q}")
+
+    return body
+
+
+@step(retry=Retry(max_attempts=1))
+def draft(found: Found) -> Report:
+    _control("draft")
+    parts = [f.text for f in (found.financials, found.news, found.risks) if f is not None]
+    return Report(body=" | ".join(parts))
+
+
+research = Supervisor(
+    "research",
+    router=plan,
+    workers={"financials": _worker("financials"), "news": _worker("news"), "risks": _worker("risks")},
+    merge=draft,
+)
