@@ -52,6 +52,7 @@ def test_run_prints_the_finished_run_as_show_does(env):
         "id",
         "pipeline",
         "status",
+        "runtime",
         "input",
         "output",
         "steps",

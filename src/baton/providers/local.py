@@ -6,6 +6,7 @@ bounds a grammar cannot express (lengths, ranges) are checked by the contract af
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from importlib import resources
@@ -68,7 +69,7 @@ class LocalProvider:
             try:
                 out = llm.create_chat_completion(
                     messages=chat,
-                    response_format={"type": "json_object", "schema": schema},
+                    response_format={"type": "json_object", "schema": grammar_schema(schema)},
                     max_tokens=max_tokens,
                     temperature=temperature,
                     # A 135M model greedily decoded loops on itself ("3, 2022, 3, 2022"); a mild penalty stops that.
@@ -89,3 +90,31 @@ class LocalProvider:
         """Tokens of `text` in the embedded model's vocabulary."""
         with self._lock:
             return len(self._model().tokenize(text.encode(), add_bos=False))
+
+
+def grammar_schema(schema: Any) -> Any:
+    """`schema` with the narrow numeric ranges a grammar can spell out turned into lists of values.
+
+    llama.cpp's grammar ignores `minimum` and `maximum`, so a tiny model asked for a 0-to-1 confidence
+    writes 9 or 95, and re-asking rarely helps it. A number between bounds at most 1 apart becomes one of
+    its values in steps of 0.05, an integer between bounds at most 100 apart one of its integers. The
+    contract still validates the answer; this only keeps the model from writing what it would reject.
+    """
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    low, high = schema.get("minimum"), schema.get("maximum")
+    kind = schema.get("type")
+    if kind in ("number", "integer") and isinstance(low, int | float) and isinstance(high, int | float):
+        if kind == "integer" and 0 <= high - low <= 100:
+            return _enumerated(schema, list(range(math.ceil(low), math.floor(high) + 1)))
+        if kind == "number" and 0 < high - low <= 1:
+            steps = round((high - low) / 0.05)
+            return _enumerated(schema, [round(low + i * 0.05, 2) for i in range(steps + 1)])
+    return {key: grammar_schema(value) for key, value in schema.items()}
+
+
+def _enumerated(schema: dict[str, Any], values: list[int | float]) -> dict[str, Any]:
+    rest = {k: v for k, v in schema.items() if k not in ("type", "minimum", "maximum")}
+    return rest | {"enum": values}

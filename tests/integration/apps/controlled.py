@@ -7,35 +7,17 @@ BATON_TEST_STEPS=short: the pipeline has other steps (to test resume after a cod
 """
 
 import os
-import time
-from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+# Beside this file: found when baton loads it by path, as workers do.
+from switches import _control
 
 from baton import Pipeline, Retry, step
 
 
 class Item(BaseModel):
     value: int = Field(ge=0, le=10_000)
-
-
-def folder() -> Path:
-    return Path(os.environ["BATON_TEST_DIR"])
-
-
-def _control(name: str) -> None:
-    folder = Path(os.environ["BATON_TEST_DIR"])
-    with open(folder / f"{name}.count", "a") as f:
-        f.write("x\n")
-    fail = folder / f"{name}.fail"
-    if fail.exists():
-        raise ValueError(fail.read_text().strip() or f"{name} was told to fail")
-    block = folder / f"{name}.block"
-    if block.exists():
-        (folder / f"{name}.started").write_text(str(os.getpid()))
-        deadline = time.monotonic() + 60
-        while block.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
 
 
 NO_RETRY = Retry(max_attempts=1)

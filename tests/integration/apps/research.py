@@ -8,8 +8,10 @@ A topic of "route-to-nowhere" makes the router name a worker that does not exist
 
 from pydantic import BaseModel, Field
 
-from baton import Retry, Supervisor, TransientError, step
-from tests.integration.apps.controlled import _control, folder
+# Beside this file: found when baton loads it by path, as workers do.
+from switches import _control, _transient
+
+from baton import Pipeline, Retry, Supervisor, step
 
 
 class Ask(BaseModel):
@@ -49,13 +51,6 @@ def plan(ask: Ask) -> Plan:
     return Plan(**{name: Query(q=ask.topic) for name in ask.want})
 
 
-def _transient(name: str) -> None:
-    left = folder() / f"{name}.transient"
-    if left.exists() and int(left.read_text() or 0) > 0:
-        left.write_text(str(int(left.read_text()) - 1))
-        raise TransientError(f"{name}: the source is busy, try again")
-
-
 def _worker(name: str):
     # Quick retries, so a flaky source costs the tests half a second.
     @step(name=name, retry=Retry(max_attempts=4, backoff=0.2, max_delay=1.0))
@@ -80,3 +75,18 @@ research = Supervisor(
     workers={"financials": _worker("financials"), "news": _worker("news"), "risks": _worker("risks")},
     merge=draft,
 )
+
+
+class Note(BaseModel):
+    text: str = Field(max_length=200)
+
+
+@step(retry=Retry(max_attempts=2, backoff=3.0, max_delay=3.0, jitter=False))
+def flaky_fetch(note: Note) -> Note:
+    """Fails once transiently when `flaky_fetch.transient` says so, then waits 3 s before its retry."""
+    _control("flaky_fetch")
+    _transient("flaky_fetch")
+    return Note(text=note.text + " fetched")
+
+
+slow_retry = Pipeline("slow-retry", [flaky_fetch])

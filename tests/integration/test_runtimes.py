@@ -1,0 +1,392 @@
+"""The same scenarios on both runtimes, as a user drives them: `baton run` in a process of its own (local),
+or `baton run --runtime celery` with real `baton worker` processes on the machine's Redis (celery); the run
+state in PostgreSQL. Processes are killed with SIGKILL mid-step, and executions are counted in files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+APPS = Path(__file__).parent / "apps"
+CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
+RESEARCH = f"{APPS / 'research.py'}:research"
+SLOW_RETRY = f"{APPS / 'research.py'}:slow_retry"
+REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+RUNTIMES = ["local", "celery"]
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    """A Redis database of the tests' own, emptied before and after."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def env(postgres_url, broker, tmp_path) -> dict[str, str]:
+    control = tmp_path / "control"
+    control.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    environment |= {
+        "BATON_DATABASE_URL": postgres_url,
+        "BATON_BROKER_URL": broker,
+        "BATON_TEST_DIR": str(control),
+        # Short, so that a message whose whole worker vanished comes back within the test, and a duplicate
+        # delivery waits out a lease in seconds.
+        "BATON_VISIBILITY_TIMEOUT": "4",
+        "BATON_LEASE_SECONDS": "4",
+        "BATON_TEST_NETGUARD_LOG": os.environ["BATON_TEST_NETGUARD_LOG"],
+    }
+    return environment
+
+
+class Workers:
+    """`baton worker` processes, each in a process group of its own so that it can be killed whole."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.env = env
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, concurrency: int = 2, pool: str = "prefork") -> subprocess.Popen[bytes]:
+        log = self.folder / f"worker-{len(self.procs)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "baton", "worker", "-c", str(concurrency), "--pool", pool, "--loglevel", "info"],
+            env=self.env,
+            stdout=open(log, "wb"),  # noqa: SIM115 - the child keeps it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 30
+        while b" ready." not in log.read_bytes():
+            assert proc.poll() is None, f"the worker exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"the worker did not start: {log.read_text()}"
+            time.sleep(0.05)
+        return proc
+
+    def group_of(self, pid: int) -> subprocess.Popen[bytes]:
+        group = os.getpgid(pid)
+        return next(p for p in self.procs if p.pid == group)
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("worker-*.log")))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(env, tmp_path) -> Iterator[Workers]:
+    pool = Workers(env, tmp_path)
+    yield pool
+    pool.stop()
+
+
+def baton(env, *args, check=None):
+    result = subprocess.run(
+        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def control(env) -> Path:
+    return Path(env["BATON_TEST_DIR"])
+
+
+def counts(env) -> dict[str, int]:
+    return {p.stem: len(p.read_text().splitlines()) for p in control(env).glob("*.count")}
+
+
+def show(env, run_id) -> dict:
+    return json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
+
+
+def wait_for_file(path: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+    time.sleep(0.05)  # let the writer finish the file
+    return path.read_text()
+
+
+def wait_until_finished(env, run_id, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = show(env, run_id)
+        if run["status"] not in ("pending", "running"):
+            return run
+        assert time.monotonic() < deadline, f"run still {run['status']}: {json.dumps(run, indent=1)[:3000]}"
+        time.sleep(0.1)
+
+
+class Driver:
+    """Starts runs the way a user would on one runtime, and waits for them through the store."""
+
+    def __init__(self, runtime: str, env: dict[str, str], workers: Workers) -> None:
+        self.runtime = runtime
+        self.env = env
+        self.workers = workers
+        self.local: subprocess.Popen[str] | None = None
+        if runtime == "celery":
+            workers.start()
+
+    def start(self, target: str, data: dict) -> str:
+        """Start a run; returns its id as soon as the run is recorded."""
+        if self.runtime == "celery":
+            result = baton(self.env, "run", target, "--input", json.dumps(data), "--runtime", "celery", check=0)
+            return result.stdout.strip()
+        self.local = subprocess.Popen(
+            [sys.executable, "-m", "baton", "run", target, "--input", json.dumps(data), "--json"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            ended = self.local.poll() is not None
+            listed = json.loads(baton(self.env, "runs", "--json", "--limit", "1", check=0).stdout)
+            if listed:
+                return listed[0]["id"]
+            assert not ended, self.local.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def finish(self, run_id: str) -> dict:
+        if self.local is not None and self.local.poll() is None:
+            self.local.communicate(timeout=60)
+        return wait_until_finished(self.env, run_id)
+
+    def resume(self, run_id: str) -> dict:
+        result = baton(self.env, "resume", run_id, "--json")
+        assert result.returncode in (0, 1), result.stderr
+        return wait_until_finished(self.env, run_id)
+
+
+@pytest.fixture(params=RUNTIMES)
+def driver(request, env, workers) -> Driver:
+    return Driver(request.param, env, workers)
+
+
+def test_a_pipeline_runs_to_the_end_each_step_once(driver, env):
+    run = driver.finish(driver.start(CONTROLLED, {"value": 1}))
+    assert run["status"] == "succeeded", run
+    assert run["runtime"] == driver.runtime
+    assert run["output"] == {"value": 25}
+    assert [s["attempts"] for s in run["steps"]] == [1, 1, 1]
+    assert counts(env) == {"fetch": 1, "transform": 1, "publish": 1}
+
+
+def test_a_step_killed_mid_way_runs_again_and_finished_steps_never_do(driver, env, workers):
+    (control(env) / "transform.block").touch()
+    run_id = driver.start(CONTROLLED, {"value": 1})
+    pid = int(wait_for_file(control(env) / "transform.started"))
+    if driver.runtime == "celery":
+        spare = workers.start()  # the step goes on here when the worker running it is gone
+        workers.kill(workers.group_of(pid))
+        assert spare.poll() is None
+    else:
+        os.kill(pid, signal.SIGKILL)
+        driver.local.wait(timeout=10)
+    (control(env) / "transform.block").unlink()
+    if driver.runtime == "celery":
+        run = driver.finish(run_id)  # on its own: the broker gives the step to the other worker
+    else:
+        assert show(env, run_id)["status"] == "interrupted"
+        run = driver.resume(run_id)
+    assert run["status"] == "succeeded", run
+    assert run["output"] == {"value": 25}
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+    assert run["steps"][1]["attempts"] == 2
+
+
+def test_a_supervisor_resume_reruns_only_the_failed_worker_then_the_merge(driver, env):
+    (control(env) / "news.fail").write_text("the news feed is down")
+    ask = {"topic": "ACME", "want": ["financials", "news", "risks"]}
+    run = driver.finish(driver.start(RESEARCH, ask))
+    assert run["status"] == "failed", run
+    by_name = {s["name"]: s for s in run["steps"]}
+    assert by_name["news"]["status"] == "failed"
+    assert by_name["news"]["error"]["message"] == "the news feed is down"
+    assert by_name["financials"]["status"] == by_name["risks"]["status"] == "succeeded"
+    assert by_name["draft"]["status"] == "pending"
+    (control(env) / "news.fail").unlink()
+    resumed = driver.resume(run["id"])
+    assert resumed["status"] == "succeeded", resumed
+    assert resumed["output"] == {"body": "financials: ACME | news: ACME | risks: ACME"}
+    assert counts(env) == {"plan": 1, "financials": 1, "news": 2, "risks": 1, "draft": 1}
+
+
+def test_a_supervisor_skips_the_workers_its_router_did_not_choose(driver, env):
+    run = driver.finish(driver.start(RESEARCH, {"topic": "ACME", "want": ["news"]}))
+    assert run["status"] == "succeeded", run
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "skipped", "succeeded", "skipped", "succeeded"]
+    assert run["output"] == {"body": "news: ACME"}
+    assert counts(env) == {"plan": 1, "news": 1, "draft": 1}
+
+
+def test_routing_to_an_unknown_worker_fails_at_the_routers_boundary(driver, env):
+    run = driver.finish(driver.start(RESEARCH, {"topic": "route-to-nowhere", "want": []}))
+    assert run["status"] == "failed"
+    router = run["steps"][0]
+    assert router["status"] == "failed"
+    assert router["error"]["type"] == "ContractViolation"
+    assert "weather" in router["error"]["message"] and "plan" in router["error"]["message"]
+    assert [s["status"] for s in run["steps"][1:]] == ["pending"] * 4
+    assert counts(env) == {"plan": 1}
+
+
+def test_transient_failures_are_retried_with_backoff_and_every_attempt_kept(driver, env):
+    (control(env) / "news.transient").write_text("2")
+    run = driver.finish(driver.start(RESEARCH, {"topic": "ACME", "want": ["news"]}))
+    assert run["status"] == "succeeded", run
+    news = run["steps"][2]
+    assert news["attempts"] == 3
+    assert counts(env)["news"] == 3
+
+
+# -- what only the celery runtime has -------------------------------------------------------------------
+
+
+def test_celery_run_returns_the_id_at_once_and_waits_in_the_queue_for_a_worker(env, workers):
+    started = time.monotonic()
+    result = baton(env, "run", CONTROLLED, "--input", '{"value": 2}', "--runtime", "celery", check=0)
+    run_id = result.stdout.strip()
+    assert time.monotonic() - started < 30
+    assert show(env, run_id)["status"] == "pending"
+    time.sleep(0.5)
+    assert show(env, run_id)["status"] == "pending"  # nobody took it: no worker runs yet
+    workers.start()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded" and run["output"] == {"value": 35}
+
+
+def test_a_killed_prefork_child_is_replaced_and_its_step_runs_again_at_once(env, workers):
+    worker = workers.start(concurrency=1)
+    (control(env) / "transform.block").touch()
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    child = int(wait_for_file(control(env) / "transform.started"))
+    assert child != worker.pid
+    (control(env) / "transform.started").unlink()
+    os.kill(child, signal.SIGKILL)  # rejected on worker lost: the message goes back to the queue at once
+    second = int(wait_for_file(control(env) / "transform.started", timeout=20))
+    assert second != child
+    (control(env) / "transform.block").unlink()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded", run
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+    transform = run["steps"][1]
+    assert transform["attempts"] == 2
+    full = baton(env, "show", run_id, check=0).stdout
+    assert "Interrupted" in full and "stopped before the step finished" in full
+
+
+def test_a_step_delivered_twice_runs_once(env, workers):
+    from baton.runtime.celery import QUEUE, celery_app
+
+    workers.start(concurrency=2)
+    (control(env) / "fetch.block").touch()
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    wait_for_file(control(env) / "fetch.started")
+    # A second delivery of the same step while the first still runs (what a redelivery after a visibility
+    # timeout looks like): the second worker finds the step leased and must not run it.
+    os.environ["BATON_BROKER_URL"] = env["BATON_BROKER_URL"]
+    try:
+        celery_app.cache_clear()
+        celery_app().send_task("baton.step", args=(run_id, 0, 1), queue=QUEUE)
+    finally:
+        del os.environ["BATON_BROKER_URL"]
+        celery_app.cache_clear()
+    deadline = time.monotonic() + 10
+    while "retry: Retry in" not in workers.logs():
+        assert time.monotonic() < deadline, workers.logs()
+        time.sleep(0.05)
+    (control(env) / "fetch.block").unlink()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded"
+    time.sleep(5)  # past the lease: the duplicate comes back, finds the checkpoint, and does nothing
+    assert counts(env) == {"fetch": 1, "transform": 1, "publish": 1}
+    assert show(env, run_id)["steps"][0]["attempts"] == 1
+
+
+def test_a_retry_waits_in_the_broker_while_the_worker_serves_other_runs(env, workers):
+    workers.start(concurrency=1, pool="solo")  # one step at a time: a sleeping retry would block the rest
+    (control(env) / "flaky_fetch.transient").write_text("1")
+    flaky = baton(env, "run", SLOW_RETRY, "--input", '{"text": "a"}', "--runtime", "celery", check=0).stdout.strip()
+    deadline = time.monotonic() + 20
+    while counts(env).get("flaky_fetch", 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    other = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    quick = wait_until_finished(env, other)
+    assert quick["status"] == "succeeded"
+    assert show(env, flaky)["status"] == "running"  # still waiting out its 3 s countdown
+    slow = wait_until_finished(env, flaky)
+    assert slow["status"] == "succeeded" and slow["output"] == {"text": "a fetched"}
+    assert slow["steps"][0]["attempts"] == 2
+
+
+def test_cancel_stops_a_celery_run_after_its_current_step(env, workers):
+    workers.start()
+    (control(env) / "transform.block").touch()
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    wait_for_file(control(env) / "transform.started")
+    assert "cancel requested" in baton(env, "cancel", run_id, check=0).stdout
+    (control(env) / "transform.block").unlink()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "cancelled"
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "cancelled"]
+    assert "publish" not in counts(env)
+
+
+def test_the_python_api_submits_to_celery_and_waits_on_the_store(env, workers, monkeypatch):
+    import baton
+    from baton._loader import load_target
+    from baton.runtime.celery import celery_app
+
+    workers.start()
+    monkeypatch.setenv("BATON_BROKER_URL", env["BATON_BROKER_URL"])
+    monkeypatch.setenv("BATON_TEST_DIR", env["BATON_TEST_DIR"])
+    celery_app.cache_clear()
+    try:
+        research = load_target(RESEARCH)
+        store = baton.RunStore(env["BATON_DATABASE_URL"])
+        run_id = research.submit({"topic": "ACME", "want": ["financials", "risks"]}, store=store, runtime="celery")
+        run = baton.wait(run_id, store=store, timeout=60)
+        assert run.status is baton.RunStatus.SUCCEEDED
+        assert run.output == {"body": "financials: ACME | risks: ACME"}
+        again = research.run({"topic": "Initech", "want": ["news"]}, store=store, runtime="celery")
+        assert again.output == {"body": "news: Initech"}
+        store.close()
+    finally:
+        celery_app.cache_clear()

@@ -1,0 +1,157 @@
+"""Step leases in the store (what keeps two celery workers off the same step), on a real SQLite file."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from baton import RunStatus, StepStatus
+from baton.store import CELERY_OWNER, LostOwnership, StepResult, utcnow
+from baton.store.writer import RunWriter
+
+ALIVE = "elsewhere/1:100:1"  # a worker on another machine: only its lease tells whether it lives
+
+
+def _submit(store, names=("a", "b")) -> str:
+    now = utcnow()
+    with store.writer() as writer:
+        writer.create_run(
+            run_id="r1", pipeline="p", target="m:p", input_json='{"x": 1}', step_names_json=json.dumps(list(names)),
+            owner=CELERY_OWNER, now=now, lease_until=None, pending=True, runtime="celery",
+        )  # fmt: skip
+    return "r1"
+
+
+def _checkpoint(writer: RunWriter, run_id, idx, worker, *, final=False):
+    now = utcnow()
+    return writer.checkpoint(
+        run_id, CELERY_OWNER, idx=idx, name="ab"[idx], attempt=1, output_json='{"x": 2}', started_at=now,
+        finished_at=now, final_output='{"x": 2}' if final else None, lease_owner=worker,
+    )  # fmt: skip
+
+
+def test_a_free_step_is_claimed_and_the_run_starts_running(store):
+    run_id = _submit(store)
+    claim = store.claim_step(run_id, 0, "w1", utcnow())
+    assert (claim.outcome, claim.attempt, claim.pipeline, claim.step_names) == ("claimed", 1, "p", ("a", "b"))
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.RUNNING and run.runtime == "celery"
+    assert run.steps[0].status is StepStatus.RUNNING
+    assert run.steps[1].status is StepStatus.PENDING
+
+
+def test_a_held_step_is_busy_for_everyone_else(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, ALIVE, utcnow())
+    claim = store.claim_step(run_id, 0, "w2", utcnow())
+    assert claim.outcome == "busy" and claim.holder == ALIVE and claim.until > utcnow()
+
+
+def test_a_live_lease_cannot_be_taken_but_an_expired_one_can_with_the_lost_attempt_kept(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, ALIVE, utcnow())
+    assert store.claim_step(run_id, 0, "w2", utcnow(), take_from=ALIVE, expired=True).outcome == "busy"
+    later = utcnow() + store.lease + timedelta(seconds=1)
+    claim = store.claim_step(run_id, 0, "w2", later, take_from=ALIVE, expired=True)
+    assert claim.outcome == "claimed" and claim.attempt == 2
+    lost = store.get_run(run_id).steps[0].attempt_errors
+    assert [(e.attempt, e.error.type) for e in lost] == [(1, "Interrupted")]
+    assert ALIVE in lost[0].error.message
+
+
+def test_only_the_holder_checkpoints_and_the_lease_ends_with_it(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    with store.writer() as writer:
+        with pytest.raises(LostOwnership):
+            _checkpoint(writer, run_id, 0, "w2")
+        assert _checkpoint(writer, run_id, 0, "w1") is False
+    assert store.step_states(run_id)[0].status is StepStatus.SUCCEEDED
+    assert store.step_states(run_id)[0].holder is None
+    assert store.claim_step(run_id, 0, "w2", utcnow()).outcome == "done"
+
+
+def test_a_worker_that_lost_its_lease_cannot_overwrite_the_new_holders_checkpoint(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    later = utcnow() + store.lease + timedelta(seconds=1)
+    store.claim_step(run_id, 0, "w2", later, take_from="w1", expired=True)
+    with store.writer() as writer:
+        _checkpoint(writer, run_id, 0, "w2")
+        with pytest.raises(LostOwnership):
+            _checkpoint(writer, run_id, 0, "w1")
+
+
+def test_the_last_checkpoint_ends_the_run_succeeded(store):
+    run_id = _submit(store)
+    with store.writer() as writer:
+        for idx in (0, 1):
+            store.claim_step(run_id, idx, "w1", utcnow())
+            _checkpoint(writer, run_id, idx, "w1", final=idx == 1)
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.SUCCEEDED and run.output == {"x": 2}
+
+
+def test_a_retried_failure_gives_the_step_back_and_the_next_claim_counts_an_attempt(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    now = utcnow()
+    failed = StepResult(idx=0, name="a", attempt=1, started_at=now, finished_at=now, error=_error())
+    store.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
+    assert store.step_states(run_id)[0].status is StepStatus.PENDING
+    assert store.claim_step(run_id, 0, "w2", utcnow()).attempt == 2
+    with pytest.raises(LostOwnership):
+        store.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
+
+
+def test_heartbeat_extends_only_the_workers_own_leases(store):
+    run_id = _submit(store, names=("a", "b"))
+    store.claim_step(run_id, 0, "w1", utcnow())
+    later = utcnow() + timedelta(seconds=30)
+    store.heartbeat_steps("w1", later)
+    claim = store.claim_step(run_id, 0, "w2", utcnow())
+    assert claim.until >= later + store.lease - timedelta(seconds=1)
+
+
+def test_a_claim_on_a_cancelled_or_ended_run_takes_nothing(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    store.request_cancel(run_id)  # w1 still holds step 0: the cancel waits for it
+    assert store.claim_step(run_id, 1, "w2", utcnow()).outcome == "cancel"
+    store.finish_cancelled(run_id, CELERY_OWNER)
+    assert store.claim_step(run_id, 1, "w2", utcnow()).outcome == "gone"
+
+
+def test_cancelling_a_celery_run_no_worker_holds_ends_it_at_once(store):
+    run_id = _submit(store)
+    assert store.request_cancel(run_id) is RunStatus.CANCELLED
+    assert store.claim_step(run_id, 0, "w1", utcnow()).outcome == "gone"
+
+
+def test_the_reaper_leaves_celery_runs_to_the_broker(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    assert store.reap() == []
+    assert store.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_without_celery_installed_the_runtime_says_what_to_install():
+    code = (
+        "import sys; sys.modules['celery'] = None\n"
+        "import baton\n"
+        "try:\n"
+        "    baton.Pipeline.submit\n"
+        "    from baton.runtime import get_runtime; get_runtime('celery')\n"
+        "except baton.UserError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 'pip install "baton[celery]"' in out
+
+
+def _error():
+    from baton.run import ErrorInfo
+
+    return ErrorInfo(type="TransientError", message="busy")
