@@ -1,24 +1,36 @@
-"""Per-step overhead of a durable run: baton's local runtime vs a floor of bare SQL inserts.
+"""Per-step overhead of a durable run: baton's local runtime vs a floor of bare SQL inserts, and baton on
+Celery vs bare Celery.
 
-    python bench/overhead.py [--runs N] [--repeats R] [--postgres URL]
+    python bench/overhead.py [--runs N] [--repeats R] [--postgres URL] [--broker URL] [--no-celery]
 
 A 4-step pipeline of no-op steps runs N times on the local runtime, on SQLite and on PostgreSQL. The floor
 does the same number of bare INSERTs (one per step, each its own transaction, with the same durability
 settings) through the plain DB-API driver, no framework. Every round uses fresh databases, and the rounds
 of baton and of the floor alternate, so that disk hiccups hit both. Prints microseconds per step (best and
 median of the rounds) and the ratio to the floor.
+
+On Celery (Redis broker, PostgreSQL store, one worker: prefork, 2 processes), the same 4-step pipeline runs
+beside a bare Celery chain of 4 no-op tasks with the same settings (late acks, prefetch 1) on the same
+Redis: the latency of one run at a time, and the throughput with 200 runs in flight. Then a fan-out of 8
+workers plus merge (a Supervisor) beside a bare chord started by a routing task. The workers of baton and of
+bare Celery take turns, one at a time. Each end of a run is signalled by the worker through Redis (see
+`celery_apps.py`), so neither side is timed by polling.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 from pydantic import BaseModel
@@ -115,6 +127,139 @@ def alternate(repeats: int, *rounds: Callable[[], float]) -> list[list[float]]:
     return results
 
 
+CELERY_APPS = Path(__file__).parent / "celery_apps.py"
+
+
+class Worker:
+    """A worker process (baton's or bare Celery's) in a process group of its own."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=open(log, "wb"),  # noqa: SIM115 - the worker keeps it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: {log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _latency(submit: Callable[[int], object], done: Callable[[], None], n: int) -> float:
+    """Median seconds from submitting one run to its end, one run at a time."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        submit(i)
+        done()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _throughput(submit: Callable[[int], object], done: Callable[[], None], n: int) -> float:
+    """Seconds for `n` runs submitted at once to all end."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        submit(i)
+    for _ in range(n):
+        done()
+    return time.perf_counter() - t0
+
+
+def celery_rows(args: argparse.Namespace, databases: PgDatabases, log_dir: Path) -> list[tuple[str, str, list[float]]]:
+    import celery
+    import redis
+
+    from baton._loader import load_target
+    from baton.runtime.celery import celery_app
+
+    client = redis.Redis.from_url(args.broker)
+    client.flushdb()
+    db_url = databases.new()
+    os.environ["BATON_DATABASE_URL"] = db_url
+    os.environ["BATON_BROKER_URL"] = args.broker
+    celery_app.cache_clear()
+    env = dict(os.environ)
+    pipeline = load_target(f"{CELERY_APPS}:PIPELINE")
+    fanout = load_target(f"{CELERY_APPS}:FANOUT")
+    bare = load_target(f"{CELERY_APPS}:bare_app")()
+    done_key = load_target(f"{CELERY_APPS}:DONE_KEY")
+    store = RunStore(db_url)
+
+    def done() -> None:
+        if client.brpop(done_key, timeout=60) is None:
+            raise RuntimeError("a run did not end within 60 s")
+
+    def baton_chain(i: int) -> object:
+        return pipeline.submit({"n": i}, store=store, runtime="celery")
+
+    def bare_chain(i: int) -> object:
+        noop, last = bare.tasks["bench.noop"], bare.tasks["bench.last"]
+        return celery.chain(noop.s(i), noop.s(), noop.s(), last.s()).apply_async()
+
+    def baton_fan(i: int) -> object:
+        return fanout.submit({"n": i}, store=store, runtime="celery")
+
+    def bare_fan(i: int) -> object:
+        return bare.tasks["bench.route"].delay(i)
+
+    baton_argv = [sys.executable, "-m", "baton", "worker", "-c", "2", "--pool", "prefork", "--import", str(CELERY_APPS)]
+    bare_argv = [sys.executable, str(CELERY_APPS), "bare-worker"]
+    results: dict[str, list[float]] = {}
+    fan_n = max(10, args.celery_runs // 10)
+    try:
+        for r in range(args.repeats):
+            for label, argv, chain, fan in (
+                ("baton", baton_argv, baton_chain, baton_fan),
+                ("bare", bare_argv, bare_chain, bare_fan),
+            ):
+                worker = Worker(argv, env, log_dir / f"{label}-{r}.log")
+                try:
+                    for i in range(10):  # warm up: imports, connections, prepared statements
+                        chain(i)
+                        done()
+                    fan(0)
+                    done()
+                    latency = _latency(chain, done, args.celery_runs // 4)
+                    through = _throughput(chain, done, args.in_flight)
+                    fan_latency = _latency(fan, done, fan_n)
+                    fan_through = _throughput(fan, done, fan_n * 2)
+                finally:
+                    worker.stop()
+                for key, value in (
+                    ("latency", latency / STEPS * 1e6),
+                    ("through", through / (args.in_flight * STEPS) * 1e6),
+                    ("fan_latency", fan_latency * 1e3),
+                    ("fan_through", fan_through / (fan_n * 2) * 1e3),
+                ):
+                    results.setdefault(f"{label}:{key}", []).append(value)
+    finally:
+        store.close()
+        client.flushdb()
+    return [
+        ("Celery: one run at a time", "baton, µs per step", results["baton:latency"]),
+        ("", "bare chain of 4 tasks", results["bare:latency"]),
+        (f"Celery: {args.in_flight} runs in flight", "baton, µs per step", results["baton:through"]),
+        ("", "bare chain of 4 tasks", results["bare:through"]),
+        ("Celery: fan-out 8 + merge, 1 at a time", "baton, ms per run", results["baton:fan_latency"]),
+        ("", "bare chord", results["bare:fan_latency"]),
+        (f"Celery: fan-out, {fan_n * 2} in flight", "baton, ms per run", results["baton:fan_through"]),
+        ("", "bare chord", results["bare:fan_through"]),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=500, help="runs per round")
@@ -122,6 +267,10 @@ def main() -> None:
     parser.add_argument(
         "--postgres", default=os.environ.get("BATON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     )
+    parser.add_argument("--broker", default=os.environ.get("BATON_BENCH_BROKER_URL", "redis://127.0.0.1:6379/8"))
+    parser.add_argument("--celery-runs", type=int, default=200, help="runs timed one at a time (divided by 4)")
+    parser.add_argument("--in-flight", type=int, default=200, help="runs submitted at once")
+    parser.add_argument("--no-celery", action="store_true", help="only the local runtime")
     args = parser.parse_args()
     rows: list[tuple[str, str, list[float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,20 +297,23 @@ def main() -> None:
             lambda: pg_floor_round(databases.new(), args.runs),
         )
         rows += [("PostgreSQL", "baton", baton), ("", "floor: bare INSERT", floor)]
+        if not args.no_celery:
+            with tempfile.TemporaryDirectory() as logs:
+                rows += celery_rows(args, databases, Path(logs))
     finally:
         databases.drop_all()
 
-    print(f"\n{STEPS}-step no-op pipeline, local runtime: {args.runs} runs a round, {args.repeats} rounds")
-    print(f"{'store':<34} {'what':<28} {'best µs/step':>13} {'median':>8} {'ratio (median)':>15}")
+    print(f"\n{STEPS}-step no-op pipeline: {args.runs} runs a round on the local runtime, {args.repeats} rounds")
+    print(f"{'where':<40} {'what':<28} {'best':>10} {'median':>8} {'ratio (median)':>15}")
     base = 0.0
     for store, what, values in rows:
         best, median = min(values), statistics.median(values)
-        if what == "baton":
+        if what.startswith("baton"):
             base = median
             ratio = ""
         else:
             ratio = f"baton {base / median:.2f}x"
-        print(f"{store:<34} {what:<28} {best:>13.1f} {median:>8.1f} {ratio:>15}")
+        print(f"{store:<40} {what:<28} {best:>10.1f} {median:>8.1f} {ratio:>15}")
 
 
 if __name__ == "__main__":

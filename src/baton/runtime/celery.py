@@ -182,7 +182,8 @@ def _step_body(task: Any, run_id: str, idx: int, this_go: int = 1) -> None:
 
 
 def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1) -> int:
-    _execute(task, run_id, idx, this_go)
+    # A supervisor's worker reads its input from the router's checkpoint.
+    _execute(task, run_id, idx, this_go, source=0)
     return idx
 
 
@@ -213,10 +214,10 @@ def _join_body(task: Any, _results: Any, run_id: str) -> None:
 _OPEN = (StepStatus.PENDING, StepStatus.RUNNING)
 
 
-def _execute(task: Any, run_id: str, idx: int, this_go: int) -> None:
+def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None = None) -> None:
     store = _worker_store()
     me = this_owner()
-    claim = store.claim_step(run_id, idx, me, utcnow())
+    claim = store.claim_step(run_id, idx, me, utcnow(), source=source)
     if claim.outcome == "busy" and claim.holder is not None:
         dead = owner_alive(claim.holder) is False
         expired = claim.until is not None and claim.until < utcnow()
@@ -245,7 +246,7 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int) -> None:
                 f"run {run_id} recorded steps {list(claim.step_names)}, but pipeline '{pattern.name}' on this "
                 f"worker has {pattern.step_names}: the workers run other code than the one that started the run"
             )
-        value = _input(store, pattern, run_id, idx)
+        value = _input(store, pattern, run_id, idx, claim.input_json)
     except (ContractViolation, RunNotResumable) as exc:
         _fail_before_start(store, run_id, idx, claim.step_names[idx], claim.attempt, me, exc, end_run=not branch)
         return
@@ -257,7 +258,9 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int) -> None:
                 measure=idx in boundaries_to_measure(steps), end_run=not branch, lease_owner=me,
             )  # fmt: skip
         except LostOwnership:
-            return  # taken over, or the run ended; whoever holds it now writes what happens
+            # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a new
+            # claim tells which, and what to do.
+            raise task.retry(countdown=0.5) from None
     if isinstance(outcome, RetryLater):
         if outcome.cancel_requested:
             store.finish_cancelled(run_id, CELERY_OWNER)
@@ -319,20 +322,31 @@ def _chosen(pattern: Any, route: BaseModel) -> dict[int, str]:
     return {i + 1: key for i, key in enumerate(pattern.workers) if getattr(route, key) is not None}
 
 
-def _input(store: RunStore, pattern: Any, run_id: str, idx: int) -> BaseModel:
-    """The validated input of step `idx`, read from the store (the messages carry none)."""
+def _input(store: RunStore, pattern: Any, run_id: str, idx: int, read: str | None = None) -> BaseModel:
+    """The validated input of step `idx`, read from the store (the messages carry none).
+
+    `read` is what the claim already read: the run's input for step 0, the router's checkpoint for a
+    supervisor's worker, else the previous step's checkpoint.
+    """
     steps = pattern.steps
     step = steps[idx]
     if idx == 0:
-        return validate_json(step.input, store.run_input_json(run_id), step=step.name, where="recorded run input")
+        raw = read if read is not None else store.run_input_json(run_id)
+        return validate_json(step.input, raw, step=step.name, where="recorded run input")
     if not _is_supervisor(pattern):
-        prev = store.step_states(run_id, [idx - 1]).get(idx - 1)
-        if prev is None or prev.output_json is None:
+        if read is None:
+            prev = store.step_states(run_id, [idx - 1]).get(idx - 1)
+            read = prev.output_json if prev is not None else None
+        if read is None:
             raise RunNotResumable(f"run {run_id}: step '{steps[idx - 1].name}' has no checkpoint for '{step.name}'")
-        validate_json(steps[idx - 1].output, prev.output_json, step=steps[idx - 1].name, where="checkpoint")
-        return validate_json(step.input, prev.output_json, step=step.name, where="input (checkpoint)")
-    route = _route(store, pattern, run_id)
+        validate_json(steps[idx - 1].output, read, step=steps[idx - 1].name, where="checkpoint")
+        return validate_json(step.input, read, step=step.name, where="input (checkpoint)")
     if idx < len(steps) - 1:
+        route = (
+            validate_json(steps[0].output, read, step=steps[0].name, where="checkpoint")
+            if read is not None
+            else _route(store, pattern, run_id)
+        )
         return getattr(route, step.name)
     keys = list(pattern.workers)
     states = store.step_states(run_id, range(1, len(keys) + 1))
@@ -424,8 +438,15 @@ def _holding(store: RunStore, me: str) -> Any:
         _beat.leave(store, me)
 
 
+_store: RunStore | None = None
+
+
 def _worker_store() -> RunStore:
-    return open_store()
+    # One store per worker process, opened after the fork (see `_after_fork`).
+    global _store
+    if _store is None:
+        _store = open_store()
+    return _store
 
 
 @signals.worker_process_init.connect
@@ -436,5 +457,6 @@ def _after_fork(**_: Any) -> None:
     for store in list(store_module._stores.values()):
         store.engine.dispose(close=False)
     store_module._stores.clear()
-    global _beat
+    global _beat, _store
     _beat = _LeaseBeat()
+    _store = None

@@ -10,6 +10,7 @@ attempt).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.status import RunStatus, StepStatus
+from baton.store.claims import LeaseClaimer
 from baton.store.schema import attempts, runs, steps
 
 __all__ = ["CELERY_OWNER", "StepClaim", "StepLeases", "StepState"]
@@ -45,6 +47,8 @@ class StepClaim:
     attempt: int = 0
     holder: str | None = None
     until: datetime | None = None
+    # The input the claim read on the way (the run's, or the source step's checkpoint), when it did.
+    input_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +65,53 @@ class StepLeases:
 
     engine: Engine
     lease: Any
+    _local: threading.local
+    _writers: list[Any]
+    _writers_lock: threading.Lock
+
+    def claimer(self) -> LeaseClaimer:
+        """This thread's connection for claiming celery steps (kept, like the writer's)."""
+        claimer: LeaseClaimer | None = getattr(self._local, "claimer", None)
+        if claimer is None or claimer.broken():
+            if claimer is not None:
+                claimer.close()
+            claimer = LeaseClaimer(self.engine.raw_connection(), self.engine.dialect.name)
+            self._local.claimer = claimer
+            with self._writers_lock:
+                self._writers.append(claimer)
+        return claimer
 
     def claim_step(
-        self, run_id: str, idx: int, worker: str, now: datetime, *, take_from: str | None = None, expired: bool = False
+        self,
+        run_id: str,
+        idx: int,
+        worker: str,
+        now: datetime,
+        *,
+        take_from: str | None = None,
+        expired: bool = False,
+        source: int | None = None,
     ) -> StepClaim:
         """Take step `idx` of a celery run for `worker`, marking the run running.
 
-        Without `take_from`, only a step nobody holds is taken. With it, the step is taken from that holder
-        (found dead, or with `expired`, whose lease ran out), and the attempt it lost is recorded.
+        Without `take_from`, only a step nobody holds is taken, and the input is read on the way: the run's
+        (step 0), or the checkpoint of step `source` (default: the previous step). With it, the step is taken
+        from that holder (found dead, or with `expired`, whose lease ran out), and the attempt it lost is
+        recorded; the caller reads the input.
         """
+        if take_from is None:
+            source = idx - 1 if source is None else source
+            fast = self.claimer().claim(run_id, idx, worker, now, self.lease, source)
+            if fast is None:
+                return StepClaim("gone")
+            names = fast.step_names
+            if fast.cancel:
+                return StepClaim("cancel", fast.pipeline, fast.target, names)
+            if fast.attempt is not None:
+                return StepClaim(
+                    "claimed", fast.pipeline, fast.target, names, attempt=fast.attempt, input_json=fast.source_json
+                )
+            return self._not_claimed(run_id, idx, StepClaim("gone", fast.pipeline, fast.target, names))
         with self.engine.begin() as c:
             row = c.execute(
                 update(runs)
@@ -139,6 +181,11 @@ class StepLeases:
                         },
                     )  # fmt: skip
                 return StepClaim("claimed", pipeline, target, names, attempt=attempt)
+        return self._not_claimed(run_id, idx, found)
+
+    def _not_claimed(self, run_id: str, idx: int, found: StepClaim) -> StepClaim:
+        """Why a live run's step could not be taken: it is done, or somebody holds it."""
+        with self.engine.connect() as c:
             state = c.execute(
                 select(steps.c.status, steps.c.lease_owner, steps.c.lease_expires_at).where(
                     steps.c.run_id == run_id, steps.c.idx == idx
@@ -148,8 +195,8 @@ class StepLeases:
             return found
         status, holder, until = state
         if status in _DONE:
-            return StepClaim("done", pipeline, target, names)
-        return StepClaim("busy", pipeline, target, names, holder=holder, until=until)
+            return StepClaim("done", found.pipeline, found.target, found.step_names)
+        return StepClaim("busy", found.pipeline, found.target, found.step_names, holder=holder, until=until)
 
     def heartbeat_steps(self, worker: str, now: datetime) -> None:
         """Extend the leases of the steps `worker` holds."""

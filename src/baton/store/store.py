@@ -18,6 +18,7 @@ from baton._owner import owner_alive
 from baton.errors import RunNotFound, StoreUnavailable, UserError
 from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
+from baton.store.claims import LeaseClaimer
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.leases import CELERY_OWNER, StepLeases
 from baton.store.schema import attempts, llm_calls, runs, steps
@@ -77,7 +78,7 @@ class RunStore(StepLeases):
         self.url = url
         self.lease = timedelta(seconds=lease_seconds)
         self._local = threading.local()
-        self._writers: list[RunWriter] = []
+        self._writers: list[RunWriter | LeaseClaimer] = []
         self._writers_lock = threading.Lock()
         try:
             migrate(self.engine)

@@ -1,0 +1,126 @@
+"""What `overhead.py` runs on Celery workers: baton's patterns, and bare Celery tasks doing the same.
+
+Both are loaded by the workers (`baton worker --import bench/celery_apps.py`, `python bench/celery_apps.py
+bare-worker`). When the last task of a run ends (after its checkpoint is committed, for baton), the worker
+pushes the run's id to the Redis list `bench:done`, which the benchmark waits on: one signal for both,
+sent at the same point of each task's life, and no polling of the store or of Celery's results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import celery
+import redis
+from celery import signals
+from pydantic import BaseModel, create_model
+
+from baton import Pipeline, Retry, Supervisor, step
+
+STEPS = 4
+FAN_OUT = 8
+DONE_KEY = "bench:done"
+BARE_QUEUE = "bench-bare"
+
+
+class Payload(BaseModel):
+    n: int
+
+
+def _noop(name: str) -> Any:
+    def fn(x: Payload) -> Payload:
+        return x
+
+    return step(name=name, retry=Retry(max_attempts=1))(fn)
+
+
+PIPELINE = Pipeline("bench-celery", [_noop(f"s{i}") for i in range(STEPS)])
+
+
+# One optional field per worker: the routing contract and the merge's input of an 8-way fan-out.
+_SLOTS: dict[str, Any] = {f"w{i}": (Payload | None, None) for i in range(FAN_OUT)}
+Route = create_model("Route", **_SLOTS)
+Found = create_model("Found", **_SLOTS)
+
+
+@step(retry=Retry(max_attempts=1))
+def route(x: Payload) -> Route:  # type: ignore[valid-type]
+    return Route(**{f"w{i}": x for i in range(FAN_OUT)})
+
+
+@step(retry=Retry(max_attempts=1))
+def merge(found: Found) -> Payload:  # type: ignore[valid-type]
+    return Payload(n=sum(getattr(found, f"w{i}").n for i in range(FAN_OUT)))
+
+
+FANOUT = Supervisor(
+    "bench-fanout", router=route, workers={f"w{i}": _noop(f"w{i}") for i in range(FAN_OUT)}, merge=merge
+)
+
+
+def bare_app() -> celery.Celery:
+    """A bare Celery app on the same broker, configured as baton configures its own."""
+    from baton.runtime.celery import celery_app
+
+    ours = celery_app()
+    app = celery.Celery("bench-bare", set_as_current=False)
+    app.conf.update({k: ours.conf[k] for k in (
+        "broker_url", "result_backend", "broker_transport_options", "result_backend_transport_options",
+        "task_serializer", "result_serializer", "accept_content", "task_acks_late", "task_reject_on_worker_lost",
+        "worker_prefetch_multiplier", "broker_connection_retry_on_startup",
+    )})  # fmt: skip
+    app.conf.task_default_queue = BARE_QUEUE
+
+    @app.task(name="bench.noop", ignore_result=True)
+    def noop(n: int) -> int:
+        return n
+
+    @app.task(name="bench.member", ignore_result=False)
+    def member(n: int) -> int:
+        return n
+
+    @app.task(name="bench.last", ignore_result=True)
+    def last(n: int) -> int:
+        return n
+
+    @app.task(name="bench.join", ignore_result=True)
+    def join(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="bench.route", ignore_result=True)
+    def route(n: int) -> None:
+        # The bare counterpart of a router: a task that decides the members and starts their chord.
+        celery.chord([member.s(n) for _ in range(FAN_OUT)])(join.s())
+
+    return app
+
+
+_client: redis.Redis | None = None
+
+
+def _done(key: str) -> None:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["BATON_BROKER_URL"])
+    _client.lpush(DONE_KEY, key)
+
+
+@signals.task_postrun.connect
+def _signal_end(task: Any = None, args: Any = None, **_: Any) -> None:
+    name = getattr(task, "name", "")
+    if name == "baton.step" and args:
+        run_id, idx = args[0], args[1]
+        last = {"bench-celery": STEPS - 1, "bench-fanout": FAN_OUT + 1}
+        if idx in last.values():
+            _done(run_id)
+    elif name in ("bench.last", "bench.join"):
+        _done("bare")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["bare-worker"]:
+    from baton.runtime.celery import worker_argv
+
+    argv = worker_argv(concurrency=2, pool="prefork", loglevel="info")
+    bare_app().worker_main([a if not a.startswith("--queues") else f"--queues={BARE_QUEUE}" for a in argv])
