@@ -87,7 +87,7 @@ def bare_app() -> celery.Celery:
 
     @app.task(name="bench.join", ignore_result=True)
     def join(values: list[int]) -> int:
-        return sum(values)
+        return values[0]
 
     @app.task(name="bench.route", ignore_result=True)
     def route(n: int) -> None:
@@ -108,15 +108,14 @@ def _done(key: str) -> None:
 
 
 @signals.task_postrun.connect
-def _signal_end(task: Any = None, args: Any = None, **_: Any) -> None:
+def _signal_end(task: Any = None, args: Any = None, retval: Any = None, state: str = "", **_: Any) -> None:
+    if state != "SUCCESS":
+        return  # a task that asked to be retried has not ended the run
     name = getattr(task, "name", "")
-    if name == "baton.step" and args:
-        run_id, idx = args[0], args[1]
-        last = {"bench-celery": STEPS - 1, "bench-fanout": FAN_OUT + 1}
-        if idx in last.values():
-            _done(run_id)
+    if name == "baton.step" and args and args[1] in (STEPS - 1, FAN_OUT + 1):
+        _done(args[0])  # the run id: the last step of the pipeline, or the merge of the fan-out
     elif name in ("bench.last", "bench.join"):
-        _done("bare")
+        _done(f"bare:{retval}")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["bare-worker"]:

@@ -25,6 +25,9 @@ class Settings:
     # Longer than any retry countdown; a step running longer is delivered twice, and the second waits on the
     # first's lease instead of running it again.
     visibility_timeout: float = 600.0
+    # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
+    # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
+    celery_hop: str = "run"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -23,7 +23,8 @@ RESEARCH = f"{APPS / 'research.py'}:research"
 SLOW_RETRY = f"{APPS / 'research.py'}:slow_retry"
 REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 
-RUNTIMES = ["local", "celery"]
+# celery-step: the celery runtime with each pipeline step a task of its own (BATON_CELERY_HOP=step).
+RUNTIMES = ["local", "celery", "celery-step"]
 
 
 @pytest.fixture
@@ -152,12 +153,14 @@ def wait_until_finished(env, run_id, timeout: float = 60) -> dict:
 class Driver:
     """Starts runs the way a user would on one runtime, and waits for them through the store."""
 
-    def __init__(self, runtime: str, env: dict[str, str], workers: Workers) -> None:
-        self.runtime = runtime
+    def __init__(self, variant: str, env: dict[str, str], workers: Workers) -> None:
+        self.runtime = variant.split("-")[0]
+        if variant == "celery-step":
+            env["BATON_CELERY_HOP"] = "step"
         self.env = env
         self.workers = workers
         self.local: subprocess.Popen[str] | None = None
-        if runtime == "celery":
+        if self.runtime == "celery":
             workers.start()
 
     def start(self, target: str, data: dict) -> str:
@@ -390,3 +393,10 @@ def test_the_python_api_submits_to_celery_and_waits_on_the_store(env, workers, m
         store.close()
     finally:
         celery_app.cache_clear()
+
+
+def test_a_worker_whose_broker_is_unreachable_says_so_and_exits_1_without_its_password(env):
+    env = env | {"BATON_BROKER_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    result = baton(env, "worker", check=1)
+    assert "cannot reach the Celery broker at redis://" in result.stderr and "127.0.0.1:1/0" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout

@@ -215,8 +215,25 @@ _OPEN = (StepStatus.PENDING, StepStatus.RUNNING)
 
 
 def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None = None) -> None:
+    """Execute step `idx` of a run, then, on the default `run` hop, the steps of the pipeline after it.
+
+    Each step is claimed, executed and checkpointed on its own, exactly as when it is a task of its own; a
+    pipeline's next step only skips the round trip through the broker. The run goes back to the broker for
+    a retry's countdown, a supervisor's fan-out, or when this worker dies (the message is delivered again,
+    and the steps already checkpointed are skipped).
+    """
     store = _worker_store()
     me = this_owner()
+    step_idx: int | None = idx
+    while step_idx is not None:
+        step_idx = _execute_step(task, store, me, run_id, step_idx, this_go, source)
+        this_go, source = 1, None
+
+
+def _execute_step(
+    task: Any, store: RunStore, me: str, run_id: str, idx: int, this_go: int, source: int | None
+) -> int | None:
+    """One step; returns the step this task goes on with, if any."""
     claim = store.claim_step(run_id, idx, me, utcnow(), source=source)
     if claim.outcome == "busy" and claim.holder is not None:
         dead = owner_alive(claim.holder) is False
@@ -224,19 +241,18 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
         if dead or expired:
             claim = store.claim_step(run_id, idx, me, utcnow(), take_from=claim.holder, expired=not dead)
     if claim.outcome == "gone":
-        return
+        return None
     if claim.outcome == "cancel":
         store.finish_cancelled(run_id, CELERY_OWNER)
-        return
+        return None
     if claim.outcome == "busy":
         # Another live worker holds the step (this message was delivered twice): come back when its lease
         # would have run out; by then it has checkpointed, or it is dead and the step is taken over.
         wait = (claim.until - utcnow()).total_seconds() if claim.until else 1.0
-        raise task.retry(countdown=max(0.5, wait + 0.5))
+        raise task.retry(args=(run_id, idx, 1), countdown=max(0.5, wait + 0.5))
     pattern = find_pattern(claim.pipeline, claim.target)
     if claim.outcome == "done":
-        _after(store, pattern, run_id, idx)  # its message may have been lost between checkpoint and send
-        return
+        return _after(store, pattern, run_id, idx)  # what follows may not have been queued before a crash
     steps = pattern.steps
     last = len(steps) - 1
     branch = _is_supervisor(pattern) and 0 < idx < last
@@ -249,7 +265,7 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
         value = _input(store, pattern, run_id, idx, claim.input_json)
     except (ContractViolation, RunNotResumable) as exc:
         _fail_before_start(store, run_id, idx, claim.step_names[idx], claim.attempt, me, exc, end_run=not branch)
-        return
+        return None
     with _holding(store, me), store.writer() as writer:
         try:
             outcome = execute_attempt(
@@ -260,30 +276,42 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
         except LostOwnership:
             # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a new
             # claim tells which, and what to do.
-            raise task.retry(countdown=0.5) from None
+            raise task.retry(args=(run_id, idx, 1), countdown=0.5) from None
     if isinstance(outcome, RetryLater):
         if outcome.cancel_requested:
             store.finish_cancelled(run_id, CELERY_OWNER)
-            return
+            return None
         raise task.retry(args=(run_id, idx, this_go + 1), countdown=outcome.delay)
     if isinstance(outcome, Failed):
-        return
+        return None
     assert isinstance(outcome, Succeeded)
     if outcome.cancel_requested and idx < last and not branch:
         store.finish_cancelled(run_id, CELERY_OWNER)
-        return
-    _after(store, pattern, run_id, idx)
+        return None
+    return _after(store, pattern, run_id, idx)
 
 
-def _after(store: RunStore, pattern: Any, run_id: str, idx: int) -> None:
-    """Queue what follows step `idx`: the next step, or a supervisor's fan-out after its router."""
+def _after(store: RunStore, pattern: Any, run_id: str, idx: int) -> int | None:
+    """What follows step `idx`: the pipeline's next step (returned, to go on with in this task on the `run`
+    hop; queued on the `step` hop), or a supervisor's fan-out after its router."""
     last = len(pattern.steps) - 1
     if idx >= last:
-        return
+        return None
     if not _is_supervisor(pattern):
+        if _hop() == "run":
+            return idx + 1
         _send(step_task, run_id, idx + 1)
     elif idx == 0:
         _fan_out(store, pattern, run_id)
+    return None
+
+
+@functools.cache
+def _hop() -> str:
+    hop = Settings.from_env().celery_hop
+    if hop not in ("run", "step"):
+        raise UserError(f"BATON_CELERY_HOP={hop!r}: use 'run' (the default) or 'step'")
+    return hop
 
 
 def _fan_out(store: RunStore, pattern: Any, run_id: str) -> None:
