@@ -11,7 +11,9 @@ median of the rounds) and the ratio to the floor.
 
 On Celery (Redis broker, PostgreSQL store, one worker: prefork, 2 processes), the same 4-step pipeline runs
 beside a bare Celery chain of 4 no-op tasks with the same settings (late acks, prefetch 1) on the same
-Redis: the latency of one run at a time, and the throughput with 200 runs in flight. Then a fan-out of 8
+Redis: the latency of one run at a time, and the throughput with 200 runs in flight. baton runs it twice:
+as it does by default (a task goes on with the pipeline's next step, each step claimed and checkpointed on
+its own), and with BATON_CELERY_HOP=step (each step a task of its own, a broker round trip a step). Then a fan-out of 8
 workers plus merge (a Supervisor) beside a bare chord started by a routing task. The workers of baton and of
 bare Celery take turns, one at a time. Each end of a run is signalled by the worker through Redis (see
 `celery_apps.py`), so neither side is timed by polling.
@@ -233,15 +235,19 @@ def celery_rows(args: argparse.Namespace, databases: PgDatabases, log_dir: Path)
 
     baton_argv = [sys.executable, "-m", "baton", "worker", "-c", "2", "--pool", "prefork", "--import", str(CELERY_APPS)]
     bare_argv = [sys.executable, str(CELERY_APPS), "bare-worker"]
+    # The same baton worker, with each pipeline step a task of its own: a broker round trip a step, as the
+    # bare chain has.
+    step_env = env | {"BATON_CELERY_HOP": "step"}
     results: dict[str, list[float]] = {}
     fan_n = max(10, args.celery_runs // 10)
     try:
         for r in range(args.repeats):
-            for label, argv, chain, fan in (
-                ("baton", baton_argv, baton_chain, baton_fan),
-                ("bare", bare_argv, bare_chain, bare_fan),
+            for label, argv, worker_env, chain, fan in (
+                ("baton", baton_argv, env, baton_chain, baton_fan),
+                ("step", baton_argv, step_env, baton_chain, baton_fan),
+                ("bare", bare_argv, env, bare_chain, bare_fan),
             ):
-                worker = Worker(argv, env, log_dir / f"{label}-{r}.log")
+                worker = Worker(argv, worker_env, log_dir / f"{label}-{r}.log")
                 try:
                     for i in range(10):  # warm up: imports, connections, prepared statements
                         done({chain(i)})
@@ -267,8 +273,10 @@ def celery_rows(args: argparse.Namespace, databases: PgDatabases, log_dir: Path)
     return [
         ("Celery: one run at a time", "baton, µs per step", results["baton:latency"]),
         ("", "bare chain of 4 tasks", results["bare:latency"]),
+        ("", "(baton, a task per step)", results["step:latency"]),
         (f"Celery: {args.in_flight} runs in flight", "baton, µs per step", results["baton:through"]),
         ("", "bare chain of 4 tasks", results["bare:through"]),
+        ("", "(baton, a task per step)", results["step:through"]),
         ("Celery: fan-out 8 + merge, 1 at a time", "baton, ms per run", results["baton:fan_latency"]),
         ("", "bare chord", results["bare:fan_latency"]),
         (f"Celery: fan-out, {fan_n * 2} in flight", "baton, ms per run", results["baton:fan_through"]),
@@ -321,13 +329,16 @@ def main() -> None:
 
     print(f"\n{STEPS}-step no-op pipeline: {args.runs} runs a round on the local runtime, {args.repeats} rounds")
     print(f"{'where':<40} {'what':<28} {'best':>10} {'median':>8} {'ratio (median)':>15}")
-    base = 0.0
+    base = floor = 0.0
     for store, what, values in rows:
         best, median = min(values), statistics.median(values)
         if what.startswith("baton"):
             base = median
             ratio = ""
+        elif what.startswith("("):
+            ratio = f"{median / floor:.2f}x bare"  # the variant against the bare baseline above it
         else:
+            floor = median
             ratio = f"baton {base / median:.2f}x"
         print(f"{store:<40} {what:<28} {best:>10.1f} {median:>8.1f} {ratio:>15}")
 

@@ -278,6 +278,14 @@ def test_transient_failures_are_retried_with_backoff_and_every_attempt_kept(driv
     assert counts(env)["news"] == 3
 
 
+def test_a_merge_that_fails_transiently_is_retried_after_the_workers(driver, env):
+    (control(env) / "draft.transient").write_text("1")
+    run = driver.finish(driver.start(RESEARCH, {"topic": "ACME", "want": ["financials", "news"]}))
+    assert run["status"] == "succeeded", run
+    assert run["steps"][-1]["attempts"] == 2
+    assert counts(env) == {"plan": 1, "financials": 1, "news": 1, "draft": 2}
+
+
 # -- what only the celery runtime has -------------------------------------------------------------------
 
 

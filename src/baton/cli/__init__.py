@@ -308,7 +308,7 @@ def worker(
         os.environ["BATON_BROKER_URL"] = broker_url
     if database_url:
         os.environ["BATON_DATABASE_URL"] = database_url
-    from baton.runtime.celery import celery_app, check_broker, worker_argv
+    from baton.runtime.celery import broker_display, celery_app, check_broker, worker_argv
 
     store = _store(database_url)  # migrates, and fails early with a clear message when unreachable
     described = store.describe()
@@ -317,5 +317,5 @@ def worker(
         load_target(f"{module}:__name__")
     app = celery_app()
     check_broker(app)
-    _err().print(f"baton worker: store {described}, broker {app.conf.broker_url}", highlight=False, markup=False)
+    _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
     app.worker_main(worker_argv(concurrency=concurrency, pool=pool, loglevel=loglevel))

@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel
 
@@ -38,7 +38,7 @@ from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, erro
 from baton.runtime.local import boundaries_to_measure, plan_resume
 from baton.settings import Settings
 from baton.status import RunStatus, StepStatus
-from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepResult, open_store, utcnow
+from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepResult, StepState, open_store, utcnow
 from baton.tokens import count_tokens
 
 try:
@@ -47,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the install hint test in a bare venv
     raise UserError('the celery runtime needs Celery and Redis\'s client: pip install "baton[celery]"') from exc
 
-__all__ = ["CeleryRuntime", "celery_app", "check_broker", "worker_argv"]
+__all__ = ["CeleryRuntime", "broker_display", "celery_app", "check_broker", "worker_argv"]
 
 log = logging.getLogger("baton.celery")
 
@@ -148,13 +148,22 @@ def worker_argv(*, concurrency: int, pool: str, loglevel: str) -> list[str]:
     ]  # fmt: skip
 
 
+def broker_display(app: celery.Celery) -> str:
+    """The broker's URL with its password masked, for messages and logs."""
+    conn = app.connection_for_write()
+    try:
+        return str(conn.as_uri())
+    finally:
+        conn.release()
+
+
 def check_broker(app: celery.Celery) -> None:
     """Fail with a clear message when the broker cannot be reached."""
     conn = app.connection_for_write()
     try:
         conn.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:
-        raise BrokerUnavailable(f"cannot reach the Celery broker at {conn.as_uri()}: {exc}") from None
+        raise BrokerUnavailable(f"cannot reach the Celery broker at {broker_display(app)}: {exc}") from None
     finally:
         conn.release()
 
@@ -190,13 +199,12 @@ def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1) -> int:
 def _join_body(task: Any, _results: Any, run_id: str) -> None:
     """After a supervisor's chosen workers: end the run failed if one failed, else run the merge."""
     store = _worker_store()
-    run = store.get_run(run_id)
-    if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+    brief = store.run_brief(run_id)
+    if brief is None or brief.status not in (RunStatus.RUNNING, RunStatus.PENDING):
         return
-    pattern = find_pattern(run.pipeline, run.target)
-    route = _route(store, pattern, run_id)
-    chosen = _chosen(pattern, route)
-    states = store.step_states(run_id, list(chosen))
+    pattern = find_pattern(brief.pipeline, brief.target)
+    states = store.step_states(run_id)
+    chosen = _chosen(pattern, _route(store, pattern, run_id, states))
     unfinished = [i for i in chosen if i not in states or states[i].status in _OPEN]
     if unfinished:
         # The chord fired before every member ended (a member delivered twice counts twice): look again.
@@ -205,10 +213,28 @@ def _join_body(task: Any, _results: Any, run_id: str) -> None:
     if failed:
         store.end_failed(run_id, CELERY_OWNER, failed[0])
         return
-    if run.cancel_requested:
+    if brief.cancel_requested:
         store.finish_cancelled(run_id, CELERY_OWNER)
         return
-    _send(step_task, run_id, len(pattern.steps) - 1)
+    merge = len(pattern.steps) - 1
+    if _hop() == "step":
+        _send(step_task, run_id, merge)
+        return
+    with contextlib.suppress(_Requeued):
+        _execute(task, run_id, merge, 1)
+
+
+class _Requeued(Exception):
+    """The step was put back on the queue, with a countdown, as a task of its own."""
+
+
+def _requeue(task: Any, run_id: str, idx: int, this_go: int, countdown: float) -> NoReturn:
+    """Come back to step `idx` after `countdown` seconds: Celery's retry of this task (a chord's member keeps
+    its id that way), or, from a join, a step task of its own."""
+    if task.name == "baton.join":
+        celery_app().send_task(step_task, args=(run_id, idx, this_go), countdown=countdown, queue=QUEUE)
+        raise _Requeued
+    raise task.retry(args=(run_id, idx, this_go), countdown=countdown)
 
 
 _OPEN = (StepStatus.PENDING, StepStatus.RUNNING)
@@ -249,7 +275,7 @@ def _execute_step(
         # Another live worker holds the step (this message was delivered twice): come back when its lease
         # would have run out; by then it has checkpointed, or it is dead and the step is taken over.
         wait = (claim.until - utcnow()).total_seconds() if claim.until else 1.0
-        raise task.retry(args=(run_id, idx, 1), countdown=max(0.5, wait + 0.5))
+        _requeue(task, run_id, idx, 1, max(0.5, wait + 0.5))
     pattern = find_pattern(claim.pipeline, claim.target)
     if claim.outcome == "done":
         return _after(store, pattern, run_id, idx)  # what follows may not have been queued before a crash
@@ -276,22 +302,23 @@ def _execute_step(
         except LostOwnership:
             # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a new
             # claim tells which, and what to do.
-            raise task.retry(args=(run_id, idx, 1), countdown=0.5) from None
+            _requeue(task, run_id, idx, 1, 0.5)
     if isinstance(outcome, RetryLater):
         if outcome.cancel_requested:
             store.finish_cancelled(run_id, CELERY_OWNER)
             return None
-        raise task.retry(args=(run_id, idx, this_go + 1), countdown=outcome.delay)
+        _requeue(task, run_id, idx, this_go + 1, outcome.delay)
     if isinstance(outcome, Failed):
         return None
     assert isinstance(outcome, Succeeded)
     if outcome.cancel_requested and idx < last and not branch:
         store.finish_cancelled(run_id, CELERY_OWNER)
         return None
-    return _after(store, pattern, run_id, idx)
+    # A router that ran just now was never done before, so none of its workers has started yet.
+    return _after(store, pattern, run_id, idx, route=outcome.value if idx == 0 else None)
 
 
-def _after(store: RunStore, pattern: Any, run_id: str, idx: int) -> int | None:
+def _after(store: RunStore, pattern: Any, run_id: str, idx: int, route: BaseModel | None = None) -> int | None:
     """What follows step `idx`: the pipeline's next step (returned, to go on with in this task on the `run`
     hop; queued on the `step` hop), or a supervisor's fan-out after its router."""
     last = len(pattern.steps) - 1
@@ -302,7 +329,7 @@ def _after(store: RunStore, pattern: Any, run_id: str, idx: int) -> int | None:
             return idx + 1
         _send(step_task, run_id, idx + 1)
     elif idx == 0:
-        _fan_out(store, pattern, run_id)
+        _fan_out(store, pattern, run_id, route)
     return None
 
 
@@ -314,10 +341,15 @@ def _hop() -> str:
     return hop
 
 
-def _fan_out(store: RunStore, pattern: Any, run_id: str) -> None:
-    route = _route(store, pattern, run_id)
+def _fan_out(store: RunStore, pattern: Any, run_id: str, fresh: BaseModel | None = None) -> None:
+    """Skip the workers the router did not choose, and start a chord of the chosen ones not yet done.
+
+    `fresh` is the route the router has just produced (then no worker has a row yet); without it, the
+    route and the workers' states are read from the store (a redelivery, a resume).
+    """
+    states = {} if fresh is not None else store.step_states(run_id)
+    route = fresh if fresh is not None else _route(store, pattern, run_id, states)
     chosen = _chosen(pattern, route)
-    states = store.step_states(run_id)
     done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
     unchosen = [
         (i + 1, key)
@@ -339,8 +371,8 @@ def _fan_out(store: RunStore, pattern: Any, run_id: str) -> None:
     celery.chord(members)(join)
 
 
-def _route(store: RunStore, pattern: Any, run_id: str) -> BaseModel:
-    state = store.step_states(run_id, [0]).get(0)
+def _route(store: RunStore, pattern: Any, run_id: str, states: dict[int, StepState] | None = None) -> BaseModel:
+    state = (states if states is not None else store.step_states(run_id, [0])).get(0)
     if state is None or state.output_json is None:
         raise RunNotResumable(f"run {run_id}: the router has no checkpoint to route from")
     return validate_json(pattern.steps[0].output, state.output_json, step=pattern.steps[0].name, where="checkpoint")

@@ -23,7 +23,7 @@ from baton.status import RunStatus, StepStatus
 from baton.store.claims import LeaseClaimer
 from baton.store.schema import attempts, runs, steps
 
-__all__ = ["CELERY_OWNER", "StepClaim", "StepLeases", "StepState"]
+__all__ = ["CELERY_OWNER", "RunBrief", "StepClaim", "StepLeases", "StepState"]
 
 # The owner of a run whose steps the celery runtime executes: the runtime as a whole, not one process.
 CELERY_OWNER = "celery"
@@ -49,6 +49,16 @@ class StepClaim:
     until: datetime | None = None
     # The input the claim read on the way (the run's, or the source step's checkpoint), when it did.
     input_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunBrief:
+    """A run's status and what finds its pattern, without its steps."""
+
+    status: RunStatus
+    cancel_requested: bool
+    pipeline: str
+    target: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +221,13 @@ class StepLeases:
         with self.engine.connect() as c:
             rows = c.execute(query).all()
         return {idx: StepState(StepStatus(status), _as_json(output), holder) for idx, status, output, holder in rows}
+
+    def run_brief(self, run_id: str) -> RunBrief | None:
+        """The run's status, cancel flag, pipeline and target; None if there is no such run."""
+        with self.engine.connect() as c:
+            columns = (runs.c.status, runs.c.cancel_requested, runs.c.pipeline, runs.c.target)
+            row = c.execute(select(*columns).where(runs.c.id == run_id)).first()
+        return None if row is None else RunBrief(RunStatus(row[0]), bool(row[1]), row[2], row[3])
 
     def run_input_json(self, run_id: str) -> str:
         """The run's input, as the JSON it was recorded as."""

@@ -62,9 +62,10 @@ def _worker(name: str):
     return body
 
 
-@step(retry=Retry(max_attempts=1))
+@step(retry=Retry(max_attempts=3, backoff=0.2, max_delay=1.0))
 def draft(found: Found) -> Report:
     _control("draft")
+    _transient("draft")
     parts = [f.text for f in (found.financials, found.news, found.risks) if f is not None]
     return Report(body=" | ".join(parts))
 
