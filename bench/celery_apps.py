@@ -124,8 +124,9 @@ def _signal_end(task: Any = None, args: Any = None, retval: Any = None, state: s
     if state != "SUCCESS":
         return  # a task that asked to be retried has not ended the run
     name = getattr(task, "name", "")
-    if name == "baton.step" and args and _run_succeeded(args[0]):
-        _done(args[0])
+    run_id = args[-1] if name == "baton.join" else args[0] if name == "baton.step" else None
+    if run_id is not None and _run_succeeded(run_id):
+        _done(run_id)
     elif name in ("bench.last", "bench.join"):
         _done(f"bare:{retval}")
 
