@@ -302,6 +302,28 @@ def test_celery_run_returns_the_id_at_once_and_waits_in_the_queue_for_a_worker(e
     assert run["status"] == "succeeded" and run["output"] == {"value": 35}
 
 
+def test_a_run_whose_message_the_broker_lost_is_queued_again_by_resume(env, workers, broker):
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 2}', "--runtime", "celery", check=0).stdout.strip()
+    redis.Redis.from_url(broker).flushdb()  # Redis restarted without its data: the message is gone
+    assert show(env, run_id)["status"] == "pending"
+    assert "resumed on the celery runtime" in baton(env, "resume", run_id, check=0).stderr
+    workers.start()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded" and run["output"] == {"value": 35}
+    assert counts(env) == {"fetch": 1, "transform": 1, "publish": 1}
+
+
+def test_resume_refuses_a_celery_run_a_worker_is_executing(env, workers):
+    workers.start()
+    (control(env) / "fetch.block").touch()
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    wait_for_file(control(env) / "fetch.started")
+    refused = baton(env, "resume", run_id, check=2)
+    assert "a worker is executing fetch right now" in refused.stderr
+    (control(env) / "fetch.block").unlink()
+    assert wait_until_finished(env, run_id)["status"] == "succeeded"
+
+
 def test_a_killed_prefork_child_is_replaced_and_its_step_runs_again_at_once(env, workers):
     worker = workers.start(concurrency=1)
     (control(env) / "transform.block").touch()

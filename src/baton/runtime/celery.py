@@ -83,12 +83,18 @@ class CeleryRuntime:
         return _wait(store, run_id)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
-        """Queue a failed or interrupted run again at its first unfinished step; returns it (pending)."""
+        """Queue a failed or interrupted run again at its first unfinished step; returns it (pending).
+
+        A celery run still pending or running that no worker holds (its message was lost with the broker's
+        data, say) is queued again as it is: a message delivered twice is safe.
+        """
         _require_target(pattern)
         run = store.get_run(run_id)
         if run.pipeline != pattern.name:
             raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
         supervisor = _is_supervisor(pattern)
+        if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
+            return self._requeue_stuck(store, pattern, run, supervisor)
         idx, _, _ = plan_resume(run, pattern.steps, groups=supervisor)
         if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
@@ -97,6 +103,20 @@ class CeleryRuntime:
         _send(step_task, run.id, 0 if supervisor else idx)
         if observer is not None:
             observer.run_created(run.id)
+        return store.get_run(run.id)
+
+    def _requeue_stuck(self, store: RunStore, pattern: Any, run: Run, supervisor: bool) -> Run:
+        if [s.name for s in run.steps] != pattern.step_names:
+            raise RunNotResumable(f"run {run.id} recorded steps {[s.name for s in run.steps]}; the code has others")
+        held = [s.name for s in run.steps if s.status is StepStatus.RUNNING]
+        if store.live_leases(run.id, utcnow()):
+            raise RunNotResumable(
+                f"run {run.id} is {run.status.value}: a worker is executing {', '.join(held) or 'it'} right now; "
+                "wait for it, or cancel it"
+            )
+        done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+        idx = 0 if supervisor else next((i for i, s in enumerate(run.steps) if s.status not in done), 0)
+        _send(step_task, run.id, idx)
         return store.get_run(run.id)
 
 
