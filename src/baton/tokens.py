@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
 from typing import Any
@@ -21,7 +22,10 @@ def _vocab() -> Any:
 
         # llama.cpp prints its loading chatter straight to the process's stderr; keep the CLI's output clean.
         with suppress_stdout_stderr(disable=False):
-            return Llama(model_path=model_path(), vocab_only=True, verbose=False)
+            vocab = Llama(model_path=model_path(), vocab_only=True, verbose=False)
+        # Freed while the interpreter still works (see LocalProvider._model).
+        atexit.register(vocab.close)
+        return vocab
     except Exception:  # no llama-cpp or no model: fall back to the usual 4-characters-a-token estimate
         return None
 

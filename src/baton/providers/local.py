@@ -6,6 +6,7 @@ bounds a grammar cannot express (lengths, ranges) are checked by the contract af
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -48,7 +49,16 @@ class LocalProvider:
                 raise UserError('the local model needs llama-cpp-python: pip install "baton"') from None
             threads = int(os.environ.get("BATON_LOCAL_THREADS", "0")) or max(1, (os.cpu_count() or 2))
             self._llm = Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
+            # Freed while the interpreter still works: llama.cpp's own finaliser, run at shutdown, finds its
+            # C functions gone and prints a traceback to every process that used the model.
+            atexit.register(self._close)
         return self._llm
+
+    def _close(self) -> None:
+        with self._lock:
+            llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
 
     def complete(
         self,
