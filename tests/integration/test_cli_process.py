@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.commands import baton, control, counts
+
 APPS = Path(__file__).parent / "apps"
 BILLING = f"{APPS / 'billing.py'}:billing"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
@@ -24,23 +26,6 @@ def env(database_url, tmp_path):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     environment |= {"BATON_DATABASE_URL": database_url, "BATON_TEST_DIR": str(control)}
     return environment
-
-
-def baton(env, *args, check=None, cwd=None):
-    result = subprocess.run(
-        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
-    )
-    if check is not None:
-        assert result.returncode == check, result.stdout + result.stderr
-    return result
-
-
-def control(env) -> Path:
-    return Path(env["BATON_TEST_DIR"])
-
-
-def counts(env) -> dict[str, int]:
-    return {p.stem: len(p.read_text().splitlines()) for p in control(env).glob("*.count")}
 
 
 def test_run_prints_the_finished_run_as_show_does(env):

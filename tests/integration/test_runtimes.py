@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.integration.commands import baton, control, counts
+
 APPS = Path(__file__).parent / "apps"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
 RESEARCH = f"{APPS / 'research.py'}:research"
@@ -108,23 +110,6 @@ def workers(env, tmp_path) -> Iterator[Workers]:
     pool = Workers(env, tmp_path)
     yield pool
     pool.stop()
-
-
-def baton(env, *args, check=None):
-    result = subprocess.run(
-        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-    if check is not None:
-        assert result.returncode == check, result.stdout + result.stderr
-    return result
-
-
-def control(env) -> Path:
-    return Path(env["BATON_TEST_DIR"])
-
-
-def counts(env) -> dict[str, int]:
-    return {p.stem: len(p.read_text().splitlines()) for p in control(env).glob("*.count")}
 
 
 def show(env, run_id) -> dict:

@@ -19,7 +19,18 @@ from typing import Any
 
 __all__ = ["FastClaim", "LeaseClaimer"]
 
-_PG_CLAIM = """
+# A step is taken when it has no row yet, or a row nobody holds that is not done; a retake counts an attempt.
+_TAKE = """
+ON CONFLICT (run_id, idx) DO UPDATE SET status = 'running', attempts = s.attempts + 1,
+    started_at = excluded.started_at, finished_at = NULL, duration_ms = NULL, error_type = NULL,
+    error_message = NULL, error_traceback = NULL, error_raw = NULL, error_details = NULL,
+    lease_owner = excluded.lease_owner, lease_expires_at = excluded.lease_expires_at
+WHERE s.status NOT IN ('succeeded', 'skipped') AND s.lease_owner IS NULL
+RETURNING attempts
+"""
+
+_PG_CLAIM = (
+    """
 WITH run AS (
     SELECT pipeline, target, step_names, cancel_requested, input FROM baton_runs
     WHERE id = %(run)s AND owner = 'celery' AND status IN ('pending', 'running')
@@ -35,18 +46,15 @@ WITH run AS (
     SELECT %(run)s, CAST(%(idx)s AS INTEGER), run.step_names ->> CAST(%(idx)s AS INTEGER), 'running', 1, 0, 0,
         %(now)s, %(me)s, %(until)s
     FROM run WHERE NOT run.cancel_requested AND run.step_names ->> CAST(%(idx)s AS INTEGER) IS NOT NULL
-    ON CONFLICT (run_id, idx) DO UPDATE SET status = 'running', attempts = s.attempts + 1,
-        started_at = excluded.started_at, finished_at = NULL, duration_ms = NULL, error_type = NULL,
-        error_message = NULL, error_traceback = NULL, error_raw = NULL, error_details = NULL,
-        lease_owner = excluded.lease_owner, lease_expires_at = excluded.lease_expires_at
-    WHERE s.status NOT IN ('succeeded', 'skipped') AND s.lease_owner IS NULL
-    RETURNING attempts
-)
+    """
+    + _TAKE
+    + """)
 SELECT run.pipeline, run.target, run.step_names::text, run.cancel_requested, (SELECT attempts FROM claimed),
     CASE WHEN CAST(%(source)s AS INTEGER) < 0 THEN run.input::text END,
     (SELECT output::text FROM baton_steps WHERE run_id = %(run)s AND idx = CAST(%(source)s AS INTEGER))
 FROM run
 """
+)
 
 _SQLITE_START = """
 UPDATE baton_runs SET status = 'running', started_at = COALESCE(started_at, ?), updated_at = ?
@@ -58,17 +66,13 @@ SELECT pipeline, target, step_names, cancel_requested, CASE WHEN ? < 0 THEN inpu
 WHERE id = ? AND owner = 'celery' AND status IN ('pending', 'running')
 """
 
-_SQLITE_STEP = """
-INSERT INTO baton_steps (run_id, idx, name, status, attempts, tokens_in, tokens_out, started_at, lease_owner,
-    lease_expires_at)
-VALUES (?, ?, ?, 'running', 1, 0, 0, ?, ?, ?)
-ON CONFLICT (run_id, idx) DO UPDATE SET status = 'running', attempts = baton_steps.attempts + 1,
-    started_at = excluded.started_at, finished_at = NULL, duration_ms = NULL, error_type = NULL,
-    error_message = NULL, error_traceback = NULL, error_raw = NULL, error_details = NULL,
-    lease_owner = excluded.lease_owner, lease_expires_at = excluded.lease_expires_at
-WHERE baton_steps.status NOT IN ('succeeded', 'skipped') AND baton_steps.lease_owner IS NULL
-RETURNING attempts
-"""
+_SQLITE_STEP = (
+    """
+INSERT INTO baton_steps AS s (run_id, idx, name, status, attempts, tokens_in, tokens_out, started_at,
+    lease_owner, lease_expires_at)
+VALUES (?, ?, ?, 'running', 1, 0, 0, ?, ?, ?)"""
+    + _TAKE
+)
 
 _SQLITE_SOURCE = "SELECT output FROM baton_steps WHERE run_id = ? AND idx = ?"
 

@@ -10,7 +10,6 @@ attempt).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,21 +74,11 @@ class StepLeases:
 
     engine: Engine
     lease: Any
-    _local: threading.local
-    _writers: list[Any]
-    _writers_lock: threading.Lock
+    _kept: Any  # RunStore._kept: a connection kept per thread
 
     def claimer(self) -> LeaseClaimer:
         """This thread's connection for claiming celery steps (kept, like the writer's)."""
-        claimer: LeaseClaimer | None = getattr(self._local, "claimer", None)
-        if claimer is None or claimer.broken():
-            if claimer is not None:
-                claimer.close()
-            claimer = LeaseClaimer(self.engine.raw_connection(), self.engine.dialect.name)
-            self._local.claimer = claimer
-            with self._writers_lock:
-                self._writers.append(claimer)
-        return claimer
+        return self._kept("claimer", lambda: LeaseClaimer(self.engine.raw_connection(), self.engine.dialect.name))
 
     def claim_step(
         self,

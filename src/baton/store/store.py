@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, case, exists, func, select, update
 from sqlalchemy.exc import OperationalError
@@ -25,6 +25,8 @@ from baton.store.schema import attempts, llm_calls, runs, steps
 from baton.store.writer import LostOwnership, RunWriter, recount_step, write_calls
 
 __all__ = ["CELERY_OWNER", "RunStore", "StepResult", "utcnow"]
+
+_Kept = TypeVar("_Kept", RunWriter, LeaseClaimer)
 
 
 def utcnow() -> datetime:
@@ -113,16 +115,22 @@ class RunStore(StepLeases):
             finally:
                 own.close()
             return
-        writer: RunWriter | None = getattr(self._local, "writer", None)
-        if writer is None or writer.broken():
-            if writer is not None:
-                writer.close()
-            proxied = self.engine.raw_connection()
-            writer = RunWriter(proxied, self.engine.dialect.name, self.lease.total_seconds())
-            self._local.writer = writer
+        yield self._kept(
+            "writer",
+            lambda: RunWriter(self.engine.raw_connection(), self.engine.dialect.name, self.lease.total_seconds()),
+        )
+
+    def _kept(self, slot: str, make: Callable[[], _Kept]) -> _Kept:
+        """This thread's connection-holding object in `slot`, made anew when missing or broken."""
+        kept: _Kept | None = getattr(self._local, slot, None)
+        if kept is None or kept.broken():
+            if kept is not None:
+                kept.close()
+            kept = make()
+            setattr(self._local, slot, kept)
             with self._writers_lock:
-                self._writers.append(writer)
-        yield writer
+                self._writers.append(kept)
+        return kept
 
     def claim(
         self,

@@ -1,0 +1,27 @@
+"""Driving the `baton` command as a user does, and reading what the test apps' steps counted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def baton(env, *args, check=None, cwd=None):
+    """Run `baton ARGS` in a process of its own; with `check`, assert its exit code."""
+    result = subprocess.run(
+        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def control(env) -> Path:
+    """The folder of the test apps' switch files (BATON_TEST_DIR)."""
+    return Path(env["BATON_TEST_DIR"])
+
+
+def counts(env) -> dict[str, int]:
+    """How many times each step of the test apps started."""
+    return {p.stem: len(p.read_text().splitlines()) for p in control(env).glob("*.count")}
