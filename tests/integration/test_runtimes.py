@@ -415,3 +415,39 @@ def test_a_worker_whose_broker_is_unreachable_says_so_and_exits_1_without_its_pa
     result = baton(env, "worker", check=1)
     assert "cannot reach the Celery broker at redis://" in result.stderr and "127.0.0.1:1/0" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_a_worker_that_cannot_import_the_pipeline_fails_the_step_with_why(env, workers):
+    workers.env = env | {"BATON_TEST_BROKEN_IMPORT": "1"}
+    workers.start()
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "failed"
+    error = run["steps"][0]["error"]
+    assert error["type"] == "ImportError" and "cannot import the pipeline's code" in error["message"]
+    assert counts(env) == {}
+
+
+def test_a_step_that_kills_its_worker_every_time_fails_after_three_deaths(env, workers):
+    workers.start(concurrency=1)
+    (control(env) / "transform.crash").touch()
+    run_id = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
+    run = wait_until_finished(env, run_id, timeout=90)
+    assert run["status"] == "failed"
+    transform = run["steps"][1]
+    assert "its worker died 3 times" in transform["error"]["message"]
+    assert counts(env) == {"fetch": 1, "transform": 3}
+
+
+def test_cancelling_a_supervisor_keeps_the_workers_in_flight_and_skips_the_merge(env, workers):
+    workers.start()
+    (control(env) / "news.block").touch()
+    ask = '{"topic": "ACME", "want": ["financials", "news"]}'
+    run_id = baton(env, "run", RESEARCH, "--input", ask, "--runtime", "celery", check=0).stdout.strip()
+    wait_for_file(control(env) / "news.started")
+    assert "cancel requested" in baton(env, "cancel", run_id, check=0).stdout
+    (control(env) / "news.block").unlink()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "cancelled"
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "succeeded", "skipped", "cancelled"]
+    assert "draft" not in counts(env)

@@ -104,13 +104,48 @@ def test_a_retried_failure_gives_the_step_back_and_the_next_claim_counts_an_atte
         store.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
 
 
-def test_heartbeat_extends_only_the_workers_own_leases(store):
+def test_heartbeat_extends_only_the_leases_the_worker_says_it_holds(store):
     run_id = _submit(store, names=("a", "b"))
     store.claim_step(run_id, 0, "w1", utcnow())
     later = utcnow() + timedelta(seconds=30)
-    store.heartbeat_steps("w1", later)
+    store.heartbeat_steps("w1", [], later)  # it lost track of the step: the lease is left to run out
+    assert store.claim_step(run_id, 0, "w2", utcnow()).until < later + store.lease - timedelta(seconds=1)
+    store.heartbeat_steps("w2", [(run_id, 0)], later)  # not its lease
+    assert store.claim_step(run_id, 0, "w2", utcnow()).until < later + store.lease - timedelta(seconds=1)
+    store.heartbeat_steps("w1", [(run_id, 0)], later)
     claim = store.claim_step(run_id, 0, "w2", utcnow())
     assert claim.until >= later + store.lease - timedelta(seconds=1)
+
+
+def test_a_released_step_can_be_claimed_again_at_once(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    store.release_step(run_id, 0, "w2")  # not its lease: nothing happens
+    assert store.claim_step(run_id, 0, "w2", utcnow()).outcome == "busy"
+    store.release_step(run_id, 0, "w1")
+    assert store.claim_step(run_id, 0, "w2", utcnow()).attempt == 2
+
+
+def test_a_step_that_failed_for_good_is_not_run_again_until_the_run_is_resumed(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    now = utcnow()
+    failed = StepResult(idx=0, name="a", attempt=1, started_at=now, finished_at=now, error=_error())
+    store.record_failure(run_id, CELERY_OWNER, failed, retrying=False, end_run=False, lease_owner="w1")
+    assert store.claim_step(run_id, 0, "w2", utcnow()).outcome == "failed"  # a late copy of its message
+    store.end_failed(run_id, CELERY_OWNER, "a")
+    run = store.get_run(run_id)
+    assert store.reopen(run_id, claims=run.claims, runtime="celery", now=utcnow())
+    assert store.claim_step(run_id, 0, "w2", utcnow()).attempt == 2
+
+
+def test_a_take_over_counts_the_attempts_lost_with_their_workers(store):
+    run_id = _submit(store)
+    store.claim_step(run_id, 0, "w1", utcnow())
+    later = utcnow() + store.lease + timedelta(seconds=1)
+    assert store.claim_step(run_id, 0, "w2", later, take_from="w1", expired=True).lost == 1
+    much_later = later + store.lease + timedelta(seconds=1)
+    assert store.claim_step(run_id, 0, "w3", much_later, take_from="w2", expired=True).lost == 2
 
 
 def test_a_claim_on_a_cancelled_or_ended_run_takes_nothing(store):

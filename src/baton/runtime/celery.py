@@ -26,12 +26,12 @@ import threading
 import time
 from typing import Any, NoReturn
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from baton._ids import new_run_id
 from baton._owner import owner_alive, this_owner
 from baton.contracts import validate_json
-from baton.errors import BrokerUnavailable, ContractViolation, RunNotResumable, UserError
+from baton.errors import BatonError, BrokerUnavailable, RunError, RunNotResumable, UserError
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, error_info, execute_attempt
@@ -43,6 +43,7 @@ from baton.tokens import count_tokens
 
 try:
     import celery
+    import celery.exceptions
     from celery import signals
 except ImportError as exc:  # pragma: no cover - exercised by the install hint test in a bare venv
     raise UserError('the celery runtime needs Celery and Redis\'s client: pip install "baton[celery]"') from exc
@@ -109,6 +110,12 @@ class CeleryRuntime:
         if [s.name for s in run.steps] != pattern.step_names:
             raise RunNotResumable(f"run {run.id} recorded steps {[s.name for s in run.steps]}; the code has others")
         held = [s.name for s in run.steps if s.status is StepStatus.RUNNING]
+        waiting = [s.name for s in run.steps if s.status is StepStatus.PENDING and s.attempts > 0]
+        if waiting:
+            raise RunNotResumable(
+                f"run {run.id} is {run.status.value}: step {', '.join(waiting)} waits in the queue for its next "
+                "attempt; wait for it, or cancel the run"
+            )
         if store.live_leases(run.id, utcnow()):
             raise RunNotResumable(
                 f"run {run.id} is {run.status.value}: a worker is executing {', '.join(held) or 'it'} right now; "
@@ -152,7 +159,9 @@ def celery_app() -> celery.Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        result_expires=3600,
+        # Chords count their members in keys that expire with the results: a week, so that a fan-out whose
+        # workers wait long in a queue still joins (a lost join is recovered by `baton resume`).
+        result_expires=7 * 24 * 3600,
         worker_hijack_root_logger=False,
         task_track_started=False,
     )
@@ -218,6 +227,17 @@ def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1) -> int:
 
 def _join_body(task: Any, _results: Any, run_id: str) -> None:
     """After a supervisor's chosen workers: end the run failed if one failed, else run the merge."""
+    try:
+        _join(task, run_id)
+    except (celery.exceptions.Retry, _Requeued):
+        raise
+    except Exception:
+        # As in `_execute`: never let Celery acknowledge a join that did not happen.
+        log.exception("run %s: could not join its workers; trying again later", run_id)
+        raise task.retry(countdown=min(60.0, 2.0 * 2 ** (task.request.retries or 0))) from None
+
+
+def _join(task: Any, run_id: str) -> None:
     store = _worker_store()
     brief = store.run_brief(run_id)
     if brief is None or brief.status not in (RunStatus.RUNNING, RunStatus.PENDING):
@@ -272,21 +292,39 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
     me = this_owner()
     step_idx: int | None = idx
     while step_idx is not None:
-        step_idx = _execute_step(task, store, me, run_id, step_idx, this_go, source)
+        current = step_idx
+        try:
+            step_idx = _execute_step(task, store, me, run_id, current, this_go, source)
+        except (celery.exceptions.Retry, _Requeued):
+            raise
+        except Exception:
+            # The database or the broker failed around the step (its own errors are recorded by the
+            # executor): give the step back and come again later, rather than let Celery acknowledge the
+            # message and leave the run running with nobody to finish it.
+            log.exception("run %s, step %d: could not go on; trying again later", run_id, current)
+            with contextlib.suppress(Exception):
+                store.release_step(run_id, current, me)
+            retries = getattr(task.request, "retries", 0) or 0
+            _requeue(task, run_id, current, this_go, min(60.0, 2.0 * 2**retries))
         this_go, source = 1, None
+
+
+# A step whose worker died this many times while running it is failed: it is what kills them.
+MAX_LOST = 3
 
 
 def _execute_step(
     task: Any, store: RunStore, me: str, run_id: str, idx: int, this_go: int, source: int | None
 ) -> int | None:
     """One step; returns the step this task goes on with, if any."""
+    member = task.name == "baton.branch"  # a supervisor's worker: its join ends the run, whatever happens
     claim = store.claim_step(run_id, idx, me, utcnow(), source=source)
     if claim.outcome == "busy" and claim.holder is not None:
         dead = owner_alive(claim.holder) is False
         expired = claim.until is not None and claim.until < utcnow()
         if dead or expired:
             claim = store.claim_step(run_id, idx, me, utcnow(), take_from=claim.holder, expired=not dead)
-    if claim.outcome == "gone":
+    if claim.outcome in ("gone", "failed") or (claim.outcome == "cancel" and member):
         return None
     if claim.outcome == "cancel":
         store.finish_cancelled(run_id, CELERY_OWNER)
@@ -295,43 +333,50 @@ def _execute_step(
         # Another live worker holds the step (this message was delivered twice): come back when its lease
         # would have run out; by then it has checkpointed, or it is dead and the step is taken over.
         wait = (claim.until - utcnow()).total_seconds() if claim.until else 1.0
-        _requeue(task, run_id, idx, 1, max(0.5, wait + 0.5))
-    pattern = find_pattern(claim.pipeline, claim.target)
+        _requeue(task, run_id, idx, this_go, max(0.5, wait + 0.5))
     if claim.outcome == "done":
+        pattern = find_pattern(claim.pipeline, claim.target)
         return _after(store, pattern, run_id, idx)  # what follows may not have been queued before a crash
-    steps = pattern.steps
-    last = len(steps) - 1
-    branch = _is_supervisor(pattern) and 0 < idx < last
     try:
+        if claim.lost >= MAX_LOST:
+            raise RunError(
+                f"step '{claim.step_names[idx]}' of run {run_id}: its worker died {claim.lost} times while running "
+                "it (out of memory, or a crash in native code?); it is not tried again"
+            )
+        pattern = find_pattern(claim.pipeline, claim.target)
         if tuple(pattern.step_names) != claim.step_names:
             raise RunNotResumable(
                 f"run {run_id} recorded steps {list(claim.step_names)}, but pipeline '{pattern.name}' on this "
                 f"worker has {pattern.step_names}: the workers run other code than the one that started the run"
             )
         value = _input(store, pattern, run_id, idx, claim.input_json)
-    except (ContractViolation, RunNotResumable) as exc:
-        _fail_before_start(store, run_id, idx, claim.step_names[idx], claim.attempt, me, exc, end_run=not branch)
+    except (BatonError, ValidationError, ImportError) as exc:
+        # The step cannot start here, and would not anywhere: its code, or its input, is wrong.
+        _fail_before_start(store, run_id, idx, claim.step_names[idx], claim.attempt, me, exc, end_run=not member)
         return None
-    with _holding(store, me), store.writer() as writer:
+    steps = pattern.steps
+    last = len(steps) - 1
+    with _holding(run_id, idx), store.writer() as writer:
         try:
             outcome = execute_attempt(
                 store, writer, run_id, CELERY_OWNER, steps[idx], idx, value,
                 attempt=claim.attempt, attempts_this_go=this_go, last=idx == last,
-                measure=idx in boundaries_to_measure(steps), end_run=not branch, lease_owner=me,
+                measure=idx in boundaries_to_measure(steps), end_run=not member, lease_owner=me,
             )  # fmt: skip
         except LostOwnership:
             # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a new
             # claim tells which, and what to do.
-            _requeue(task, run_id, idx, 1, 0.5)
+            _requeue(task, run_id, idx, this_go, 0.5)
     if isinstance(outcome, RetryLater):
-        if outcome.cancel_requested:
+        if outcome.cancel_requested and not member:
             store.finish_cancelled(run_id, CELERY_OWNER)
+        if outcome.cancel_requested:
             return None
         _requeue(task, run_id, idx, this_go + 1, outcome.delay)
     if isinstance(outcome, Failed):
         return None
     assert isinstance(outcome, Succeeded)
-    if outcome.cancel_requested and idx < last and not branch:
+    if outcome.cancel_requested and idx < last and not member:
         store.finish_cancelled(run_id, CELERY_OWNER)
         return None
     # A router that ran just now was never done before, so none of its workers has started yet.
@@ -471,51 +516,49 @@ def _require_target(pattern: Any) -> None:
 
 
 class _LeaseBeat:
-    """Renews the leases of the steps this worker process holds while it executes them."""
+    """Renews the leases of the steps this worker process is executing, and only those."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.holding: dict[tuple[int, str], int] = {}
+        self.held: dict[tuple[str, int], int] = {}
         self.thread: threading.Thread | None = None
 
-    def enter(self, store: RunStore, me: str) -> None:
+    def enter(self, store: RunStore, me: str, step: tuple[str, int]) -> None:
         with self.lock:
-            key = (id(store), me)
-            self.holding[key] = self.holding.get(key, 0) + 1
+            self.held[step] = self.held.get(step, 0) + 1
             if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, args=(store,), name="baton-lease", daemon=True)
+                self.thread = threading.Thread(target=self._loop, args=(store, me), name="baton-lease", daemon=True)
                 self.thread.start()
 
-    def leave(self, store: RunStore, me: str) -> None:
+    def leave(self, step: tuple[str, int]) -> None:
         with self.lock:
-            key = (id(store), me)
-            self.holding[key] -= 1
-            if not self.holding[key]:
-                del self.holding[key]
+            self.held[step] -= 1
+            if not self.held[step]:
+                del self.held[step]
 
-    def _loop(self, store: RunStore) -> None:
+    def _loop(self, store: RunStore, me: str) -> None:
         interval = max(0.5, store.lease.total_seconds() / 3)
         while True:
             time.sleep(interval)
             with self.lock:
-                owners = {me for (_, me) in self.holding}
-            for me in owners:
-                try:
-                    store.heartbeat_steps(me, utcnow())
-                except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
-                    log.warning("could not renew the step leases of %s", me, exc_info=True)
+                held = list(self.held)
+            try:
+                store.heartbeat_steps(me, held, utcnow())
+            except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
+                log.warning("could not renew the step leases of %s", me, exc_info=True)
 
 
 _beat = _LeaseBeat()
 
 
 @contextlib.contextmanager
-def _holding(store: RunStore, me: str) -> Any:
-    _beat.enter(store, me)
+def _holding(run_id: str, idx: int) -> Any:
+    """While the block runs, this process's heartbeat renews its lease on the step."""
+    _beat.enter(_worker_store(), this_owner(), (run_id, idx))
     try:
         yield
     finally:
-        _beat.leave(store, me)
+        _beat.leave((run_id, idx))
 
 
 _store: RunStore | None = None

@@ -19,21 +19,25 @@ from typing import Any
 
 __all__ = ["FastClaim", "LeaseClaimer"]
 
-# A step is taken when it has no row yet, or a row nobody holds that is not done; a retake counts an attempt.
+# A step is taken when it has no row yet, or a row nobody holds that has not ended (a failed step waits for a
+# resume to make it pending); a retake counts an attempt.
 _TAKE = """
 ON CONFLICT (run_id, idx) DO UPDATE SET status = 'running', attempts = s.attempts + 1,
     started_at = excluded.started_at, finished_at = NULL, duration_ms = NULL, error_type = NULL,
     error_message = NULL, error_traceback = NULL, error_raw = NULL, error_details = NULL,
     lease_owner = excluded.lease_owner, lease_expires_at = excluded.lease_expires_at
-WHERE s.status NOT IN ('succeeded', 'skipped') AND s.lease_owner IS NULL
+WHERE s.status NOT IN ('succeeded', 'skipped', 'failed') AND s.lease_owner IS NULL
 RETURNING attempts
 """
 
 _PG_CLAIM = (
     """
 WITH run AS (
+    -- FOR SHARE: a cancel (which locks the run to update it) waits for this claim to commit, and then
+    -- sees its lease; a claim behind a cancel sees the run cancelled.
     SELECT pipeline, target, step_names, cancel_requested, input FROM baton_runs
     WHERE id = %(run)s AND owner = 'celery' AND status IN ('pending', 'running')
+    FOR SHARE
 ), started AS (
     -- Only a run's first claim writes its row; the step's lease is what a claim is for.
     UPDATE baton_runs SET status = 'running', started_at = COALESCE(started_at, CAST(%(now)s AS TIMESTAMP)),

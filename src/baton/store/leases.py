@@ -28,6 +28,9 @@ __all__ = ["CELERY_OWNER", "RunBrief", "StepClaim", "StepLeases", "StepState"]
 CELERY_OWNER = "celery"
 
 _DONE = (StepStatus.SUCCEEDED.value, StepStatus.SKIPPED.value)
+# A step that failed for good stays failed until `reopen` (a resume) makes it pending again: a late copy of
+# its message must not run it with a fresh retry budget.
+_ENDED = (*_DONE, StepStatus.FAILED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +38,12 @@ class StepClaim:
     """What claiming a step found.
 
     `claimed`: this worker holds the step, as attempt `attempt`. `done`: it already succeeded (or was
-    skipped). `busy`: `holder` holds it until `until`. `cancel`: a cancel was asked; nothing may start.
-    `gone`: the run no longer runs (it ended, or was never there).
+    skipped). `failed`: it failed for good (a supervisor's worker; the run goes on to its join). `busy`:
+    `holder` holds it until `until`. `cancel`: a cancel was asked; nothing may start. `gone`: the run no
+    longer runs (it ended, or was never there).
     """
 
-    outcome: Literal["claimed", "done", "busy", "cancel", "gone"]
+    outcome: Literal["claimed", "done", "failed", "busy", "cancel", "gone"]
     pipeline: str = ""
     target: str | None = None
     step_names: tuple[str, ...] = ()
@@ -48,6 +52,8 @@ class StepClaim:
     until: datetime | None = None
     # The input the claim read on the way (the run's, or the source step's checkpoint), when it did.
     input_json: str | None = None
+    # After a take-over: how many of the step's attempts were lost with their worker.
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +167,7 @@ class StepLeases:
                         "lease_owner": worker,
                         "lease_expires_at": now + self.lease,
                     },
-                    where=and_(steps.c.status.not_in(_DONE), free),
+                    where=and_(steps.c.status.not_in(_ENDED), free),
                 )
                 .returning(steps.c.attempts, steps.c.started_at)
             )
@@ -179,7 +185,14 @@ class StepLeases:
                             "error_traceback": None, "retried": True, "started_at": now, "finished_at": now,
                         },
                     )  # fmt: skip
-                return StepClaim("claimed", pipeline, target, names, attempt=attempt)
+                lost = c.execute(
+                    select(func.count())
+                    .select_from(attempts)
+                    .where(
+                        attempts.c.run_id == run_id, attempts.c.step_idx == idx, attempts.c.error_type == "Interrupted"
+                    )
+                ).scalar_one()
+                return StepClaim("claimed", pipeline, target, names, attempt=attempt, lost=int(lost))
         return self._not_claimed(run_id, idx, found)
 
     def _not_claimed(self, run_id: str, idx: int, found: StepClaim) -> StepClaim:
@@ -195,12 +208,34 @@ class StepLeases:
         status, holder, until = state
         if status in _DONE:
             return StepClaim("done", found.pipeline, found.target, found.step_names)
+        if status == StepStatus.FAILED.value:
+            return StepClaim("failed", found.pipeline, found.target, found.step_names)
         return StepClaim("busy", found.pipeline, found.target, found.step_names, holder=holder, until=until)
 
-    def heartbeat_steps(self, worker: str, now: datetime) -> None:
-        """Extend the leases of the steps `worker` holds."""
+    def heartbeat_steps(self, worker: str, held: Sequence[tuple[str, int]], now: datetime) -> None:
+        """Extend the leases `worker` holds on the steps `held` ((run id, step index) pairs) right now.
+
+        Only those: a lease this process took and then lost track of (an error between claim and
+        checkpoint) must run out, so that another worker can take the step over.
+        """
+        if not held:
+            return
         with self.engine.begin() as c:
-            c.execute(update(steps).where(steps.c.lease_owner == worker).values(lease_expires_at=now + self.lease))
+            for run_id, idx in held:
+                c.execute(
+                    update(steps)
+                    .where(steps.c.run_id == run_id, steps.c.idx == idx, steps.c.lease_owner == worker)
+                    .values(lease_expires_at=now + self.lease)
+                )
+
+    def release_step(self, run_id: str, idx: int, worker: str) -> None:
+        """Give up the lease `worker` holds on a step it could not finish (the step is pending again)."""
+        with self.engine.begin() as c:
+            c.execute(
+                update(steps)
+                .where(steps.c.run_id == run_id, steps.c.idx == idx, steps.c.lease_owner == worker)
+                .values(lease_owner=None, lease_expires_at=None, status=StepStatus.PENDING)
+            )
 
     def step_states(self, run_id: str, idxs: Sequence[int] | None = None) -> dict[int, StepState]:
         """The rows of a run's steps (all, or those in `idxs`); a step with no row has not started."""
@@ -227,10 +262,10 @@ class StepLeases:
         return result
 
     def reopen(self, run_id: str, *, claims: int, runtime: str, now: datetime) -> bool:
-        """Make a failed or interrupted run pending again for `runtime`'s workers; False if it changed since
-        it was read (`claims`) or is not resumable."""
+        """Make a failed or interrupted run pending again for `runtime`'s workers (its failed steps too);
+        False if it changed since it was read (`claims`) or is not resumable."""
         with self.engine.begin() as c:
-            return (
+            reopened = (
                 c.execute(
                     update(runs)
                     .where(
@@ -253,6 +288,16 @@ class StepLeases:
                 ).rowcount
                 == 1
             )
+            if reopened:
+                c.execute(
+                    update(steps)
+                    .where(
+                        steps.c.run_id == run_id,
+                        steps.c.status.in_([StepStatus.FAILED, StepStatus.INTERRUPTED]),
+                    )
+                    .values(status=StepStatus.PENDING, lease_owner=None, lease_expires_at=None)
+                )
+            return reopened
 
     def live_leases(self, run_id: str, now: datetime) -> int:
         """How many steps of the run a worker holds right now."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, case, exists, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from baton._context import LLMCall
@@ -315,29 +315,35 @@ class RunStore(StepLeases):
         run_id = self.resolve_id(run_id)
         self.reap(run_id)
         now = utcnow()
-        idle = [RunStatus.PENDING, RunStatus.FAILED, RunStatus.INTERRUPTED]
         with self.engine.begin() as c:
-            # A celery run that no worker is executing right now is idle too: its queued messages will find it
-            # cancelled and do nothing.
-            no_worker = ~exists().where(
-                steps.c.run_id == run_id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now
-            )
-            idle_celery = (runs.c.owner == CELERY_OWNER) & (runs.c.status == RunStatus.RUNNING) & no_worker
-            done = c.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status.in_(idle) | idle_celery)
-                .values(**(_ended(RunStatus.CANCELLED, now) | {"cancel_requested": True}))
-            ).rowcount
-            if done:
+            # Lock the run first (as the reaper does), so that a celery worker's claim either committed before
+            # (its lease is seen below) or waits and then finds the run cancelled.
+            query = select(runs.c.status, runs.c.owner).where(runs.c.id == run_id)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update()
+            else:
+                c.execute(update(runs).where(runs.c.id == run_id).values(updated_at=runs.c.updated_at))
+            status, owner = c.execute(query).one()
+            idle = status in (RunStatus.PENDING, RunStatus.FAILED, RunStatus.INTERRUPTED)
+            if status == RunStatus.RUNNING and owner == CELERY_OWNER:
+                # A celery run that no worker is executing right now is idle too: its queued messages will
+                # find it cancelled and do nothing.
+                held = c.execute(
+                    select(func.count())
+                    .select_from(steps)
+                    .where(steps.c.run_id == run_id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now)
+                ).scalar_one()
+                idle = held == 0
+            if idle:
+                c.execute(
+                    update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(**(_ended(RunStatus.CANCELLED, now) | {"cancel_requested": True}))
+                )
                 return RunStatus.CANCELLED
-            live = c.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
-                .values(cancel_requested=True, updated_at=now)
-            ).rowcount
-            if live:
+            if status == RunStatus.RUNNING:
+                c.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True, updated_at=now))
                 return RunStatus.RUNNING
-            status = c.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar_one()
         raise UserError(f"run {run_id} is already {status}; there is nothing to cancel")
 
     def heartbeat(self, owner: str, run_ids: Sequence[str]) -> None:

@@ -3,7 +3,9 @@
 BATON_TEST_DIR: where each step appends a line to `<step>.count` when it starts.
 `<step>.fail` in that directory: the step raises ValueError with the file's text.
 `<step>.block` in that directory: the step writes `<step>.started` and waits until the file is gone.
+`<step>.crash` in that directory: the step kills its own process with SIGKILL.
 BATON_TEST_STEPS=short: the pipeline has other steps (to test resume after a code change).
+BATON_TEST_BROKEN_IMPORT=1: importing this file fails (a worker without the pipeline's code).
 """
 
 import os
@@ -14,6 +16,9 @@ from pydantic import BaseModel, Field
 from switches import _control
 
 from baton import Pipeline, Retry, step
+
+if os.environ.get("BATON_TEST_BROKEN_IMPORT"):
+    raise ImportError("controlled.py: this worker cannot import the pipeline's code")
 
 
 class Item(BaseModel):

@@ -1,6 +1,7 @@
 """Switches the test apps' steps obey, through files in BATON_TEST_DIR (see `controlled.py`)."""
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def _control(name: str) -> None:
     here = folder()
     with open(here / f"{name}.count", "a") as f:
         f.write("x\n")
+    if (here / f"{name}.crash").exists():
+        os.kill(os.getpid(), signal.SIGKILL)  # what an out-of-memory kill or a segfault looks like
     fail = here / f"{name}.fail"
     if fail.exists():
         raise ValueError(fail.read_text().strip() or f"{name} was told to fail")
