@@ -5,7 +5,7 @@ from the step that failed.
 """
 
 from baton.agents import Agent, Tool
-from baton.api import cancel, get_run, resume, run, submit, wait
+from baton.api import cancel, get_run, resume, run, submit, wait, wait_chain
 from baton.errors import (
     BatonError,
     BrokerUnavailable,
@@ -21,6 +21,7 @@ from baton.errors import (
     TransientError,
     UserError,
 )
+from baton.events import emit, on, publish
 from baton.patterns import Pipeline, Supervisor
 from baton.pricing import register_price
 from baton.providers import (
@@ -69,6 +70,11 @@ __all__ = [
     "run",
     "submit",
     "wait",
+    "wait_chain",
+    # events
+    "on",
+    "emit",
+    "publish",
     # models
     "ScriptedModel",
     "register_price",

@@ -34,6 +34,8 @@ class StepContext:
     idx: int
     attempt: int
     calls: list[LLMCall] = field(default_factory=list)
+    # Events emitted so far: (event id, type, payload JSON), written with the checkpoint (or not at all).
+    events: list[tuple[str, str, str]] = field(default_factory=list)
     # Writes a finished call to the store at once (set by the executor).
     record: Callable[[LLMCall], None] | None = None
 

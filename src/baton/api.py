@@ -13,7 +13,7 @@ from baton.run import Run
 from baton.status import RunStatus
 from baton.store import RunStore, open_store
 
-__all__ = ["cancel", "get_run", "resume", "run", "submit", "wait"]
+__all__ = ["cancel", "get_run", "resume", "run", "submit", "wait", "wait_chain"]
 
 
 def _store(store: RunStore | str | None) -> RunStore:
@@ -61,4 +61,17 @@ def wait(run_id: str, *, store: RunStore | str | None = None, timeout: float | N
             return found
         if deadline is not None and time.monotonic() >= deadline:
             raise RunError(f"run {found.id} is still {found.status.value} after {timeout} s")
+        time.sleep(poll)
+
+
+def wait_chain(
+    correlation_id: str, *, store: RunStore | str | None = None, timeout: float | None = None, poll: float = 0.05
+) -> None:
+    """Wait until every run of a chain (a correlation id) has stopped and none of its events waits to be
+    delivered: what an event-driven flow started by one run or one published event has become."""
+    s = _store(store)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while s.chain_busy(correlation_id):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise RunError(f"chain {correlation_id} is still going after {timeout} s")
         time.sleep(poll)

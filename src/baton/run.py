@@ -135,6 +135,9 @@ class Run:
     claims: int = 0
     # Where its steps execute: "local" or "celery".
     runtime: str = "local"
+    # The chain of runs and events it belongs to, and the event whose delivery started it (if one did).
+    correlation_id: str | None = None
+    trigger_event: str | None = None
     tokens: Tokens = NO_TOKENS
     # None when a model without a known price was called (see baton.register_price).
     cost_usd: float | None = 0.0

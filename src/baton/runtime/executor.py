@@ -27,6 +27,7 @@ class Succeeded:
     cancel_requested: bool
     result: StepResult  # holds the checkpointed JSON as `output_json`
     called_models: bool
+    emitted: bool = False  # the checkpoint wrote events, for the runtime to dispatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,5 +148,6 @@ def execute_attempt(
         recount=bool(ctx.calls),
         boundary_tokens=count_tokens(output_json) if measure else None,
         lease_owner=lease_owner,
+        events=ctx.events,
     )
-    return Succeeded(output, cancel, result, bool(ctx.calls))
+    return Succeeded(output, cancel, result, bool(ctx.calls), bool(ctx.events))

@@ -89,10 +89,11 @@ class LocalRuntime:
         owner = this_owner()
         with store.writer() as writer:
             run_id, input_json, now, input_tokens = _create(writer, store, pattern, value, owner, pending=False)
+            assert run_id is not None
             base = Run(
                 id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
                 created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
-                input_boundary_tokens=input_tokens,
+                input_boundary_tokens=input_tokens, correlation_id=run_id,
             )  # fmt: skip
             return self._execute(store, writer, base, owner, pattern, value, 0, 1, observer)
 
@@ -110,11 +111,29 @@ class LocalRuntime:
         with store.writer() as writer:
             return self._execute(store, writer, run, owner, pattern, value, idx, attempt, observer)
 
-    def submit(self, store: RunStore, pattern: Any, value: BaseModel) -> str:
-        """Record a pending run and execute it on a background thread; returns its id at once."""
+    def submit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """Record a pending run and execute it on a background thread; returns its id at once.
+
+        A run that handles an event's `delivery` (see `baton.events`) is not created, and None is returned,
+        when the event was already handed to that subscriber.
+        """
         owner = this_owner()
         with store.writer() as writer:
-            run_id, *_ = _create(writer, store, pattern, value, owner, pending=True)
+            run_id, *_ = _create(
+                writer, store, pattern, value, owner, pending=True,
+                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
+            )  # fmt: skip
+        if run_id is None:
+            return None
         # The heartbeat keeps the pending run from looking abandoned while it waits for a thread.
         _heartbeat_for(store).add(run_id, owner)
         if self._pool is None:
@@ -122,6 +141,13 @@ class LocalRuntime:
         future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
         future.add_done_callback(lambda f: _log_failure(f, run_id))
         return run_id
+
+    def background(self, fn: Any) -> None:
+        """Call `fn()` on this runtime's threads (dispatching events: nothing waits for the chain)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
+        future = self._pool.submit(fn)
+        future.add_done_callback(lambda f: _log_failure(f, "(events)"))
 
     def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
         try:
@@ -178,14 +204,23 @@ class LocalRuntime:
 
 
 def _create(
-    writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str, *, pending: bool
-) -> tuple[str, str, datetime, int | None]:
+    writer: RunWriter,
+    store: RunStore,
+    pattern: Any,
+    value: BaseModel,
+    owner: str,
+    *,
+    pending: bool,
+    correlation_id: str | None = None,
+    trigger_event: str | None = None,
+    delivery: tuple[str, str | None] | None = None,
+) -> tuple[str | None, str, datetime, int | None]:
     run_id = new_run_id()
     input_json = value.model_dump_json()
     # The run's input is a boundary too when a model reads it.
     input_tokens = count_tokens(input_json) if 0 in boundaries_to_measure(pattern.steps[:1]) else None
     now = utcnow()
-    writer.create_run(
+    created = writer.create_run(
         run_id=run_id,
         pipeline=pattern.name,
         target=pattern.target,
@@ -196,7 +231,12 @@ def _create(
         lease_until=now + store.lease,
         pending=pending,
         input_tokens=input_tokens,
+        correlation_id=correlation_id,
+        trigger_event=trigger_event,
+        delivery=delivery,
     )
+    if not created:
+        return None, input_json, now, input_tokens
     return run_id, input_json, now, input_tokens
 
 
@@ -231,6 +271,10 @@ def _attempts(
         )  # fmt: skip
         if observer is not None:
             observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
+        if isinstance(outcome, Succeeded) and outcome.emitted:
+            from baton.events import dispatch_soon  # events build on the runtimes
+
+            dispatch_soon(store, "local")
         if not isinstance(outcome, RetryLater):
             return outcome, attempt, this_go > 1
         if outcome.cancel_requested:

@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "llm_calls", "metadata", "runs", "steps"]
+__all__ = ["attempts", "deliveries", "events", "llm_calls", "metadata", "runs", "steps"]
 
 metadata = MetaData()
 
@@ -59,6 +59,10 @@ runs = Table(
     Column("input_boundary_tokens", Integer, nullable=True),
     # Where the run's steps execute ("local" or "celery"): what resume hands it back to.
     Column("runtime", String(50), nullable=False, default="local", server_default="local"),
+    # The chain of runs and events this run belongs to (its own id when nothing started it), and the event
+    # whose delivery started it.
+    Column("correlation_id", String(32), nullable=True),
+    Column("trigger_event", String(32), nullable=True),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.
@@ -70,6 +74,7 @@ runs = Table(
         postgresql_where=text("status <> 'succeeded'"),
     ),
     Index("ix_baton_runs_pipeline", "pipeline", "id"),
+    Index("ix_baton_runs_correlation", "correlation_id"),
     sqlite_with_rowid=False,
 )
 
@@ -148,4 +153,41 @@ llm_calls = Table(
     Column("error", Text, nullable=True),
     Column("started_at", DateTime, nullable=False),
     Index("ix_baton_llm_calls_run", "run_id", "step_idx"),
+)
+
+# Events, written in the same transaction as the checkpoint of the step that emitted them (an outbox): an
+# event not yet handed to its subscribers has no `dispatched_at`, and is dispatched again after a crash.
+events = Table(
+    "baton_events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("type", String(200), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("correlation_id", String(32), nullable=False),
+    Column("source_run", String(32), nullable=True),
+    Column("source_step", Integer, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("dispatched_at", DateTime, nullable=True),
+    Index("ix_baton_events_correlation", "correlation_id"),
+    Index(
+        "ix_baton_events_outbox",
+        "created_at",
+        sqlite_where=text("dispatched_at IS NULL"),
+        postgresql_where=text("dispatched_at IS NULL"),
+    ),
+)
+
+# One row per (event, subscriber): the subscriber handles an event once, in the run `run_id`; its status is
+# that run's. `deliveries` counts how many runs it took (a replay starts another).
+deliveries = Table(
+    "baton_deliveries",
+    metadata,
+    Column("event_id", String(32), ForeignKey("baton_events.id", ondelete="CASCADE"), primary_key=True),
+    Column("subscriber", String(200), primary_key=True),
+    Column("run_id", String(32), nullable=True),
+    Column("deliveries", Integer, nullable=False, default=0, server_default="0"),
+    # Why the event could not be handed to the subscriber at all (its payload no longer fits its input).
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
 )

@@ -20,6 +20,7 @@ from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Toke
 from baton.status import RunStatus, StepStatus
 from baton.store.claims import LeaseClaimer
 from baton.store.engine import RawJSON, make_engine, migrate
+from baton.store.events import EventStore
 from baton.store.leases import CELERY_OWNER, StepLeases
 from baton.store.schema import attempts, llm_calls, runs, steps
 from baton.store.writer import LostOwnership, RunWriter, recount_step, write_calls
@@ -72,7 +73,7 @@ _UPDATE_STEP = (
 )
 
 
-class RunStore(StepLeases):
+class RunStore(StepLeases, EventStore):
     """Runs, steps and attempts in a SQL database (SQLite or PostgreSQL), one code path for both."""
 
     def __init__(self, url: str, *, lease_seconds: float = 60.0) -> None:
@@ -657,6 +658,8 @@ def _run_from_rows(
         cancel_requested=row["cancel_requested"],
         claims=row["claims"],
         runtime=row["runtime"],
+        correlation_id=row["correlation_id"] or row["id"],
+        trigger_event=row["trigger_event"],
         tokens=Tokens(input=row["tokens_in"], output=row["tokens_out"]),
         cost_usd=float(row["cost_usd"]) if row["cost_usd"] is not None else None,
         input_boundary_tokens=row["input_boundary_tokens"],

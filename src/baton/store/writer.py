@@ -20,6 +20,10 @@ from baton.status import RunStatus, StepStatus
 __all__ = ["LostOwnership", "RunWriter", "recount_step", "write_calls"]
 
 
+class _NotDelivered(Exception):
+    """The delivery was already made (rolls the run's creation back)."""
+
+
 class LostOwnership(Exception):
     """This process no longer owns the run (it was declared interrupted, or taken over); nothing was written."""
 
@@ -38,8 +42,28 @@ _PG_CASTS = {
 _CREATE_RUN = """
 INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
     current_started_at, failed_step, cancel_requested, claims, owner, lease_expires_at, tokens_in, tokens_out,
-    created_at, started_at, finished_at, updated_at, input_boundary_tokens, runtime)
-VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i, ?s)
+    created_at, started_at, finished_at, updated_at, input_boundary_tokens, runtime, correlation_id, trigger_event)
+VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i, ?s, ?s, ?s)
+"""
+
+# The delivery of an event to a subscriber, in the transaction that creates the run handling it: the first
+# dispatch of the pair creates it; any other finds it there and starts nothing.
+_NEW_DELIVERY = """
+INSERT INTO baton_deliveries (event_id, subscriber, run_id, deliveries, created_at, updated_at)
+VALUES (?s, ?s, ?s, 1, ?t, ?t)
+ON CONFLICT (event_id, subscriber) DO NOTHING
+"""
+
+# A replay: the delivery is handed to a new run, provided it still is where the replay found it.
+_REDELIVERY = """
+UPDATE baton_deliveries SET run_id = ?s, deliveries = deliveries + 1, error = NULL, updated_at = ?t
+WHERE event_id = ?s AND subscriber = ?s AND COALESCE(run_id, '') = ?s
+"""
+
+# An event a step emitted, in its checkpoint's transaction; it carries the emitting run's correlation id.
+INSERT_EVENT = """
+INSERT INTO baton_events (id, type, payload, correlation_id, source_run, source_step, created_at)
+SELECT ?s, ?s, ?j, COALESCE(correlation_id, id), id, ?i, ?t FROM baton_runs WHERE id = ?s
 """
 
 # The step's row is written only while `owner` still owns the running run (a fence against a process that
@@ -195,24 +219,47 @@ class RunWriter:
         pending: bool = False,
         input_tokens: int | None = None,
         runtime: str = "local",
-    ) -> None:
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> bool:
         """Record a new run owned by `owner`: running at its first step, or `pending` (submitted, to start).
 
         A run of the celery runtime is owned by the runtime as a whole, with no lease of its own: its steps
-        carry the leases of the workers that execute them.
+        carry the leases of the workers that execute them. A run started by an event's delivery carries
+        that event (`trigger_event`) and its `correlation_id`; any other run is a chain of its own.
+
+        With `delivery` = (subscriber, the run it replaces or None), the run is the subscriber's handling of
+        `trigger_event`, recorded in the same transaction; returns False, creating nothing, when the event
+        was already handed to that subscriber (or the replay lost a race).
         """
         running = not pending
         ts = self.ts
-        self.cur.execute(
-            self._create,
-            (
+        params = (
                 run_id, pipeline, target, RunStatus.RUNNING.value if running else RunStatus.PENDING.value,
                 input_json, step_names_json, 0 if running else None, 1 if running else 0,
                 ts(now) if running else None, False, 1 if running else 0, owner,
                 ts(lease_until) if lease_until else None, ts(now),
-                ts(now) if running else None, ts(now), input_tokens, runtime,
-            ),
+                ts(now) if running else None, ts(now), input_tokens, runtime, correlation_id or run_id,
+                trigger_event,
         )  # fmt: skip
+        if delivery is None:
+            self.cur.execute(self._create, params)
+            return True
+        subscriber, replaces = delivery
+        try:
+            with self._transaction(self.cur):
+                if replaces is None:
+                    sql, args = _NEW_DELIVERY, (trigger_event, subscriber, run_id, ts(now), ts(now))
+                else:  # "" replaces a delivery that never had a run
+                    sql, args = _REDELIVERY, (run_id, ts(now), trigger_event, subscriber, replaces)
+                self.cur.execute(_for_dialect(sql, self.dialect), args)
+                if self.cur.rowcount != 1:
+                    raise _NotDelivered
+                self.cur.execute(self._create, params)
+        except _NotDelivered:
+            return False
+        return True
 
     def checkpoint(
         self,
@@ -229,10 +276,12 @@ class RunWriter:
         recount: bool = False,
         boundary_tokens: int | None = None,
         lease_owner: str | None = None,
+        events: Sequence[tuple[str, str, str]] = (),
     ) -> bool:
         """Save a step's output; with `final_output`, the run has succeeded; with `recount`, the step made
         model calls (already recorded) whose totals go on its row; with `lease_owner`, only while that
-        worker holds the step's lease.
+        worker holds the step's lease; `events` ((id, type, payload JSON) the step emitted) are written in
+        the same transaction, as the outbox.
 
         Returns whether a cancel was requested. Raises `LostOwnership` (and writes nothing) when `owner` no
         longer owns the run (or `lease_owner` the step).
@@ -246,14 +295,14 @@ class RunWriter:
         checkpoint, final = self._checkpoint, self._final
         if lease_owner is not None:
             checkpoint, final, params = self._leased, self._final_leased, (*params, lease_owner)
-        if final_output is None and not recount:
+        if final_output is None and not recount and not events:
             cur.execute(checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
             return bool(rows[0][0])
         finish = (final_output, ts(finished_at), ts(finished_at), run_id, owner)
-        if final_output is not None and not recount and final is not None:
+        if final_output is not None and not recount and not events and final is not None:
             cur.execute(final, params + finish)
             inserted, updated = cur.fetchone()
             if not (inserted and updated):
@@ -266,6 +315,10 @@ class RunWriter:
                 raise LostOwnership(run_id)
             if recount:
                 recount_step(cur, self.dialect, run_id, idx)
+            if events:
+                insert = _for_dialect(INSERT_EVENT, self.dialect)
+                for event_id, kind, payload in events:
+                    cur.execute(insert, (event_id, kind, payload, idx, ts(finished_at), run_id))
             if final_output is not None:
                 cur.execute(self._finish, finish)
         return bool(rows[0][0])

@@ -1,0 +1,215 @@
+"""Event-driven agents: `on(type)` subscribes a step, `emit(type, payload)` publishes from inside one.
+
+```python
+@on("ticket.received")
+@step
+def triage(ticket: Ticket) -> Triage:
+    emit("ticket.triaged", TriagedTicket(...))
+    return Triage(...)
+```
+
+An emitted event is written with the emitting step's checkpoint (an outbox): if the step's attempt fails,
+its events are never seen. It is then dispatched: each subscriber gets a run of its own whose input is the
+event's payload, validated against the subscriber's input contract. A subscriber handles an event once
+(one delivery per event and subscriber); a subscriber whose run fails for good dead-letters the event, which
+`baton events --dead` lists and `baton events replay EVENT_ID` delivers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from baton._context import current_step
+from baton._ids import new_run_id
+from baton.contracts import validate_input, validate_json
+from baton.errors import ContractViolation, DefinitionError, UserError
+from baton.patterns import Pipeline
+from baton.patterns.base import Pattern
+from baton.runtime import get_runtime
+from baton.steps import Step
+from baton.store import RunStore, open_store, utcnow
+from baton.store.events import EventRecord
+
+__all__ = ["Subscription", "dispatch", "emit", "on", "publish", "redeliver", "subscribers"]
+
+log = logging.getLogger("baton.events")
+
+EVENT_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
+
+T = TypeVar("T", Step, Pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A subscriber of an event type: the pattern a delivery runs (a step is a one-step pipeline)."""
+
+    event_type: str
+    pattern: Pattern
+
+    @property
+    def name(self) -> str:
+        """The subscriber's name: its pattern's."""
+        return self.pattern.name
+
+
+_subscriptions: dict[str, dict[str, Subscription]] = {}
+_lock = threading.Lock()
+
+
+def on(event_type: str, *, name: str | None = None) -> Callable[[T], T]:
+    """Subscribe the decorated step (or pattern) to `event_type`; it is returned unchanged.
+
+    Each delivery of an event of that type starts a run of it, named `name` (default: the step's name).
+    """
+    if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type):
+        raise DefinitionError(f"on({event_type!r}): an event type is letters, digits, '_', '-' and '.'")
+
+    def subscribe(target: T) -> T:
+        if isinstance(target, Step):
+            module = getattr(target.fn, "__module__", None) or sys._getframe(1).f_globals.get("__name__")
+            pattern: Pattern = Pipeline(name or target.name, [target])
+            pattern._module = module
+        elif isinstance(target, Pattern):
+            pattern = target
+        else:
+            hint = " (put @on above @step)" if callable(target) else ""
+            raise DefinitionError(f"on({event_type!r}) takes a step, an agent or a pattern, not {target!r}{hint}")
+        with _lock:
+            _subscriptions.setdefault(event_type, {})[pattern.name] = Subscription(event_type, pattern)
+        return target
+
+    return subscribe
+
+
+def subscribers(event_type: str) -> list[Subscription]:
+    """The subscriptions to `event_type` known in this process."""
+    with _lock:
+        return list(_subscriptions.get(event_type, {}).values())
+
+
+def emit(event_type: str, payload: BaseModel) -> str:
+    """Publish an event from inside a step; it is written with the step's checkpoint. Returns its id.
+
+    The payload is checked here against every subscriber's input contract, so that a bad hand-off fails in
+    the step that made it.
+    """
+    ctx = current_step()
+    if ctx is None:
+        raise UserError("emit() works inside a step; elsewhere use baton.publish(type, payload)")
+    payload_json = _checked(event_type, payload, where=f"step '{ctx.step}'")
+    event_id = new_run_id()
+    ctx.events.append((event_id, event_type, payload_json))
+    return event_id
+
+
+def publish(
+    event_type: str,
+    payload: BaseModel | dict[str, Any],
+    *,
+    store: RunStore | str | None = None,
+    runtime: str = "local",
+    correlation_id: str | None = None,
+) -> str:
+    """Record an event from outside any run (a request, a script) and dispatch it; returns its id at once."""
+    if not EVENT_TYPE.match(event_type):
+        raise UserError(f"event type {event_type!r} is not valid: letters, digits, '_', '-' and '.'")
+    if isinstance(payload, dict):
+        subs = subscribers(event_type)
+        # The payload is the first subscriber's input; all the others are checked against it just below.
+        first = subs[0].pattern if subs else None
+        payload = validate_input(first.input, payload, step=first.steps[0].name) if first else _Loose(**payload)
+    payload_json = _checked(event_type, payload, where="publish()")
+    s = store if isinstance(store, RunStore) else open_store(store)
+    event_id = new_run_id()
+    s.add_event(event_id, event_type, payload_json, correlation_id or event_id, utcnow())
+    dispatch_soon(s, runtime)
+    return event_id
+
+
+class _Loose(BaseModel, extra="allow"):
+    """A payload for an event type nobody here subscribes to: kept as given."""
+
+
+def _checked(event_type: str, payload: BaseModel, *, where: str) -> str:
+    if not isinstance(payload, BaseModel):
+        raise UserError(f"{where}: the payload of event '{event_type}' must be a contract (a Pydantic model)")
+    payload_json = payload.model_dump_json()
+    for sub in subscribers(event_type):
+        first = sub.pattern.steps[0]
+        validate_json(sub.pattern.input, payload_json, step=first.name, where=f"input (event '{event_type}')")
+    return payload_json
+
+
+def dispatch(store: RunStore, runtime: str = "local", *, older_than_s: float | None = None) -> int:
+    """Hand every event of the outbox to its subscribers; returns how many events were handed over.
+
+    With `older_than_s`, only events older than that (a sweep after a crash, leaving fresh events to the
+    process that emitted them).
+    """
+    from datetime import timedelta
+
+    older = utcnow() - timedelta(seconds=older_than_s) if older_than_s is not None else None
+    handed = 0
+    while True:
+        batch = store.outbox(older_than=older, limit=100)
+        for event in batch:
+            for sub in subscribers(event.type):
+                deliver(store, event, sub, runtime)
+            store.mark_dispatched(event.id, utcnow())
+            handed += 1
+        if len(batch) < 100:
+            return handed
+
+
+def deliver(
+    store: RunStore, event: EventRecord, sub: Subscription, runtime: str, *, replaces: str | None = None
+) -> str | None:
+    """Start `sub`'s run of `event`; None when it was already delivered (or the payload does not fit)."""
+    first = sub.pattern.steps[0]
+    try:
+        value = validate_json(sub.pattern.input, json.dumps(event.payload), step=first.name, where="input (event)")
+    except ContractViolation as exc:
+        store.undeliverable(event.id, sub.name, str(exc), utcnow())
+        return None
+    return get_runtime(runtime).submit(
+        store, sub.pattern, value, correlation_id=event.correlation_id, trigger_event=event.id,
+        delivery=(sub.name, replaces),
+    )  # fmt: skip
+
+
+def redeliver(store: RunStore, event_id: str, *, runtime: str = "local", subscriber: str | None = None) -> list[str]:
+    """Deliver an event again to its dead-lettered subscribers (or to `subscriber`); returns the new runs."""
+    event = store.get_event(event_id)
+    if event is None:
+        raise UserError(f"no event with id {event_id!r} in {store.describe()}")
+    started = []
+    for delivery in event.deliveries:
+        if (subscriber and delivery.subscriber != subscriber) or (not subscriber and not delivery.dead):
+            continue
+        sub = next((s for s in subscribers(event.type) if s.name == delivery.subscriber), None)
+        if sub is None:
+            raise UserError(
+                f"subscriber '{delivery.subscriber}' of '{event.type}' is not defined in this process; "
+                "import the module that defines it"
+            )
+        run_id = deliver(store, event, sub, runtime, replaces=delivery.run_id or "")
+        if run_id is not None:
+            started.append(run_id)
+    return started
+
+
+def dispatch_soon(store: RunStore, runtime: str) -> None:
+    """Dispatch the outbox without waiting (the local runtime's pool), so that nothing waits for the chain."""
+    if runtime != "local":
+        dispatch(store, runtime)
+        return
+    get_runtime("local").background(lambda: dispatch(store, "local"))

@@ -1,0 +1,202 @@
+"""Events in the store: the outbox, deliveries to subscribers, and what `baton events` shows.
+
+An event is written in the transaction of the checkpoint of the step that emitted it (see `RunWriter`), or
+on its own by `publish`. Until it is handed to its subscribers it has no `dispatched_at`: a dispatcher that
+crashed leaves it there, and the next dispatch hands it over again. Each (event, subscriber) pair has one
+delivery row, created in the same transaction as the run that handles it, so a subscriber handles an event
+once however often the event is dispatched; the delivery's status is its run's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, insert, or_, select, update
+
+from baton.status import RunStatus
+from baton.store.schema import deliveries, events, runs
+
+__all__ = ["Delivery", "EventRecord", "EventStore"]
+
+# A delivery whose run ended in one of these is dead-lettered: its subscriber did not handle the event.
+DEAD = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event handed to one subscriber: the run that handles it, and how that went."""
+
+    subscriber: str
+    run_id: str | None
+    status: str  # the run's status; "undeliverable" when no run could start (see `error`)
+    deliveries: int
+    error: str | None = None
+
+    @property
+    def dead(self) -> bool:
+        """True when the subscriber did not handle the event (its run failed, or none could start)."""
+        return self.status in {s.value for s in DEAD} or self.status == "undeliverable"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event as recorded, with its deliveries."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    correlation_id: str
+    source_run: str | None
+    source_step: int | None
+    created_at: datetime
+    dispatched_at: datetime | None
+    deliveries: tuple[Delivery, ...] = field(default=())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The `baton events --json` shape."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "correlation_id": self.correlation_id,
+            "source_run": self.source_run,
+            "created_at": self.created_at.isoformat(),
+            "dispatched": self.dispatched_at is not None,
+            "deliveries": [
+                {"subscriber": d.subscriber, "run_id": d.run_id, "status": d.status, "deliveries": d.deliveries}
+                | ({"error": d.error} if d.error else {})
+                for d in self.deliveries
+            ],
+        }
+
+
+class EventStore:
+    """The event operations of the run store (mixed into `RunStore`)."""
+
+    engine: Engine
+
+    def add_event(self, event_id: str, event_type: str, payload_json: str, correlation_id: str, now: datetime) -> None:
+        """Record an event published from outside any run (an HTTP request, a script)."""
+        with self.engine.begin() as c:
+            row = {"id": event_id, "type": event_type, "payload": json.loads(payload_json)}
+            c.execute(insert(events).values(**row, correlation_id=correlation_id, created_at=now))
+
+    def outbox(self, *, older_than: datetime | None = None, limit: int = 100) -> list[EventRecord]:
+        """Events not yet handed to their subscribers, oldest first (only those before `older_than`)."""
+        query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.created_at).limit(limit)
+        if older_than is not None:
+            query = query.where(events.c.created_at < older_than)
+        with self.engine.connect() as c:
+            return [_event(row) for row in c.execute(query).mappings()]
+
+    def mark_dispatched(self, event_id: str, now: datetime) -> None:
+        """The event has been handed to every subscriber (each has its delivery row)."""
+        with self.engine.begin() as c:
+            c.execute(update(events).where(events.c.id == event_id).values(dispatched_at=now))
+
+    def undeliverable(self, event_id: str, subscriber: str, error: str, now: datetime) -> None:
+        """Record that the event could not be handed to `subscriber` at all, and why."""
+        with self.engine.begin() as c:
+            done = c.execute(
+                update(deliveries)
+                .where(deliveries.c.event_id == event_id, deliveries.c.subscriber == subscriber)
+                .values(error=error, run_id=None, updated_at=now)
+            ).rowcount
+            if not done:
+                key = {"event_id": event_id, "subscriber": subscriber}
+                c.execute(insert(deliveries).values(**key, deliveries=0, error=error, created_at=now, updated_at=now))
+
+    def get_event(self, event_id: str) -> EventRecord | None:
+        """One event with its deliveries; a unique prefix of its id will do."""
+        with self.engine.connect() as c:
+            row = c.execute(select(events).where(events.c.id == event_id)).mappings().first()
+            if row is None and len(event_id) >= 6:
+                found = c.execute(select(events).where(events.c.id.startswith(event_id)).limit(2)).mappings().all()
+                row = found[0] if len(found) == 1 else None
+            if row is None:
+                return None
+        return self._with_deliveries([_event(row)])[0]
+
+    def list_events(
+        self,
+        *,
+        correlation_id: str | None = None,
+        source_run: str | None = None,
+        ids: Sequence[str] | None = None,
+        dead: bool = False,
+        limit: int = 50,
+    ) -> list[EventRecord]:
+        """Events newest first (ids are time-ordered), with their deliveries; `dead`: only those with a
+        dead-lettered delivery."""
+        query = select(events).order_by(events.c.id.desc())
+        if correlation_id is not None:
+            query = query.where(events.c.correlation_id == correlation_id)
+        if source_run is not None:
+            query = query.where(events.c.source_run == source_run)
+        if ids is not None:
+            query = query.where(events.c.id.in_(list(ids)))
+        if dead:
+            dead_runs = select(runs.c.id).where(runs.c.status.in_(list(DEAD)))
+            never_started = and_(deliveries.c.run_id.is_(None), deliveries.c.error.is_not(None))
+            dead_ones = select(deliveries.c.event_id).where(or_(deliveries.c.run_id.in_(dead_runs), never_started))
+            query = query.where(events.c.id.in_(dead_ones))
+        with self.engine.connect() as c:
+            found = [_event(row) for row in c.execute(query.limit(limit)).mappings()]
+        return self._with_deliveries(found)
+
+    def chain_busy(self, correlation_id: str) -> bool:
+        """True while a run of the chain is pending or running, or one of its events waits in the outbox."""
+        live = [RunStatus.PENDING, RunStatus.RUNNING]
+        with self.engine.connect() as c:
+            running = c.execute(
+                select(runs.c.id).where(runs.c.correlation_id == correlation_id, runs.c.status.in_(live)).limit(1)
+            ).first()
+            waiting = c.execute(
+                select(events.c.id)
+                .where(events.c.correlation_id == correlation_id, events.c.dispatched_at.is_(None))
+                .limit(1)
+            ).first()
+        return running is not None or waiting is not None
+
+    def _with_deliveries(self, found: list[EventRecord]) -> list[EventRecord]:
+        if not found:
+            return found
+        query = (
+            select(deliveries, runs.c.status)
+            .select_from(deliveries.outerjoin(runs, runs.c.id == deliveries.c.run_id))
+            .where(deliveries.c.event_id.in_([e.id for e in found]))
+            .order_by(deliveries.c.created_at, deliveries.c.subscriber)
+        )
+        by_event: dict[str, list[Delivery]] = {}
+        with self.engine.connect() as c:
+            for row in c.execute(query).mappings():
+                status = row["status"] or ("undeliverable" if row["error"] else "starting")
+                by_event.setdefault(row["event_id"], []).append(
+                    Delivery(row["subscriber"], row["run_id"], status, row["deliveries"], row["error"])
+                )
+        return [
+            EventRecord(**{**_fields(e), "deliveries": tuple(by_event.get(e.id, ()))})  # type: ignore[arg-type]
+            for e in found
+        ]
+
+
+def _fields(e: EventRecord) -> dict[str, Any]:
+    return {name: getattr(e, name) for name in EventRecord.__slots__}
+
+
+def _event(row: Any) -> EventRecord:
+    payload = row["payload"]
+    return EventRecord(
+        id=row["id"],
+        type=row["type"],
+        payload=json.loads(payload) if isinstance(payload, str) else payload,
+        correlation_id=row["correlation_id"],
+        source_run=row["source_run"],
+        source_step=row["source_step"],
+        created_at=row["created_at"],
+        dispatched_at=row["dispatched_at"],
+    )
