@@ -78,6 +78,7 @@ def on(event_type: str, *, name: str | None = None) -> Callable[[T], T]:
             module = getattr(target.fn, "__module__", None) or sys._getframe(1).f_globals.get("__name__")
             pattern: Pattern = Pipeline(name or target.name, [target])
             pattern._module = module
+            pattern.stands_for = target  # type: ignore[attr-defined]
         elif isinstance(target, Pattern):
             pattern = target
         else:

@@ -138,6 +138,8 @@ class Run:
     # The chain of runs and events it belongs to, and the event whose delivery started it (if one did).
     correlation_id: str | None = None
     trigger_event: str | None = None
+    # The events its steps emitted: (event id, type), oldest first.
+    emitted: tuple[tuple[str, str], ...] = ()
     tokens: Tokens = NO_TOKENS
     # None when a model without a known price was called (see baton.register_price).
     cost_usd: float | None = 0.0
@@ -182,7 +184,10 @@ class Run:
             "tokens": {"input": self.tokens.input, "output": self.tokens.output},
             "cost_usd": self.cost_usd,
             "input_boundary_tokens": self.input_boundary_tokens,
+            "correlation_id": self.correlation_id or self.id,
+            "trigger_event": self.trigger_event,
         }
         if with_steps:
+            data["emitted_events"] = [{"id": i, "type": t} for i, t in self.emitted]
             data["steps"] = [s.to_json_dict() for s in self.steps]
         return data

@@ -44,6 +44,9 @@ def test_run_prints_the_finished_run_as_show_does(env):
         "tokens",
         "cost_usd",
         "input_boundary_tokens",
+        "correlation_id",
+        "trigger_event",
+        "emitted_events",
     }
     step_keys = {"name", "status", "attempts", "output", "error", "tokens", "duration_ms"}
     assert [set(s) for s in run["steps"]] == [step_keys | {"cost_usd", "boundary_tokens", "calls"}] * 2
@@ -51,7 +54,7 @@ def test_run_prints_the_finished_run_as_show_does(env):
     shown = json.loads(baton(env, "show", run["id"], "--json", check=0).stdout)
     assert shown == run
     listed = json.loads(baton(env, "runs", "--json", check=0).stdout)
-    assert listed == [{k: v for k, v in run.items() if k != "steps"}]
+    assert listed == [{k: v for k, v in run.items() if k not in ("steps", "emitted_events")}]
 
 
 def test_input_can_come_from_a_file(env, tmp_path):

@@ -1,91 +1,35 @@
-"""The `baton` command line: run, runs, show, resume, cancel, demo, worker."""
+"""The `baton` command line: run, runs, show, resume, cancel, demo, worker, events, trace."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
 
 from baton import api
 from baton._loader import load_target, normalize_target
-from baton.errors import BatonError, UserError
+from baton.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    _err,
+    _errors_to_exit,
+    _out,
+    _print_json,
+    _store,
+    json_option,
+    store_option,
+)
+from baton.cli.events import events, trace
+from baton.errors import UserError
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.status import RunStatus
-from baton.store import RunStore, open_store
+from baton.store import RunStore
 
 __all__ = ["main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _errors_to_exit(fn: F) -> F:
-    """Turn baton's errors into a clear message: the user's mistakes exit 2, failures exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(EXIT_USAGE)
-        except BatonError as exc:
-            click.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
-            sys.exit(EXIT_FAILED)
-        except KeyboardInterrupt:
-            # The runtime has already marked the run interrupted; it resumes like a failed one.
-            click.secho("interrupted: `baton runs --status interrupted` lists it; `baton resume ID` goes on", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _err() -> Console:
-    return _console(stderr=True)
-
-
-def _out() -> Console:
-    return _console(stderr=False)
-
-
-def _console(*, stderr: bool) -> Console:
-    console = Console(stderr=stderr)
-    # Piped output (CI logs, `| less`) has no width; 80 columns would fold run ids and tracebacks.
-    if not console.is_terminal:
-        console = Console(stderr=stderr, width=160)
-    return console
-
-
-def store_option(fn: F) -> F:
-    """The --database-url option every command that reads or writes runs takes."""
-    return click.option(
-        "--database-url",
-        envvar="BATON_DATABASE_URL",
-        show_envvar=True,
-        default=None,
-        help="Where runs are stored (SQLite or PostgreSQL URL). Default: sqlite file ./.baton/baton.db.",
-    )(fn)
-
-
-def json_option(fn: F) -> F:
-    """The --json option: print machine-readable JSON instead of tables."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
-
-
-def _store(url: str | None) -> RunStore:
-    return open_store(url)
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 def _read_input(text: str) -> Any:
@@ -153,7 +97,9 @@ def run(target: str, input_text: str, runtime: str, wait: bool | None, database_
         return
     with LiveProgress(_err(), pattern.step_names, pattern.name) as progress:
         result = pattern.run(data, store=store, runtime=runtime, observer=progress)
-    _finish(result, as_json)
+    # Runs started by the events it emitted execute in this process: let them end before it does.
+    api.wait_chain(result.correlation_id or result.id, store=store)
+    _finish(store.get_run(result.id), as_json)
 
 
 def _submitted(store: RunStore, run_id: str, what: str, wait: bool | None, as_json: bool) -> None:
@@ -319,3 +265,7 @@ def worker(
     check_broker(app)
     _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
     app.worker_main(worker_argv(concurrency=concurrency, pool=pool, loglevel=loglevel))
+
+
+main.add_command(events)
+main.add_command(trace)

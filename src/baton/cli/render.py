@@ -88,6 +88,12 @@ def render_run(run: Run) -> Group:
         head.add_row("duration", _ms((run.finished_at - run.started_at).total_seconds() * 1000))
     head.add_row("tokens", f"{run.tokens.input} in / {run.tokens.output} out")
     head.add_row("cost", _usd(run.cost_usd))
+    if run.correlation_id and run.correlation_id != run.id:
+        head.add_row("chain", f"{run.correlation_id} (baton trace {run.correlation_id})")
+    if run.trigger_event:
+        head.add_row("started by", f"event {run.trigger_event}")
+    if run.emitted:
+        head.add_row("emitted", "\n".join(f"event {i} {t}" for i, t in run.emitted))
     if run.cancel_requested and run.status is RunStatus.RUNNING:
         head.add_row("cancel", Text("requested: nothing after the current step will start", style="magenta"))
     steps = Table(title="steps", title_justify="left")

@@ -105,8 +105,11 @@ def _find_target(pattern: Pattern) -> str | None:
     module = sys.modules.get(pattern._module or "")
     if module is None:
         return None
+    # A subscriber made of one step (see `baton.on`) is found through that step: importing its module
+    # subscribes it again, under the same name.
+    wanted = getattr(pattern, "stands_for", None) or pattern
     for attr, value in vars(module).items():
-        if value is pattern:
+        if value is wanted:
             if pattern._module == "__main__" or (pattern._module or "").startswith("baton_user_"):
                 path = getattr(module, "__file__", None)
                 return f"{Path(path).resolve()}:{attr}" if path else None

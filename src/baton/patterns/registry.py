@@ -28,6 +28,8 @@ def find_pattern(name: str, target: str | None) -> Any:
             "from; import the module that defines it, or call <pattern>.resume(run_id)"
         )
     pattern = load_target(target)
-    if getattr(pattern, "name", None) != name:
+    # The import may have registered it (a subscriber is found through its step).
+    pattern = _patterns.get(name, pattern)
+    if getattr(pattern, "name", None) != name or not hasattr(pattern, "step_names"):
         raise RunNotResumable(f"target {target!r} holds {pattern!r}, not the pattern '{name}' the run recorded")
     return pattern

@@ -60,19 +60,35 @@ class CeleryRuntime:
 
     name = "celery"
 
-    def submit(self, store: RunStore, pattern: Any, value: BaseModel) -> str:
-        """Record a pending run and queue its first step; returns the run id at once."""
+    def submit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """Record a pending run and queue its first step; returns the run id at once.
+
+        A run that handles an event's `delivery` (see `baton.events`) is not created, and None is returned,
+        when the event was already handed to that subscriber.
+        """
         _require_target(pattern)
         run_id = new_run_id()
         input_json = value.model_dump_json()
         input_tokens = count_tokens(input_json) if 0 in boundaries_to_measure(pattern.steps[:1]) else None
         now = utcnow()
         with store.writer() as writer:
-            writer.create_run(
+            created = writer.create_run(
                 run_id=run_id, pipeline=pattern.name, target=pattern.target, input_json=input_json,
                 step_names_json=json.dumps(pattern.step_names), owner=CELERY_OWNER, now=now, lease_until=None,
-                pending=True, input_tokens=input_tokens, runtime=self.name,
+                pending=True, input_tokens=input_tokens, runtime=self.name, correlation_id=correlation_id,
+                trigger_event=trigger_event, delivery=delivery,
             )  # fmt: skip
+        if not created:
+            return None
         _send(step_task, run_id, 0)
         return run_id
 
@@ -376,6 +392,10 @@ def _execute_step(
     if isinstance(outcome, Failed):
         return None
     assert isinstance(outcome, Succeeded)
+    if outcome.emitted:
+        from baton.events import dispatch  # events build on the runtimes
+
+        dispatch(store, "celery")  # each subscriber's run is queued; what is left is swept up later
     if outcome.cancel_requested and idx < last and not member:
         store.finish_cancelled(run_id, CELERY_OWNER)
         return None
@@ -570,6 +590,27 @@ def _worker_store() -> RunStore:
     if _store is None:
         _store = open_store()
     return _store
+
+
+# How often, and after how long, a worker hands over events that their emitting process left in the outbox.
+SWEEP_SECONDS = 15.0
+
+
+def _sweep_outbox() -> None:
+    from baton.events import dispatch
+
+    while True:
+        time.sleep(SWEEP_SECONDS)
+        try:
+            dispatch(_worker_store(), "celery", older_than_s=SWEEP_SECONDS)
+        except Exception:  # the next sweep tries again
+            log.warning("could not sweep the event outbox", exc_info=True)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """The worker's main process sweeps the outbox: events whose dispatch a crash interrupted go out."""
+    threading.Thread(target=_sweep_outbox, name="baton-outbox", daemon=True).start()
 
 
 @signals.worker_process_init.connect

@@ -22,7 +22,7 @@ from baton.store.claims import LeaseClaimer
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.events import EventStore
 from baton.store.leases import CELERY_OWNER, StepLeases
-from baton.store.schema import attempts, llm_calls, runs, steps
+from baton.store.schema import attempts, events, llm_calls, runs, steps
 from baton.store.writer import LostOwnership, RunWriter, recount_step, write_calls
 
 __all__ = ["CELERY_OWNER", "RunStore", "StepResult", "utcnow"]
@@ -479,7 +479,12 @@ class RunStore(StepLeases, EventStore):
                 .mappings()
                 .all()
             )
-        return _run_from_rows(row, step_rows, attempt_rows, call_rows)
+            emitted = c.execute(
+                select(events.c.id, events.c.type).where(events.c.source_run == run_id).order_by(events.c.id)
+            ).all()
+        run = _run_from_rows(row, step_rows, attempt_rows, call_rows)
+        run.emitted = tuple((i, t) for i, t in emitted)
+        return run
 
     def list_runs(
         self,
@@ -488,6 +493,7 @@ class RunStore(StepLeases, EventStore):
         pipeline: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        correlation_id: str | None = None,
     ) -> list[Run]:
         """Runs newest first (without step records), filtered; `before` is a keyset cursor (a run id)."""
         self.reap()
@@ -499,6 +505,8 @@ class RunStore(StepLeases, EventStore):
             query = query.where(runs.c.pipeline == pipeline)
         if before is not None:
             query = query.where(runs.c.id < before)
+        if correlation_id is not None:
+            query = query.where(runs.c.correlation_id == correlation_id)
         with self.engine.connect() as c:
             rows = c.execute(query).mappings().all()
         return [_run_from_rows(row, None, ()) for row in rows]

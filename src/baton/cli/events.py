@@ -1,0 +1,184 @@
+"""The event commands: `baton events` (list, replay, dispatch) and `baton trace`."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from baton.cli._common import _errors_to_exit, _out, _print_json, _store
+from baton.errors import RunNotFound, UserError
+from baton.run import Run
+from baton.store import RunStore
+from baton.store.events import EventRecord
+
+__all__ = ["events", "render_events", "render_trace", "trace"]
+
+
+@click.group(invoke_without_command=True)
+@click.option("--dead", is_flag=True, help="Only events a subscriber did not handle (dead letters).")
+@click.option("--correlation", "correlation_id", help="Only the events of this chain.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="At most this many.")
+@click.option(
+    "--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None,
+    help="Where runs are stored (SQLite or PostgreSQL URL). Default: sqlite file ./.baton/baton.db.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def events(
+    ctx: click.Context, dead: bool, correlation_id: str | None, limit: int, database_url: str | None, as_json: bool
+) -> None:
+    """List events, newest first, with where each went (the run of each subscriber, and its status)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = _store(database_url).list_events(dead=dead, correlation_id=correlation_id, limit=limit)
+    if as_json:
+        _print_json([e.to_json_dict() for e in found])
+    else:
+        _out().print(render_events(found))
+
+
+@events.command()
+@click.argument("event_id")
+@click.option("--subscriber", help="Deliver to this subscriber only (default: every one that did not handle it).")
+@click.option("--runtime", default="local", show_default=True, help="Where the new runs execute.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE", help="Import a module defining subscribers.")
+@click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+def replay(
+    event_id: str, subscriber: str | None, runtime: str, imports: tuple[str, ...], database_url: str | None
+) -> None:
+    """Deliver an event again to the subscribers that did not handle it (a dead letter), in new runs."""
+    from baton import api
+    from baton._loader import load_target
+    from baton.events import redeliver
+
+    @_errors_to_exit
+    def go() -> None:
+        for module in imports:
+            load_target(f"{module}:__name__")
+        store: RunStore = _store(database_url)
+        event = store.get_event(event_id)
+        if event is None:
+            raise UserError(f"no event with id {event_id!r} in {store.describe()}")
+        started = redeliver(store, event.id, runtime=runtime, subscriber=subscriber)
+        if not started:
+            raise UserError(f"event {event.id} has no dead-lettered delivery to replay (see: baton events --dead)")
+        for run_id in started:
+            click.echo(run_id)
+        if runtime == "local":
+            api.wait_chain(event.correlation_id, store=store)
+
+    go()
+
+
+@events.command()
+@click.option("--runtime", default="local", show_default=True, help="Where the subscribers' runs execute.")
+@click.option("--older-than", default=0.0, show_default=True, type=float, help="Only events older than this (s).")
+@click.option("--import", "imports", multiple=True, metavar="MODULE", help="Import a module defining subscribers.")
+@click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+def dispatch(runtime: str, older_than: float, imports: tuple[str, ...], database_url: str | None) -> None:
+    """Hand the events left in the outbox (a process died before it could) to their subscribers."""
+    from baton._loader import load_target
+    from baton.events import dispatch as dispatch_events
+
+    @_errors_to_exit
+    def go() -> None:
+        for module in imports:
+            load_target(f"{module}:__name__")
+        store = _store(database_url)
+        count = dispatch_events(store, runtime, older_than_s=older_than or None)
+        click.echo(f"{count} events handed to their subscribers")
+
+    go()
+
+
+@click.command()
+@click.argument("correlation_id")
+@click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+def trace(correlation_id: str, database_url: str | None) -> None:
+    """Print a chain of runs and events (a correlation id, or any of its runs' ids) as a tree."""
+
+    @_errors_to_exit
+    def go() -> None:
+        store = _store(database_url)
+        chain = correlation_id
+        with contextlib.suppress(RunNotFound):  # a run's id names its chain too
+            chain = store.get_run(correlation_id).correlation_id or correlation_id
+        runs = store.list_runs(correlation_id=chain, limit=10_000)
+        found = store.list_events(correlation_id=chain, limit=10_000)
+        if not runs and not found:
+            raise UserError(f"no run or event belongs to chain {correlation_id!r}")
+        _out().print(render_trace(chain, runs, found))
+
+    go()
+
+
+def _status(value: str) -> Text:
+    from baton.cli.render import _status as status
+
+    return status(value)
+
+
+def render_events(found: list[EventRecord]) -> Table:
+    """Events as a table: type, when, where they came from and where they went."""
+    table = Table(title="events", title_justify="left")
+    for column in ("event", "type", "created (UTC)", "from run", "subscriber", "run", "status"):
+        table.add_column(column)
+    for e in found:
+        rows = e.deliveries or ()
+        first = True
+        for d in rows or [None]:
+            when = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(
+                e.id if first else "", e.type if first else "", when if first else "",
+                (e.source_run or "(published)") if first else "",
+                d.subscriber if d else ("-" if e.dispatched_at else "(not dispatched yet)"),
+                (d.run_id or "-") if d else "", _status(d.status) if d else Text(""),
+            )  # fmt: skip
+            first = False
+    return table
+
+
+def render_trace(chain: str, runs: list[Run], found: list[EventRecord]) -> Tree:
+    """A chain as a tree: each run, the events it emitted, the runs those started, and so on."""
+    by_trigger: dict[str | None, list[Run]] = {}
+    for run in runs:
+        by_trigger.setdefault(run.trigger_event, []).append(run)
+    by_source: dict[str | None, list[EventRecord]] = {}
+    for event in sorted(found, key=lambda e: e.id):
+        by_source.setdefault(event.source_run, []).append(event)
+    tree = Tree(Text(f"chain {chain}", style="bold"))
+
+    def add_run(node: Tree, run: Run) -> None:
+        took = ""
+        if run.finished_at and run.started_at:
+            took = f" {(run.finished_at - run.started_at).total_seconds() * 1000:.1f} ms"
+        label = Text.assemble(
+            ("run ", "bold"), run.id, f" {run.pipeline} ", _status(run.status.value),
+            f" {run.created_at:%H:%M:%S}{took}",
+        )  # fmt: skip
+        branch = node.add(label)
+        for event in by_source.get(run.id, []):
+            add_event(branch, event)
+
+    def add_event(node: Tree, event: EventRecord) -> None:
+        waiting = "" if event.dispatched_at else " (not dispatched yet)"
+        branch = node.add(Text.assemble(("event ", "cyan"), event.id, f" {event.type}", waiting))
+        started = {r.id: r for r in by_trigger.get(event.id, [])}
+        for d in event.deliveries:
+            run = started.pop(d.run_id, None) if d.run_id else None
+            if run is not None:
+                add_run(branch, run)
+            else:
+                branch.add(Text.assemble(f"{d.subscriber}: ", _status(d.status), f" {d.error or ''}"))
+        for run in started.values():  # runs of earlier deliveries (before a replay)
+            add_run(branch, run)
+
+    for event in by_source.get(None, []):
+        add_event(tree, event)
+    for run in by_trigger.get(None, []):
+        add_run(tree, run)
+    return tree
