@@ -1,4 +1,4 @@
-"""The `baton` command line: run, runs, show, resume, cancel, demo, worker, events, trace."""
+"""The `baton` command line: run, runs, show, resume, cancel, demo, worker, serve, events, trace."""
 
 from __future__ import annotations
 
@@ -265,6 +265,34 @@ def worker(
     check_broker(app)
     _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
     app.worker_main(worker_argv(concurrency=concurrency, pool=pool, loglevel=loglevel))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="BATON_HOST", show_envvar=True)
+@click.option("--port", default=8000, show_default=True, type=int, envvar="BATON_PORT", show_envvar=True)
+@click.option(
+    "--import", "imports", multiple=True, metavar="MODULE",
+    help="Import a module defining subscribers (e.g. baton.examples.triage); repeatable.",
+)  # fmt: skip
+@click.option(
+    "--runtime", default="local", envvar="BATON_RUNTIME", show_envvar=True, show_default=True,
+    help="Where the subscribers of published events run.",
+)  # fmt: skip
+@store_option
+@_errors_to_exit
+def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database_url: str | None) -> None:
+    """Serve the HTTP API: POST /events/{type} publishes an event, GET /events/{id} tells where it went."""
+    from baton.web.app import create_app
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from None
+    for module in imports:
+        load_target(f"{module}:__name__")
+    store = _store(database_url)
+    _err().print(f"baton serve: http://{host}:{port}, store {store.describe()}", highlight=False, markup=False)
+    uvicorn.run(create_app(store, runtime=runtime), host=host, port=port, log_level="info")
 
 
 main.add_command(events)

@@ -1,0 +1,1 @@
+"""Example applications built on baton, shipped with it."""

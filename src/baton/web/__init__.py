@@ -1,0 +1,1 @@
+"""The HTTP side of baton: the API of `baton serve`."""
