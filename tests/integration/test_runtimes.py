@@ -11,118 +11,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.integration.commands import baton, control, counts
+from tests.integration.workers import Workers, wait_for_file
 
 APPS = Path(__file__).parent / "apps"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
 RESEARCH = f"{APPS / 'research.py'}:research"
 SLOW_RETRY = f"{APPS / 'research.py'}:slow_retry"
-REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 
 # celery-step: the celery runtime with each pipeline step a task of its own (BATON_CELERY_HOP=step).
 RUNTIMES = ["local", "celery", "celery-step"]
 
 
-@pytest.fixture
-def broker() -> Iterator[str]:
-    """A Redis database of the tests' own, emptied before and after."""
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def env(postgres_url, broker, tmp_path) -> dict[str, str]:
-    control = tmp_path / "control"
-    control.mkdir()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    environment |= {
-        "BATON_DATABASE_URL": postgres_url,
-        "BATON_BROKER_URL": broker,
-        "BATON_TEST_DIR": str(control),
-        # Short, so that a message whose whole worker vanished comes back within the test, and a duplicate
-        # delivery waits out a lease in seconds.
-        "BATON_VISIBILITY_TIMEOUT": "4",
-        "BATON_LEASE_SECONDS": "4",
-        "BATON_TEST_NETGUARD_LOG": os.environ["BATON_TEST_NETGUARD_LOG"],
-    }
-    return environment
-
-
-class Workers:
-    """`baton worker` processes, each in a process group of its own so that it can be killed whole."""
-
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
-        self.env = env
-        self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, concurrency: int = 2, pool: str = "prefork") -> subprocess.Popen[bytes]:
-        log = self.folder / f"worker-{len(self.procs)}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "baton", "worker", "-c", str(concurrency), "--pool", pool, "--loglevel", "info"],
-            env=self.env,
-            stdout=open(log, "wb"),  # noqa: SIM115 - the child keeps it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        deadline = time.monotonic() + 30
-        while b" ready." not in log.read_bytes():
-            assert proc.poll() is None, f"the worker exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"the worker did not start: {log.read_text()}"
-            time.sleep(0.05)
-        return proc
-
-    def group_of(self, pid: int) -> subprocess.Popen[bytes]:
-        group = os.getpgid(pid)
-        return next(p for p in self.procs if p.pid == group)
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("worker-*.log")))
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-
-@pytest.fixture
-def workers(env, tmp_path) -> Iterator[Workers]:
-    pool = Workers(env, tmp_path)
-    yield pool
-    pool.stop()
-
-
 def show(env, run_id) -> dict:
     return json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
-
-
-def wait_for_file(path: Path, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.02)
-    time.sleep(0.05)  # let the writer finish the file
-    return path.read_text()
 
 
 def wait_until_finished(env, run_id, timeout: float = 60) -> dict:

@@ -171,7 +171,8 @@ def resume(run_id: str, runtime: str | None, wait: bool | None, database_url: st
         return
     with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
         result = pattern.resume(recorded.id, store=store, observer=progress)
-    _finish(result, as_json)
+    api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
+    _finish(store.get_run(result.id), as_json)
 
 
 @main.command()

@@ -1,0 +1,48 @@
+"""Fixtures of the tests that start worker processes: a Redis database of their own, their environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.integration.workers import Workers
+
+REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    """A Redis database of the tests' own, emptied before and after."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def env(postgres_url, broker, tmp_path) -> dict[str, str]:
+    control = tmp_path / "control"
+    control.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    environment |= {
+        "BATON_DATABASE_URL": postgres_url,
+        "BATON_BROKER_URL": broker,
+        "BATON_TEST_DIR": str(control),
+        # Short, so that a message whose whole worker vanished comes back within the test, and a duplicate
+        # delivery waits out a lease in seconds.
+        "BATON_VISIBILITY_TIMEOUT": "4",
+        "BATON_LEASE_SECONDS": "4",
+        "BATON_TEST_NETGUARD_LOG": os.environ["BATON_TEST_NETGUARD_LOG"],
+    }
+    return environment
+
+
+@pytest.fixture
+def workers(env, tmp_path) -> Iterator[Workers]:
+    pool = Workers(env, tmp_path)
+    yield pool
+    pool.stop()
