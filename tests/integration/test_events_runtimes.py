@@ -164,3 +164,23 @@ def test_a_process_killed_mid_chain_loses_nothing_and_runs_no_finished_step_agai
     found = wait_chain_done(env, event_id)
     assert all(d["status"] == "succeeded" for e in found for d in e["deliveries"])
     assert counts(env) == {"intake": 1, "triage": 2, "respond": 1}
+
+
+@pytest.mark.parametrize("runtime", ["local", "celery"])
+def test_an_event_a_crash_left_in_the_outbox_is_delivered_when_the_server_starts(runtime, env, workers, tmp_path):
+    from baton import RunStore
+    from baton.store import utcnow
+
+    store = RunStore(env["BATON_DATABASE_URL"])
+    # What a process that died between its commit and the dispatch leaves: an event nobody handed over.
+    store.add_event("0" * 32, "customer.request", json.dumps(REQUEST), "0" * 32, utcnow())
+    store.close()
+    if runtime == "celery":
+        workers.start()
+    server = Server(env, runtime, tmp_path / "serve.log")
+    try:
+        found = wait_chain_done(env, "0" * 32)
+    finally:
+        server.kill()
+    assert all(d["status"] == "succeeded" for e in found for d in e["deliveries"])
+    assert counts(env) == {"intake": 1, "triage": 1, "respond": 1}

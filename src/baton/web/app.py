@@ -7,10 +7,14 @@ GET  /runs/{id}       one run, as `baton show --json` prints it
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from baton.errors import InvalidInput, RunNotFound, UserError
-from baton.events import publish, subscribers
+from baton.events import dispatch, publish, subscribers
 from baton.store import RunStore
 
 try:
@@ -21,10 +25,29 @@ except ImportError as exc:  # pragma: no cover - exercised by the install hint i
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("baton.web")
 
-def create_app(store: RunStore, *, runtime: str = "local") -> FastAPI:
-    """The API on `store`; published events are delivered on `runtime`."""
-    app = FastAPI(title="baton", summary="Typed, durable multi-agent pipelines")
+
+# How often the server hands over events that a crashed process left in the outbox.
+SWEEP_SECONDS = 15.0
+
+
+def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -> FastAPI:
+    """The API on `store`; published events are delivered on `runtime`.
+
+    With `sweep`, the server hands over what the outbox holds when it starts (events a crash left behind,
+    its own included), then, every 15 s, events older than that.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        if sweep:
+            threading.Thread(target=_sweeper, args=(store, runtime, stop), name="baton-outbox", daemon=True).start()
+        yield
+        stop.set()
+
+    app = FastAPI(title="baton", summary="Typed, durable multi-agent pipelines", lifespan=lifespan)
 
     @app.post("/events/{event_type}", status_code=202)
     def post_event(event_type: str, payload: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
@@ -56,3 +79,15 @@ def create_app(store: RunStore, *, runtime: str = "local") -> FastAPI:
             raise HTTPException(404, str(exc)) from None
 
     return app
+
+
+def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
+    older_than: float | None = None  # the first sweep takes everything: nothing of this process is in flight
+    while True:
+        try:
+            dispatch(store, runtime, older_than_s=older_than)
+        except Exception:  # the next sweep tries again
+            log.warning("could not sweep the event outbox", exc_info=True)
+        older_than = SWEEP_SECONDS
+        if stop.wait(SWEEP_SECONDS):
+            return

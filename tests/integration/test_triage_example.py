@@ -1,0 +1,48 @@
+"""The shipped customer-triage example, on the embedded model, through the HTTP API of `baton serve`."""
+
+import time
+
+import pytest
+
+import baton
+from baton.web.app import create_app
+
+
+@pytest.fixture
+def api(any_store):
+    from fastapi.testclient import TestClient
+
+    import baton.examples.triage  # noqa: F401 - subscribes intake, triage and response
+
+    with TestClient(create_app(any_store, sweep=False)) as client:
+        yield client, any_store
+
+
+def test_a_customer_request_is_answered_at_once_and_ends_as_a_drafted_reply(api):
+    client, store = api
+    started = time.monotonic()
+    answer = client.post("/events/customer.request", json={"customer": "Ada", "text": "I was charged twice in March."})
+    answered_in = time.monotonic() - started
+    assert answer.status_code == 202, answer.text
+    event_id = answer.json()["id"]
+    assert answered_in < 1.0  # before any model ran: those take seconds here
+    baton.wait_chain(event_id, store=store, timeout=300)
+    chain = client.get(f"/events/{event_id}").json()
+    [intake] = chain["deliveries"]
+    assert intake["subscriber"] == "intake" and intake["status"] == "succeeded"
+    runs = {r.pipeline: store.get_run(r.id) for r in store.list_runs(correlation_id=event_id)}
+    assert set(runs) == {"intake", "triage", "response"}
+    assert all(r.status is baton.RunStatus.SUCCEEDED for r in runs.values())
+    reply = runs["response"].output
+    assert reply["customer"] == "Ada" and reply["category"] in ("billing", "technical", "account", "shipping", "other")
+    assert reply["body"].strip()
+    # The agents' calls are recorded on the steps that asked them.
+    assert all(r.steps[0].calls and r.tokens.output > 0 for r in runs.values())
+
+
+def test_the_api_refuses_a_request_that_breaks_the_contract(api):
+    client, store = api
+    answer = client.post("/events/customer.request", json={"customer": "", "text": "hello"})
+    assert answer.status_code == 422 and "customer" in answer.text
+    assert client.get("/events/0123456789abcdef").status_code == 404
+    assert store.list_events() == []
