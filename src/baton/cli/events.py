@@ -166,7 +166,9 @@ def render_trace(chain: str, runs: list[Run], found: list[EventRecord]) -> Tree:
 
     def add_event(node: Tree, event: EventRecord) -> None:
         waiting = "" if event.dispatched_at else " (not dispatched yet)"
-        branch = node.add(Text.assemble(("event ", "cyan"), event.id, f" {event.type}", waiting))
+        branch = node.add(
+            Text.assemble(("event ", "cyan"), event.id, f" {event.type} {event.created_at:%H:%M:%S.%f}"[:-3], waiting)
+        )
         started = {r.id: r for r in by_trigger.get(event.id, [])}
         for d in event.deliveries:
             run = started.pop(d.run_id, None) if d.run_id else None
