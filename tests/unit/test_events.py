@@ -4,6 +4,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 import baton
+import baton._ids
+import baton.store
 from baton import Pipeline, Retry, RunStatus, UserError, emit, on, step
 from baton.events import dispatch, redeliver, subscribers
 
@@ -168,3 +170,11 @@ def test_on_checks_what_it_subscribes():
         on("no spaces please")
     with pytest.raises(baton.InvalidInput, match="subject"):
         baton.publish("test.ticket.received", {"subject": "x" * 60})
+
+
+def test_an_event_nobody_here_subscribes_to_waits_in_the_outbox_instead_of_being_called_delivered(store):
+    baton.publish("test.nobody.listens", {"anything": 1}, store=store)
+    for _ in range(150):  # more than one page of the outbox
+        store.add_event(baton._ids.new_run_id(), "test.nobody.listens", "{}", "c", baton.store.utcnow())
+    assert dispatch(store) == 0
+    assert len(store.outbox(limit=1000)) == 151

@@ -85,11 +85,16 @@ class EventStore:
             row = {"id": event_id, "type": event_type, "payload": json.loads(payload_json)}
             c.execute(insert(events).values(**row, correlation_id=correlation_id, created_at=now))
 
-    def outbox(self, *, older_than: datetime | None = None, limit: int = 100) -> list[EventRecord]:
-        """Events not yet handed to their subscribers, oldest first (only those before `older_than`)."""
-        query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.created_at).limit(limit)
+    def outbox(
+        self, *, older_than: datetime | None = None, after: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """Events not yet handed to their subscribers, oldest first (ids are time-ordered): only those
+        written before `older_than`, and after the event `after` (a keyset cursor)."""
+        query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.id).limit(limit)
         if older_than is not None:
             query = query.where(events.c.created_at < older_than)
+        if after is not None:
+            query = query.where(events.c.id > after)
         with self.engine.connect() as c:
             return [_event(row) for row in c.execute(query).mappings()]
 
