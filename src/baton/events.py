@@ -34,6 +34,7 @@ from baton.contracts import validate_input, validate_json
 from baton.errors import ContractViolation, DefinitionError, UserError
 from baton.patterns import Pipeline
 from baton.patterns.base import Pattern
+from baton.patterns.registry import find_pattern
 from baton.runtime import get_runtime
 from baton.steps import Step
 from baton.store import RunStore, open_store, utcnow
@@ -131,8 +132,8 @@ def publish(
     payload_json = _checked(event_type, payload, where="publish()")
     s = store if isinstance(store, RunStore) else open_store(store)
     event_id = new_run_id()
-    s.add_event(event_id, event_type, payload_json, correlation_id or event_id, utcnow())
-    dispatch_soon(s, runtime)
+    s.add_event(event_id, event_type, payload_json, correlation_id or event_id, utcnow(), runtime=runtime)
+    dispatch_soon(s, runtime)  # never raises: what fails to go out now goes with a later dispatch
     return event_id
 
 
@@ -150,44 +151,71 @@ def _checked(event_type: str, payload: BaseModel, *, where: str) -> str:
     return payload_json
 
 
-def dispatch(store: RunStore, runtime: str = "local", *, older_than_s: float | None = None) -> int:
-    """Hand every event of the outbox to its subscribers; returns how many events were handed over.
+def dispatch(store: RunStore, runtime: str | None = None, *, older_than_s: float | None = None) -> int:
+    """Hand the events of the outbox to their subscribers; returns how many events were handed over.
 
-    With `older_than_s`, only events older than that (a sweep after a crash, leaving fresh events to the
-    process that emitted them).
+    Each event goes to its subscribers on its own runtime (the emitting run's, or the one it was published
+    for); with `runtime`, only the events of that runtime are dispatched. Its subscribers are the ones this
+    process knows and the ones other processes recorded, imported from their targets; one that cannot be
+    imported gets a dead letter saying why. An event that fails to go out stays in the outbox for the next
+    dispatch, and never holds up the others. With `older_than_s`, only events older than that (a sweep
+    after a crash, leaving fresh events to the process that emitted them).
     """
     from datetime import timedelta
 
     older = utcnow() - timedelta(seconds=older_than_s) if older_than_s is not None else None
+    _declare(store)
     handed = 0
     after: str | None = None
     while True:
-        batch = store.outbox(older_than=older, after=after, limit=100)
+        batch = store.outbox(older_than=older, after=after, runtime=runtime, limit=100)
         for event in batch:
             after = event.id
-            subs = subscribers(event.type)
-            if not subs:
-                # Nobody here knows its subscribers (their module is not imported in this process): leave it
-                # for a process that does, rather than call it delivered. `baton events` shows it waiting.
-                _warn_unknown(event.type)
-                continue
-            for sub in subs:
-                deliver(store, event, sub, runtime)
-            store.mark_dispatched(event.id, utcnow())
-            handed += 1
+            try:
+                for name, sub in _subscribers_everywhere(store, event.type).items():
+                    if isinstance(sub, Subscription):
+                        deliver(store, event, sub, event.runtime)
+                    else:
+                        store.undeliverable(event.id, name, sub, utcnow())
+                store.mark_dispatched(event.id, utcnow())
+                handed += 1
+            except Exception:  # the broker or the database: this event waits for the next dispatch
+                log.warning("event %s (%s) could not be handed over yet", event.id, event.type, exc_info=True)
         if len(batch) < 100:
             return handed
 
 
-_warned: set[str] = set()
+def _subscribers_everywhere(store: RunStore, event_type: str) -> dict[str, Subscription | str]:
+    """The subscribers of `event_type`: known here, or recorded by others and imported from their targets
+    (a string: why one could not be)."""
+    found: dict[str, Subscription | str] = {s.name: s for s in subscribers(event_type)}
+    for name, target in store.subscriptions_of(event_type).items():
+        if name in found:
+            continue
+        try:
+            if not target:
+                raise UserError("it recorded no target to import it from")
+            find_pattern(name, target)
+        except Exception as exc:
+            found[name] = f"subscriber '{name}' of '{event_type}' cannot be imported here ({target}): {exc}"
+            continue
+        sub = next((s for s in subscribers(event_type) if s.name == name), None)
+        found[name] = sub or f"importing {target} did not subscribe '{name}' to '{event_type}'"
+    return found
 
 
-def _warn_unknown(event_type: str) -> None:
-    if event_type not in _warned:
-        _warned.add(event_type)
-        log.warning(
-            "events of type '%s' wait in the outbox: no subscriber of theirs is imported in this process", event_type
-        )
+_declared: set[int] = set()
+
+
+def _declare(store: RunStore) -> None:
+    """Record this process's subscriptions in the store (once per store, and again when new ones appear)."""
+    with _lock:
+        known = [(t, s.name, s.pattern.target) for t, subs in _subscriptions.items() for s in subs.values()]
+    key = hash((id(store), tuple(sorted((t, n, tg or "") for t, n, tg in known))))
+    if key in _declared:
+        return
+    store.record_subscriptions(known, utcnow())
+    _declared.add(key)
 
 
 def deliver(
@@ -206,30 +234,43 @@ def deliver(
     )  # fmt: skip
 
 
-def redeliver(store: RunStore, event_id: str, *, runtime: str = "local", subscriber: str | None = None) -> list[str]:
-    """Deliver an event again to its dead-lettered subscribers (or to `subscriber`); returns the new runs."""
+def redeliver(
+    store: RunStore, event_id: str, *, runtime: str | None = None, subscriber: str | None = None
+) -> list[str]:
+    """Deliver an event again to its dead-lettered subscribers (only `subscriber`'s, if given); returns the new
+    runs. A delivery that succeeded, or whose run still goes on, is never handed over again."""
     event = store.get_event(event_id)
     if event is None:
         raise UserError(f"no event with id {event_id!r} in {store.describe()}")
     started = []
     for delivery in event.deliveries:
-        if (subscriber and delivery.subscriber != subscriber) or (not subscriber and not delivery.dead):
+        if (subscriber and delivery.subscriber != subscriber) or not delivery.dead:
             continue
-        sub = next((s for s in subscribers(event.type) if s.name == delivery.subscriber), None)
-        if sub is None:
-            raise UserError(
-                f"subscriber '{delivery.subscriber}' of '{event.type}' is not defined in this process; "
-                "import the module that defines it"
-            )
-        run_id = deliver(store, event, sub, runtime, replaces=delivery.run_id or "")
+        sub = _subscribers_everywhere(store, event.type).get(delivery.subscriber)
+        if not isinstance(sub, Subscription):
+            raise UserError(sub or f"subscriber '{delivery.subscriber}' of '{event.type}' is not known here")
+        run_id = deliver(store, event, sub, runtime or event.runtime, replaces=delivery.run_id or "")
         if run_id is not None:
             started.append(run_id)
     return started
 
 
 def dispatch_soon(store: RunStore, runtime: str) -> None:
-    """Dispatch the outbox without waiting (the local runtime's pool), so that nothing waits for the chain."""
-    if runtime != "local":
-        dispatch(store, runtime)
-        return
-    get_runtime("local").background(lambda: dispatch(store, "local"))
+    """Dispatch the outbox without waiting (on a thread), so that nothing waits for the chain; never raises.
+
+    When no thread can start (the interpreter is shutting down), it dispatches here and now.
+    """
+    try:
+        if runtime == "local":
+            get_runtime("local").background(lambda: dispatch(store))
+        else:
+            threading.Thread(target=_quietly, args=(store,), name="baton-dispatch", daemon=True).start()
+    except RuntimeError:
+        _quietly(store)
+
+
+def _quietly(store: RunStore) -> None:
+    try:
+        dispatch(store)
+    except Exception:  # the outbox keeps the events; a sweep hands them over
+        log.warning("could not dispatch events now; they wait in the outbox", exc_info=True)

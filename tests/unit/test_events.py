@@ -172,9 +172,32 @@ def test_on_checks_what_it_subscribes():
         baton.publish("test.ticket.received", {"subject": "x" * 60})
 
 
-def test_an_event_nobody_here_subscribes_to_waits_in_the_outbox_instead_of_being_called_delivered(store):
-    baton.publish("test.nobody.listens", {"anything": 1}, store=store)
+def test_an_event_nobody_subscribes_to_goes_out_to_nobody_and_never_stalls_the_outbox(store):
     for _ in range(150):  # more than one page of the outbox
         store.add_event(baton._ids.new_run_id(), "test.nobody.listens", "{}", "c", baton.store.utcnow())
-    assert dispatch(store) == 0
-    assert len(store.outbox(limit=1000)) == 151
+    assert dispatch(store) == 150
+    assert store.outbox(limit=1000) == []
+
+
+def test_a_subscriber_another_process_recorded_is_imported_from_its_target_or_dead_lettered(store):
+    store.record_subscriptions(
+        [
+            ("test.ticket.triaged", "elsewhere", "no_such_module_anywhere:handler"),
+            ("test.ticket.received", "test_triage", "tests.unit.test_events:triage"),
+        ],
+        baton.store.utcnow(),
+    )
+    event_id = baton.publish("test.ticket.triaged", Triaged(subject="s", category="c"), store=store)
+    baton.wait_chain(event_id, store=store, timeout=20)
+    event = store.get_event(event_id)
+    by_name = {d.subscriber: d for d in event.deliveries}
+    assert by_name["test_respond"].status == "succeeded"
+    assert by_name["elsewhere"].dead and "cannot be imported" in by_name["elsewhere"].error
+    assert [e.id for e in store.list_events(dead=True)] == [event_id]
+
+
+def test_a_delivery_that_succeeded_is_never_replayed(store):
+    event_id = baton.publish("test.ticket.triaged", Triaged(subject="s", category="c"), store=store)
+    baton.wait_chain(event_id, store=store, timeout=20)
+    assert redeliver(store, event_id, subscriber="test_respond") == []
+    assert seen == {"respond": ["c"]}

@@ -88,6 +88,12 @@ class CeleryRuntime:
                 trigger_event=trigger_event, delivery=delivery,
             )  # fmt: skip
         if not created:
+            if delivery is not None and trigger_event is not None:
+                # Handed over before, but perhaps never queued (the broker failed after the commit): a run
+                # still pending is queued again, which is safe (a message delivered twice runs once).
+                existing, status = store.delivery_run(trigger_event, delivery[0])
+                if existing is not None and status is RunStatus.PENDING:
+                    _send(step_task, existing, 0)
             return None
         _send(step_task, run_id, 0)
         return run_id

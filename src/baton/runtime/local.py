@@ -138,7 +138,12 @@ class LocalRuntime:
         _heartbeat_for(store).add(run_id, owner)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
+        try:
+            future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
+        except RuntimeError:
+            # The interpreter is shutting down and takes no new threads: the run it recorded runs here.
+            self._start_submitted(store, pattern, run_id, owner)
+            return run_id
         future.add_done_callback(lambda f: _log_failure(f, run_id))
         return run_id
 

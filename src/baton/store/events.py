@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.status import RunStatus
-from baton.store.schema import deliveries, events, runs
+from baton.store.schema import deliveries, events, runs, subscriptions
 
 __all__ = ["Delivery", "EventRecord", "EventStore"]
 
@@ -54,6 +55,7 @@ class EventRecord:
     source_step: int | None
     created_at: datetime
     dispatched_at: datetime | None
+    runtime: str = "local"
     deliveries: tuple[Delivery, ...] = field(default=())
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -79,18 +81,74 @@ class EventStore:
 
     engine: Engine
 
-    def add_event(self, event_id: str, event_type: str, payload_json: str, correlation_id: str, now: datetime) -> None:
-        """Record an event published from outside any run (an HTTP request, a script)."""
+    def add_event(
+        self,
+        event_id: str,
+        event_type: str,
+        payload_json: str,
+        correlation_id: str,
+        now: datetime,
+        *,
+        runtime: str = "local",
+    ) -> None:
+        """Record an event published from outside any run (an HTTP request, a script), for `runtime`."""
         with self.engine.begin() as c:
-            row = {"id": event_id, "type": event_type, "payload": json.loads(payload_json)}
+            row = {"id": event_id, "type": event_type, "payload": json.loads(payload_json), "runtime": runtime}
             c.execute(insert(events).values(**row, correlation_id=correlation_id, created_at=now))
 
+    def record_subscriptions(self, found: Sequence[tuple[str, str, str | None]], now: datetime) -> None:
+        """Declare subscriptions (event type, subscriber, target to import it from) known to this process."""
+        if not found:
+            return
+        with self.engine.begin() as c:
+            for event_type, subscriber, target in found:
+                statement = self._insert(subscriptions).values(
+                    event_type=event_type, subscriber=subscriber, target=target, updated_at=now
+                )
+                c.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[subscriptions.c.event_type, subscriptions.c.subscriber],
+                        set_={"target": statement.excluded.target, "updated_at": now},
+                    )
+                )
+
+    def subscriptions_of(self, event_type: str) -> dict[str, str | None]:
+        """The recorded subscribers of `event_type`, with the targets to import them from."""
+        query = select(subscriptions.c.subscriber, subscriptions.c.target).where(
+            subscriptions.c.event_type == event_type
+        )
+        with self.engine.connect() as c:
+            return {name: target for name, target in c.execute(query).all()}
+
+    def delivery_run(self, event_id: str, subscriber: str) -> tuple[str | None, RunStatus | None]:
+        """The run handling an event for a subscriber, and its status (None, None: no delivery yet)."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                select(deliveries.c.run_id, runs.c.status)
+                .select_from(deliveries.outerjoin(runs, runs.c.id == deliveries.c.run_id))
+                .where(deliveries.c.event_id == event_id, deliveries.c.subscriber == subscriber)
+            ).first()
+        if row is None:
+            return None, None
+        return row[0], RunStatus(row[1]) if row[1] else None
+
+    def _insert(self, table: Any) -> Any:
+        # INSERT ... ON CONFLICT is spelled by each dialect's own construct.
+        return (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(table)
+
     def outbox(
-        self, *, older_than: datetime | None = None, after: str | None = None, limit: int = 100
+        self,
+        *,
+        older_than: datetime | None = None,
+        after: str | None = None,
+        runtime: str | None = None,
+        limit: int = 100,
     ) -> list[EventRecord]:
         """Events not yet handed to their subscribers, oldest first (ids are time-ordered): only those
-        written before `older_than`, and after the event `after` (a keyset cursor)."""
+        written before `older_than`, after the event `after` (a keyset cursor), and for `runtime`."""
         query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.id).limit(limit)
+        if runtime is not None:
+            query = query.where(events.c.runtime == runtime)
         if older_than is not None:
             query = query.where(events.c.created_at < older_than)
         if after is not None:
@@ -104,16 +162,20 @@ class EventStore:
             c.execute(update(events).where(events.c.id == event_id).values(dispatched_at=now))
 
     def undeliverable(self, event_id: str, subscriber: str, error: str, now: datetime) -> None:
-        """Record that the event could not be handed to `subscriber` at all, and why."""
+        """Record that the event could not be handed to `subscriber` at all, and why (a dead letter).
+
+        A delivery that already has a run keeps it: another process handed the event over meanwhile.
+        """
+        key = {"event_id": event_id, "subscriber": subscriber}
+        statement = self._insert(deliveries).values(**key, deliveries=0, error=error, created_at=now, updated_at=now)
         with self.engine.begin() as c:
-            done = c.execute(
-                update(deliveries)
-                .where(deliveries.c.event_id == event_id, deliveries.c.subscriber == subscriber)
-                .values(error=error, run_id=None, updated_at=now)
-            ).rowcount
-            if not done:
-                key = {"event_id": event_id, "subscriber": subscriber}
-                c.execute(insert(deliveries).values(**key, deliveries=0, error=error, created_at=now, updated_at=now))
+            c.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[deliveries.c.event_id, deliveries.c.subscriber],
+                    set_={"error": error, "updated_at": now},
+                    where=deliveries.c.run_id.is_(None),
+                )
+            )
 
     def get_event(self, event_id: str) -> EventRecord | None:
         """One event with its deliveries; a unique prefix of its id will do."""
@@ -204,4 +266,5 @@ def _event(row: Any) -> EventRecord:
         source_step=row["source_step"],
         created_at=row["created_at"],
         dispatched_at=row["dispatched_at"],
+        runtime=row["runtime"],
     )

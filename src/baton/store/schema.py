@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "deliveries", "events", "llm_calls", "metadata", "runs", "steps"]
+__all__ = ["attempts", "deliveries", "events", "llm_calls", "metadata", "runs", "steps", "subscriptions"]
 
 metadata = MetaData()
 
@@ -168,6 +168,8 @@ events = Table(
     Column("source_step", Integer, nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("dispatched_at", DateTime, nullable=True),
+    # Where its subscribers' runs execute: the emitting run's runtime, or the one it was published for.
+    Column("runtime", String(50), nullable=False, default="local", server_default="local"),
     Index("ix_baton_events_correlation", "correlation_id"),
     Index(
         "ix_baton_events_outbox",
@@ -175,6 +177,18 @@ events = Table(
         sqlite_where=text("dispatched_at IS NULL"),
         postgresql_where=text("dispatched_at IS NULL"),
     ),
+)
+
+# Who subscribes to what, as the processes that dispatch events have declared it: an event is handed over
+# only when every subscriber recorded here has its delivery, and a process that does not know a subscriber
+# imports it from its target.
+subscriptions = Table(
+    "baton_subscriptions",
+    metadata,
+    Column("event_type", String(200), primary_key=True),
+    Column("subscriber", String(200), primary_key=True),
+    Column("target", String(1000), nullable=True),
+    Column("updated_at", DateTime, nullable=False),
 )
 
 # One row per (event, subscriber): the subscriber handles an event once, in the run `run_id`; its status is

@@ -54,16 +54,18 @@ VALUES (?s, ?s, ?s, 1, ?t, ?t)
 ON CONFLICT (event_id, subscriber) DO NOTHING
 """
 
-# A replay: the delivery is handed to a new run, provided it still is where the replay found it.
+# A replay: the delivery is handed to a new run, provided it still is where the replay found it and that is a
+# dead letter (its run failed, or none could start): a subscriber never handles an event twice.
 _REDELIVERY = """
 UPDATE baton_deliveries SET run_id = ?s, deliveries = deliveries + 1, error = NULL, updated_at = ?t
 WHERE event_id = ?s AND subscriber = ?s AND COALESCE(run_id, '') = ?s
+    AND (run_id IS NULL OR run_id IN (SELECT id FROM baton_runs WHERE status IN ('failed', 'cancelled', 'interrupted')))
 """
 
 # An event a step emitted, in its checkpoint's transaction; it carries the emitting run's correlation id.
 INSERT_EVENT = """
-INSERT INTO baton_events (id, type, payload, correlation_id, source_run, source_step, created_at)
-SELECT ?s, ?s, ?j, COALESCE(correlation_id, id), id, ?i, ?t FROM baton_runs WHERE id = ?s
+INSERT INTO baton_events (id, type, payload, correlation_id, source_run, source_step, created_at, runtime)
+SELECT ?s, ?s, ?j, COALESCE(correlation_id, id), id, ?i, ?t, runtime FROM baton_runs WHERE id = ?s
 """
 
 # The step's row is written only while `owner` still owns the running run (a fence against a process that

@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from baton.errors import InvalidInput, RunNotFound, UserError
+from baton.errors import ContractViolation, InvalidInput, RunNotFound, UserError
 from baton.events import dispatch, publish, subscribers
 from baton.store import RunStore
 
@@ -56,7 +56,7 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -
             raise HTTPException(404, f"nobody here subscribes to '{event_type}'")
         try:
             event_id = publish(event_type, payload, store=store, runtime=runtime)
-        except InvalidInput as exc:
+        except (InvalidInput, ContractViolation) as exc:  # the first subscriber's input, or another's
             return JSONResponse({"detail": str(exc), "errors": exc.errors}, status_code=422)
         except UserError as exc:
             raise HTTPException(422, str(exc)) from None

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("source_step", sa.Integer, nullable=True),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("dispatched_at", sa.DateTime, nullable=True),
+        sa.Column("runtime", sa.String(50), nullable=False, server_default="local"),
     )
     op.create_index("ix_baton_events_correlation", "baton_events", ["correlation_id"])
     op.create_index(
@@ -36,6 +37,13 @@ def upgrade() -> None:
         ["created_at"],
         sqlite_where=sa.text("dispatched_at IS NULL"),
         postgresql_where=sa.text("dispatched_at IS NULL"),
+    )
+    op.create_table(
+        "baton_subscriptions",
+        sa.Column("event_type", sa.String(200), primary_key=True),
+        sa.Column("subscriber", sa.String(200), primary_key=True),
+        sa.Column("target", sa.String(1000), nullable=True),
+        sa.Column("updated_at", sa.DateTime, nullable=False),
     )
     op.create_table(
         "baton_deliveries",
@@ -51,6 +59,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("baton_deliveries")
+    op.drop_table("baton_subscriptions")
     op.drop_index("ix_baton_events_outbox", "baton_events")
     op.drop_index("ix_baton_events_correlation", "baton_events")
     op.drop_table("baton_events")
