@@ -96,7 +96,11 @@ def main() -> None:
         finally:
             worker.stop()
             store.close()
-            databases.drop_all()
+            if os.environ.get("BATON_BENCH_KEEP_DB"):
+                print(f"kept the database {db_url} and the worker's log", file=sys.stderr)
+                os.system(f"cp {Path(logs) / 'worker.log'} /tmp/bench_worker.log")
+            else:
+                databases.drop_all()
             client.flushdb()
 
     events = 3 * args.chains  # customer.request, ticket.received, ticket.triaged

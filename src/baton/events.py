@@ -22,7 +22,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -151,7 +151,13 @@ def _checked(event_type: str, payload: BaseModel, *, where: str) -> str:
     return payload_json
 
 
-def dispatch(store: RunStore, runtime: str | None = None, *, older_than_s: float | None = None) -> int:
+def dispatch(
+    store: RunStore,
+    runtime: str | None = None,
+    *,
+    older_than_s: float | None = None,
+    event_ids: Sequence[str] | None = None,
+) -> int:
     """Hand the events of the outbox to their subscribers; returns how many events were handed over.
 
     Each event goes to its subscribers on its own runtime (the emitting run's, or the one it was published
@@ -168,7 +174,7 @@ def dispatch(store: RunStore, runtime: str | None = None, *, older_than_s: float
     handed = 0
     after: str | None = None
     while True:
-        batch = store.outbox(older_than=older, after=after, runtime=runtime, limit=100)
+        batch = store.outbox(older_than=older, after=after, runtime=runtime, ids=event_ids, limit=100)
         for event in batch:
             after = event.id
             try:
@@ -255,22 +261,59 @@ def redeliver(
     return started
 
 
-def dispatch_soon(store: RunStore, runtime: str) -> None:
-    """Dispatch the outbox without waiting (on a thread), so that nothing waits for the chain; never raises.
+def dispatch_soon(store: RunStore, runtime: str = "local") -> None:
+    """Dispatch the outbox without waiting, so that nothing waits for the chain; never raises.
 
-    When no thread can start (the interpreter is shutting down), it dispatches here and now.
+    One dispatcher thread per store takes every request made while it works (a burst of published events
+    costs one pass over the outbox, not one each); it ends when idle, and the interpreter waits for it at
+    exit, so that a script's chain is handed over before it stops. When no thread can start (the
+    interpreter is shutting down), it dispatches here and now.
     """
-    try:
-        if runtime == "local":
-            get_runtime("local").background(lambda: dispatch(store))
-        else:
-            threading.Thread(target=_quietly, args=(store,), name="baton-dispatch", daemon=True).start()
-    except RuntimeError:
-        _quietly(store)
+    with _lock:
+        dispatcher = _dispatchers.get((id(store), runtime))
+        if dispatcher is None:
+            dispatcher = _dispatchers[(id(store), runtime)] = _Dispatcher(store, runtime)
+    dispatcher.kick()
 
 
-def _quietly(store: RunStore) -> None:
+class _Dispatcher:
+    """Passes over the outbox of one store, for the events of one runtime, while anyone asks."""
+
+    def __init__(self, store: RunStore, runtime: str) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.lock = threading.Lock()
+        self.pending = False
+        self.thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        with self.lock:
+            self.pending = True
+            if self.thread is not None:
+                return  # the running pass sees `pending` and goes round again
+            self.thread = threading.Thread(target=self._loop, name="baton-dispatch")
+            try:
+                self.thread.start()
+                return
+            except RuntimeError:
+                self.thread, self.pending = None, False
+        _quietly(self.store, self.runtime)
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                if not self.pending:
+                    self.thread = None
+                    return
+                self.pending = False
+            _quietly(self.store, self.runtime)
+
+
+_dispatchers: dict[tuple[int, str], _Dispatcher] = {}
+
+
+def _quietly(store: RunStore, runtime: str) -> None:
     try:
-        dispatch(store)
+        dispatch(store, runtime)
     except Exception:  # the outbox keeps the events; a sweep hands them over
         log.warning("could not dispatch events now; they wait in the outbox", exc_info=True)

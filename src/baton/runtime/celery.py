@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
@@ -91,8 +92,9 @@ class CeleryRuntime:
             if delivery is not None and trigger_event is not None:
                 # Handed over before, but perhaps never queued (the broker failed after the commit): a run
                 # still pending is queued again, which is safe (a message delivered twice runs once).
-                existing, status = store.delivery_run(trigger_event, delivery[0])
-                if existing is not None and status is RunStatus.PENDING:
+                existing, status, created = store.delivery_run(trigger_event, delivery[0])
+                stale = created is not None and created < utcnow() - timedelta(seconds=LOST_AFTER)
+                if existing is not None and status is RunStatus.PENDING and stale:
                     _send(step_task, existing, 0)
             return None
         _send(step_task, run_id, 0)
@@ -147,6 +149,10 @@ class CeleryRuntime:
         idx = 0 if supervisor else next((i for i, s in enumerate(run.steps) if s.status not in done), 0)
         _send(step_task, run.id, idx)
         return store.get_run(run.id)
+
+
+# A delivery's run still pending this long after it was created is taken for lost with its message.
+LOST_AFTER = 30.0
 
 
 # -- the Celery app -------------------------------------------------------------------------------------
@@ -401,7 +407,8 @@ def _execute_step(
     if outcome.emitted:
         from baton.events import dispatch  # events build on the runtimes
 
-        dispatch(store, "celery")  # each subscriber's run is queued; what is left is swept up later
+        # Its own events only: what others emitted or published is theirs to hand over (or a sweep's).
+        dispatch(store, "celery", event_ids=outcome.emitted)
     if outcome.cancel_requested and idx < last and not member:
         store.finish_cancelled(run_id, CELERY_OWNER)
         return None

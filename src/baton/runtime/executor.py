@@ -27,7 +27,7 @@ class Succeeded:
     cancel_requested: bool
     result: StepResult  # holds the checkpointed JSON as `output_json`
     called_models: bool
-    emitted: bool = False  # the checkpoint wrote events, for the runtime to dispatch
+    emitted: tuple[str, ...] = ()  # ids of the events the checkpoint wrote, for the runtime to dispatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,4 +150,4 @@ def execute_attempt(
         lease_owner=lease_owner,
         events=ctx.events,
     )
-    return Succeeded(output, cancel, result, bool(ctx.calls), bool(ctx.events))
+    return Succeeded(output, cancel, result, bool(ctx.calls), tuple(e[0] for e in ctx.events))

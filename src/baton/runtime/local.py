@@ -147,13 +147,6 @@ class LocalRuntime:
         future.add_done_callback(lambda f: _log_failure(f, run_id))
         return run_id
 
-    def background(self, fn: Any) -> None:
-        """Call `fn()` on this runtime's threads (dispatching events: nothing waits for the chain)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        future = self._pool.submit(fn)
-        future.add_done_callback(lambda f: _log_failure(f, "(events)"))
-
     def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
         try:
             run = store.get_run(run_id)

@@ -33,11 +33,12 @@ RETURNING attempts
 _PG_CLAIM = (
     """
 WITH run AS (
-    -- FOR SHARE: a cancel (which locks the run to update it) waits for this claim to commit, and then
-    -- sees its lease; a claim behind a cancel sees the run cancelled.
+    -- Locked: a cancel (which locks the run to update it) waits for this claim to commit, and then sees its
+    -- lease; a claim behind a cancel sees the run cancelled. Claims of one run take turns (not a shared lock:
+    -- two claims of a pending run would each wait for the other to give up its share to mark it running).
     SELECT pipeline, target, step_names, cancel_requested, input FROM baton_runs
     WHERE id = %(run)s AND owner = 'celery' AND status IN ('pending', 'running')
-    FOR SHARE
+    FOR NO KEY UPDATE
 ), started AS (
     -- Only a run's first claim writes its row; the step's lease is what a claim is for.
     UPDATE baton_runs SET status = 'running', started_at = COALESCE(started_at, CAST(%(now)s AS TIMESTAMP)),

@@ -120,17 +120,18 @@ class EventStore:
         with self.engine.connect() as c:
             return {name: target for name, target in c.execute(query).all()}
 
-    def delivery_run(self, event_id: str, subscriber: str) -> tuple[str | None, RunStatus | None]:
-        """The run handling an event for a subscriber, and its status (None, None: no delivery yet)."""
+    def delivery_run(self, event_id: str, subscriber: str) -> tuple[str | None, RunStatus | None, datetime | None]:
+        """The run handling an event for a subscriber, its status and when it was created (all None: no
+        delivery yet)."""
         with self.engine.connect() as c:
             row = c.execute(
-                select(deliveries.c.run_id, runs.c.status)
+                select(deliveries.c.run_id, runs.c.status, runs.c.created_at)
                 .select_from(deliveries.outerjoin(runs, runs.c.id == deliveries.c.run_id))
                 .where(deliveries.c.event_id == event_id, deliveries.c.subscriber == subscriber)
             ).first()
         if row is None:
-            return None, None
-        return row[0], RunStatus(row[1]) if row[1] else None
+            return None, None, None
+        return row[0], RunStatus(row[1]) if row[1] else None, row[2]
 
     def _insert(self, table: Any) -> Any:
         # INSERT ... ON CONFLICT is spelled by each dialect's own construct.
@@ -142,6 +143,7 @@ class EventStore:
         older_than: datetime | None = None,
         after: str | None = None,
         runtime: str | None = None,
+        ids: Sequence[str] | None = None,
         limit: int = 100,
     ) -> list[EventRecord]:
         """Events not yet handed to their subscribers, oldest first (ids are time-ordered): only those
@@ -149,6 +151,8 @@ class EventStore:
         query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.id).limit(limit)
         if runtime is not None:
             query = query.where(events.c.runtime == runtime)
+        if ids is not None:
+            query = query.where(events.c.id.in_(list(ids)))
         if older_than is not None:
             query = query.where(events.c.created_at < older_than)
         if after is not None:

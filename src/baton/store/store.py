@@ -81,7 +81,8 @@ class RunStore(StepLeases, EventStore):
         self.url = url
         self.lease = timedelta(seconds=lease_seconds)
         self._local = threading.local()
-        self._writers: list[RunWriter | LeaseClaimer] = []
+        # Each kept connection with the thread that keeps it: a thread that ended gives its connections back.
+        self._writers: list[tuple[threading.Thread, RunWriter | LeaseClaimer]] = []
         self._writers_lock = threading.Lock()
         try:
             migrate(self.engine)
@@ -93,7 +94,7 @@ class RunStore(StepLeases, EventStore):
     def close(self) -> None:
         """Release the store's connections."""
         with self._writers_lock:
-            for writer in self._writers:
+            for _, writer in self._writers:
                 writer.close()
             self._writers.clear()
         self._local = threading.local()
@@ -130,7 +131,16 @@ class RunStore(StepLeases, EventStore):
             kept = make()
             setattr(self._local, slot, kept)
             with self._writers_lock:
-                self._writers.append(kept)
+                # Threads come and go (a dispatcher that ends when idle, a user's threads): give back the
+                # connections of those that ended, so that they never drain the pool.
+                alive = []
+                for thread, other in self._writers:
+                    if thread.is_alive():
+                        alive.append((thread, other))
+                    else:
+                        other.close()
+                alive.append((threading.current_thread(), kept))
+                self._writers = alive
         return kept
 
     def claim(
