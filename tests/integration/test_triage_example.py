@@ -46,3 +46,14 @@ def test_the_api_refuses_a_request_that_breaks_the_contract(api):
     assert answer.status_code == 422 and "customer" in answer.text
     assert client.get("/events/0123456789abcdef").status_code == 404
     assert store.list_events() == []
+
+
+def test_the_body_is_json_whatever_its_content_type_says_as_curl_d_sends_it(api):
+    client, store = api
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = '{"customer": "Bo", "text": "Where is my parcel?"}'
+    answer = client.post("/events/customer.request", content=body, headers=form)
+    assert answer.status_code == 202, answer.text
+    baton.wait_chain(answer.json()["id"], store=store, timeout=300)
+    assert client.post("/events/customer.request", content="{not json", headers=form).status_code == 400
+    assert client.post("/events/customer.request", json=["a", "list"]).status_code == 422

@@ -8,6 +8,7 @@ GET  /runs/{id}       one run, as `baton show --json` prints it
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -18,7 +19,8 @@ from baton.events import dispatch, publish, subscribers
 from baton.store import RunStore
 
 try:
-    from fastapi import Body, FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
 except ImportError as exc:  # pragma: no cover - exercised by the install hint in a bare venv
     raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from exc
@@ -50,10 +52,22 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -
     app = FastAPI(title="baton", summary="Typed, durable multi-agent pipelines", lifespan=lifespan)
 
     @app.post("/events/{event_type}", status_code=202)
-    def post_event(event_type: str, payload: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
-        """Publish an event: validated against its subscribers' input, answered at once with its id."""
+    async def post_event(event_type: str, request: Request) -> JSONResponse:
+        """Publish an event: validated against its subscribers' input, answered at once with its id.
+
+        The body is read as JSON whatever its content type says (`curl -d` sends a form's).
+        """
         if not subscribers(event_type):
             raise HTTPException(404, f"nobody here subscribes to '{event_type}'")
+        try:
+            payload = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            raise HTTPException(400, f"the body is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise HTTPException(422, "the body must be a JSON object: the event's payload")
+        return await run_in_threadpool(_publish, event_type, payload)
+
+    def _publish(event_type: str, payload: dict[str, Any]) -> JSONResponse:
         try:
             event_id = publish(event_type, payload, store=store, runtime=runtime)
         except (InvalidInput, ContractViolation) as exc:  # the first subscriber's input, or another's
