@@ -217,7 +217,7 @@ def _declare(store: RunStore) -> None:
     """Record this process's subscriptions in the store (once per store, and again when new ones appear)."""
     with _lock:
         known = [(t, s.name, s.pattern.target) for t, subs in _subscriptions.items() for s in subs.values()]
-    key = hash((id(store), tuple(sorted((t, n, tg or "") for t, n, tg in known))))
+    key = hash((id(store), store.url, tuple(sorted((t, n, tg or "") for t, n, tg in known))))
     if key in _declared:
         return
     store.record_subscriptions(known, utcnow())
