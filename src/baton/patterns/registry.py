@@ -7,7 +7,7 @@ from typing import Any
 from baton._loader import load_target
 from baton.errors import RunNotResumable
 
-__all__ = ["find_pattern", "register"]
+__all__ = ["find_pattern", "register", "registered"]
 
 _patterns: dict[str, Any] = {}
 
@@ -15,6 +15,11 @@ _patterns: dict[str, Any] = {}
 def register(pattern: Any) -> None:
     """Remember a pattern under its name (the newest definition wins, as on a module reload)."""
     _patterns[pattern.name] = pattern
+
+
+def registered(name: str) -> Any | None:
+    """The pattern called `name` if this process defines it (nothing is imported)."""
+    return _patterns.get(name)
 
 
 def find_pattern(name: str, target: str | None) -> Any:

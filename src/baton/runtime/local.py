@@ -147,6 +147,20 @@ class LocalRuntime:
         future.add_done_callback(lambda f: _log_failure(f, run_id))
         return run_id
 
+    def resume_later(self, store: RunStore, pattern: Any, run_id: str) -> str:
+        """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
+        run = store.get_run(run_id)
+        plan_resume(run, pattern.steps, groups=_groups(pattern))  # refuses now what cannot resume
+        owner = this_owner()
+        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner):
+            raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
+        _heartbeat_for(store).add(run.id, owner)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
+        future = self._pool.submit(self._start_submitted, store, pattern, run.id, owner)
+        future.add_done_callback(lambda f: _log_failure(f, run.id))
+        return run.id
+
     def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
         try:
             run = store.get_run(run_id)

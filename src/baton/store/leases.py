@@ -261,7 +261,7 @@ class StepLeases:
         assert result is not None
         return result
 
-    def reopen(self, run_id: str, *, claims: int, runtime: str, now: datetime) -> bool:
+    def reopen(self, run_id: str, *, claims: int, runtime: str, now: datetime, owner: str = CELERY_OWNER) -> bool:
         """Make a failed or interrupted run pending again for `runtime`'s workers (its failed steps too);
         False if it changed since it was read (`claims`) or is not resumable."""
         with self.engine.begin() as c:
@@ -275,9 +275,9 @@ class StepLeases:
                     )
                     .values(
                         status=RunStatus.PENDING,
-                        owner=CELERY_OWNER,
+                        owner=owner,
                         runtime=runtime,
-                        lease_expires_at=None,
+                        lease_expires_at=None if owner == CELERY_OWNER else now + self.lease,
                         current_step=None,
                         failed_step=None,
                         finished_at=None,
