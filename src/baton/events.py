@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -167,18 +168,19 @@ def dispatch(
     dispatch, and never holds up the others. With `older_than_s`, only events older than that (a sweep
     after a crash, leaving fresh events to the process that emitted them).
     """
-    from datetime import timedelta
-
     older = utcnow() - timedelta(seconds=older_than_s) if older_than_s is not None else None
     _declare(store)
     handed = 0
     after: str | None = None
+    by_type: dict[str, dict[str, Subscription | str]] = {}  # one look at the recorded subscribers per type
     while True:
         batch = store.outbox(older_than=older, after=after, runtime=runtime, ids=event_ids, limit=100)
         for event in batch:
             after = event.id
             try:
-                for name, sub in _subscribers_everywhere(store, event.type).items():
+                if event.type not in by_type:
+                    by_type[event.type] = _subscribers_everywhere(store, event.type)
+                for name, sub in by_type[event.type].items():
                     if isinstance(sub, Subscription):
                         deliver(store, event, sub, event.runtime)
                     else:

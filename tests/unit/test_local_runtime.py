@@ -249,8 +249,8 @@ def test_a_pending_run_is_not_resumed_by_hand(store):
     calls = Calls()
     pipeline = make(calls, name="pending-guard")
     with store.writer() as w:
-        from baton.runtime.local import _create
+        from baton.runtime.local import create_run
 
-        run_id, *_ = _create(w, store, pipeline, Num(n=1), baton._owner.this_owner(), pending=True)
+        run_id, *_ = create_run(w, store, pipeline, Num(n=1), baton._owner.this_owner(), pending=True)
     with pytest.raises(RunNotResumable, match="pending"):
         baton.resume(run_id, store=store)

@@ -19,6 +19,7 @@ from baton.cli._common import (
     _out,
     _print_json,
     _store,
+    import_modules,
     json_option,
     store_option,
 )
@@ -260,8 +261,7 @@ def worker(
     store = _store(database_url)  # migrates, and fails early with a clear message when unreachable
     described = store.describe()
     store.close()
-    for module in imports:
-        load_target(f"{module}:__name__")
+    import_modules(imports)
     app = celery_app()
     check_broker(app)
     _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
@@ -289,8 +289,7 @@ def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database
         import uvicorn
     except ImportError:
         raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from None
-    for module in imports:
-        load_target(f"{module}:__name__")
+    import_modules(imports)
     store = _store(database_url)
     _err().print(f"baton serve: http://{host}:{port}, store {store.describe()}", highlight=False, markup=False)
     uvicorn.run(create_app(store, runtime=runtime), host=host, port=port, log_level="info")

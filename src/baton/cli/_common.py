@@ -23,6 +23,7 @@ __all__ = [
     "_out",
     "_print_json",
     "_store",
+    "import_modules",
     "json_option",
     "store_option",
 ]
@@ -91,3 +92,11 @@ def _store(url: str | None) -> RunStore:
 
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def import_modules(modules: tuple[str, ...]) -> None:
+    """Import what `--import` names (a module or a file path): its patterns and subscribers register."""
+    from baton._loader import load_target
+
+    for module in modules:
+        load_target(f"{module}:__name__")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import threading
 import time
@@ -29,18 +28,16 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from baton._ids import new_run_id
 from baton._owner import owner_alive, this_owner
 from baton.contracts import validate_json
 from baton.errors import BatonError, BrokerUnavailable, RunError, RunNotResumable, UserError
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, error_info, execute_attempt
-from baton.runtime.local import boundaries_to_measure, plan_resume
+from baton.runtime.local import boundaries_to_measure, create_run, plan_resume
 from baton.settings import Settings
 from baton.status import RunStatus, StepStatus
 from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepResult, StepState, open_store, utcnow
-from baton.tokens import count_tokens
 
 try:
     import celery
@@ -77,18 +74,12 @@ class CeleryRuntime:
         when the event was already handed to that subscriber.
         """
         _require_target(pattern)
-        run_id = new_run_id()
-        input_json = value.model_dump_json()
-        input_tokens = count_tokens(input_json) if 0 in boundaries_to_measure(pattern.steps[:1]) else None
-        now = utcnow()
         with store.writer() as writer:
-            created = writer.create_run(
-                run_id=run_id, pipeline=pattern.name, target=pattern.target, input_json=input_json,
-                step_names_json=json.dumps(pattern.step_names), owner=CELERY_OWNER, now=now, lease_until=None,
-                pending=True, input_tokens=input_tokens, runtime=self.name, correlation_id=correlation_id,
-                trigger_event=trigger_event, delivery=delivery,
+            run_id, *_ = create_run(
+                writer, store, pattern, value, CELERY_OWNER, pending=True, runtime=self.name,
+                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
             )  # fmt: skip
-        if not created:
+        if run_id is None:
             if delivery is not None and trigger_event is not None:
                 # Handed over before, but perhaps never queued (the broker failed after the commit): a run
                 # still pending is queued again, which is safe (a message delivered twice runs once).
@@ -105,7 +96,9 @@ class CeleryRuntime:
         run_id = self.submit(store, pattern, value)
         if observer is not None:
             observer.run_created(run_id)
-        return _wait(store, run_id)
+        from baton.api import wait  # the store is what every runtime is waited on
+
+        return wait(run_id, store=store)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
         """Queue a failed or interrupted run again at its first unfinished step; returns it (pending).
@@ -262,7 +255,7 @@ def _join_body(task: Any, _results: Any, run_id: str) -> None:
     except Exception:
         # As in `_execute`: never let Celery acknowledge a join that did not happen.
         log.exception("run %s: could not join its workers; trying again later", run_id)
-        raise task.retry(countdown=min(60.0, 2.0 * 2 ** (task.request.retries or 0))) from None
+        raise task.retry(countdown=_backoff(task)) from None
 
 
 def _join(task: Any, run_id: str) -> None:
@@ -290,6 +283,11 @@ def _join(task: Any, run_id: str) -> None:
         return
     with contextlib.suppress(_Requeued):
         _execute(task, run_id, merge, 1)
+
+
+def _backoff(task: Any) -> float:
+    """Seconds before a task that failed around its step tries again: doubling from 2, at most 60."""
+    return min(60.0, 2.0 * 2 ** (getattr(task.request, "retries", 0) or 0))
 
 
 class _Requeued(Exception):
@@ -332,8 +330,7 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
             log.exception("run %s, step %d: could not go on; trying again later", run_id, current)
             with contextlib.suppress(Exception):
                 store.release_step(run_id, current, me)
-            retries = getattr(task.request, "retries", 0) or 0
-            _requeue(task, run_id, current, this_go, min(60.0, 2.0 * 2**retries))
+            _requeue(task, run_id, current, this_go, _backoff(task))
         this_go, source = 1, None
 
 
@@ -523,14 +520,6 @@ def _fail_before_start(
     result = StepResult(idx=idx, name=name, attempt=attempt, started_at=now, finished_at=now, error=error_info(exc))
     with contextlib.suppress(LostOwnership):
         store.record_failure(run_id, CELERY_OWNER, result, retrying=False, end_run=end_run, lease_owner=me)
-
-
-def _wait(store: RunStore, run_id: str, poll: float = 0.05) -> Run:
-    while True:
-        found = store.get_run(run_id)
-        if found.status.finished:
-            return found
-        time.sleep(poll)
 
 
 def _is_supervisor(pattern: Any) -> bool:

@@ -25,7 +25,7 @@ from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
 from baton.tokens import count_tokens
 
-__all__ = ["LocalRuntime", "plan_resume"]
+__all__ = ["LocalRuntime", "create_run", "plan_resume"]
 
 log = logging.getLogger("baton.runtime")
 
@@ -88,7 +88,7 @@ class LocalRuntime:
         """Record a new run of `pattern` on the validated `value`, execute it to the end, return it."""
         owner = this_owner()
         with store.writer() as writer:
-            run_id, input_json, now, input_tokens = _create(writer, store, pattern, value, owner, pending=False)
+            run_id, input_json, now, input_tokens = create_run(writer, store, pattern, value, owner, pending=False)
             assert run_id is not None
             base = Run(
                 id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
@@ -128,7 +128,7 @@ class LocalRuntime:
         """
         owner = this_owner()
         with store.writer() as writer:
-            run_id, *_ = _create(
+            run_id, *_ = create_run(
                 writer, store, pattern, value, owner, pending=True,
                 correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
             )  # fmt: skip
@@ -215,7 +215,7 @@ class LocalRuntime:
         return base
 
 
-def _create(
+def create_run(
     writer: RunWriter,
     store: RunStore,
     pattern: Any,
@@ -223,10 +223,16 @@ def _create(
     owner: str,
     *,
     pending: bool,
+    runtime: str = "local",
     correlation_id: str | None = None,
     trigger_event: str | None = None,
     delivery: tuple[str, str | None] | None = None,
 ) -> tuple[str | None, str, datetime, int | None]:
+    """Record a new run of `pattern` on `value` (every runtime's): (its id, or None when the event `delivery`
+    was already made; its input's JSON; now; the input's tokens when a model reads it).
+
+    A run owned by one process holds a lease on the whole run; a celery run's steps hold theirs instead.
+    """
     run_id = new_run_id()
     input_json = value.model_dump_json()
     # The run's input is a boundary too when a model reads it.
@@ -240,9 +246,10 @@ def _create(
         step_names_json=json.dumps(pattern.step_names),
         owner=owner,
         now=now,
-        lease_until=now + store.lease,
+        lease_until=now + store.lease if runtime == "local" else None,
         pending=pending,
         input_tokens=input_tokens,
+        runtime=runtime,
         correlation_id=correlation_id,
         trigger_event=trigger_event,
         delivery=delivery,

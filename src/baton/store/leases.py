@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.status import RunStatus, StepStatus
@@ -299,20 +299,21 @@ class StepLeases:
                 )
             return reopened
 
-    def live_leases(self, run_id: str, now: datetime) -> int:
-        """How many steps of the run a worker holds right now."""
-        with self.engine.connect() as c:
-            return int(
-                c.execute(
-                    select(func.count())
-                    .select_from(steps)
-                    .where(
-                        steps.c.run_id == run_id,
-                        steps.c.lease_owner.is_not(None),
-                        or_(steps.c.lease_expires_at.is_(None), steps.c.lease_expires_at >= now),
-                    )
-                ).scalar_one()
+    def live_leases(self, run_id: str, now: datetime, *, conn: Connection | None = None) -> int:
+        """How many steps of the run a worker holds right now (read on `conn`, inside its transaction)."""
+        query = (
+            select(func.count())
+            .select_from(steps)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.lease_owner.is_not(None),
+                or_(steps.c.lease_expires_at.is_(None), steps.c.lease_expires_at >= now),
             )
+        )
+        if conn is not None:
+            return int(conn.execute(query).scalar_one())
+        with self.engine.connect() as c:
+            return int(c.execute(query).scalar_one())
 
 
 def _as_json(value: Any) -> str | None:

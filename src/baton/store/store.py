@@ -339,12 +339,7 @@ class RunStore(StepLeases, EventStore):
             if status == RunStatus.RUNNING and owner == CELERY_OWNER:
                 # A celery run that no worker is executing right now is idle too: its queued messages will
                 # find it cancelled and do nothing.
-                held = c.execute(
-                    select(func.count())
-                    .select_from(steps)
-                    .where(steps.c.run_id == run_id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now)
-                ).scalar_one()
-                idle = held == 0
+                idle = self.live_leases(run_id, now, conn=c) == 0
             if idle:
                 c.execute(
                     update(runs)
