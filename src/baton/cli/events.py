@@ -9,7 +9,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from baton.cli._common import _errors_to_exit, _out, _print_json, _store
+from baton.cli._common import _errors_to_exit, _out, _print_json, _store, import_modules
+from baton.cli.render import _status
 from baton.errors import RunNotFound, UserError
 from baton.run import Run
 from baton.store import RunStore
@@ -44,82 +45,61 @@ def events(
 @events.command()
 @click.argument("event_id")
 @click.option("--subscriber", help="Deliver to this subscriber only (default: every one that did not handle it).")
-@click.option("--runtime", default="local", show_default=True, help="Where the new runs execute.")
+@click.option("--runtime", default=None, help="Where the new runs execute. Default: the event's own runtime.")
 @click.option("--import", "imports", multiple=True, metavar="MODULE", help="Import a module defining subscribers.")
 @click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+@_errors_to_exit
 def replay(
-    event_id: str, subscriber: str | None, runtime: str, imports: tuple[str, ...], database_url: str | None
+    event_id: str, subscriber: str | None, runtime: str | None, imports: tuple[str, ...], database_url: str | None
 ) -> None:
     """Deliver an event again to the subscribers that did not handle it (a dead letter), in new runs."""
     from baton import api
-    from baton._loader import load_target
     from baton.events import redeliver
 
-    @_errors_to_exit
-    def go() -> None:
-        for module in imports:
-            load_target(f"{module}:__name__")
-        store: RunStore = _store(database_url)
-        event = store.get_event(event_id)
-        if event is None:
-            raise UserError(f"no event with id {event_id!r} in {store.describe()}")
-        started = redeliver(store, event.id, runtime=runtime, subscriber=subscriber)
-        if not started:
-            raise UserError(f"event {event.id} has no dead-lettered delivery to replay (see: baton events --dead)")
-        for run_id in started:
-            click.echo(run_id)
-        if runtime == "local":
-            api.wait_chain(event.correlation_id, store=store)
-
-    go()
+    import_modules(imports)
+    store: RunStore = _store(database_url)
+    event = store.get_event(event_id)
+    if event is None:
+        raise UserError(f"no event with id {event_id!r} in {store.describe()}")
+    started = redeliver(store, event.id, runtime=runtime, subscriber=subscriber)
+    if not started:
+        raise UserError(f"event {event.id} has no dead-lettered delivery to replay (see: baton events --dead)")
+    for run_id in started:
+        click.echo(run_id)
+    if (runtime or event.runtime) == "local":  # the new runs execute in this process: let them end first
+        api.wait_chain(event.correlation_id, store=store)
 
 
 @events.command()
-@click.option("--runtime", default="local", show_default=True, help="Where the subscribers' runs execute.")
+@click.option("--runtime", default=None, help="Only the events of this runtime. Default: all, each on its own.")
 @click.option("--older-than", default=0.0, show_default=True, type=float, help="Only events older than this (s).")
 @click.option("--import", "imports", multiple=True, metavar="MODULE", help="Import a module defining subscribers.")
 @click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
-def dispatch(runtime: str, older_than: float, imports: tuple[str, ...], database_url: str | None) -> None:
+@_errors_to_exit
+def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], database_url: str | None) -> None:
     """Hand the events left in the outbox (a process died before it could) to their subscribers."""
-    from baton._loader import load_target
     from baton.events import dispatch as dispatch_events
 
-    @_errors_to_exit
-    def go() -> None:
-        for module in imports:
-            load_target(f"{module}:__name__")
-        store = _store(database_url)
-        count = dispatch_events(store, runtime, older_than_s=older_than or None)
-        click.echo(f"{count} events handed to their subscribers")
-
-    go()
+    import_modules(imports)
+    count = dispatch_events(_store(database_url), runtime, older_than_s=older_than or None)
+    click.echo(f"{count} events handed to their subscribers")
 
 
 @click.command()
 @click.argument("correlation_id")
 @click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+@_errors_to_exit
 def trace(correlation_id: str, database_url: str | None) -> None:
     """Print a chain of runs and events (a correlation id, or any of its runs' ids) as a tree."""
-
-    @_errors_to_exit
-    def go() -> None:
-        store = _store(database_url)
-        chain = correlation_id
-        with contextlib.suppress(RunNotFound):  # a run's id names its chain too
-            chain = store.get_run(correlation_id).correlation_id or correlation_id
-        runs = store.list_runs(correlation_id=chain, limit=10_000)
-        found = store.list_events(correlation_id=chain, limit=10_000)
-        if not runs and not found:
-            raise UserError(f"no run or event belongs to chain {correlation_id!r}")
-        _out().print(render_trace(chain, runs, found))
-
-    go()
-
-
-def _status(value: str) -> Text:
-    from baton.cli.render import _status as status
-
-    return status(value)
+    store = _store(database_url)
+    chain = correlation_id
+    with contextlib.suppress(RunNotFound):  # a run's id names its chain too
+        chain = store.get_run(correlation_id).correlation_id or correlation_id
+    runs = store.list_runs(correlation_id=chain, limit=10_000)
+    found = store.list_events(correlation_id=chain, limit=10_000)
+    if not runs and not found:
+        raise UserError(f"no run or event belongs to chain {correlation_id!r}")
+    _out().print(render_trace(chain, runs, found))
 
 
 def render_events(found: list[EventRecord]) -> Table:
