@@ -44,6 +44,16 @@ class AttemptError:
     started_at: datetime
     finished_at: datetime
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """The `show --json` shape of an earlier attempt."""
+        return {
+            "attempt": self.attempt,
+            "error": self.error.to_json_dict(),
+            "retried": self.retried,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Tokens:
@@ -115,6 +125,7 @@ class StepRecord:
             "cost_usd": self.cost_usd,
             "boundary_tokens": self.boundary_tokens,
             "calls": [c.to_json_dict() for c in self.calls],
+            "attempt_errors": [a.to_json_dict() for a in self.attempt_errors],
         }
 
 

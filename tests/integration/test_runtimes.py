@@ -87,6 +87,11 @@ class Driver:
         assert result.returncode in (0, 1), result.stderr
         return wait_until_finished(self.env, run_id)
 
+    def retry(self, run_id: str, step: str) -> dict:
+        result = baton(self.env, "resume", run_id, "--from", step, "--json")
+        assert result.returncode in (0, 1), result.stderr
+        return wait_until_finished(self.env, run_id)
+
 
 @pytest.fixture(params=RUNTIMES)
 def driver(request, env, workers) -> Driver:
@@ -140,6 +145,28 @@ def test_a_supervisor_resume_reruns_only_the_failed_worker_then_the_merge(driver
     assert resumed["status"] == "succeeded", resumed
     assert resumed["output"] == {"body": "financials: ACME | news: ACME | risks: ACME"}
     assert counts(env) == {"plan": 1, "financials": 1, "news": 2, "risks": 1, "draft": 1}
+
+
+def test_retry_from_a_chosen_step_reruns_it_and_the_steps_after_it_only(driver, env):
+    run = driver.finish(driver.start(CONTROLLED, {"value": 1}))
+    assert run["status"] == "succeeded", run
+    retried = driver.retry(run["id"], "transform")
+    assert retried["status"] == "succeeded", retried
+    assert retried["output"] == {"value": 25}
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 2}
+    transform = retried["steps"][1]
+    assert transform["attempts"] == 2  # numbered after the discarded one, which the history keeps
+    assert [e["error"]["type"] for e in transform["attempt_errors"]] == ["Rewound"]
+
+
+def test_a_supervisor_retried_from_a_worker_reruns_that_lane_and_the_merge_only(driver, env):
+    ask = {"topic": "ACME", "want": ["financials", "news", "risks"]}
+    run = driver.finish(driver.start(RESEARCH, ask))
+    assert run["status"] == "succeeded", run
+    retried = driver.retry(run["id"], "news")
+    assert retried["status"] == "succeeded", retried
+    assert counts(env)["plan"] == 1 and counts(env)["financials"] == counts(env)["risks"] == 1
+    assert counts(env)["news"] == counts(env)["draft"] == 2
 
 
 def test_a_supervisor_skips_the_workers_its_router_did_not_choose(driver, env):

@@ -155,10 +155,19 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     "--runtime", default=None, help="Where the rest of the run executes. Default: where it ran (local or celery)."
 )
 @click.option("--wait/--no-wait", default=None, help="On celery, wait for the run to end (default: do not).")
+@click.option(
+    "--from",
+    "from_step",
+    metavar="STEP",
+    help="Retry from this step: its checkpoint and the ones after it are discarded and run again "
+    "(a finished run too, a succeeded one included).",
+)
 @store_option
 @json_option
 @_errors_to_exit
-def resume(run_id: str, runtime: str | None, wait: bool | None, database_url: str | None, as_json: bool) -> None:
+def resume(
+    run_id: str, runtime: str | None, wait: bool | None, from_step: str | None, database_url: str | None, as_json: bool
+) -> None:
     """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run."""
     from baton.cli.render import LiveProgress
 
@@ -166,6 +175,11 @@ def resume(run_id: str, runtime: str | None, wait: bool | None, database_url: st
     recorded = store.get_run(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     runtime = runtime or recorded.runtime
+    if from_step is not None:
+        pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
+        # A local retry runs on a thread of this process, which must stay until the run ends.
+        _submitted(store, recorded.id, f"retried from step {from_step}", wait or runtime == "local", as_json)
+        return
     if runtime != "local":
         pattern.resume(recorded.id, store=store, runtime=runtime)
         _submitted(store, recorded.id, f"resumed on the {runtime} runtime", wait, as_json)

@@ -95,6 +95,26 @@ class Pattern:
         s = store_of(store)
         return get_runtime(runtime).resume(s, self, s.resolve_id(run_id), observer)
 
+    def retry(
+        self,
+        run_id: str,
+        from_step: str,
+        *,
+        store: RunStore | str | None = None,
+        runtime: str | None = None,
+    ) -> str:
+        """Run a finished run again from `from_step`: its checkpoint and those after it are discarded and the
+        steps re-run in the background (on the run's own runtime unless `runtime` says); returns the run id.
+        """
+        s = store_of(store)
+        run_id = s.resolve_id(run_id)
+        where = runtime or s.get_run(run_id).runtime
+        return get_runtime(where).retry_from(s, self, run_id, from_step)
+
+    def rerun_from(self, idx: int) -> list[int]:
+        """The steps that run again when a run is retried from step `idx`, that one first: it and those after."""
+        return list(range(idx, len(self.steps)))
+
 
 def store_of(store: RunStore | str | None) -> RunStore:
     """The store given, or the one at a URL, or the default one."""

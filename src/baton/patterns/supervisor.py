@@ -70,6 +70,14 @@ class Supervisor(Pattern):
         self.steps: tuple[Step, ...] = (self.router, *self.workers.values(), merge)
         self._register(target, sys._getframe(1).f_globals.get("__name__"))
 
+    def rerun_from(self, idx: int) -> list[int]:
+        """The steps that run again when retried from step `idx`: a worker's lane is its own, so a worker
+        re-runs with the merge only; the router re-routes, so everything runs again."""
+        last = len(self.steps) - 1
+        if idx == 0:
+            return list(range(len(self.steps)))
+        return [idx] if idx == last else [idx, last]
+
     def __repr__(self) -> str:
         return f"<Supervisor {self.name}: {self.router.name} -> {{{', '.join(self.workers)}}} -> {self.merge.name}>"
 

@@ -34,7 +34,7 @@ from baton.errors import BatonError, BrokerUnavailable, RunError, RunNotResumabl
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, error_info, execute_attempt
-from baton.runtime.local import boundaries_to_measure, create_run, plan_resume
+from baton.runtime.local import boundaries_to_measure, create_run, plan_resume, plan_rewind
 from baton.settings import Settings
 from baton.status import RunStatus, StepStatus
 from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepResult, StepState, open_store, utcnow
@@ -122,6 +122,16 @@ class CeleryRuntime:
         if observer is not None:
             observer.run_created(run.id)
         return store.get_run(run.id)
+
+    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+        """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
+        _require_target(pattern)
+        run = store.get_run(run_id)
+        rewind = plan_rewind(run, pattern, step)
+        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
+            raise RunNotResumable(f"run {run.id} changed while retrying (another process resumed it); look again")
+        _send(step_task, run.id, 0 if _is_supervisor(pattern) else rewind[0])
+        return run.id
 
     def _requeue_stuck(self, store: RunStore, pattern: Any, run: Run, supervisor: bool) -> Run:
         if [s.name for s in run.steps] != pattern.step_names:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from baton._ids import new_run_id
 from baton._owner import this_owner
 from baton.contracts import validate_json
-from baton.errors import RunNotResumable
+from baton.errors import RunNotResumable, UserError
 from baton.run import Run, StepRecord
 from baton.runtime.executor import Failed, Observer, Outcome, RetryLater, Succeeded, execute_attempt
 from baton.status import RunStatus, StepStatus
@@ -151,8 +151,16 @@ class LocalRuntime:
         """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
         run = store.get_run(run_id)
         plan_resume(run, pattern.steps, groups=_groups(pattern))  # refuses now what cannot resume
+        return self._reopen(store, pattern, run, ())
+
+    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+        """Discard the checkpoints of `step` and of what follows it, and run them again in the background."""
+        run = store.get_run(run_id)
+        return self._reopen(store, pattern, run, plan_rewind(run, pattern, step))
+
+    def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int]) -> str:
         owner = this_owner()
-        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner):
+        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         _heartbeat_for(store).add(run.id, owner)
         if self._pool is None:
@@ -494,6 +502,26 @@ def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> No
 
 def _groups(pattern: Any) -> bool:
     return getattr(pattern, "kind", "pipeline") == "supervisor"
+
+
+def plan_rewind(run: Run, pattern: Any, step: str) -> list[int]:
+    """The steps to run again when `run` is retried from `step`, that one first; refuses what cannot be."""
+    recorded = [s.name for s in run.steps]
+    if recorded != list(pattern.step_names):
+        raise RunNotResumable(
+            f"run {run.id} cannot be retried: it recorded steps {recorded}, but pipeline '{run.pipeline}' now has "
+            f"{list(pattern.step_names)}. Its code changed; start a new run instead."
+        )
+    if step not in recorded:
+        raise UserError(f"run {run.id} has no step {step!r}; its steps are {recorded}")
+    if not run.status.finished:
+        raise RunNotResumable(f"run {run.id} is {run.status.value}; cancel it or wait for it to end, then retry")
+    idx = recorded.index(step)
+    if run.steps[idx].status is StepStatus.SKIPPED:
+        raise RunNotResumable(
+            f"step '{step}' of run {run.id} was skipped (not routed to); retry from the router to route again"
+        )
+    return pattern.rerun_from(idx)
 
 
 def plan_resume(

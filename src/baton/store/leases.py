@@ -261,18 +261,31 @@ class StepLeases:
         assert result is not None
         return result
 
-    def reopen(self, run_id: str, *, claims: int, runtime: str, now: datetime, owner: str = CELERY_OWNER) -> bool:
+    def reopen(
+        self,
+        run_id: str,
+        *,
+        claims: int,
+        runtime: str,
+        now: datetime,
+        owner: str = CELERY_OWNER,
+        rewind: Sequence[int] = (),
+    ) -> bool:
         """Make a failed or interrupted run pending again for `runtime`'s workers (its failed steps too);
-        False if it changed since it was read (`claims`) or is not resumable."""
+        False if it changed since it was read (`claims`) or is not resumable.
+
+        With `rewind` (step indexes, the chosen one first), the run may also have succeeded or been
+        cancelled: those steps' checkpoints are discarded, in the same transaction, so that they run again.
+        The chosen step's history keeps a `Rewound` entry saying so.
+        """
+        allowed = [RunStatus.FAILED, RunStatus.INTERRUPTED]
+        if rewind:
+            allowed += [RunStatus.SUCCEEDED, RunStatus.CANCELLED]
         with self.engine.begin() as c:
             reopened = (
                 c.execute(
                     update(runs)
-                    .where(
-                        runs.c.id == run_id,
-                        runs.c.claims == claims,
-                        runs.c.status.in_([RunStatus.FAILED, RunStatus.INTERRUPTED]),
-                    )
+                    .where(runs.c.id == run_id, runs.c.claims == claims, runs.c.status.in_(allowed))
                     .values(
                         status=RunStatus.PENDING,
                         owner=owner,
@@ -280,6 +293,7 @@ class StepLeases:
                         lease_expires_at=None if owner == CELERY_OWNER else now + self.lease,
                         current_step=None,
                         failed_step=None,
+                        output=None,
                         finished_at=None,
                         cancel_requested=False,
                         claims=runs.c.claims + 1,
@@ -288,16 +302,57 @@ class StepLeases:
                 ).rowcount
                 == 1
             )
-            if reopened:
+            if not reopened:
+                return False
+            c.execute(
+                update(steps)
+                .where(
+                    steps.c.run_id == run_id,
+                    steps.c.status.in_([StepStatus.FAILED, StepStatus.INTERRUPTED, StepStatus.CANCELLED]),
+                )
+                .values(status=StepStatus.PENDING, lease_owner=None, lease_expires_at=None)
+            )
+            if rewind:
+                chosen = c.execute(
+                    select(steps.c.attempts, steps.c.started_at, steps.c.finished_at).where(
+                        steps.c.run_id == run_id, steps.c.idx == rewind[0]
+                    )
+                ).first()
+                if chosen is not None:
+                    c.execute(
+                        attempts.insert(),
+                        {
+                            "run_id": run_id,
+                            "step_idx": rewind[0],
+                            "attempt": chosen[0],
+                            "error_type": "Rewound",
+                            "error_message": "checkpoint discarded: the run was retried from this step",
+                            "error_traceback": None,
+                            "retried": True,
+                            "started_at": chosen[1] or now,
+                            "finished_at": chosen[2] or now,
+                        },
+                    )
+                # The rows stay, with their attempt counts, so the next attempts are numbered after them.
                 c.execute(
                     update(steps)
-                    .where(
-                        steps.c.run_id == run_id,
-                        steps.c.status.in_([StepStatus.FAILED, StepStatus.INTERRUPTED]),
+                    .where(steps.c.run_id == run_id, steps.c.idx.in_(list(rewind)))
+                    .values(
+                        status=StepStatus.PENDING,
+                        output=None,
+                        error_type=None,
+                        error_message=None,
+                        error_traceback=None,
+                        error_raw=None,
+                        error_details=None,
+                        started_at=None,
+                        finished_at=None,
+                        duration_ms=None,
+                        lease_owner=None,
+                        lease_expires_at=None,
                     )
-                    .values(status=StepStatus.PENDING, lease_owner=None, lease_expires_at=None)
                 )
-            return reopened
+            return True
 
     def live_leases(self, run_id: str, now: datetime, *, conn: Connection | None = None) -> int:
         """How many steps of the run a worker holds right now (read on `conn`, inside its transaction)."""

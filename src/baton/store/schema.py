@@ -74,6 +74,14 @@ runs = Table(
         postgresql_where=text("status <> 'succeeded'"),
     ),
     Index("ix_baton_runs_pipeline", "pipeline", "id"),
+    # The dashboard's "failed at step" filter; only failed runs have a failed step, so the index stays small.
+    Index(
+        "ix_baton_runs_failed_step",
+        "failed_step",
+        "id",
+        sqlite_where=text("failed_step IS NOT NULL"),
+        postgresql_where=text("failed_step IS NOT NULL"),
+    ),
     Index("ix_baton_runs_correlation", "correlation_id"),
     sqlite_with_rowid=False,
 )

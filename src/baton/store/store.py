@@ -18,6 +18,7 @@ from baton._owner import owner_alive
 from baton.errors import RunNotFound, StoreUnavailable, UserError
 from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Tokens
 from baton.status import RunStatus, StepStatus
+from baton.store.browse import RunBrowser, RunFilter
 from baton.store.claims import LeaseClaimer
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.events import EventStore
@@ -73,7 +74,7 @@ _UPDATE_STEP = (
 )
 
 
-class RunStore(StepLeases, EventStore):
+class RunStore(StepLeases, EventStore, RunBrowser):
     """Runs, steps and attempts in a SQL database (SQLite or PostgreSQL), one code path for both."""
 
     def __init__(self, url: str, *, lease_seconds: float = 60.0) -> None:
@@ -499,19 +500,16 @@ class RunStore(StepLeases, EventStore):
         limit: int = 50,
         before: str | None = None,
         correlation_id: str | None = None,
+        failed_step: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[Run]:
         """Runs newest first (without step records), filtered; `before` is a keyset cursor (a run id)."""
         self.reap()
-        # Run ids begin with their creation time in milliseconds, so id order is creation order.
-        query = select(runs).order_by(runs.c.id.desc()).limit(limit)
-        if status:
-            query = query.where(runs.c.status == status)
-        if pipeline:
-            query = query.where(runs.c.pipeline == pipeline)
+        where = RunFilter(status, pipeline, failed_step, since, until, correlation_id)
+        query = select(runs).where(*where.conditions()).order_by(runs.c.id.desc()).limit(limit)
         if before is not None:
             query = query.where(runs.c.id < before)
-        if correlation_id is not None:
-            query = query.where(runs.c.correlation_id == correlation_id)
         with self.engine.connect() as c:
             rows = c.execute(query).mappings().all()
         return [_run_from_rows(row, None, ()) for row in rows]
