@@ -6,10 +6,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from baton import Pipeline, Retry, step
+from baton.web.access import Access
 from baton.web.app import create_app
 from tests.unit.test_events import Request as Req
 from tests.unit.test_events import Ticket
 
+TOKEN = "api-test-token"
 broken = {"on": True}
 
 
@@ -26,7 +28,10 @@ API_PIPELINE = Pipeline("api-tickets", [api_ticket])
 @pytest.fixture
 def client(any_store):
     broken["on"] = False
-    with TestClient(create_app(any_store, sweep=False)) as c:
+    access = Access.from_setting(TOKEN)
+    with TestClient(
+        create_app(any_store, sweep=False, access=access), headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as c:
         yield c
 
 

@@ -24,6 +24,8 @@ from tests.integration.workers import Workers, wait_for_file
 APPS = Path(__file__).parent / "apps"
 TICKETS = str(APPS / "tickets.py")
 REQUEST = {"customer": "Ada", "text": "I was charged twice"}
+SERVE_TOKEN = "events-test-token"
+AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
 
 
 def _free_port() -> int:
@@ -42,7 +44,8 @@ class Server:
                 sys.executable, "-m", "baton", "serve", "--port", str(self.port), "--import", TICKETS,
                 "--runtime", runtime,
             ],
-            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+            env=env | {"BATON_DASHBOARD_TOKEN": SERVE_TOKEN}, stdout=open(log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
@@ -56,10 +59,10 @@ class Server:
                 time.sleep(0.05)
 
     def post(self, event_type: str, payload: dict) -> httpx.Response:
-        return httpx.post(f"{self.url}/events/{event_type}", json=payload, timeout=10)
+        return httpx.post(f"{self.url}/events/{event_type}", json=payload, headers=AUTH, timeout=10)
 
     def event(self, event_id: str) -> dict:
-        return httpx.get(f"{self.url}/events/{event_id}", timeout=10).json()
+        return httpx.get(f"{self.url}/events/{event_id}", headers=AUTH, timeout=10).json()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

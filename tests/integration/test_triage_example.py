@@ -5,6 +5,7 @@ import time
 import pytest
 
 import baton
+from baton.web.access import Access
 from baton.web.app import create_app
 
 
@@ -14,7 +15,8 @@ def api(any_store):
 
     import baton.examples.triage  # noqa: F401 - subscribes intake, triage and response
 
-    with TestClient(create_app(any_store, sweep=False)) as client:
+    app = create_app(any_store, sweep=False, access=Access.from_setting("triage-token"))
+    with TestClient(app, headers={"Authorization": "Bearer triage-token"}) as client:
         yield client, any_store
 
 

@@ -296,17 +296,39 @@ def worker(
 @store_option
 @_errors_to_exit
 def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database_url: str | None) -> None:
-    """Serve the HTTP API: POST /events/{type} publishes an event, GET /events/{id} tells where it went."""
+    """Serve the dashboard (/ui/runs) and the HTTP API (/docs): runs, and events to publish.
+
+    With BATON_DASHBOARD_TOKEN set, everything needs the token. Without it the server only binds to
+    loopback, anyone there may read, and changes need a token made for this server's lifetime, printed once.
+    """
+    import os
+
+    from baton.web.access import Access, is_loopback
     from baton.web.app import create_app
 
     try:
         import uvicorn
     except ImportError:
         raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from None
+    access = Access.from_setting(os.environ.get("BATON_DASHBOARD_TOKEN"))
+    if not access.configured and not is_loopback(host):
+        raise UserError(
+            f"baton serve will not listen on {host} without a token: anyone who can reach it could act on your "
+            "runs. Set BATON_DASHBOARD_TOKEN (a long random string), or serve on 127.0.0.1."
+        )
     import_modules(imports)
     store = _store(database_url)
-    _err().print(f"baton serve: http://{host}:{port}, store {store.describe()}", highlight=False, markup=False)
-    uvicorn.run(create_app(store, runtime=runtime), host=host, port=port, log_level="info")
+    shown = f"[{host}]" if ":" in host else host
+    say = _err().print
+    say(f"baton serve: http://{shown}:{port}/ui/runs, store {store.describe()}", highlight=False, markup=False)
+    if not access.configured:
+        # Only this terminal learns the token; it dies with the server. Set BATON_DASHBOARD_TOKEN to choose one.
+        say(
+            f"actions (resume, retry, cancel, submit, publish) need a token; sign in with "
+            f"http://{shown}:{port}/login?token={access.token}",
+            highlight=False, markup=False,
+        )  # fmt: skip
+    uvicorn.run(create_app(store, runtime=runtime, access=access), host=host, port=port, log_level="info")
 
 
 main.add_command(events)

@@ -1,8 +1,15 @@
-"""The HTTP API of `baton serve`: publish events, and see where they went.
+"""`baton serve`: the HTTP API (JSON, OpenAPI at /openapi.json) and the dashboard (see `baton.web.dashboard`).
 
-POST /events/{type}   the payload as JSON; 202 with the event's id, before any subscriber runs
-GET  /events/{id}     the event, and for each subscriber the run that handles it and its status
-GET  /runs/{id}       one run, as `baton show --json` prints it
+POST /events/{type}          the payload as JSON; 202 with the event's id, before any subscriber runs
+GET  /events/{id}            the event, and for each subscriber the run that handles it and its status
+GET  /runs                   runs newest first: status, pipeline, failed_step, since, until; `next` cursor
+POST /runs/{pattern}         start a run of a pattern the server imported; 202 with its id
+GET  /runs/{id}              one run, as `baton show --json` prints it
+POST /runs/{id}/resume       continue a failed or interrupted run (202)
+POST /runs/{id}/retry        run again from a step: {"from_step": "summarise"} (202)
+POST /runs/{id}/cancel       cancel
+
+Who may call what is `baton.web.access`'s business: read it before exposing a server.
 """
 
 from __future__ import annotations
@@ -10,9 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, Field
 
 from baton.errors import BatonError, ContractViolation, InvalidInput, RunNotFound, RunNotResumable, UserError
 from baton.events import dispatch, publish, subscribers
@@ -22,13 +34,16 @@ from baton.status import RunStatus
 from baton.store import RunStore
 
 try:
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, Form, HTTPException, Query, Request, Response
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+    from baton.web.access import COOKIE, Access
+    from baton.web.dashboard import dashboard_router, templates
 except ImportError as exc:  # pragma: no cover - exercised by the install hint in a bare venv
     raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from exc
 
-__all__ = ["create_app"]
+__all__ = ["RetryRequest", "create_app"]
 
 log = logging.getLogger("baton.web")
 
@@ -37,12 +52,15 @@ log = logging.getLogger("baton.web")
 SWEEP_SECONDS = 15.0
 
 
-def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -> FastAPI:
-    """The API on `store`; published events are delivered on `runtime`.
+def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, access: Access | None = None) -> FastAPI:
+    """The API and the dashboard on `store`; published events are delivered on `runtime`.
 
     With `sweep`, the server hands over what the outbox holds when it starts (events a crash left behind,
-    its own included), then, every 15 s, events older than that.
+    its own included), then, every 15 s, events older than that. `access` says who may do what (default:
+    from BATON_DASHBOARD_TOKEN; without it, reading is open and a token made here guards every change).
     """
+    if access is None:
+        access = Access.from_setting(os.environ.get("BATON_DASHBOARD_TOKEN"))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +71,21 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -
         stop.set()
 
     app = FastAPI(title="baton", summary="Typed, durable multi-agent pipelines", lifespan=lifespan)
+    app.state.access = access
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        refused = access.decide(request)
+        if refused is None:
+            return await call_next(request)
+        if _wants_page(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if request.method.upper() != "GET":
+                target = request.headers.get("referer") or "/ui/runs"
+            return RedirectResponse("/login?" + urlencode({"next": target, "why": refused}), status_code=303)
+        return JSONResponse({"detail": refused}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     @app.post("/events/{event_type}", status_code=202)
     async def post_event(event_type: str, request: Request) -> JSONResponse:
@@ -100,14 +133,24 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -
 
     @app.get("/runs")
     def list_runs(
-        status: str | None = None, pipeline: str | None = None, limit: int = 50, before: str | None = None
+        status: str | None = None,
+        pipeline: str | None = None,
+        failed_step: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = Query(50, ge=1, le=1000),
+        before: str | None = None,
     ) -> dict[str, Any]:
-        """Runs newest first, without their steps; `next` is the cursor of the following page."""
+        """Runs newest first, without their steps; `next` is the cursor of the following page.
+
+        `since` and `until` bound the creation time (ISO 8601; UTC unless it says otherwise).
+        """
         if status is not None and status not in {s.value for s in RunStatus}:
             raise HTTPException(422, f"status {status!r} is not one of {[s.value for s in RunStatus]}")
-        if not 1 <= limit <= 1000:
-            raise HTTPException(422, "limit must be between 1 and 1000")
-        found = store.list_runs(status=status, pipeline=pipeline, limit=limit, before=before)
+        found = store.list_runs(
+            status=status, pipeline=pipeline, failed_step=failed_step, since=since, until=until,
+            limit=limit, before=before,
+        )  # fmt: skip
         return {
             "runs": [r.to_json_dict(with_steps=False) for r in found],
             "next": found[-1].id if len(found) == limit else None,
@@ -134,15 +177,15 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -
     @app.post("/runs/{run_id}/resume", status_code=202)
     def resume_run(run_id: str) -> JSONResponse:
         """Continue a failed or interrupted run from its first unfinished step, in the background."""
-        recorded = store.get_run(run_id)
-        pattern = find_pattern(recorded.pipeline, recorded.target)
-        where = recorded.runtime
-        if where == "local":
-            # Pending at once (a run that cannot resume answers 409), then continued in the background.
-            get_runtime("local").resume_later(store, pattern, recorded.id)
-        else:
-            pattern.resume(recorded.id, store=store, runtime=where)
-        return JSONResponse({"id": recorded.id, "url": f"/runs/{recorded.id}"}, status_code=202)
+        resumed = resume(run_id)
+        return JSONResponse({"id": resumed, "url": f"/runs/{resumed}"}, status_code=202)
+
+    @app.post("/runs/{run_id}/retry", status_code=202)
+    def retry_run(run_id: str, body: RetryRequest) -> JSONResponse:
+        """Run a finished run again from `from_step`: its checkpoint and the later ones are discarded."""
+        retry(run_id, body.from_step)
+        resolved = store.resolve_id(run_id)
+        return JSONResponse({"id": resolved, "url": f"/runs/{resolved}"}, status_code=202)
 
     @app.post("/runs/{run_id}/cancel")
     def cancel_run(run_id: str) -> dict[str, Any]:
@@ -150,7 +193,71 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True) -
         status = store.request_cancel(run_id)
         return {"id": store.resolve_id(run_id), "status": status.value}
 
+    def resume(run_id: str) -> str:
+        recorded = store.get_run(run_id)
+        pattern = find_pattern(recorded.pipeline, recorded.target)
+        if recorded.runtime == "local":
+            # Pending at once (a run that cannot resume answers 409), then continued in the background.
+            return get_runtime("local").resume_later(store, pattern, recorded.id)
+        return pattern.resume(recorded.id, store=store, runtime=recorded.runtime).id
+
+    def retry(run_id: str, from_step: str) -> str:
+        recorded = store.get_run(run_id)
+        return find_pattern(recorded.pipeline, recorded.target).retry(recorded.id, from_step, store=store)
+
+    app.include_router(dashboard_router(store, resume=resume, retry=retry, cancel=store.request_cancel))
+
+    @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
+    def login_page(
+        request: Request, next: str = "/ui/runs", why: str | None = None, token: str | None = None
+    ) -> Response:
+        if token is not None:  # the address `baton serve` printed
+            return _signed_in(access, token, next) or _login(request, next, "that token is not the dashboard token")
+        return _login(request, next, why)
+
+    @app.post("/login", include_in_schema=False, response_class=HTMLResponse)
+    def login(request: Request, token: str = Form(""), next: str = Form("/ui/runs")) -> Response:
+        return _signed_in(access, token, next) or _login(request, next, "that token is not the dashboard token", 401)
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> RedirectResponse:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
     return app
+
+
+class RetryRequest(BaseModel):
+    """The body of POST /runs/{id}/retry."""
+
+    from_step: str = Field(min_length=1, max_length=100, description="The step to run again, with the ones after it")
+
+
+# Reachable without signing in: the sign-in itself.
+OPEN_PATHS = frozenset({"/login"})
+
+
+def _wants_page(request: Request) -> bool:
+    return request.url.path == "/" or request.url.path.startswith("/ui/")
+
+
+def _safe_next(target: str) -> str:
+    # Only a path of this server: a sign-in link must not send the browser elsewhere.
+    return target if target.startswith("/") and not target.startswith("//") else "/ui/runs"
+
+
+def _signed_in(access: Access, token: str, target: str) -> RedirectResponse | None:
+    if not access.check_token(token.strip()):
+        return None
+    response = RedirectResponse(_safe_next(target), status_code=303)
+    response.set_cookie(COOKIE, access.session, httponly=True, samesite="strict", path="/")
+    return response
+
+
+def _login(request: Request, target: str, why: str | None, status_code: int = 200) -> HTMLResponse:
+    html = templates().get_template("login.html").render(request=request, next=_safe_next(target), why=why)
+    return HTMLResponse(html, status_code=status_code)
 
 
 def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
