@@ -14,6 +14,7 @@ poll the live part of a running run (a <meta> refresh does it without script).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +36,8 @@ from baton.store.browse import RunFilter
 __all__ = ["PAGE_SIZE", "dashboard_router", "templates"]
 
 PAGE_SIZE = 50
+
+log = logging.getLogger("baton.web")
 
 
 def _template_source(name: str) -> str:
@@ -114,11 +117,16 @@ def lanes(run: Run, kind: str | None, now: datetime) -> tuple[list[Lane], float]
 
 
 def _pattern_kind(run: Run) -> str | None:
-    """'supervisor' or 'pipeline' when the code of the run's pattern is loaded here; None if unknown."""
-    from baton.patterns.registry import registered
+    """'supervisor' or 'pipeline', from the run's pattern: defined here, or imported from the run's recorded
+    target (as resuming it would); None when its code cannot be found, and the steps show as a list."""
+    from baton.patterns.registry import find_pattern
 
-    pattern = registered(run.pipeline)
-    return getattr(pattern, "kind", "pipeline") if pattern is not None else None
+    try:
+        pattern = find_pattern(run.pipeline, run.target)
+    except Exception:  # the page shows what the store holds, with or without the code
+        log.info("no code for pattern %s (target %s)", run.pipeline, run.target, exc_info=True)
+        return None
+    return getattr(pattern, "kind", "pipeline")
 
 
 def _parse_time(value: str | None, field: str) -> datetime | None:
