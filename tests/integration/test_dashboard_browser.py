@@ -123,10 +123,8 @@ def test_a_person_finds_the_failed_run_reads_why_resumes_it_and_sees_it_succeed(
     for value in (1, 2, 3):
         baton(env, "run", CONTROLLED, "--input", json.dumps({"value": value}), check=0)
     (control(env) / "news.fail").write_text("the news API answered 503 Service Unavailable")
-    failed = json.loads(
-        baton(env, "run", RESEARCH, "--input", json.dumps({"topic": "ACME", "want": ["financials", "news", "risks"]}),
-              "--json").stdout  # fmt: skip
-    )
+    ask = json.dumps({"topic": "ACME", "want": ["financials", "news", "risks"]})
+    failed = json.loads(baton(env, "run", RESEARCH, "--input", ask, "--json").stdout)
     assert failed["status"] == "failed"
     baton(env, "run", CONTROLLED, "--input", json.dumps({"value": 4}), check=0)
 

@@ -46,6 +46,9 @@ class RunFilter:
         cond: list[ColumnElement[bool]] = []
         if with_status and self.status:
             cond.append(runs.c.status == self.status)
+            if self.status != RunStatus.SUCCEEDED.value:
+                # Implied, but SQLite's planner needs it said to use the partial index on the rare statuses.
+                cond.append(runs.c.status != RunStatus.SUCCEEDED.value)
         if self.pipeline:
             cond.append(runs.c.pipeline == self.pipeline)
         if self.failed_step:

@@ -376,6 +376,7 @@ class RunStore(StepLeases, EventStore, RunBrowser):
         # steps' leases say who executes them.
         query = select(runs.c.id, runs.c.owner, runs.c.lease_expires_at).where(
             runs.c.status.in_([RunStatus.RUNNING, RunStatus.PENDING]),
+            runs.c.status != RunStatus.SUCCEEDED,  # implied; said for SQLite's planner (the partial index)
             runs.c.owner.is_not(None),
             runs.c.owner != CELERY_OWNER,
         )
