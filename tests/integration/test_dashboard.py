@@ -237,6 +237,15 @@ def test_the_buttons_resume_retry_and_cancel_and_a_refused_action_changes_nothin
     assert done.status is baton.RunStatus.SUCCEEDED and done.steps[1].attempts == 3  # 2 before, then this one
     assert done.steps[0].attempts == 1  # the step before it was not run again
 
+    # Retried from the first step, every checkpoint goes at once, before anything runs again.
+    gate["hold"].clear()
+    client.post(f"/ui/runs/{run.id}/retry", data={"step": "dash_load"})
+    waiting = any_store.get_run(run.id)
+    assert waiting.output is None and [s.output for s in waiting.steps] == [None, None], waiting
+    assert [s.status.value for s in waiting.steps][1] == "pending"
+    gate["hold"].set()
+    assert baton.wait(run.id, store=any_store, timeout=20).steps[0].attempts == 2
+
     gate["hold"].clear()
     running = ORDERS.submit({"n": 8}, store=any_store)
     deadline = time.monotonic() + 10

@@ -158,10 +158,13 @@ def test_a_person_finds_the_failed_run_reads_why_resumes_it_and_sees_it_succeed(
     assert [lane.get_attribute("data-step") for lane in lanes] == ["financials", "news", "risks"]
     _shot(browser, "run.png", tmp_path)
 
-    # The source is back: Resume, and the page follows the run to its end by itself.
+    # The source is back but slow: Resume, and the page follows the run to its end by itself.
     (control(env) / "news.fail").unlink()
+    (control(env) / "news.block").touch()
     browser.find_element(By.ID, "resume").click()
     _wait("the resume", lambda: "done=resumed" in browser.current_url)
+    _wait("the run to be running", lambda: browser.find_element(By.ID, "run-status").text == "running")
+    (control(env) / "news.block").unlink()
     _wait("the run to succeed", lambda: browser.find_element(By.ID, "run-status").text == "succeeded")
     statuses = {
         row.get_attribute("data-step"): row.get_attribute("data-status")
