@@ -262,6 +262,14 @@ def test_the_buttons_resume_retry_and_cancel_and_a_refused_action_changes_nothin
     assert 'data-finished="yes"' in live and 'data-status="cancelled"' in live
 
 
+def test_an_unknown_run_is_a_404_page_that_says_so(client):
+    page = client.get("/ui/runs/0123456789abcdef0123456789abcdef")
+    assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+    assert "no run with id" in page.text
+    action = client.post("/ui/runs/0123456789abcdef/resume")
+    assert action.status_code == 404 and "no run with id" in action.text
+
+
 def test_a_run_started_by_an_event_shows_the_event_it_received(client, any_store):
     answer = client.post("/events/dash.pinged", json={"text": "ping"})
     assert answer.status_code == 202, answer.text

@@ -121,11 +121,14 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         return event.to_json_dict()
 
     @app.exception_handler(BatonError)
-    async def baton_error(_request: Request, exc: BatonError) -> JSONResponse:
+    async def baton_error(request: Request, exc: BatonError) -> Response:
         # The user's mistakes are 4xx with what was wrong (the field, for a contract); never a 500.
         status = 404 if isinstance(exc, RunNotFound) else 409 if isinstance(exc, RunNotResumable) else 422
         if not isinstance(exc, UserError | ContractViolation):
             status = 500
+        if _wants_page(request):
+            html = templates().get_template("problem.html").render(request=request, problem=str(exc))
+            return HTMLResponse(html, status_code=status)
         body: dict[str, Any] = {"detail": str(exc), "type": type(exc).__name__}
         if isinstance(exc, ContractViolation):
             body["errors"] = exc.errors
