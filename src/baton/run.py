@@ -157,6 +157,8 @@ class Run:
     input_boundary_tokens: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # "pipeline" or "supervisor"; None for runs recorded before baton kept it.
+    kind: str | None = None
 
     @property
     def succeeded(self) -> bool:

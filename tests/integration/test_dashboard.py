@@ -3,6 +3,7 @@
 The browser flow (Chromium) is in test_dashboard_browser.py; this file checks what each page says and does.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -182,7 +183,10 @@ def test_the_runs_page_lists_newest_first_with_counts_filters_and_keyset_pages(c
     assert len(_rows(client.get("/ui/runs", params={"since": earlier, "until": later}).text)) == 50
     assert _rows(client.get("/ui/runs", params={"until": earlier}).text) == []
     bad = client.get("/ui/runs", params={"since": "yesterday"})
-    assert bad.status_code == 422 and "since" in bad.json()["detail"]
+    assert bad.status_code == 422 and "since" in bad.text
+    far = client.get("/runs", params={"since": "0001-01-01T00:00:00+05:00"})
+    assert far.status_code == 422 and "since" in far.json()["detail"]
+    assert client.get("/ui/runs", params={"until": "9999-12-31T23:59-05:00"}).status_code == 422
 
     api = client.get("/runs", params={"failed_step": "dash_load", "since": earlier}).json()
     assert sorted(r["id"] for r in api["runs"]) == sorted(failed_load)
@@ -311,7 +315,8 @@ def test_without_a_token_reading_is_open_but_every_change_needs_the_servers_own_
     access = Access.from_setting(None)
     assert not access.configured and len(access.token) >= 30
     run = ORDERS.run({"n": 1, "fail_at": "load"}, store=any_store)
-    with TestClient(create_app(any_store, sweep=False, access=access)) as anonymous:
+    app = create_app(any_store, sweep=False, access=access)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as anonymous:
         assert anonymous.get("/ui/runs").status_code == 200
         assert anonymous.get(f"/runs/{run.id}").status_code == 200
         for path in (f"/runs/{run.id}/resume", f"/runs/{run.id}/cancel", "/events/dash.pinged", "/runs/dash-orders"):
@@ -320,9 +325,42 @@ def test_without_a_token_reading_is_open_but_every_change_needs_the_servers_own_
         form = anonymous.post(f"/ui/runs/{run.id}/resume", follow_redirects=False)
         assert form.status_code == 303 and form.headers["location"].startswith("/login?")
         assert any_store.get_run(run.id).status is baton.RunStatus.FAILED  # nothing happened
-        signed = anonymous.get("/login", params={"token": access.token, "next": f"/ui/runs/{run.id}"})
+        signed = anonymous.post("/login", data={"token": access.token, "next": f"/ui/runs/{run.id}"})
         assert signed.status_code == 200 and signed.url.path == f"/ui/runs/{run.id}"
         assert anonymous.post(f"/runs/{run.id}/cancel").json()["status"] == "cancelled"  # let through
+        # A page elsewhere whose name was pointed at 127.0.0.1 (DNS rebinding) reads nothing.
+        for host in ("evil.example", "evil.example:8000", "10.0.0.5:8000"):
+            rebound = anonymous.get("/runs", headers={"Host": host})
+            assert rebound.status_code == 403 and "127.0.0.1" in rebound.json()["detail"], host
+        assert anonymous.get("/runs", headers={"Host": "localhost:8000"}).status_code == 200
+        assert anonymous.get("/runs", headers={"Host": "[::1]:8000"}).status_code == 200
+
+
+def test_a_run_page_never_imports_the_runs_code(tmp_path, any_store):
+    # The code of a run can do anything when imported; reading its page must not run it.
+    module = tmp_path / "noisy_app.py"
+    log = tmp_path / "imported.log"
+    module.write_text(
+        "from pydantic import BaseModel\n"
+        "from baton import Pipeline, step\n"
+        f"open({str(log)!r}, 'a').write('imported\\n')\n"
+        "class N(BaseModel):\n    n: int\n"
+        "@step(name='noisy_step')\ndef noisy_step(x: N) -> N:\n    return x\n"
+        "noisy = Pipeline('noisy', [noisy_step])\n"
+    )
+    env = {"BATON_DATABASE_URL": any_store.url, "PATH": "/usr/bin:/bin"}
+    made = subprocess.run(
+        [sys.executable, "-m", "baton", "run", f"{module}:noisy", "--input", '{"n": 1}', "--json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    run_id = json.loads(made.stdout)["id"]
+    assert log.read_text() == "imported\n"
+    app = create_app(any_store, sweep=False, access=Access.from_setting(TOKEN))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        assert client.get(f"/ui/runs/{run_id}").status_code == 200
+        assert client.get(f"/ui/runs/{run_id}/live").status_code == 200
+    assert log.read_text() == "imported\n"
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,29 +44,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Served:
+    """`baton serve` in a process of its own; its output (uvicorn's access log included) goes to `log`."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "baton", "serve", "--port", str(port)],
+            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self.url}/login", timeout=1)
+                return
+            except httpx.TransportError:
+                assert self.proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        return self.log.read_text()
+
+
 @pytest.fixture
 def server(env, tmp_path):
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "baton", "serve", "--port", str(port)],
-        env=env | {"BATON_DASHBOARD_TOKEN": TOKEN}, stdout=open(log, "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/login", timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    assert TOKEN not in log.read_text()  # the server never logs the token
+    served = Served(env | {"BATON_DASHBOARD_TOKEN": TOKEN}, tmp_path / "serve.log")
+    yield served.url
+    assert TOKEN not in served.stop()  # the server never logs the token
 
 
 @pytest.fixture
@@ -173,3 +183,28 @@ def test_a_person_finds_the_failed_run_reads_why_resumes_it_and_sees_it_succeed(
     assert set(statuses.values()) == {"succeeded"}, statuses
     assert json.loads(baton(env, "show", failed["id"], "--json").stdout)["status"] == "succeeded"
     assert TOKEN not in browser.page_source
+
+
+def test_without_a_token_the_printed_address_signs_the_browser_in_and_no_log_keeps_the_token(env, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    env = {k: v for k, v in env.items() if k != "BATON_DASHBOARD_TOKEN"}
+    (control(env) / "fetch.fail").write_text("the source is gone")
+    failed = json.loads(baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--json").stdout)
+    served = Served(env, tmp_path / "serve.log")
+    try:
+        printed = re.search(r"sign in with (http://\S+)", served.log.read_text()).group(1)
+        assert "/login#token=" in printed
+        browser.get(f"{served.url}/ui/runs/{failed['id']}")  # reading is open on loopback
+        assert browser.find_element(By.ID, "run-status").text == "failed"
+        browser.get(printed)
+        _wait("the sign-in", lambda: browser.current_url.endswith("/ui/runs"))
+        assert "#token" not in browser.current_url and browser.get_cookie("baton_session") is not None
+        (control(env) / "fetch.fail").unlink()
+        browser.get(f"{served.url}/ui/runs/{failed['id']}")
+        browser.find_element(By.ID, "resume").click()
+        _wait("the run to succeed", lambda: browser.find_element(By.ID, "run-status").text == "succeeded")
+    finally:
+        log = served.stop()
+    token = printed.rsplit("=", 1)[1]
+    assert log.count(token) == 1  # printed once, where the server started; the access log never saw it

@@ -23,6 +23,7 @@ APPS = Path(__file__).parent / "apps"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
 RESEARCH = f"{APPS / 'research.py'}:research"
 SLOW_RETRY = f"{APPS / 'research.py'}:slow_retry"
+SLOW_TAIL = f"{APPS / 'research.py'}:slow_tail"
 
 # celery-step: the celery runtime with each pipeline step a task of its own (BATON_CELERY_HOP=step).
 RUNTIMES = ["local", "celery", "celery-step"]
@@ -157,6 +158,7 @@ def test_retry_from_a_chosen_step_reruns_it_and_the_steps_after_it_only(driver, 
     transform = retried["steps"][1]
     assert transform["attempts"] == 2  # numbered after the discarded one, which the history keeps
     assert [e["error"]["type"] for e in transform["attempt_errors"]] == ["Rewound"]
+    assert retried["steps"][2]["attempts"] == 2  # the step after it counts on too
 
 
 def test_a_supervisor_retried_from_a_worker_reruns_that_lane_and_the_merge_only(driver, env):
@@ -385,3 +387,28 @@ def test_cancelling_a_supervisor_keeps_the_workers_in_flight_and_skips_the_merge
     assert run["status"] == "cancelled"
     assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "succeeded", "skipped", "cancelled"]
     assert "draft" not in counts(env)
+
+
+@pytest.mark.parametrize("hop", ["run", "step"])
+def test_a_retry_of_a_cancelled_run_drops_the_old_countdowns_message(env, workers, hop):
+    env["BATON_CELERY_HOP"] = hop
+    workers.start()
+    (control(env) / "flaky_fetch.transient").write_text("1")
+    run_id = baton(env, "run", SLOW_TAIL, "--input", '{"text": "a"}', "--runtime", "celery", check=0).stdout.strip()
+    deadline = time.monotonic() + 20
+    while counts(env).get("flaky_fetch", 0) < 1:  # failed once; its retry waits 3 s in the broker
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    failed_at = time.monotonic()
+    assert json.loads(baton(env, "cancel", run_id, "--json").stdout)["status"] == "cancelled"
+    (control(env) / "lead.block").touch()
+    baton(env, "resume", run_id, "--from", "lead", "--json", check=0)
+    wait_for_file(control(env) / "lead.started")
+    time.sleep(max(0.0, failed_at + 4.5 - time.monotonic()))  # the old message came, found no input, went
+    waiting = show(env, run_id)
+    assert waiting["status"] in ("pending", "running"), json.dumps(waiting)[:3000]
+    (control(env) / "lead.block").unlink()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded", run
+    assert run["output"] == {"text": "a fetched"}
+    assert counts(env) == {"lead": 2, "flaky_fetch": 2}

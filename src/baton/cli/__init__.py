@@ -325,7 +325,7 @@ def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database
         # Only this terminal learns the token; it dies with the server. Set BATON_DASHBOARD_TOKEN to choose one.
         say(
             f"actions (resume, retry, cancel, submit, publish) need a token; sign in with "
-            f"http://{shown}:{port}/login?token={access.token}",
+            f"http://{shown}:{port}/login#token={access.token}",
             highlight=False, markup=False,
         )  # fmt: skip
     uvicorn.run(create_app(store, runtime=runtime, access=access), host=host, port=port, log_level="info")

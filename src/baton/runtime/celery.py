@@ -275,7 +275,11 @@ def _join(task: Any, run_id: str) -> None:
         return
     pattern = find_pattern(brief.pipeline, brief.target)
     states = store.step_states(run_id)
-    chosen = _chosen(pattern, _route(store, pattern, run_id, states))
+    try:
+        chosen = _chosen(pattern, _route(store, pattern, run_id, states))
+    except _Stale:
+        return  # the join of a fan-out from before the run was retried from its router
+
     unfinished = [i for i in chosen if i not in states or states[i].status in _OPEN]
     if unfinished:
         # The chord fired before every member ended (a member delivered twice counts twice): look again.
@@ -344,6 +348,11 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
         this_go, source = 1, None
 
 
+class _Stale(RunNotResumable):
+    """A message for a step whose input is not there: sent before the run was retried from an earlier step
+    (a retry's countdown, a chord's callback). The retry sent the run's messages again; this one is dropped."""
+
+
 # A step whose worker died this many times while running it is failed: it is what kills them.
 MAX_LOST = 3
 
@@ -385,6 +394,10 @@ def _execute_step(
                 f"worker has {pattern.step_names}: the workers run other code than the one that started the run"
             )
         value = _input(store, pattern, run_id, idx, claim.input_json)
+    except _Stale as exc:
+        log.warning("run %s, step %d: a message from before the run was retried, dropped (%s)", run_id, idx, exc)
+        store.release_step(run_id, idx, me)
+        return None
     except (BatonError, ValidationError, ImportError) as exc:
         # The step cannot start here, and would not anywhere: its code, or its input, is wrong.
         _fail_before_start(store, run_id, idx, claim.step_names[idx], claim.attempt, me, exc, end_run=not member)
@@ -479,7 +492,7 @@ def _fan_out(store: RunStore, pattern: Any, run_id: str, fresh: BaseModel | None
 def _route(store: RunStore, pattern: Any, run_id: str, states: dict[int, StepState] | None = None) -> BaseModel:
     state = (states if states is not None else store.step_states(run_id, [0])).get(0)
     if state is None or state.output_json is None:
-        raise RunNotResumable(f"run {run_id}: the router has no checkpoint to route from")
+        raise _Stale(f"run {run_id}: the router has no checkpoint to route from")
     return validate_json(pattern.steps[0].output, state.output_json, step=pattern.steps[0].name, where="checkpoint")
 
 
@@ -503,7 +516,7 @@ def _input(store: RunStore, pattern: Any, run_id: str, idx: int, read: str | Non
             prev = store.step_states(run_id, [idx - 1]).get(idx - 1)
             read = prev.output_json if prev is not None else None
         if read is None:
-            raise RunNotResumable(f"run {run_id}: step '{steps[idx - 1].name}' has no checkpoint for '{step.name}'")
+            raise _Stale(f"run {run_id}: step '{steps[idx - 1].name}' has no checkpoint for '{step.name}'")
         validate_json(steps[idx - 1].output, read, step=steps[idx - 1].name, where="checkpoint")
         return validate_json(step.input, read, step=step.name, where="input (checkpoint)")
     if idx < len(steps) - 1:

@@ -203,7 +203,11 @@ class LocalRuntime:
             if _groups(pattern):
                 records = _supervise(store, writer, base, owner, pattern, value, observer)
             else:
-                records = _loop(store, writer, base.id, owner, pattern.steps, value, start_idx, first_attempt, observer)
+                # A retried run's later steps have attempts already: the next ones are numbered after them.
+                prior = [s.attempts for s in base.steps]
+                records = _loop(
+                    store, writer, base.id, owner, pattern.steps, value, start_idx, first_attempt, observer, prior
+                )
         except LostOwnership:
             records = None  # another process declared the run interrupted; the store says what happened
         except BaseException as exc:
@@ -260,6 +264,7 @@ def create_run(
         runtime=runtime,
         correlation_id=correlation_id,
         trigger_event=trigger_event,
+        kind=getattr(pattern, "kind", "pipeline"),
         delivery=delivery,
     )
     if not created:
@@ -331,8 +336,12 @@ def _loop(
     start_idx: int,
     first_attempt: int,
     observer: Observer | None,
+    prior: Sequence[int] = (),
 ) -> list[StepRecord] | None:
-    """Execute the steps; returns their records when all succeeded at once, None when the store must tell."""
+    """Execute the steps; returns their records when all succeeded at once, None when the store must tell.
+
+    `prior` holds the attempts each step already made (a retried run's), which later attempts follow.
+    """
     last = len(steps) - 1
     measured = boundaries_to_measure(steps)
     records: list[StepRecord] = []
@@ -341,7 +350,8 @@ def _loop(
         step = steps[idx]
         outcome, attempt, retried = _attempts(
             store, writer, run_id, owner, step, idx, value,
-            attempt=first_attempt if idx == start_idx else 1, last=idx == last, measure=idx in measured,
+            attempt=first_attempt if idx == start_idx else (prior[idx] if idx < len(prior) else 0) + 1,
+            last=idx == last, measure=idx in measured,
             observer=observer,
         )  # fmt: skip
         if outcome is None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from baton.errors import UserError
 from baton.status import RunStatus
 from baton.store.schema import runs
 
@@ -54,12 +55,19 @@ class RunFilter:
         if self.failed_step:
             cond.append(runs.c.failed_step == self.failed_step)
         if self.since is not None:
-            cond.append(runs.c.id >= id_at(self.since))
+            cond.append(runs.c.id >= _bound(self.since, "since"))
         if self.until is not None:
-            cond.append(runs.c.id < id_at(self.until))
+            cond.append(runs.c.id < _bound(self.until, "until"))
         if self.correlation_id is not None:
             cond.append(runs.c.correlation_id == self.correlation_id)
         return cond
+
+
+def _bound(when: datetime, field: str) -> str:
+    try:
+        return id_at(when)
+    except (OverflowError, ValueError, OSError):
+        raise UserError(f"{field}: {when.isoformat()} is out of range in UTC") from None
 
 
 class RunBrowser:

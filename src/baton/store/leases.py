@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.status import RunStatus, StepStatus
@@ -293,7 +293,7 @@ class StepLeases:
                         lease_expires_at=None if owner == CELERY_OWNER else now + self.lease,
                         current_step=None,
                         failed_step=None,
-                        output=None,
+                        output=null(),  # SQL NULL, not JSON null: no checkpoint
                         finished_at=None,
                         cancel_requested=False,
                         claims=runs.c.claims + 1,
@@ -339,7 +339,7 @@ class StepLeases:
                     .where(steps.c.run_id == run_id, steps.c.idx.in_(list(rewind)))
                     .values(
                         status=StepStatus.PENDING,
-                        output=None,
+                        output=null(),  # SQL NULL, not JSON null: no checkpoint
                         error_type=None,
                         error_message=None,
                         error_traceback=None,

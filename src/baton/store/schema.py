@@ -63,6 +63,8 @@ runs = Table(
     # whose delivery started it.
     Column("correlation_id", String(32), nullable=True),
     Column("trigger_event", String(32), nullable=True),
+    # "pipeline" or "supervisor": how the dashboard lays the steps out without importing the code.
+    Column("kind", String(20), nullable=True),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.

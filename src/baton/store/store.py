@@ -678,4 +678,5 @@ def _run_from_rows(
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        kind=row["kind"],
     )

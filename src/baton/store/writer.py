@@ -42,8 +42,9 @@ _PG_CASTS = {
 _CREATE_RUN = """
 INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
     current_started_at, failed_step, cancel_requested, claims, owner, lease_expires_at, tokens_in, tokens_out,
-    created_at, started_at, finished_at, updated_at, input_boundary_tokens, runtime, correlation_id, trigger_event)
-VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i, ?s, ?s, ?s)
+    created_at, started_at, finished_at, updated_at, input_boundary_tokens, runtime, correlation_id, trigger_event,
+    kind)
+VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i, ?s, ?s, ?s, ?s)
 """
 
 # The delivery of an event to a subscriber, in the transaction that creates the run handling it: the first
@@ -224,6 +225,7 @@ class RunWriter:
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        kind: str = "pipeline",
     ) -> bool:
         """Record a new run owned by `owner`: running at its first step, or `pending` (submitted, to start).
 
@@ -243,7 +245,7 @@ class RunWriter:
                 ts(now) if running else None, False, 1 if running else 0, owner,
                 ts(lease_until) if lease_until else None, ts(now),
                 ts(now) if running else None, ts(now), input_tokens, runtime, correlation_id or run_id,
-                trigger_event,
+                trigger_event, kind,
         )  # fmt: skip
         if delivery is None:
             self.cur.execute(self._create, params)

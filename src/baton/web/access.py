@@ -3,7 +3,11 @@
 With BATON_DASHBOARD_TOKEN set, every page and API call needs it. Without it the server listens on loopback
 only (`baton serve` refuses anything else) and lets anyone there read; an action that changes something
 (submit, resume, retry, cancel, publish) still needs a token, so the server makes one for its own lifetime
-and prints a sign-in address with it once, where it was started (as Jupyter does).
+and prints a sign-in address with it once, where it was started (as Jupyter does; the token rides in the
+address's #fragment, which browsers do not send, so no access log records it).
+
+Without a token the server answers only to this machine's loopback names (Host: localhost, 127.0.0.1, [::1]),
+so a page elsewhere whose name was made to point at 127.0.0.1 cannot read through the visitor's browser.
 
 A program sends `Authorization: Bearer TOKEN`. A browser signs in at /login and then carries a cookie: an
 HMAC of the token, never the token itself, HttpOnly and SameSite=Strict, so that another site's page cannot
@@ -51,6 +55,14 @@ class Access:
     def check_token(self, given: str | None) -> bool:
         """True when `given` is the token (compared in constant time)."""
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def foreign_host(self, request: Request) -> bool:
+        """True when a server without a token is asked for another host than this machine's loopback names:
+        a page elsewhere whose name was made to point here (DNS rebinding) must not read the runs."""
+        if self.configured:
+            return False
+        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        return not is_loopback(host)
 
     def decide(self, request: Request) -> str | None:
         """None when the request may go on; else why not, for the 401 or the sign-in page."""

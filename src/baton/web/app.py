@@ -75,6 +75,9 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if access.foreign_host(request):
+            why = "without BATON_DASHBOARD_TOKEN this server answers to localhost, 127.0.0.1 and [::1] only"
+            return JSONResponse({"detail": why}, status_code=403)
         if request.url.path in OPEN_PATHS:
             return await call_next(request)
         refused = access.decide(request)
@@ -211,11 +214,7 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     app.include_router(dashboard_router(store, resume=resume, retry=retry, cancel=store.request_cancel))
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
-    def login_page(
-        request: Request, next: str = "/ui/runs", why: str | None = None, token: str | None = None
-    ) -> Response:
-        if token is not None:  # the address `baton serve` printed
-            return _signed_in(access, token, next) or _login(request, next, "that token is not the dashboard token")
+    def login_page(request: Request, next: str = "/ui/runs", why: str | None = None) -> Response:
         return _login(request, next, why)
 
     @app.post("/login", include_in_schema=False, response_class=HTMLResponse)

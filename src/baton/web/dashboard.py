@@ -14,7 +14,6 @@ poll the live part of a running run (a <meta> refresh does it without script).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,8 +35,6 @@ from baton.store.browse import RunFilter
 __all__ = ["PAGE_SIZE", "dashboard_router", "templates"]
 
 PAGE_SIZE = 50
-
-log = logging.getLogger("baton.web")
 
 
 def _template_source(name: str) -> str:
@@ -117,16 +114,14 @@ def lanes(run: Run, kind: str | None, now: datetime) -> tuple[list[Lane], float]
 
 
 def _pattern_kind(run: Run) -> str | None:
-    """'supervisor' or 'pipeline', from the run's pattern: defined here, or imported from the run's recorded
-    target (as resuming it would); None when its code cannot be found, and the steps show as a list."""
-    from baton.patterns.registry import find_pattern
+    """'supervisor' or 'pipeline': as recorded, else from a pattern this server defines (never imported here:
+    a page view must not run the pipeline's code)."""
+    if run.kind is not None:
+        return run.kind
+    from baton.patterns.registry import registered
 
-    try:
-        pattern = find_pattern(run.pipeline, run.target)
-    except Exception:  # the page shows what the store holds, with or without the code
-        log.info("no code for pattern %s (target %s)", run.pipeline, run.target, exc_info=True)
-        return None
-    return getattr(pattern, "kind", "pipeline")
+    pattern = registered(run.pipeline)
+    return getattr(pattern, "kind", "pipeline") if pattern is not None else None
 
 
 def _parse_time(value: str | None, field: str) -> datetime | None:

@@ -91,3 +91,13 @@ def flaky_fetch(note: Note) -> Note:
 
 
 slow_retry = Pipeline("slow-retry", [flaky_fetch])
+
+
+@step(retry=Retry(max_attempts=1))
+def lead(note: Note) -> Note:
+    _control("lead")
+    return note
+
+
+# A step before the slow retry: retried from `lead`, the run must not let the old countdown's message in.
+slow_tail = Pipeline("slow-tail", [lead, flaky_fetch])

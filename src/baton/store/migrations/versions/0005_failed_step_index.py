@@ -1,4 +1,4 @@
-"""The dashboard's filter on the step a run failed at.
+"""The dashboard: its filter on the step a run failed at, and each run's pattern kind.
 
 Revision ID: 0005
 Revises: 0004
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("baton_runs") as batch:
+        batch.add_column(sa.Column("kind", sa.String(20), nullable=True))
     op.create_index(
         "ix_baton_runs_failed_step",
         "baton_runs",
@@ -25,3 +27,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_baton_runs_failed_step", table_name="baton_runs")
+    with op.batch_alter_table("baton_runs") as batch:
+        batch.drop_column("kind")
