@@ -49,7 +49,9 @@ def test_run_prints_the_finished_run_as_show_does(env):
         "emitted_events",
     }
     step_keys = {"name", "status", "attempts", "output", "error", "tokens", "duration_ms"}
-    assert [set(s) for s in run["steps"]] == [step_keys | {"cost_usd", "boundary_tokens", "calls"}] * 2
+    assert [set(s) for s in run["steps"]] == [
+        step_keys | {"cost_usd", "boundary_tokens", "calls", "attempt_errors"}
+    ] * 2
     assert run["steps"][0]["tokens"] == {"input": 0, "output": 0}
     shown = json.loads(baton(env, "show", run["id"], "--json", check=0).stdout)
     assert shown == run

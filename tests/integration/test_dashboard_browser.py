@@ -11,16 +11,13 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.integration.commands import baton, control
+from tests.integration.serving import Served
 
 APPS = Path(__file__).parent / "apps"
 RESEARCH = f"{APPS / 'research.py'}:research"
@@ -36,39 +33,6 @@ FLAGS = [
     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--window-size=1280,1000", "--hide-scrollbars",
 ]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """`baton serve` in a process of its own; its output (uvicorn's access log included) goes to `log`."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        port = _free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "baton", "serve", "--port", str(port)],
-            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{self.url}/login", timeout=1)
-                return
-            except httpx.TransportError:
-                assert self.proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        return self.log.read_text()
 
 
 @pytest.fixture

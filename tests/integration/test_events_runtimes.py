@@ -6,11 +6,6 @@ processes (celery), with Redis and PostgreSQL; workers are killed mid-chain and 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.commands import baton, control, counts
+from tests.integration.serving import Served
 from tests.integration.workers import Workers, wait_for_file
 
 APPS = Path(__file__).parent / "apps"
@@ -28,46 +24,18 @@ SERVE_TOKEN = "events-test-token"
 AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`baton serve` in a process of its own."""
+class Server(Served):
+    """`baton serve` importing the ticket chain, with a token, delivering on `runtime`."""
 
     def __init__(self, env: dict[str, str], runtime: str, log: Path) -> None:
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "baton", "serve", "--port", str(self.port), "--import", TICKETS,
-                "--runtime", runtime,
-            ],
-            env=env | {"BATON_DASHBOARD_TOKEN": SERVE_TOKEN}, stdout=open(log, "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{self.url}/events/none", timeout=1)
-                return
-            except httpx.TransportError:
-                assert self.proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
+        env = env | {"BATON_DASHBOARD_TOKEN": SERVE_TOKEN}
+        super().__init__(env, log, "--import", TICKETS, "--runtime", runtime)
 
     def post(self, event_type: str, payload: dict) -> httpx.Response:
         return httpx.post(f"{self.url}/events/{event_type}", json=payload, headers=AUTH, timeout=10)
 
     def event(self, event_id: str) -> dict:
         return httpx.get(f"{self.url}/events/{event_id}", headers=AUTH, timeout=10).json()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 @pytest.fixture(params=["local", "celery"])

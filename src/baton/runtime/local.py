@@ -93,7 +93,7 @@ class LocalRuntime:
             base = Run(
                 id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
                 created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
-                input_boundary_tokens=input_tokens, correlation_id=run_id,
+                input_boundary_tokens=input_tokens, correlation_id=run_id, kind=getattr(pattern, "kind", "pipeline"),
             )  # fmt: skip
             return self._execute(store, writer, base, owner, pattern, value, 0, 1, observer)
 
