@@ -6,12 +6,14 @@ from the step that failed.
 
 from baton.agents import Agent, Tool
 from baton.api import cancel, get_run, resume, run, submit, wait, wait_chain
+from baton.effects import effect
 from baton.errors import (
     BatonError,
     BrokerUnavailable,
     Cancelled,
     ContractViolation,
     DefinitionError,
+    EffectUncertain,
     InvalidInput,
     RunError,
     RunNotFound,
@@ -75,6 +77,7 @@ __all__ = [
     "on",
     "emit",
     "publish",
+    "effect",
     # models
     "ScriptedModel",
     "register_price",
@@ -98,6 +101,7 @@ __all__ = [
     "StoreUnavailable",
     "BrokerUnavailable",
     "TransientError",
+    "EffectUncertain",
     "TransientProviderError",
     "UserError",
 ]

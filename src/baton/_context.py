@@ -6,6 +6,7 @@ import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 __all__ = ["LLMCall", "StepContext", "current_step"]
 
@@ -38,6 +39,9 @@ class StepContext:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     # Writes a finished call to the store at once (set by the executor).
     record: Callable[[LLMCall], None] | None = None
+    # The run store (for `baton.effect`'s ledger) and whether the step declared side effects.
+    store: Any = None
+    side_effect: bool = False
 
     def keep(self, call: LLMCall) -> None:
         """Note a call whose outcome is known, and write it."""

@@ -21,6 +21,7 @@ __all__ = [
     "StepFailed",
     "StoreUnavailable",
     "BrokerUnavailable",
+    "EffectUncertain",
     "TransientError",
     "UserError",
 ]
@@ -124,6 +125,14 @@ class StepFailed(RunError):
         self.error_type = error_type
         self.error_message = message
         super().__init__(f"run {run_id} failed at step '{step}': {error_type}: {message}")
+
+
+class EffectUncertain(RunError):
+    """A side effect was started and its process died before recording whether it happened.
+
+    baton never repeats it on its own: a person checks (was the e-mail received?) and says so with
+    `baton effects mark KEY --done` or `--not-done`, then resumes the run.
+    """
 
 
 class TransientError(RunError):

@@ -28,6 +28,8 @@ class Settings:
     # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
     # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
     celery_hop: str = "run"
+    # The SMTP server of `baton.mail.send_email`: smtp://[user:password@]host[:port][?from=...&starttls=1].
+    smtp_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

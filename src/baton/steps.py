@@ -34,6 +34,7 @@ class Step:
         input: type[BaseModel],
         output: type[BaseModel],
         retry: Retry | None = None,
+        side_effect: bool = False,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise DefinitionError(
@@ -51,6 +52,8 @@ class Step:
         self.input = input
         self.output = output
         self.retry = retry or Retry()
+        # Acts on the world (sends an e-mail, charges a card) through `baton.effect`, which does it once.
+        self.side_effect = side_effect
         self._is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -72,13 +75,24 @@ class Step:
 @overload
 def step(fn: Callable[[Any], Any], /) -> Step: ...
 @overload
-def step(*, name: str | None = None, retry: Retry | None = None) -> Callable[[Callable[[Any], Any]], Step]: ...
+def step(
+    *, name: str | None = None, retry: Retry | None = None, side_effect: bool = False
+) -> Callable[[Callable[[Any], Any]], Step]: ...
 
 
 def step(
-    fn: Callable[[Any], Any] | None = None, /, *, name: str | None = None, retry: Retry | None = None
+    fn: Callable[[Any], Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    side_effect: bool = False,
 ) -> Step | Callable[[Callable[[Any], Any]], Step]:
-    """Make a function a step; its contracts are read from its annotations (`def f(x: In) -> Out`)."""
+    """Make a function a step; its contracts are read from its annotations (`def f(x: In) -> Out`).
+
+    `side_effect=True` declares a step that acts on the world: it does so through `baton.effect`, which
+    carries an idempotency key and never does the same effect twice, whatever retries or redeliveries come.
+    """
 
     def build(func: Callable[[Any], Any]) -> Step:
         if isinstance(func, Step):
@@ -86,7 +100,9 @@ def step(
         if not callable(func):
             raise DefinitionError(f"@step decorates a function, not {func!r}")
         input_type, output_type = _contracts_of(func)
-        return Step(name or func.__name__, func, input=input_type, output=output_type, retry=retry)
+        return Step(
+            name or func.__name__, func, input=input_type, output=output_type, retry=retry, side_effect=side_effect
+        )
 
     if fn is None:
         return build

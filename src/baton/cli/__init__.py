@@ -23,6 +23,7 @@ from baton.cli._common import (
     json_option,
     store_option,
 )
+from baton.cli.effects import effects
 from baton.cli.events import events, trace
 from baton.errors import UserError
 from baton.patterns.registry import find_pattern
@@ -332,4 +333,5 @@ def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database
 
 
 main.add_command(events)
+main.add_command(effects)
 main.add_command(trace)

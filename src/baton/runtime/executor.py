@@ -106,6 +106,8 @@ def execute_attempt(
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt)
     ctx.record = lambda call: store.record_calls(run_id, idx, attempt, [call])
+    ctx.store = store
+    ctx.side_effect = getattr(step, "side_effect", False)
     token = enter(ctx)
     try:
         try:

@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "deliveries", "events", "llm_calls", "metadata", "runs", "steps", "subscriptions"]
+__all__ = ["attempts", "deliveries", "effects", "events", "llm_calls", "metadata", "runs", "steps", "subscriptions"]
 
 metadata = MetaData()
 
@@ -214,4 +214,21 @@ deliveries = Table(
     Column("error", Text, nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+)
+
+# The side effects of steps declared `side_effect=True` (see `baton.effect`): one row per idempotency key,
+# written before the effect ("started") and after it ("done", with what it returned), each in its own
+# transaction, so that a retry, a redelivery or a resume finds it and does not act twice.
+effects = Table(
+    "baton_effects",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("run_id", String(32), ForeignKey("baton_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_idx", Integer, nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("result", Json, nullable=True),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=True),
+    Index("ix_baton_effects_run", "run_id"),
 )

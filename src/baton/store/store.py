@@ -20,6 +20,7 @@ from baton.run import AttemptError, CallRecord, ErrorInfo, Run, StepRecord, Toke
 from baton.status import RunStatus, StepStatus
 from baton.store.browse import RunBrowser, RunFilter
 from baton.store.claims import LeaseClaimer
+from baton.store.effects import EffectLedger
 from baton.store.engine import RawJSON, make_engine, migrate
 from baton.store.events import EventStore
 from baton.store.leases import CELERY_OWNER, StepLeases
@@ -74,7 +75,7 @@ _UPDATE_STEP = (
 )
 
 
-class RunStore(StepLeases, EventStore, RunBrowser):
+class RunStore(StepLeases, EventStore, RunBrowser, EffectLedger):
     """Runs, steps and attempts in a SQL database (SQLite or PostgreSQL), one code path for both."""
 
     def __init__(self, url: str, *, lease_seconds: float = 60.0) -> None:

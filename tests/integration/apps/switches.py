@@ -17,6 +17,10 @@ def _control(name: str) -> None:
     here = folder()
     with open(here / f"{name}.count", "a") as f:
         f.write("x\n")
+    once = here / f"{name}.crash_once"
+    if once.exists():
+        once.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)
     if (here / f"{name}.crash").exists():
         os.kill(os.getpid(), signal.SIGKILL)  # what an out-of-memory kill or a segfault looks like
     fail = here / f"{name}.fail"

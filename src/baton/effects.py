@@ -1,0 +1,81 @@
+"""Side effects done once: `baton.effect(name, act)` inside a step declared `@step(side_effect=True)`.
+
+What users fear most about retries is a side effect repeated: the summary e-mail sent twice because the
+worker died after sending and before its checkpoint. An effect has an idempotency key derived from the run,
+the step and the effect's name (`RUN_ID/STEP/NAME`), handed to `act` so that it can travel with the effect
+(an e-mail's Message-ID, an API's Idempotency-Key header). Around the act, a ledger in the store says:
+
+- before acting, the key is claimed ("started"), in its own transaction;
+- after acting, what `act` returned is recorded ("done"), in its own transaction, before the step goes on.
+
+A retry, a redelivered message or a resume that reaches the effect again finds it "done" and gets the
+recorded result without acting. If the act raised, the claim is dropped: it did not happen, and a retry may
+act. If the process died between the act and its record (a window of one commit), the key stays "started":
+baton cannot know whether it happened, so it never acts again on its own; the step fails with
+`EffectUncertain`, and a person says which it was (`baton effects mark KEY --done` or `--not-done`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
+from baton._context import current_step
+from baton.errors import DefinitionError, EffectUncertain
+
+__all__ = ["effect", "effect_key"]
+
+T = TypeVar("T")
+
+
+def effect_key(name: str) -> str:
+    """The idempotency key of the effect `name` of the step being executed."""
+    ctx = current_step()
+    if ctx is None:
+        raise DefinitionError(f"effect '{name}': call baton.effect inside a step of a run")
+    return f"{ctx.run_id}/{ctx.step}/{name}"
+
+
+def effect(name: str, act: Callable[[str], T]) -> T:
+    """Do `act(idempotency_key)` once for this run and step, however often the step is attempted.
+
+    `act`'s return value must be JSON (a dict, a string, ...): it is recorded, and a later attempt that
+    reaches the same effect gets it back instead of acting again.
+    """
+    ctx = current_step()
+    if ctx is None or ctx.store is None:
+        raise DefinitionError(f"effect '{name}': call baton.effect inside a step of a run")
+    if not ctx.side_effect:
+        raise DefinitionError(
+            f"step '{ctx.step}' performs the effect '{name}' but is not declared as acting on the world: "
+            "write @step(side_effect=True)"
+        )
+    from baton.store import utcnow
+
+    key = effect_key(name)
+    found = ctx.store.begin_effect(key, ctx.run_id, ctx.idx, name, utcnow())
+    if found is not None:
+        if found.status == "done":
+            return found.result  # type: ignore[no-any-return]
+        raise EffectUncertain(
+            f"the effect '{name}' of step '{ctx.step}' (key {key}) was started at {found.started_at:%Y-%m-%d %H:%M:%S} "
+            "UTC and its process died before recording whether it happened. baton does not do it again on its own: "
+            f"check, then run `baton effects mark {key} --done` (it happened) or `--not-done`, and resume the run."
+        )
+    try:
+        result = act(key)
+    except Exception:
+        # It raised, so it did not happen (an interruption, by contrast, leaves the key "started": unknown).
+        ctx.store.abandon_effect(key)
+        raise
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        ctx.store.finish_effect(key, None, utcnow())  # it happened all the same
+        raise DefinitionError(
+            f"effect '{name}' of step '{ctx.step}' happened, but returned {type(result).__name__}, not JSON; "
+            "it is recorded as done, without its result"
+        ) from None
+    ctx.store.finish_effect(key, result, utcnow())
+    return result

@@ -1,0 +1,108 @@
+"""Side effects done once: an e-mail to a real SMTP server (aiosmtpd on loopback) survives a process killed
+right after the send and before the checkpoint, on both runtimes, without a second message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.commands import baton, control, counts
+from tests.integration.serving import free_port
+from tests.integration.test_runtimes import wait_until_finished
+
+MAILER = f"{Path(__file__).parent / 'apps' / 'mailer.py'}:mailer"
+REPORT = json.dumps({"subject": "ACME, Q3", "body": "Revenue is up; two risks need a decision."})
+
+
+class Inbox:
+    """A real SMTP server on loopback that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[bytes] = []
+        self.lock = threading.Lock()
+        inbox = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                with inbox.lock:
+                    inbox.messages.append(envelope.content)
+                return "250 Message accepted for delivery"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}?from=reports@example.com"
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [
+                line.split(b":", 1)[1].strip().decode()
+                for m in self.messages
+                for line in m.splitlines()
+                if line.lower().startswith(b"message-id:")
+            ]
+
+
+@pytest.fixture
+def inbox():
+    box = Inbox()
+    yield box
+    box.controller.stop()
+
+
+@pytest.mark.parametrize("runtime", ["local", "celery", "celery-step"])
+def test_an_email_sent_just_before_the_process_died_is_not_sent_again(env, workers, inbox, runtime):
+    env["BATON_SMTP_URL"] = inbox.url
+    (control(env) / "send.crash_once").touch()
+    if runtime == "local":
+        killed = subprocess.run(
+            [sys.executable, "-m", "baton", "run", MAILER, "--input", REPORT, "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert killed.returncode == -9  # SIGKILL, right after the send
+        run_id = json.loads(baton(env, "runs", "--json", "--limit", "1").stdout)[0]["id"]
+        assert wait_until_finished(env, run_id)["status"] == "interrupted"
+        assert len(inbox.ids()) == 1
+        baton(env, "resume", run_id, "--json", check=0)
+    else:
+        env["BATON_CELERY_HOP"] = "step" if runtime == "celery-step" else "run"
+        workers.start()  # a prefork child dies; the broker gives the message again (acks_late)
+        run_id = baton(env, "run", MAILER, "--input", REPORT, "--runtime", "celery", check=0).stdout.strip()
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded", run
+    assert counts(env) == {"compose": 1, "send": 2}  # the step ran twice ...
+    assert inbox.ids() == [f"<{run_id}.send.email@baton>"]  # ... the e-mail went once, keyed by run and step
+    assert run["output"]["message_id"] == inbox.ids()[0]
+    effects = json.loads(baton(env, "effects", "--run", run_id, "--json").stdout)
+    assert [(e["key"], e["status"]) for e in effects] == [(f"{run_id}/send/email", "done")]
+
+
+def test_an_effect_whose_outcome_is_unknown_is_never_repeated_until_a_person_says(env, inbox):
+    env["BATON_SMTP_URL"] = inbox.url
+    (control(env) / "compose.fail").write_text("not yet")
+    first = json.loads(baton(env, "run", MAILER, "--input", REPORT, "--json").stdout)
+    run_id = first["id"]
+    (control(env) / "compose.fail").unlink()
+    # What a process killed between the server's "250" and the ledger's commit leaves behind.
+    from baton.store import RunStore, utcnow
+
+    store = RunStore(env["BATON_DATABASE_URL"])
+    assert store.begin_effect(f"{run_id}/send/email", run_id, 1, "email", utcnow()) is None
+    store.close()
+    stuck = json.loads(baton(env, "resume", run_id, "--json").stdout)
+    assert stuck["status"] == "failed" and stuck["steps"][1]["error"]["type"] == "EffectUncertain"
+    assert "baton effects mark" in stuck["steps"][1]["error"]["message"]
+    assert inbox.ids() == []
+    baton(env, "effects", "mark", f"{run_id}/send/email", "--not-done", check=0)
+    done = json.loads(baton(env, "resume", run_id, "--json").stdout)
+    assert done["status"] == "succeeded" and len(inbox.ids()) == 1
