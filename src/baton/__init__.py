@@ -5,7 +5,7 @@ from the step that failed.
 """
 
 from baton.agents import Agent, Tool
-from baton.api import cancel, get_run, resume, run, submit, wait, wait_chain
+from baton.api import approve, cancel, get_run, reject, resume, run, submit, wait, wait_chain
 from baton.effects import effect
 from baton.errors import (
     BatonError,
@@ -67,6 +67,8 @@ __all__ = [
     "RunStatus",
     "StepStatus",
     "cancel",
+    "approve",
+    "reject",
     "get_run",
     "resume",
     "run",

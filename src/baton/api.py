@@ -7,13 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from baton.errors import RunError
+from baton.errors import RunError, RunNotResumable
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.status import RunStatus
 from baton.store import RunStore, open_store
 
-__all__ = ["cancel", "get_run", "resume", "run", "submit", "wait", "wait_chain"]
+__all__ = ["approve", "cancel", "get_run", "reject", "resume", "run", "submit", "wait", "wait_chain"]
 
 
 def _store(store: RunStore | str | None) -> RunStore:
@@ -36,6 +36,32 @@ def resume(run_id: str, *, store: RunStore | str | None = None, **options: Any) 
     recorded = s.get_run(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     return pattern.resume(recorded.id, store=s, **options)
+
+
+def approve(run_id: str, *, store: RunStore | str | None = None, wait: bool = False) -> str:
+    """Approve a run awaiting approval: it goes on at the step it waited before, on its own runtime.
+
+    On the local runtime it runs in the background of this process, or here until it stops with `wait`.
+    """
+    from baton.runtime import get_runtime
+
+    s = _store(store)
+    recorded = s.get_run(run_id)
+    if recorded.status is not RunStatus.AWAITING_APPROVAL:
+        raise RunNotResumable(f"run {recorded.id} is {recorded.status.value}, not awaiting approval")
+    pattern = find_pattern(recorded.pipeline, recorded.target)
+    return get_runtime(recorded.runtime).approve(s, pattern, recorded.id, wait=wait)
+
+
+def reject(run_id: str, *, reason: str = "", store: RunStore | str | None = None) -> Run:
+    """Reject a run awaiting approval: it ends cancelled, and the waiting step's history keeps the reason."""
+    from baton.store import utcnow
+
+    s = _store(store)
+    recorded = s.get_run(run_id)
+    if s.decide(recorded.id, approve=False, now=utcnow(), runtime=recorded.runtime, why=reason) < 0:
+        raise RunNotResumable(f"run {recorded.id} is {recorded.status.value}, not awaiting approval")
+    return s.get_run(recorded.id)
 
 
 def cancel(run_id: str, *, store: RunStore | str | None = None) -> RunStatus:

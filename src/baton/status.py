@@ -20,6 +20,8 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
+    # Stopped before a step declared `approval=True`, until a person approves (it goes on) or rejects it.
+    AWAITING_APPROVAL = "awaiting_approval"
 
     @property
     def finished(self) -> bool:
@@ -32,7 +34,10 @@ class RunStatus(StrEnum):
         return self in (RunStatus.FAILED, RunStatus.INTERRUPTED)
 
 
-_FINISHED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.CANCELLED})
+# At rest: nothing more happens unless someone acts (resume, retry, approve).
+_FINISHED = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.CANCELLED, RunStatus.AWAITING_APPROVAL}
+)
 
 
 class StepStatus(StrEnum):

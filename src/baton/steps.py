@@ -35,6 +35,7 @@ class Step:
         output: type[BaseModel],
         retry: Retry | None = None,
         side_effect: bool = False,
+        approval: bool = False,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise DefinitionError(
@@ -54,6 +55,8 @@ class Step:
         self.retry = retry or Retry()
         # Acts on the world (sends an e-mail, charges a card) through `baton.effect`, which does it once.
         self.side_effect = side_effect
+        # The run stops before this step, awaiting a person's `baton approve` (or `reject`).
+        self.approval = approval
         self._is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -76,7 +79,7 @@ class Step:
 def step(fn: Callable[[Any], Any], /) -> Step: ...
 @overload
 def step(
-    *, name: str | None = None, retry: Retry | None = None, side_effect: bool = False
+    *, name: str | None = None, retry: Retry | None = None, side_effect: bool = False, approval: bool = False
 ) -> Callable[[Callable[[Any], Any]], Step]: ...
 
 
@@ -87,11 +90,13 @@ def step(
     name: str | None = None,
     retry: Retry | None = None,
     side_effect: bool = False,
+    approval: bool = False,
 ) -> Step | Callable[[Callable[[Any], Any]], Step]:
     """Make a function a step; its contracts are read from its annotations (`def f(x: In) -> Out`).
 
     `side_effect=True` declares a step that acts on the world: it does so through `baton.effect`, which
     carries an idempotency key and never does the same effect twice, whatever retries or redeliveries come.
+    `approval=True` stops the run before the step, `awaiting_approval`, until a person approves or rejects it.
     """
 
     def build(func: Callable[[Any], Any]) -> Step:
@@ -101,8 +106,9 @@ def step(
             raise DefinitionError(f"@step decorates a function, not {func!r}")
         input_type, output_type = _contracts_of(func)
         return Step(
-            name or func.__name__, func, input=input_type, output=output_type, retry=retry, side_effect=side_effect
-        )
+            name or func.__name__, func, input=input_type, output=output_type, retry=retry,
+            side_effect=side_effect, approval=approval,
+        )  # fmt: skip
 
     if fn is None:
         return build

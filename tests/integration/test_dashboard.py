@@ -127,6 +127,14 @@ def merge(parts: Parts) -> Part:
 LANES = Supervisor("dash-lanes", router=route, workers={"left": left, "right": right}, merge=merge)
 
 
+@step(name="dash_publish", approval=True, retry=NO_RETRY)
+def publish_it(checked: Checked) -> Checked:
+    return checked
+
+
+GATED = Pipeline("dash-gated", [load, check, publish_it])
+
+
 @on("dash.pinged")
 @step(name="dash_pong", retry=NO_RETRY)
 def pong(note: Note) -> Checked:
@@ -264,6 +272,24 @@ def test_the_buttons_resume_retry_and_cancel_and_a_refused_action_changes_nothin
     assert baton.wait(running, store=any_store, timeout=20).status is baton.RunStatus.CANCELLED
     live = client.get(f"/ui/runs/{running}/live").text
     assert 'data-finished="yes"' in live and 'data-status="cancelled"' in live
+
+
+def test_a_run_awaiting_approval_is_approved_or_rejected_from_its_page(client, any_store):
+    run = GATED.run({"n": 3}, store=any_store)
+    assert run.status is baton.RunStatus.AWAITING_APPROVAL
+    listed = client.get("/ui/runs", params={"status": "awaiting_approval"}).text
+    assert _rows(listed) == [run.id] and _count(listed, "awaiting_approval") == 1
+    page = client.get(f"/ui/runs/{run.id}").text
+    assert 'id="approve"' in page and 'id="reject"' in page and "before step\n    <b>dash_publish</b>" in page
+    approved = client.post(f"/ui/runs/{run.id}/approve")
+    assert "Done: approved" in approved.text
+    assert baton.wait(run.id, store=any_store, timeout=20).status is baton.RunStatus.SUCCEEDED
+
+    other = GATED.run({"n": 4}, store=any_store)
+    rejected = client.post(f"/ui/runs/{other.id}/reject", data={"reason": "not this week"})
+    assert "Done: rejected" in rejected.text and "not this week" in rejected.text
+    assert any_store.get_run(other.id).status is baton.RunStatus.CANCELLED
+    assert client.post(f"/runs/{other.id}/approve").status_code == 409  # the API: nothing to approve
 
 
 def test_an_unknown_run_is_a_404_page_that_says_so(client):

@@ -106,3 +106,43 @@ def test_an_effect_whose_outcome_is_unknown_is_never_repeated_until_a_person_say
     baton(env, "effects", "mark", f"{run_id}/send/email", "--not-done", check=0)
     done = json.loads(baton(env, "resume", run_id, "--json").stdout)
     assert done["status"] == "succeeded" and len(inbox.ids()) == 1
+
+
+APPROVED_MAILER = f"{Path(__file__).parent / 'apps' / 'mailer.py'}:approved_mailer"
+
+
+@pytest.mark.parametrize("runtime", ["local", "celery"])
+def test_the_email_waits_for_a_persons_approval_and_a_rejection_stops_it(env, workers, inbox, runtime):
+    env["BATON_SMTP_URL"] = inbox.url
+    if runtime == "celery":
+        workers.start()
+
+    def start() -> str:
+        if runtime == "local":
+            waiting = baton(env, "run", APPROVED_MAILER, "--input", REPORT, "--json", check=0)  # exit 0: not a failure
+            return json.loads(waiting.stdout)["id"]
+        run_id = baton(env, "run", APPROVED_MAILER, "--input", REPORT, "--runtime", "celery", check=0).stdout.strip()
+        wait_until_finished(env, run_id)
+        return run_id
+
+    run_id = start()
+    run = json.loads(baton(env, "show", run_id, "--json").stdout)
+    assert run["status"] == "awaiting_approval", run
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "pending"]
+    listed = json.loads(baton(env, "runs", "--status", "awaiting_approval", "--json").stdout)
+    assert [r["id"] for r in listed] == [run_id]
+    assert inbox.ids() == [] and "send_approved" not in counts(env)
+
+    baton(env, "approve", run_id, "--json", check=0)
+    run = wait_until_finished(env, run_id)
+    assert run["status"] == "succeeded", run
+    assert inbox.ids() == [f"<{run_id}.send_approved.email@baton>"]
+
+    other = start()
+    rejected = json.loads(baton(env, "reject", other, "--reason", "the Q3 numbers are wrong", "--json").stdout)
+    assert rejected["status"] == "cancelled"
+    history = rejected["steps"][1]["attempt_errors"]
+    assert [e["error"]["type"] for e in history] == ["Rejected"] and "Q3 numbers" in history[0]["error"]["message"]
+    assert len(inbox.ids()) == 1 and counts(env)["send_approved"] == 1
+    refused = baton(env, "approve", other)
+    assert refused.returncode == 2 and "not awaiting approval" in refused.stderr

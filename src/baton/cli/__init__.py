@@ -48,7 +48,8 @@ def _read_input(text: str) -> Any:
 
 
 def _exit_for(run: Run) -> int:
-    return EXIT_OK if run.status is RunStatus.SUCCEEDED else EXIT_FAILED
+    # A run waiting for a person did what it could: not a failure.
+    return EXIT_OK if run.status in (RunStatus.SUCCEEDED, RunStatus.AWAITING_APPROVAL) else EXIT_FAILED
 
 
 def _finish(run: Run, as_json: bool) -> None:
@@ -60,6 +61,10 @@ def _finish(run: Run, as_json: bool) -> None:
         _out().print(render_run(run))
         if run.status.resumable:
             _err().print(f"resume with: baton resume {run.id}", highlight=False, markup=False)
+        if run.status is RunStatus.AWAITING_APPROVAL:
+            _err().print(
+                f"awaiting approval: baton approve {run.id} (or baton reject {run.id})", highlight=False, markup=False
+            )
     sys.exit(_exit_for(run))
 
 
@@ -189,6 +194,36 @@ def resume(
         result = pattern.resume(recorded.id, store=store, observer=progress)
     api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
     _finish(store.get_run(result.id), as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--wait/--no-wait", default=True, help="Wait for the run to stop again (default: wait).")
+@store_option
+@json_option
+@_errors_to_exit
+def approve(run_id: str, wait: bool, database_url: str | None, as_json: bool) -> None:
+    """Approve a run awaiting approval: it goes on at the step it waited before."""
+    store = _store(database_url)
+    recorded = store.get_run(run_id)
+    # A local run goes on in this process, which stays until it stops.
+    api.approve(recorded.id, store=store, wait=wait or recorded.runtime == "local")
+    _submitted(store, recorded.id, "approved", wait, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="", help="Why: kept in the run's history.")
+@store_option
+@json_option
+@_errors_to_exit
+def reject(run_id: str, reason: str, database_url: str | None, as_json: bool) -> None:
+    """Reject a run awaiting approval: it ends cancelled, before the step it waited before."""
+    found = api.reject(run_id, reason=reason, store=_store(database_url))
+    if as_json:
+        _print_json(found.to_json_dict())
+    else:
+        _out().print(f"run {found.id} rejected: cancelled", highlight=False)
 
 
 @main.command()

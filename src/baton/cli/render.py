@@ -28,6 +28,7 @@ _STYLE = {
     "pending": "dim",
     "cancelled": "magenta",
     "skipped": "dim",
+    "awaiting_approval": "bold cyan",
 }
 _MARK = {
     "succeeded": "✓",
@@ -36,6 +37,7 @@ _MARK = {
     "running": "▶",
     "pending": "·",
     "cancelled": "⊘",
+    "awaiting_approval": "?",
 }
 
 

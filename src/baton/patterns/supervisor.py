@@ -53,6 +53,12 @@ class Supervisor(Pattern):
                 raise DefinitionError(f"Supervisor '{name}': worker '{key}' is {worker!r}, not a step{hint}")
             if not isinstance(key, str) or not key.isidentifier():
                 raise DefinitionError(f"Supervisor '{name}': worker name {key!r} must be a Python identifier")
+        waiting = [s.name for s in (router, *workers.values(), merge) if getattr(s, "approval", False)]
+        if waiting:
+            raise DefinitionError(
+                f"Supervisor '{name}': step {waiting[0]} needs approval; approvals go in a Pipeline (put the "
+                "step after the supervisor, in a pipeline its merge's event starts)"
+            )
         names = [router.name, *workers, merge.name]
         if len(set(names)) != len(names):
             raise DefinitionError(f"Supervisor '{name}': step names must be unique, got {names}")

@@ -123,6 +123,19 @@ class CeleryRuntime:
             observer.run_created(run.id)
         return store.get_run(run.id)
 
+    def approve(self, store: RunStore, pattern: Any, run_id: str, *, wait: bool = False) -> str:
+        """Approve a run awaiting approval: its step is queued again for the workers."""
+        _require_target(pattern)
+        idx = store.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
+        if idx < 0:
+            raise RunNotResumable(f"run {run_id} is not awaiting approval")
+        _send(step_task, run_id, idx)
+        if wait:
+            from baton.api import wait as wait_for
+
+            wait_for(run_id, store=store)
+        return run_id
+
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
         _require_target(pattern)
@@ -404,6 +417,11 @@ def _execute_step(
         return None
     steps = pattern.steps
     last = len(steps) - 1
+    if steps[idx].approval:
+        approved = store.approved_step(run_id)
+        if approved is None or approved < idx:
+            store.await_approval(run_id, idx, utcnow(), lease_owner=me)
+            return None
     with _holding(run_id, idx), store.writer() as writer:
         try:
             outcome = execute_attempt(

@@ -158,16 +158,30 @@ class LocalRuntime:
         run = store.get_run(run_id)
         return self._reopen(store, pattern, run, plan_rewind(run, pattern, step))
 
+    def approve(self, store: RunStore, pattern: Any, run_id: str, *, wait: bool = False) -> str:
+        """Approve a run awaiting approval: it goes on at the step it waited before (here, with `wait`)."""
+        owner = this_owner()
+        if store.decide(run_id, approve=True, now=utcnow(), runtime=self.name, owner=owner) < 0:
+            raise RunNotResumable(f"run {run_id} is not awaiting approval")
+        _heartbeat_for(store).add(run_id, owner)
+        if wait:
+            self._start_submitted(store, pattern, run_id, owner)
+            return run_id
+        return self._start_later(store, pattern, run_id, owner)
+
     def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int]) -> str:
         owner = this_owner()
         if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         _heartbeat_for(store).add(run.id, owner)
+        return self._start_later(store, pattern, run.id, owner)
+
+    def _start_later(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> str:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        future = self._pool.submit(self._start_submitted, store, pattern, run.id, owner)
-        future.add_done_callback(lambda f: _log_failure(f, run.id))
-        return run.id
+        future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
+        future.add_done_callback(lambda f: _log_failure(f, run_id))
+        return run_id
 
     def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
         try:
@@ -348,6 +362,9 @@ def _loop(
     clean = True
     for idx in range(start_idx, len(steps)):
         step = steps[idx]
+        if step.approval and not _approved(store, run_id, idx):
+            store.await_approval(run_id, idx, utcnow())
+            return None
         outcome, attempt, retried = _attempts(
             store, writer, run_id, owner, step, idx, value,
             attempt=first_attempt if idx == start_idx else (prior[idx] if idx < len(prior) else 0) + 1,
@@ -367,6 +384,12 @@ def _loop(
             store.finish_cancelled(run_id, owner)
             return None
     return records if clean and start_idx == 0 else None
+
+
+def _approved(store: RunStore, run_id: str, idx: int) -> bool:
+    """Whether a person approved step `idx` of the run (or a later one)."""
+    approved = store.approved_step(run_id)
+    return approved is not None and approved >= idx
 
 
 def _supervise(

@@ -313,6 +313,12 @@ class StepLeases:
                 .values(status=StepStatus.PENDING, lease_owner=None, lease_expires_at=None)
             )
             if rewind:
+                # An approval given for a step that runs again is asked again.
+                c.execute(
+                    update(runs)
+                    .where(runs.c.id == run_id, runs.c.approved_step >= min(rewind))
+                    .values(approved_step=null())
+                )
                 chosen = c.execute(
                     select(steps.c.attempts, steps.c.started_at, steps.c.finished_at).where(
                         steps.c.run_id == run_id, steps.c.idx == rewind[0]
@@ -353,6 +359,72 @@ class StepLeases:
                     )
                 )
             return True
+
+    def await_approval(self, run_id: str, idx: int, now: datetime, *, lease_owner: str | None = None) -> bool:
+        """Stop a running run before step `idx` until a person decides; False if it was not running.
+
+        With `lease_owner` (celery), the step's lease is given back in the same transaction.
+        """
+        with self.engine.begin() as c:
+            stopped = c.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
+                .values(
+                    status=RunStatus.AWAITING_APPROVAL,
+                    current_step=idx,
+                    owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if stopped and lease_owner is not None:
+                c.execute(
+                    update(steps)
+                    .where(steps.c.run_id == run_id, steps.c.idx == idx, steps.c.lease_owner == lease_owner)
+                    .values(lease_owner=None, lease_expires_at=None, status=StepStatus.PENDING)
+                )
+            return bool(stopped)
+
+    def approved_step(self, run_id: str) -> int | None:
+        """The step a person approved last, if any."""
+        with self.engine.connect() as c:
+            return c.execute(select(runs.c.approved_step).where(runs.c.id == run_id)).scalar_one_or_none()
+
+    def decide(
+        self, run_id: str, *, approve: bool, now: datetime, runtime: str, owner: str = CELERY_OWNER, why: str = ""
+    ) -> int:
+        """A person's decision on a run awaiting approval; returns the step it was waiting before.
+
+        Approved, the run is pending again (for `owner`, or celery's workers) with that step approved;
+        rejected, it ends cancelled, and the step's history says who stopped it and why.
+        """
+        with self.engine.begin() as c:
+            row = c.execute(
+                select(runs.c.current_step, runs.c.step_names)
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.AWAITING_APPROVAL)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return -1
+            idx = int(row[0])
+            if approve:
+                values: dict[str, Any] = {
+                    "status": RunStatus.PENDING, "approved_step": idx, "owner": owner, "runtime": runtime,
+                    "lease_expires_at": None if owner == CELERY_OWNER else now + self.lease,
+                    "claims": runs.c.claims + 1, "current_step": None,
+                }  # fmt: skip
+            else:
+                values = {"status": RunStatus.CANCELLED, "finished_at": now, "current_step": None}
+                c.execute(
+                    attempts.insert(),
+                    {
+                        "run_id": run_id, "step_idx": idx, "attempt": 0, "error_type": "Rejected",
+                        "error_message": f"a person rejected the run before this step{': ' + why if why else ''}",
+                        "error_traceback": None, "retried": False, "started_at": now, "finished_at": now,
+                    },
+                )  # fmt: skip
+            c.execute(update(runs).where(runs.c.id == run_id).values(updated_at=now, **values))
+            return idx
 
     def live_leases(self, run_id: str, now: datetime, *, conn: Connection | None = None) -> int:
         """How many steps of the run a worker holds right now (read on `conn`, inside its transaction)."""

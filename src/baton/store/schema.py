@@ -65,6 +65,8 @@ runs = Table(
     Column("trigger_event", String(32), nullable=True),
     # "pipeline" or "supervisor": how the dashboard lays the steps out without importing the code.
     Column("kind", String(20), nullable=True),
+    # The step a person approved last (see `approval=True`); a rewind before it asks again.
+    Column("approved_step", Integer, nullable=True),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.

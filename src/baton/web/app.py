@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 from pydantic import BaseModel, Field
 
+from baton import api
 from baton.errors import BatonError, ContractViolation, InvalidInput, RunNotFound, RunNotResumable, UserError
 from baton.events import dispatch, publish, subscribers
 from baton.patterns.registry import find_pattern, registered
@@ -199,6 +200,23 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         status = store.request_cancel(run_id)
         return {"id": store.resolve_id(run_id), "status": status.value}
 
+    @app.post("/runs/{run_id}/approve", status_code=202)
+    def approve_run(run_id: str) -> JSONResponse:
+        """Approve a run awaiting approval: it goes on, in the background, at the step it waited before."""
+        approved = approve(run_id)
+        return JSONResponse({"id": approved, "url": f"/runs/{approved}"}, status_code=202)
+
+    @app.post("/runs/{run_id}/reject")
+    def reject_run(run_id: str, body: RejectRequest | None = None) -> dict[str, Any]:
+        """Reject a run awaiting approval: it ends cancelled, with the reason in its history."""
+        return api.reject(run_id, reason=body.reason if body else "", store=store).to_json_dict(with_steps=False)
+
+    def approve(run_id: str) -> str:
+        return api.approve(run_id, store=store)
+
+    def reject(run_id: str, reason: str) -> Any:
+        return api.reject(run_id, reason=reason, store=store)
+
     def resume(run_id: str) -> str:
         recorded = store.get_run(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
@@ -211,7 +229,9 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         recorded = store.get_run(run_id)
         return find_pattern(recorded.pipeline, recorded.target).retry(recorded.id, from_step, store=store)
 
-    app.include_router(dashboard_router(store, resume=resume, retry=retry, cancel=store.request_cancel))
+    app.include_router(
+        dashboard_router(store, resume=resume, retry=retry, cancel=store.request_cancel, approve=approve, reject=reject)
+    )
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
     def login_page(request: Request, next: str = "/ui/runs", why: str | None = None) -> Response:
@@ -228,6 +248,12 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         return response
 
     return app
+
+
+class RejectRequest(BaseModel):
+    """The body of POST /runs/{id}/reject."""
+
+    reason: str = Field(default="", max_length=500, description="Why: kept in the run's history")
 
 
 class RetryRequest(BaseModel):

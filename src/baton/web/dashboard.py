@@ -6,6 +6,7 @@ GET  /ui/runs/{id}/live        the changing part of the run page, polled while t
 POST /ui/runs/{id}/resume      resume (a form; answers with the run page)
 POST /ui/runs/{id}/retry       retry from the step in the form's `step`
 POST /ui/runs/{id}/cancel      cancel
+POST /ui/runs/{id}/approve     approve a run awaiting approval; /reject (with a `reason`) stops it
 
 No front-end build: Jinja templates, one stylesheet in the base template, and a few lines of script that
 poll the live part of a running run (a <meta> refresh does it without script).
@@ -139,6 +140,8 @@ def dashboard_router(
     resume: Callable[[str], str],
     retry: Callable[[str, str], str],
     cancel: Callable[[str], RunStatus],
+    approve: Callable[[str], str],
+    reject: Callable[[str, str], Any],
 ) -> APIRouter:
     """The dashboard's pages on `store`; the actions go through the same functions as the API's."""
     router = APIRouter(include_in_schema=False)
@@ -208,6 +211,10 @@ def dashboard_router(
             "received": received,
             "emitted": run.emitted,
             "live": not run.status.finished,
+            "awaiting": run.status is RunStatus.AWAITING_APPROVAL,
+            "run_step_waiting": next(
+                (i for i, s in enumerate(run.steps) if s.status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED)), None
+            ),
             "resumable": run.status.resumable,
             "retryable": run.status.finished,
         }
@@ -237,6 +244,14 @@ def dashboard_router(
     @router.post("/ui/runs/{run_id}/retry")
     async def retry_form(run_id: str, step: str = Form(...)) -> RedirectResponse:
         return await act(run_id, f"retried from step {step}", lambda: retry(run_id, step))
+
+    @router.post("/ui/runs/{run_id}/approve")
+    async def approve_form(run_id: str) -> RedirectResponse:
+        return await act(run_id, "approved", lambda: approve(run_id))
+
+    @router.post("/ui/runs/{run_id}/reject")
+    async def reject_form(run_id: str, reason: str = Form("")) -> RedirectResponse:
+        return await act(run_id, "rejected", lambda: reject(run_id, reason))
 
     @router.post("/ui/runs/{run_id}/cancel")
     async def cancel_form(run_id: str) -> RedirectResponse:

@@ -37,3 +37,13 @@ def send(report: Report) -> Sent:
 
 
 mailer = Pipeline("mailer", [compose, send])
+
+
+@step(side_effect=True, approval=True, retry=Retry(max_attempts=3, backoff=0.1))
+def send_approved(report: Report) -> Sent:
+    _control("send_approved")
+    return Sent(**send_email("team@example.com", report.subject, report.body))
+
+
+# The same, with a person's approval before the e-mail.
+approved_mailer = Pipeline("approved-mailer", [compose, send_approved])

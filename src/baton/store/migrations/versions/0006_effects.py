@@ -1,4 +1,4 @@
-"""Side effects done once: the ledger of idempotency keys.
+"""Side effects done once (the ledger of idempotency keys), and approvals.
 
 Revision ID: 0006
 Revises: 0005
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("baton_runs") as batch:
+        batch.add_column(sa.Column("approved_step", sa.Integer, nullable=True))
     op.create_table(
         "baton_effects",
         sa.Column("key", sa.String(300), primary_key=True),
@@ -31,3 +33,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_baton_effects_run", table_name="baton_effects")
     op.drop_table("baton_effects")
+    with op.batch_alter_table("baton_runs") as batch:
+        batch.drop_column("approved_step")
