@@ -20,10 +20,25 @@ class Workers:
         self.folder = folder
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, concurrency: int = 2, pool: str = "prefork") -> subprocess.Popen[bytes]:
+    def start(
+        self, concurrency: int = 2, pool: str = "prefork", imports: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
         log = self.folder / f"worker-{len(self.procs)}.log"
+        extra = [arg for module in imports for arg in ("--import", module)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "baton", "worker", "-c", str(concurrency), "--pool", pool, "--loglevel", "info"],
+            [
+                sys.executable,
+                "-m",
+                "baton",
+                "worker",
+                "-c",
+                str(concurrency),
+                "--pool",
+                pool,
+                "--loglevel",
+                "info",
+                *extra,
+            ],
             env=self.env,
             stdout=open(log, "wb"),  # noqa: SIM115 - the child keeps it
             stderr=subprocess.STDOUT,

@@ -199,11 +199,16 @@ def resume(
 @main.command()
 @click.argument("run_id")
 @click.option("--wait/--no-wait", default=True, help="Wait for the run to stop again (default: wait).")
+@click.option(
+    "--import", "imports", multiple=True, metavar="MODULE",
+    help="Import a module first (one that registers a model provider, say); repeatable.",
+)  # fmt: skip
 @store_option
 @json_option
 @_errors_to_exit
-def approve(run_id: str, wait: bool, database_url: str | None, as_json: bool) -> None:
+def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str | None, as_json: bool) -> None:
     """Approve a run awaiting approval: it goes on at the step it waited before."""
+    import_modules(imports)
     store = _store(database_url)
     recorded = store.get_run(run_id)
     # A local run goes on in this process, which stays until it stops.
