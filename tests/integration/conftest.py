@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from tests.integration.serving import free_port
 from tests.integration.workers import Workers
 
 REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -46,3 +51,30 @@ def workers(env, tmp_path) -> Iterator[Workers]:
     pool = Workers(env, tmp_path)
     yield pool
     pool.stop()
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """The OpenAI-compatible server of llama-cpp-python, running the embedded model on loopback."""
+    from baton.providers.local import model_path
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", model_path(), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            break
+        except OSError:
+            assert proc.poll() is None, "the llama.cpp server exited"
+            assert time.monotonic() < deadline, "the llama.cpp server did not start"
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(30)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from typing import Literal
 
 import pytest
@@ -34,37 +29,6 @@ INSTRUCTIONS = "Classify the support ticket. Reply with JSON only."
 def triage(model: str, **kw) -> Pipeline:
     agent = Agent("triage", instructions=INSTRUCTIONS, input=Ticket, output=Triage, model=model, **kw)
     return Pipeline(f"triage-{model.replace(':', '-')}", [agent])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    """The OpenAI-compatible server of llama-cpp-python, running the embedded model on loopback."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", model_path(), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).read()
-            break
-        except OSError:
-            assert proc.poll() is None, "the llama.cpp server exited"
-            assert time.monotonic() < deadline, "the llama.cpp server did not start"
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(30)
 
 
 def test_openai_provider_against_a_real_openai_compatible_server(llama_server, monkeypatch, store):

@@ -144,32 +144,38 @@ def test_a_bad_request_names_the_field_before_anything_runs(env, tmp_path):
     assert json.loads(baton(env, "runs", "--json").stdout) == []
 
 
-def test_end_to_end_on_the_embedded_model(env, tmp_path, inbox):
-    # The real SmolLM2 (135M) through every agent: its answers are forced into the contracts, and the
-    # checker holds the draft to the facts. A model this small often writes claims no fact states: then the
-    # report fails at `write`, naming them, and nothing is sent; a report that passes is sent once.
+def _end_to_end(env, tmp_path, inbox, model: str) -> None:
+    # A real model through every agent: its answers are forced into the contracts, and the checker holds
+    # the draft to the facts. A model this small often writes claims no fact states: then the report fails
+    # at `write`, naming them, and nothing is sent; a report that passes is sent once.
     folder = tmp_path / "acme"
     folder.mkdir()
     (folder / "q3.txt").write_text("ACME revenue grew 12% in Q3 to 4.1 million euros. ACME lost its largest customer.")
     env |= {"BATON_SMTP_URL": inbox.url}
     ask = {"topic": "ACME in Q3", "sources": str(folder), "email_to": "board@example.com", "max_revisions": 1}
-    first = json.loads(
-        baton(env, "run", "baton.examples.research:research", "--input", json.dumps(ask), "--json").stdout
-    )
+    started = baton(env, "run", "baton.examples.research:research", "--input", json.dumps(ask), "--json")
+    first = json.loads(started.stdout)
     gathered, reported = _chain(env, first["id"])
     assert gathered["status"] == "succeeded", gathered
     shown = json.loads(baton(env, "show", gathered["id"], "--json").stdout)
-    assert shown["steps"][1]["output"]["facts"] and {f["source"] for f in shown["steps"][1]["output"]["facts"]} == {
-        "q3.txt"
-    }
-    assert {c["model"] for s in shown["steps"] for c in s["calls"]} == {"smollm2-135m-instruct-q4_1"}
+    facts = shown["steps"][1]["output"]["facts"]
+    assert facts and {f["source"] for f in facts} == {"q3.txt"}
+    assert {c["model"] for s in shown["steps"] for c in s["calls"]} == {model}
     report = json.loads(baton(env, "show", reported["id"], "--json").stdout)
     if report["status"] == "succeeded":
         claims = report["steps"][0]["output"]["claims"]
-        facts = {f["id"] for f in shown["steps"][1]["output"]["facts"]}
-        assert claims and all(set(c["fact_ids"]) <= facts for c in claims)
+        assert claims and all(set(c["fact_ids"]) <= {f["id"] for f in facts} for c in claims)
         assert len(inbox.messages) == 1
     else:
         assert report["status"] == "failed", report
         assert report["steps"][0]["error"]["type"] == "UnsupportedClaims", report["steps"][0]["error"]
         assert inbox.messages == []
+
+
+def test_end_to_end_on_the_embedded_model(env, tmp_path, inbox):
+    _end_to_end(env, tmp_path, inbox, "smollm2-135m-instruct-q4_1")
+
+
+def test_end_to_end_on_an_openai_compatible_server(env, tmp_path, inbox, llama_server):
+    env |= {"BATON_MODEL": "openai:smollm2", "BATON_OPENAI_BASE_URL": llama_server, "OPENAI_API_KEY": "sk-loopback"}
+    _end_to_end(env, tmp_path, inbox, "smollm2")
