@@ -42,6 +42,8 @@ class StepContext:
     # The run store (for `baton.effect`'s ledger) and whether the step declared side effects.
     store: Any = None
     side_effect: bool = False
+    # The names of the effects this attempt performed (each name once).
+    effects: set[str] = field(default_factory=set)
 
     def keep(self, call: LLMCall) -> None:
         """Note a call whose outcome is known, and write it."""

@@ -9,8 +9,9 @@ the step and the effect's name (`RUN_ID/STEP/NAME`), handed to `act` so that it 
 - after acting, what `act` returned is recorded ("done"), in its own transaction, before the step goes on.
 
 A retry, a redelivered message or a resume that reaches the effect again finds it "done" and gets the
-recorded result without acting. If the act raised, the claim is dropped: it did not happen, and a retry may
-act. If the process died between the act and its record (a window of one commit), the key stays "started":
+recorded result without acting. If the act raised `EffectNotDone` (it knows it failed before acting), the
+claim is dropped and a retry may act. Any other error, or a process that died between the act and its
+record (a window of one commit), leaves the key "started":
 baton cannot know whether it happened, so it never acts again on its own; the step fails with
 `EffectUncertain`, and a person says which it was (`baton effects mark KEY --done` or `--not-done`).
 """
@@ -22,26 +23,35 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from baton._context import current_step
-from baton.errors import DefinitionError, EffectUncertain
+from baton.errors import DefinitionError, EffectUncertain, TransientError
 
-__all__ = ["effect", "effect_key"]
+__all__ = ["EffectNotDone", "effect", "effect_key"]
 
 T = TypeVar("T")
+
+
+class EffectNotDone(TransientError):
+    """Raise from an effect's `act` when it failed before acting (the server refused the connection, say):
+    the key is freed, and the step's retry policy applies. Any other error leaves the effect uncertain."""
 
 
 def effect_key(name: str) -> str:
     """The idempotency key of the effect `name` of the step being executed."""
     ctx = current_step()
-    if ctx is None:
+    if ctx is None or ctx.store is None:
         raise DefinitionError(f"effect '{name}': call baton.effect inside a step of a run")
-    return f"{ctx.run_id}/{ctx.step}/{name}"
+    key = f"{ctx.run_id}/{ctx.step}/{name}"
+    # A person who retried the run from this step (or an earlier one) asked for it to be done again.
+    generation = ctx.store.rewinds(ctx.run_id, ctx.idx)
+    return f"{key}/{generation + 1}" if generation else key
 
 
 def effect(name: str, act: Callable[[str], T]) -> T:
     """Do `act(idempotency_key)` once for this run and step, however often the step is attempted.
 
     `act`'s return value must be JSON (a dict, a string, ...): it is recorded, and a later attempt that
-    reaches the same effect gets it back instead of acting again.
+    reaches the same effect gets it back instead of acting again. `act` raises `EffectNotDone` for a failure
+    it knows came before acting; any other error leaves the effect uncertain, never done again on its own.
     """
     ctx = current_step()
     if ctx is None or ctx.store is None:
@@ -51,6 +61,9 @@ def effect(name: str, act: Callable[[str], T]) -> T:
             f"step '{ctx.step}' performs the effect '{name}' but is not declared as acting on the world: "
             "write @step(side_effect=True)"
         )
+    if name in ctx.effects:
+        raise DefinitionError(f"step '{ctx.step}' performs the effect '{name}' twice: give each effect its own name")
+    ctx.effects.add(name)
     from baton.store import utcnow
 
     key = effect_key(name)
@@ -60,13 +73,13 @@ def effect(name: str, act: Callable[[str], T]) -> T:
             return found.result  # type: ignore[no-any-return]
         raise EffectUncertain(
             f"the effect '{name}' of step '{ctx.step}' (key {key}) was started at {found.started_at:%Y-%m-%d %H:%M:%S} "
-            "UTC and its process died before recording whether it happened. baton does not do it again on its own: "
-            f"check, then run `baton effects mark {key} --done` (it happened) or `--not-done`, and resume the run."
+            "UTC and did not record whether it happened (its process died, or it failed part-way). baton does not "
+            f"do it again on its own: check, then run `baton effects mark {key} --done` (it happened) or "
+            "`--not-done`, and resume the run."
         )
     try:
         result = act(key)
-    except Exception:
-        # It raised, so it did not happen (an interruption, by contrast, leaves the key "started": unknown).
+    except EffectNotDone:
         ctx.store.abandon_effect(key)
         raise
     try:

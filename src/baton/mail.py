@@ -8,6 +8,7 @@ Each message carries the effect's idempotency key as its Message-ID (`<KEY@baton
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from baton.effects import effect
+from baton._net import is_loopback
+from baton.effects import EffectNotDone, effect
 from baton.errors import UserError
 
 __all__ = ["SmtpSettings", "send_email"]
@@ -36,29 +38,50 @@ class SmtpSettings:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpSettings:
-        """Parse `smtp://` or `smtps://` URLs; a mistake names the URL without its password."""
+        """Parse `smtp://` or `smtps://` URLs; a mistake names the URL without its credentials."""
         parts = urlsplit(url)
-        shown = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise UserError(f"BATON_SMTP_URL={shown!r}: write smtp://[user:password@]host[:port] (or smtps://)")
+        try:
+            host, port = parts.hostname, parts.port
+            user, password = parts.username, parts.password
+        except ValueError:
+            host = None  # an unencoded '/', '#' or '@' in the password: the URL cannot be read
+        if parts.scheme not in ("smtp", "smtps") or not host or "/" in (parts.path or "/")[1:]:
+            # Nothing of the URL is echoed: where it cannot be read, a password may be anywhere in it.
+            raise UserError(
+                "BATON_SMTP_URL cannot be read: write smtp://[user:password@]host[:port] (or smtps://), with the "
+                "password percent-encoded"
+            )
+        shown = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
         query = parse_qs(parts.query)
         tls = parts.scheme == "smtps"
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (465 if tls else 25),
+        settings = cls(
+            host=host,
+            port=port or (465 if tls else 25),
             tls=tls,
             starttls=query.get("starttls", ["0"])[0] in ("1", "true", "yes"),
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
+            user=unquote(user) if user else None,
+            password=unquote(password) if password else None,
             sender=query.get("from", [None])[0],
         )
+        if settings.user and not (settings.tls or settings.starttls or is_loopback(settings.host)):
+            raise UserError(
+                f"BATON_SMTP_URL ({shown}) would send a password in clear text: use smtps://, or add ?starttls=1"
+            )
+        return settings
 
 
 def send_email(
-    to: str | list[str], subject: str, body: str, *, sender: str | None = None, url: str | None = None
+    to: str | list[str],
+    subject: str,
+    body: str,
+    *,
+    sender: str | None = None,
+    url: str | None = None,
+    effect_name: str = "email",
 ) -> dict[str, Any]:
     """Send one e-mail, once per run and step however often the step is attempted; returns its Message-ID
-    and recipients (what a later attempt gets back instead of sending)."""
+    and recipients (what a later attempt gets back instead of sending). A step sending more than one gives
+    each its own `effect_name`."""
     from baton.settings import Settings
 
     smtp_url = url or Settings.from_env().smtp_url
@@ -77,17 +100,39 @@ def send_email(
         message["Message-ID"] = f"<{key.replace('/', '.')}@baton>"
         message["X-Baton-Idempotency-Key"] = key
         message.set_content(body)
-        client: smtplib.SMTP
-        if settings.tls:
-            client = smtplib.SMTP_SSL(settings.host, settings.port, context=ssl.create_default_context(), timeout=30)
-        else:
-            client = smtplib.SMTP(settings.host, settings.port, timeout=30)
-        with client:
-            if settings.starttls:
-                client.starttls(context=ssl.create_default_context())
-            if settings.user:
-                client.login(settings.user, settings.password or "")
+        try:
+            client = _connect(settings)
+        except (OSError, smtplib.SMTPException) as exc:  # nothing was sent: a retry may send
+            raise EffectNotDone(f"could not reach the SMTP server {settings.host}:{settings.port}: {exc}") from None
+        try:
             client.send_message(message)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            # The server refused the message outright: it was not accepted, so it was not sent.
+            raise EffectNotDone(f"the SMTP server refused the message: {exc}") from None
+        finally:
+            # Accepted or not, what the server says to QUIT changes nothing about the message.
+            with contextlib.suppress(Exception):
+                client.quit()
+            with contextlib.suppress(Exception):
+                client.close()
         return {"message_id": message["Message-ID"], "to": recipients}
 
-    return effect("email", act)
+    return effect(effect_name, act)
+
+
+def _connect(settings: SmtpSettings) -> smtplib.SMTP:
+    """An SMTP session, greeted, encrypted if asked and logged in: everything before a message is sent."""
+    client: smtplib.SMTP
+    if settings.tls:
+        client = smtplib.SMTP_SSL(settings.host, settings.port, context=ssl.create_default_context(), timeout=30)
+    else:
+        client = smtplib.SMTP(settings.host, settings.port, timeout=30)
+    try:
+        if settings.starttls:
+            client.starttls(context=ssl.create_default_context())
+        if settings.user:
+            client.login(settings.user, settings.password or "")
+    except BaseException:
+        client.close()
+        raise
+    return client

@@ -146,3 +146,24 @@ def test_the_email_waits_for_a_persons_approval_and_a_rejection_stops_it(env, wo
     assert len(inbox.ids()) == 1 and counts(env)["send_approved"] == 1
     refused = baton(env, "approve", other)
     assert refused.returncode == 2 and "not awaiting approval" in refused.stderr
+
+
+def test_a_person_who_retries_from_the_email_step_gets_a_new_email_with_a_new_key(env, inbox):
+    env["BATON_SMTP_URL"] = inbox.url
+    run = json.loads(baton(env, "run", MAILER, "--input", REPORT, "--json").stdout)
+    assert run["status"] == "succeeded" and inbox.ids() == [f"<{run['id']}.send.email@baton>"]
+    again = json.loads(baton(env, "resume", run["id"], "--from", "compose", "--json").stdout)
+    assert again["status"] == "succeeded"
+    # Asked for again, the e-mail is a new effect (generation 2): sent once more, under its own key.
+    assert inbox.ids() == [f"<{run['id']}.send.email@baton>", f"<{run['id']}.send.email.2@baton>"]
+    keys = {e["key"] for e in json.loads(baton(env, "effects", "--run", run["id"], "--json").stdout)}
+    assert keys == {f"{run['id']}/send/email", f"{run['id']}/send/email/2"}
+
+
+def test_a_run_awaiting_approval_can_be_cancelled_and_is_not_resumed(env, inbox):
+    env["BATON_SMTP_URL"] = inbox.url
+    run_id = json.loads(baton(env, "run", APPROVED_MAILER, "--input", REPORT, "--json").stdout)["id"]
+    refused = baton(env, "resume", run_id)
+    assert refused.returncode == 2 and "awaiting approval" in refused.stderr
+    assert json.loads(baton(env, "cancel", run_id, "--json").stdout)["status"] == "cancelled"
+    assert inbox.ids() == []

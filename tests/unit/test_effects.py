@@ -5,6 +5,7 @@ from pydantic import BaseModel
 
 import baton
 from baton import DefinitionError, Pipeline, Retry, TransientError, effect, step
+from baton.effects import EffectNotDone
 from baton.mail import SmtpSettings
 
 acted: list[str] = []
@@ -35,7 +36,7 @@ def flaky_send(x: N) -> N:
     def act(key: str) -> dict:
         acted.append(key)
         if len(acted) == 1:
-            raise ConnectionRefusedError("the server was down: nothing was sent")
+            raise EffectNotDone("the server was down: nothing was sent")
         return {"ok": True}
 
     effect("send", act)
@@ -57,6 +58,51 @@ def test_an_effect_that_raised_did_not_happen_and_a_retry_acts(store):
     assert run.status is baton.RunStatus.SUCCEEDED and len(acted) == 2
 
 
+@step(side_effect=True, retry=Retry(max_attempts=3, backoff=0.0, on=(BrokenPipeError,)))
+def half_sent(x: N) -> N:
+    def act(key: str) -> str:
+        acted.append(key)
+        raise BrokenPipeError("the connection dropped during the send: maybe it went out")
+
+    effect("send", act)
+    return x
+
+
+@step(side_effect=True, retry=Retry(max_attempts=2, backoff=0.0))
+def twice(x: N) -> N:
+    effect("mail", lambda key: "ch_123")
+    effect("mail", lambda key: "ch_456")
+    return x
+
+
+@step(side_effect=True, retry=Retry(max_attempts=2, backoff=0.0))
+def receipt(x: N) -> N:
+    got = effect("charge", lambda key: acted.append(key) or "123")
+    tries.append(1)
+    if len(tries) == 1:
+        raise TransientError("lost after the charge")
+    assert got == "123"  # a string comes back as the string it was
+    return x
+
+
+def test_an_effect_that_failed_part_way_is_uncertain_and_never_done_again(store):
+    acted.clear()
+    run = Pipeline("fx-half", [half_sent]).run({"n": 1}, store=store)
+    assert run.status is baton.RunStatus.FAILED and len(acted) == 1  # retried, but not acted again
+    assert run.steps[0].error.type == "EffectUncertain" and "baton effects mark" in run.steps[0].error.message
+    assert store.get_effect(f"{run.id}/half_sent/send").status == "started"
+
+
+def test_one_name_is_one_effect_per_step_and_results_come_back_as_they_were(store):
+    failed = Pipeline("fx-twice", [twice]).run({"n": 1}, store=store)
+    assert "twice" in failed.steps[0].error.message and "its own name" in failed.steps[0].error.message
+    acted.clear()
+    tries.clear()
+    run = Pipeline("fx-receipt", [receipt]).run({"n": 1}, store=store)
+    assert run.status is baton.RunStatus.SUCCEEDED, run.steps[0].error
+    assert len(acted) == 1
+
+
 def test_an_effect_outside_a_declared_step_is_refused(store):
     run = Pipeline("fx-sneaky", [sneaky]).run({"n": 1}, store=store)
     assert run.status is baton.RunStatus.FAILED
@@ -70,6 +116,13 @@ def test_the_smtp_url_is_parsed_and_a_bad_one_is_named_without_its_password():
     assert (s.host, s.port, s.tls, s.user, s.password, s.sender) == (
         "mail.example.com", 465, True, "ann", "s@cret", "r@example.com",
     )  # fmt: skip
-    with pytest.raises(baton.UserError) as caught:
-        SmtpSettings.from_url("http://ann:hunter2@mail.example.com")
-    assert "hunter2" not in str(caught.value) and "mail.example.com" in str(caught.value)
+    for bad in (
+        "http://ann:hunter2@mail.example.com",
+        "smtp://ann:hunter2/x@mail.example.com",  # an unencoded '/' in the password
+        "smtp://ann:hunter2@mail.example.com:25",  # a password in clear text over the network
+    ):
+        with pytest.raises(baton.UserError) as caught:
+            SmtpSettings.from_url(bad)
+        assert "hunter2" not in str(caught.value), bad
+    assert SmtpSettings.from_url("smtp://ann:pw@127.0.0.1:1025").user == "ann"  # a local relay, in the clear
+    assert SmtpSettings.from_url("smtp://ann:pw@mail.example.com?starttls=1").starttls

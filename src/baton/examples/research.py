@@ -33,6 +33,7 @@ from baton.mail import send_email
 
 __all__ = [
     "AnalysisResult",
+    "Brief",
     "Draft",
     "Report",
     "ResearchRequest",
@@ -71,6 +72,15 @@ class ResearchRequest(BaseModel):
         return str(folder.resolve())
 
 
+class Brief(BaseModel):
+    """What the report needs of the request, handed along (the sources stay where `gather` read them)."""
+
+    topic: str = Field(min_length=1, max_length=200)
+    email_to: str = Field(min_length=3, max_length=200, pattern=r"^[^@\s]+@[^@\s]+$")
+    approval: bool = False
+    max_revisions: int = Field(default=2, ge=0, le=5)
+
+
 class Document(BaseModel):
     """One source, as read (cut at its limit)."""
 
@@ -81,7 +91,7 @@ class Document(BaseModel):
 class Sources(BaseModel):
     """The extractor's worklist."""
 
-    request: ResearchRequest
+    request: Brief
     documents: list[Document] = Field(min_length=1, max_length=MAX_SOURCES)
 
 
@@ -116,7 +126,7 @@ class Fact(BaseModel):
 class Facts(BaseModel):
     """Every source's facts."""
 
-    request: ResearchRequest
+    request: Brief
     facts: list[Fact] = Field(max_length=MAX_SOURCES * 8)
 
 
@@ -138,7 +148,7 @@ class Gathered(BaseModel):
 class ResearchBundle(BaseModel):
     """What the report is written from, and nothing else."""
 
-    request: ResearchRequest
+    request: Brief
     facts: list[Fact] = Field(min_length=1, max_length=MAX_SOURCES * 8)
     analysis: AnalysisResult
 
@@ -190,7 +200,7 @@ class CheckedClaim(BaseModel):
 class Report(BaseModel):
     """The checked report."""
 
-    request: ResearchRequest
+    request: Brief
     title: str = Field(max_length=120)
     summary: str = Field(max_length=500)
     claims: list[CheckedClaim] = Field(min_length=1, max_length=8)
@@ -280,7 +290,7 @@ def gather(request: ResearchRequest) -> Route:
     documents = read_sources(request.sources)
     excerpts = [Document(name=d.name, text=d.text[:EXCERPT_CHARS]) for d in documents]
     return Route(
-        extract=Sources(request=request, documents=documents),
+        extract=Sources(request=Brief(**request.model_dump(exclude={"sources"})), documents=documents),
         analyse=Excerpts(topic=request.topic, excerpts=excerpts),
     )
 

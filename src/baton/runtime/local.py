@@ -576,6 +576,8 @@ def plan_resume(
         raise RunNotResumable(f"run {run.id} already succeeded; there is nothing to resume")
     if run.status is RunStatus.CANCELLED:
         raise RunNotResumable(f"run {run.id} was cancelled; start a new run instead")
+    if run.status is RunStatus.AWAITING_APPROVAL:
+        raise RunNotResumable(f"run {run.id} is awaiting approval: baton approve {run.id} (or reject it)")
     if run.status is RunStatus.RUNNING:
         raise RunNotResumable(f"run {run.id} is running in another process; cancel it first or wait")
     if run.status is RunStatus.PENDING and not pending_ok:

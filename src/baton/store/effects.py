@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from baton.store.schema import effects
+from baton.store.schema import attempts, effects
 
 __all__ = ["EffectLedger", "EffectRecord"]
 
@@ -73,6 +72,17 @@ class EffectLedger:
                 c.execute(delete(effects).where(effects.c.key == key))
         return self.get_effect(key)
 
+    def rewinds(self, run_id: str, idx: int) -> int:
+        """How many times a person retried the run from step `idx` or before it (its `Rewound` entries)."""
+        with self.engine.connect() as c:
+            return int(
+                c.execute(
+                    select(func.count()).where(
+                        attempts.c.run_id == run_id, attempts.c.step_idx == idx, attempts.c.error_type == "Rewound"
+                    )
+                ).scalar_one()
+            )
+
     def get_effect(self, key: str) -> EffectRecord | None:
         """The record of `key`, if any."""
         with self.engine.connect() as c:
@@ -93,6 +103,6 @@ def _record(row: Any) -> EffectRecord:
     result = row["result"]
     return EffectRecord(
         key=row["key"], run_id=row["run_id"], step_idx=row["step_idx"], name=row["name"], status=row["status"],
-        result=json.loads(result) if isinstance(result, str) else result, started_at=row["started_at"],
+        result=result, started_at=row["started_at"],
         finished_at=row["finished_at"],
     )  # fmt: skip

@@ -280,7 +280,7 @@ class StepLeases:
         """
         allowed = [RunStatus.FAILED, RunStatus.INTERRUPTED]
         if rewind:
-            allowed += [RunStatus.SUCCEEDED, RunStatus.CANCELLED]
+            allowed += [RunStatus.SUCCEEDED, RunStatus.CANCELLED, RunStatus.AWAITING_APPROVAL]
         with self.engine.begin() as c:
             reopened = (
                 c.execute(
@@ -319,26 +319,26 @@ class StepLeases:
                     .where(runs.c.id == run_id, runs.c.approved_step >= min(rewind))
                     .values(approved_step=null())
                 )
-                chosen = c.execute(
-                    select(steps.c.attempts, steps.c.started_at, steps.c.finished_at).where(
-                        steps.c.run_id == run_id, steps.c.idx == rewind[0]
+                # Each step that ran and runs again keeps a `Rewound` entry: its history, and the generation
+                # of its side effects' keys (asked again, they are done again).
+                ran = c.execute(
+                    select(steps.c.idx, steps.c.name, steps.c.attempts, steps.c.started_at, steps.c.finished_at).where(
+                        steps.c.run_id == run_id, steps.c.idx.in_(list(rewind))
                     )
-                ).first()
-                if chosen is not None:
+                ).all()
+                names = {idx: name for idx, name, *_ in ran}
+                first = names.get(rewind[0], f"#{rewind[0]}")
+                for idx, _name, count, started, finished in ran:
+                    why = "this step" if idx == rewind[0] else f"step '{first}'"
                     c.execute(
                         attempts.insert(),
                         {
-                            "run_id": run_id,
-                            "step_idx": rewind[0],
-                            "attempt": chosen[0],
-                            "error_type": "Rewound",
-                            "error_message": "checkpoint discarded: the run was retried from this step",
-                            "error_traceback": None,
-                            "retried": True,
-                            "started_at": chosen[1] or now,
-                            "finished_at": chosen[2] or now,
+                            "run_id": run_id, "step_idx": idx, "attempt": count, "error_type": "Rewound",
+                            "error_message": f"checkpoint discarded: the run was retried from {why}",
+                            "error_traceback": None, "retried": True, "started_at": started or now,
+                            "finished_at": finished or now,
                         },
-                    )
+                    )  # fmt: skip
                 # The rows stay, with their attempt counts, so the next attempts are numbered after them.
                 c.execute(
                     update(steps)
@@ -381,7 +381,15 @@ class StepLeases:
                 c.execute(
                     update(steps)
                     .where(steps.c.run_id == run_id, steps.c.idx == idx, steps.c.lease_owner == lease_owner)
-                    .values(lease_owner=None, lease_expires_at=None, status=StepStatus.PENDING)
+                    # The claim counted an attempt that the step did not make.
+                    .values(
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        status=StepStatus.PENDING,
+                        attempts=func.greatest(steps.c.attempts - 1, 0)
+                        if self.engine.dialect.name == "postgresql"
+                        else func.max(steps.c.attempts - 1, 0),
+                    )
                 )
             return bool(stopped)
 
@@ -415,6 +423,15 @@ class StepLeases:
                 }  # fmt: skip
             else:
                 values = {"status": RunStatus.CANCELLED, "finished_at": now, "current_step": None}
+            # Conditional: of two people deciding at once (SQLite has no row lock for the read above), one wins.
+            decided = c.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.AWAITING_APPROVAL)
+                .values(updated_at=now, **values)
+            ).rowcount
+            if not decided:
+                return -1
+            if not approve:
                 c.execute(
                     attempts.insert(),
                     {
@@ -423,7 +440,6 @@ class StepLeases:
                         "error_traceback": None, "retried": False, "started_at": now, "finished_at": now,
                     },
                 )  # fmt: skip
-            c.execute(update(runs).where(runs.c.id == run_id).values(updated_at=now, **values))
             return idx
 
     def live_leases(self, run_id: str, now: datetime, *, conn: Connection | None = None) -> int:

@@ -337,7 +337,7 @@ class RunStore(StepLeases, EventStore, RunBrowser, EffectLedger):
             else:
                 c.execute(update(runs).where(runs.c.id == run_id).values(updated_at=runs.c.updated_at))
             status, owner = c.execute(query).one()
-            idle = status in (RunStatus.PENDING, RunStatus.FAILED, RunStatus.INTERRUPTED)
+            idle = status in (RunStatus.PENDING, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.AWAITING_APPROVAL)
             if status == RunStatus.RUNNING and owner == CELERY_OWNER:
                 # A celery run that no worker is executing right now is idle too: its queued messages will
                 # find it cancelled and do nothing.

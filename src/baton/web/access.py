@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
+
+from baton._net import is_loopback
 
 __all__ = ["COOKIE", "Access", "is_loopback"]
 
@@ -91,13 +92,3 @@ def _same_origin(request: Request) -> bool:
         return True  # not a browser's cross-site request: those carry an Origin on every POST
     parts = urlsplit(source)
     return parts.netloc == request.headers.get("host", "")
-
-
-def is_loopback(host: str) -> bool:
-    """True when binding `host` keeps the server reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
