@@ -127,8 +127,9 @@ def merge(parts: Parts) -> Part:
 LANES = Supervisor("dash-lanes", router=route, workers={"left": left, "right": right}, merge=merge)
 
 
-@step(name="dash_publish", approval=True, retry=NO_RETRY)
+@step(name="dash_publish", approval=True, side_effect=True, retry=NO_RETRY)
 def publish_it(checked: Checked) -> Checked:
+    baton.effect("receipt", lambda key: {"published": key})
     return checked
 
 
@@ -284,6 +285,8 @@ def test_a_run_awaiting_approval_is_approved_or_rejected_from_its_page(client, a
     approved = client.post(f"/ui/runs/{run.id}/approve")
     assert "Done: approved" in approved.text
     assert baton.wait(run.id, store=any_store, timeout=20).status is baton.RunStatus.SUCCEEDED
+    page = client.get(f"/ui/runs/{run.id}").text
+    assert f'<tr data-key="{run.id}/dash_publish/receipt" data-status="done">' in page  # its side effect
 
     other = GATED.run({"n": 4}, store=any_store)
     rejected = client.post(f"/ui/runs/{other.id}/reject", data={"reason": "not this week"})

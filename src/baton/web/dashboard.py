@@ -203,12 +203,14 @@ def dashboard_router(
         kind = _pattern_kind(run)
         rows, span = lanes(run, kind, now)
         received = store.get_event(run.trigger_event) if run.trigger_event else None
+        effects = store.list_effects(run.id)
         return {
             "run": run,
             "lanes": rows,
             "span_ms": span,
             "kind": kind,
             "received": received,
+            "effects": effects,
             "emitted": run.emitted,
             "live": not run.status.finished,
             "awaiting": run.status is RunStatus.AWAITING_APPROVAL,
