@@ -12,33 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.commands import baton, control
+from tests.integration.test_demo import minimal_pdf
 from tests.integration.test_effects import Inbox
 from tests.integration.test_runtimes import wait_until_finished
 
 APPS = Path(__file__).parent / "apps"
 RESEARCH = f"{APPS / 'research_app.py'}:research"
-
-
-def tiny_pdf(text: str) -> bytes:
-    """A one-page PDF showing `text` (what a PDF source looks like to pypdf)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for n, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (n, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
 
 
 @pytest.fixture
@@ -47,7 +26,7 @@ def sources(tmp_path) -> Path:
     folder.mkdir()
     (folder / "q3-results.txt").write_text("ACME revenue grew 12% in Q3, to 4.1 million euros.")
     (folder / "customers.md").write_text("# Customers\n\nACME lost its largest customer, Globex, in August.")
-    (folder / "board-minutes.pdf").write_bytes(tiny_pdf("The board wants a plan to replace the lost revenue."))
+    (folder / "board-minutes.pdf").write_bytes(minimal_pdf("The board wants a plan to replace the lost revenue."))
     (folder / "notes.xlsx").write_bytes(b"ignored: not a source type")
     return folder
 
