@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from baton._context import current_step
+from baton._owner import owner_alive, this_owner
 from baton.errors import DefinitionError, EffectUncertain, TransientError
 
 __all__ = ["EffectNotDone", "effect", "effect_key"]
@@ -67,10 +68,15 @@ def effect(name: str, act: Callable[[str], T]) -> T:
     from baton.store import utcnow
 
     key = effect_key(name)
-    found = ctx.store.begin_effect(key, ctx.run_id, ctx.idx, name, utcnow())
+    me = this_owner()
+    found = ctx.store.begin_effect(key, ctx.run_id, ctx.idx, name, utcnow(), owner=me)
     if found is not None:
         if found.status == "done":
             return found.result  # type: ignore[no-any-return]
+        if found.owner and found.owner != me and owner_alive(found.owner):
+            # Another process on this machine took the step over while the first is still acting (its
+            # heartbeat stalled past the lease): wait for it to finish rather than call the effect lost.
+            raise TransientError(f"the effect '{name}' (key {key}) is in progress in {found.owner}; waiting for it")
         raise EffectUncertain(
             f"the effect '{name}' of step '{ctx.step}' (key {key}) was started at {found.started_at:%Y-%m-%d %H:%M:%S} "
             "UTC and did not record whether it happened (its process died, or it failed part-way). baton does not "

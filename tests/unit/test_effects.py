@@ -1,9 +1,12 @@
 """`baton.effect` on the local runtime: done once per run and step, refused where it does not belong."""
 
+import subprocess
+
 import pytest
 from pydantic import BaseModel
 
 import baton
+import baton.store
 from baton import DefinitionError, Pipeline, Retry, TransientError, effect, step
 from baton.effects import EffectNotDone
 from baton.mail import SmtpSettings
@@ -101,6 +104,38 @@ def test_one_name_is_one_effect_per_step_and_results_come_back_as_they_were(stor
     run = Pipeline("fx-receipt", [receipt]).run({"n": 1}, store=store)
     assert run.status is baton.RunStatus.SUCCEEDED, run.steps[0].error
     assert len(acted) == 1
+
+
+@step(side_effect=True, retry=Retry(max_attempts=2, backoff=0.0))
+def watched(x: N) -> N:
+    effect("send", lambda key: acted.append(key) or "sent")
+    return x
+
+
+def test_an_effect_another_live_process_is_doing_is_waited_for_not_called_lost(store):
+    # What a takeover finds when the first worker's heartbeat stalled past its lease while it was sending.
+    from baton._owner import _owner_of
+
+    acted.clear()
+    pipeline = Pipeline("fx-watched", [watched])
+    first = pipeline.run({"n": 1}, store=store)  # a run to hang the ledger row on
+    key = f"{first.id}/watched/send"
+    again = f"{key}/2"  # the key of the effect asked for again by a retry from its step
+    sender = subprocess.Popen(["sleep", "60"])
+    try:
+        claimed = store.begin_effect(again, first.id, 0, "send", baton.store.utcnow(), owner=_owner_of(sender.pid))
+        assert claimed is None
+        rerun = pipeline.retry(first.id, "watched", store=store)
+        waited = baton.wait(rerun, store=store, timeout=20)
+        assert waited.status is baton.RunStatus.FAILED
+        assert waited.steps[0].error.type == "TransientError" and "in progress" in waited.steps[0].error.message
+    finally:
+        sender.kill()
+        sender.wait()
+    assert acted == [key]  # only the first run's own send: the rerun never acted
+    # Its owner gone without a record, the effect is uncertain: a person decides.
+    resumed = pipeline.resume(first.id, store=store)
+    assert resumed.steps[0].error.type == "EffectUncertain"
 
 
 def test_an_effect_outside_a_declared_step_is_refused(store):

@@ -23,6 +23,7 @@ class EffectRecord:
     step_idx: int
     name: str
     status: Literal["started", "done"]
+    owner: str | None
     result: Any
     started_at: datetime
     finished_at: datetime | None
@@ -31,7 +32,8 @@ class EffectRecord:
         """The `baton effects --json` shape."""
         return {
             "key": self.key, "run_id": self.run_id, "step_idx": self.step_idx, "name": self.name,
-            "status": self.status, "result": self.result, "started_at": self.started_at.isoformat(),
+            "status": self.status, "owner": self.owner, "result": self.result,
+            "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }  # fmt: skip
 
@@ -41,9 +43,14 @@ class EffectLedger:
 
     engine: Engine
 
-    def begin_effect(self, key: str, run_id: str, idx: int, name: str, now: datetime) -> EffectRecord | None:
-        """Claim `key` before acting: None when it is new (act now), else the record found (do not act)."""
-        row = {"key": key, "run_id": run_id, "step_idx": idx, "name": name, "status": "started", "started_at": now}
+    def begin_effect(
+        self, key: str, run_id: str, idx: int, name: str, now: datetime, owner: str | None = None
+    ) -> EffectRecord | None:
+        """Claim `key` for `owner` before acting: None when it is new (act now), else the record found."""
+        row = {
+            "key": key, "run_id": run_id, "step_idx": idx, "name": name, "status": "started", "started_at": now,
+            "owner": owner,
+        }  # fmt: skip
         try:
             with self.engine.begin() as c:
                 c.execute(insert(effects), row)
@@ -103,6 +110,6 @@ def _record(row: Any) -> EffectRecord:
     result = row["result"]
     return EffectRecord(
         key=row["key"], run_id=row["run_id"], step_idx=row["step_idx"], name=row["name"], status=row["status"],
-        result=result, started_at=row["started_at"],
+        owner=row["owner"], result=result, started_at=row["started_at"],
         finished_at=row["finished_at"],
     )  # fmt: skip

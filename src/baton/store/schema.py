@@ -229,6 +229,8 @@ effects = Table(
     Column("step_idx", Integer, nullable=False),
     Column("name", String(100), nullable=False),
     Column("status", String(20), nullable=False),
+    # The process that claimed it: while that process lives (and is not the one asking), it is in progress.
+    Column("owner", String(200), nullable=True),
     Column("result", Json, nullable=True),
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=True),

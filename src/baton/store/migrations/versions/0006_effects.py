@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("step_idx", sa.Integer, nullable=False),
         sa.Column("name", sa.String(100), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("owner", sa.String(200), nullable=True),
         sa.Column("result", sa.JSON, nullable=True),
         sa.Column("started_at", sa.DateTime, nullable=False),
         sa.Column("finished_at", sa.DateTime, nullable=True),
