@@ -29,7 +29,7 @@ import httpx
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from overhead import PgDatabases  # noqa: E402 - beside this file
+from overhead import PgDatabases, percentile  # noqa: E402 - beside this file
 
 TOKEN = "bench-dashboard-token"
 PIPELINES = ["orders", "research", "triage", "billing"]
@@ -148,11 +148,6 @@ def measure(base: str, pages: dict[str, str], requests: int) -> dict[str, list[f
                 answer.raise_for_status()
             timings[name] = took
     return timings
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

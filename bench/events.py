@@ -23,14 +23,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from overhead import PgDatabases, Worker  # noqa: E402 - beside this file
+from overhead import PgDatabases, Worker, percentile  # noqa: E402 - beside this file
 
 REQUEST = {"customer": "Ada", "text": "I was charged twice for my March invoice, please refund one of them."}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -121,6 +121,12 @@ class PgDatabases:
                 con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The value at quantile `q` (0..1) of `values`, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def alternate(repeats: int, *rounds: Callable[[], float]) -> list[list[float]]:
     results: list[list[float]] = [[] for _ in rounds]
     for _ in range(repeats):

@@ -5,19 +5,16 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from baton.cli._common import _errors_to_exit, _out, _print_json, _store
+from baton.cli._common import _errors_to_exit, _out, _print_json, _store, json_option, store_option
 from baton.errors import UserError
 from baton.store import utcnow
 
 __all__ = ["effects"]
 
-_DB = {"envvar": "BATON_DATABASE_URL", "show_envvar": True, "default": None, "help": "The run store."}
-
-
 @click.group(invoke_without_command=True)
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only this run's.")
-@click.option("--database-url", **_DB)  # type: ignore[arg-type]
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@store_option
+@json_option
 @click.pass_context
 def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as_json: bool) -> None:
     """List side effects (of one run, or all), newest first: done, or started and uncertain."""
@@ -38,7 +35,7 @@ def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as
 @effects.command()
 @click.argument("key")
 @click.option("--done/--not-done", required=True, help="It happened (never do it again), or it did not (a retry may).")
-@click.option("--database-url", **_DB)  # type: ignore[arg-type]
+@store_option
 @_errors_to_exit
 def mark(key: str, done: bool, database_url: str | None) -> None:
     """Say whether an uncertain side effect happened; then `baton resume` the run."""

@@ -417,11 +417,9 @@ def _execute_step(
         return None
     steps = pattern.steps
     last = len(steps) - 1
-    if steps[idx].approval:
-        approved = store.approved_step(run_id)
-        if approved is None or approved < idx:
-            store.await_approval(run_id, idx, utcnow(), lease_owner=me)
-            return None
+    if steps[idx].approval and not store.step_approved(run_id, idx):
+        store.await_approval(run_id, idx, utcnow(), lease_owner=me)
+        return None
     with _holding(run_id, idx), store.writer() as writer:
         try:
             outcome = execute_attempt(

@@ -362,7 +362,7 @@ def _loop(
     clean = True
     for idx in range(start_idx, len(steps)):
         step = steps[idx]
-        if step.approval and not _approved(store, run_id, idx):
+        if step.approval and not store.step_approved(run_id, idx):
             store.await_approval(run_id, idx, utcnow())
             return None
         outcome, attempt, retried = _attempts(
@@ -384,12 +384,6 @@ def _loop(
             store.finish_cancelled(run_id, owner)
             return None
     return records if clean and start_idx == 0 else None
-
-
-def _approved(store: RunStore, run_id: str, idx: int) -> bool:
-    """Whether a person approved step `idx` of the run (or a later one)."""
-    approved = store.approved_step(run_id)
-    return approved is not None and approved >= idx
 
 
 def _supervise(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, func, null, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.status import RunStatus, StepStatus
@@ -386,17 +386,16 @@ class StepLeases:
                         lease_owner=None,
                         lease_expires_at=None,
                         status=StepStatus.PENDING,
-                        attempts=func.greatest(steps.c.attempts - 1, 0)
-                        if self.engine.dialect.name == "postgresql"
-                        else func.max(steps.c.attempts - 1, 0),
+                        attempts=case((steps.c.attempts > 0, steps.c.attempts - 1), else_=0),
                     )
                 )
             return bool(stopped)
 
-    def approved_step(self, run_id: str) -> int | None:
-        """The step a person approved last, if any."""
+    def step_approved(self, run_id: str, idx: int) -> bool:
+        """Whether a person approved step `idx` of the run (or a later one)."""
         with self.engine.connect() as c:
-            return c.execute(select(runs.c.approved_step).where(runs.c.id == run_id)).scalar_one_or_none()
+            approved = c.execute(select(runs.c.approved_step).where(runs.c.id == run_id)).scalar_one_or_none()
+        return approved is not None and approved >= idx
 
     def decide(
         self, run_id: str, *, approve: bool, now: datetime, runtime: str, owner: str = CELERY_OWNER, why: str = ""

@@ -30,6 +30,7 @@ from baton import api
 from baton.errors import BatonError, ContractViolation, InvalidInput, RunNotFound, RunNotResumable, UserError
 from baton.events import dispatch, publish, subscribers
 from baton.patterns.registry import find_pattern, registered
+from baton.run import Run
 from baton.runtime import get_runtime
 from baton.status import RunStatus
 from baton.store import RunStore
@@ -190,9 +191,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     @app.post("/runs/{run_id}/retry", status_code=202)
     def retry_run(run_id: str, body: RetryRequest) -> JSONResponse:
         """Run a finished run again from `from_step`: its checkpoint and the later ones are discarded."""
-        retry(run_id, body.from_step)
-        resolved = store.resolve_id(run_id)
-        return JSONResponse({"id": resolved, "url": f"/runs/{resolved}"}, status_code=202)
+        retried = retry(run_id, body.from_step)
+        return JSONResponse({"id": retried, "url": f"/runs/{retried}"}, status_code=202)
 
     @app.post("/runs/{run_id}/cancel")
     def cancel_run(run_id: str) -> dict[str, Any]:
@@ -209,12 +209,12 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     @app.post("/runs/{run_id}/reject")
     def reject_run(run_id: str, body: RejectRequest | None = None) -> dict[str, Any]:
         """Reject a run awaiting approval: it ends cancelled, with the reason in its history."""
-        return api.reject(run_id, reason=body.reason if body else "", store=store).to_json_dict(with_steps=False)
+        return reject(run_id, body.reason if body else "").to_json_dict(with_steps=False)
 
     def approve(run_id: str) -> str:
         return api.approve(run_id, store=store)
 
-    def reject(run_id: str, reason: str) -> Any:
+    def reject(run_id: str, reason: str) -> Run:
         return api.reject(run_id, reason=reason, store=store)
 
     def resume(run_id: str) -> str:
@@ -227,7 +227,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
 
     def retry(run_id: str, from_step: str) -> str:
         recorded = store.get_run(run_id)
-        return find_pattern(recorded.pipeline, recorded.target).retry(recorded.id, from_step, store=store)
+        pattern = find_pattern(recorded.pipeline, recorded.target)
+        return pattern.retry(recorded.id, from_step, store=store, runtime=recorded.runtime)
 
     app.include_router(
         dashboard_router(store, resume=resume, retry=retry, cancel=store.request_cancel, approve=approve, reject=reject)

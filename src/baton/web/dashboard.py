@@ -14,6 +14,7 @@ poll the live part of a running run (a <meta> refresh does it without script).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def _template_source(name: str) -> str:
     return files("baton.web").joinpath("templates", name).read_text(encoding="utf-8")
 
 
+@functools.cache
 def templates() -> Environment:
     """The dashboard's Jinja environment: templates shipped in the package, HTML escaped."""
     env = Environment(loader=FunctionLoader(_template_source), autoescape=select_autoescape(default=True))
