@@ -11,6 +11,7 @@ from baton.store import utcnow
 
 __all__ = ["effects"]
 
+
 @click.group(invoke_without_command=True)
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only this run's.")
 @store_option
