@@ -36,21 +36,9 @@ from baton.providers import (
 from baton.retry import Retry, register_transient
 from baton.run import Run
 from baton.runtime import register_runtime
-from baton.runtime.local import LocalRuntime
 from baton.status import RunStatus, StepStatus
 from baton.steps import Step, step
 from baton.store import RunStore, open_store
-
-
-def _celery_runtime() -> object:
-    # Imported when first asked for: Celery is an optional extra, and its import says how to install it.
-    from baton.runtime.celery import CeleryRuntime
-
-    return CeleryRuntime()
-
-
-register_runtime("local", LocalRuntime)
-register_runtime("celery", _celery_runtime)
 
 __all__ = [
     # building blocks

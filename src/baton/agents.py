@@ -80,6 +80,8 @@ class Agent(Step):
     against all its bounds; an invalid answer is sent back with the errors, up to `reasks` times.
     """
 
+    calls_model = True
+
     def __init__(
         self,
         name: str,

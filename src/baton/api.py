@@ -10,10 +10,12 @@ from pydantic import BaseModel
 from baton.errors import RunError, RunNotResumable
 from baton.patterns.registry import find_pattern
 from baton.run import Run
+from baton.runtime import get_runtime
+from baton.runtime.base import wait_for
 from baton.status import RunStatus
 from baton.store import RunStore, open_store
 
-__all__ = ["approve", "cancel", "get_run", "reject", "resume", "run", "submit", "wait", "wait_chain"]
+__all__ = ["approve", "cancel", "get_run", "reject", "resume", "resume_later", "run", "submit", "wait", "wait_chain"]
 
 
 def _store(store: RunStore | str | None) -> RunStore:
@@ -31,26 +33,36 @@ def submit(pattern: Any, input: BaseModel | dict[str, Any] | str, **options: Any
 
 
 def resume(run_id: str, *, store: RunStore | str | None = None, **options: Any) -> Run:
-    """Continue a failed or interrupted run at its first unfinished step, finding its pattern by name."""
+    """Continue a failed or interrupted run at its first unfinished step, finding its pattern by name, and
+    wait until it stops again (`resume_later` returns at once)."""
     s = _store(store)
     recorded = s.get_run(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     return pattern.resume(recorded.id, store=s, **options)
 
 
+def resume_later(run_id: str, *, store: RunStore | str | None = None, runtime: str | None = None) -> str:
+    """Continue a failed or interrupted run on its own runtime (or `runtime`); returns its id at once."""
+    s = _store(store)
+    recorded = s.get_run(run_id)
+    pattern = find_pattern(recorded.pipeline, recorded.target)
+    return get_runtime(runtime or recorded.runtime).resume(s, pattern, recorded.id)
+
+
 def approve(run_id: str, *, store: RunStore | str | None = None, wait: bool = False) -> str:
     """Approve a run awaiting approval: it goes on at the step it waited before, on its own runtime.
 
-    On the local runtime it runs in the background of this process, or here until it stops with `wait`.
+    Returns its id at once, or, with `wait`, when it stops again (a local run executes in this process).
     """
-    from baton.runtime import get_runtime
-
     s = _store(store)
     recorded = s.get_run(run_id)
     if recorded.status is not RunStatus.AWAITING_APPROVAL:
         raise RunNotResumable(f"run {recorded.id} is {recorded.status.value}, not awaiting approval")
     pattern = find_pattern(recorded.pipeline, recorded.target)
-    return get_runtime(recorded.runtime).approve(s, pattern, recorded.id, wait=wait)
+    get_runtime(recorded.runtime).approve(s, pattern, recorded.id)
+    if wait:
+        wait_for(s, recorded.id)
+    return recorded.id
 
 
 def reject(run_id: str, *, reason: str = "", store: RunStore | str | None = None) -> Run:
@@ -79,15 +91,7 @@ def wait(run_id: str, *, store: RunStore | str | None = None, timeout: float | N
 
     It watches the store, not a runtime's own results, so it works the same for every runtime.
     """
-    s = _store(store)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        found = s.get_run(run_id)
-        if found.status.finished:
-            return found
-        if deadline is not None and time.monotonic() >= deadline:
-            raise RunError(f"run {found.id} is still {found.status.value} after {timeout} s")
-        time.sleep(poll)
+    return wait_for(_store(store), run_id, timeout=timeout, poll=poll)
 
 
 def wait_chain(

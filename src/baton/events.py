@@ -37,6 +37,7 @@ from baton.patterns import Pipeline
 from baton.patterns.base import Pattern
 from baton.patterns.registry import find_pattern
 from baton.runtime import get_runtime
+from baton.runtime.base import hooks
 from baton.steps import Step
 from baton.store import RunStore, open_store, utcnow
 from baton.store.events import EventRecord
@@ -276,6 +277,24 @@ def dispatch_soon(store: RunStore, runtime: str = "local") -> None:
         if dispatcher is None:
             dispatcher = _dispatchers[(id(store), runtime)] = _Dispatcher(store, runtime)
     dispatcher.kick()
+
+
+def _hand_over(store: RunStore, runtime: str, event_ids: Sequence[str]) -> None:
+    """After a checkpoint wrote events: a run executing here dispatches in the background, so that its
+    next step does not wait; a worker hands over its own events before it goes on (what others emitted or
+    published is theirs to hand over, or a sweep's)."""
+    if get_runtime(runtime).executes_here:
+        dispatch_soon(store, runtime)
+    else:
+        dispatch(store, runtime, event_ids=event_ids)
+
+
+def _sweep(store: RunStore, runtime: str, older_than_s: float) -> None:
+    dispatch(store, runtime, older_than_s=older_than_s)
+
+
+hooks.on_emitted(_hand_over)
+hooks.on_sweep(_sweep)
 
 
 class _Dispatcher:

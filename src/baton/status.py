@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["RunStatus", "StepStatus"]
+__all__ = ["ClaimOutcome", "RunStatus", "StepStatus"]
 
 
 class RunStatus(StrEnum):
@@ -50,3 +50,14 @@ class StepStatus(StrEnum):
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+
+
+class ClaimOutcome(StrEnum):
+    """What a worker's claim of a celery run's step found."""
+
+    CLAIMED = "claimed"  # this worker holds the step now
+    DONE = "done"  # it already succeeded (or was skipped)
+    FAILED = "failed"  # it failed for good (a parallel branch: the join judges the run)
+    BUSY = "busy"  # another worker holds it
+    CANCEL = "cancel"  # a cancel was asked: nothing may start
+    GONE = "gone"  # the run no longer runs (it ended, or was never there)

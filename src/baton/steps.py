@@ -26,6 +26,9 @@ class Step:
     Built by `@step` from a function's annotations. Agents (LLM-backed steps) are Steps too.
     """
 
+    # Whether a model reads this step's input and writes its output (an Agent): their tokens are measured.
+    calls_model = False
+
     def __init__(
         self,
         name: str,

@@ -18,13 +18,9 @@ def test_without_celery_installed_the_runtime_says_what_to_install():
     assert 'pip install "baton[celery]"' in out
 
 
-def test_the_broker_is_shown_without_its_password(monkeypatch):
+def test_the_broker_is_shown_without_its_password():
     from baton.runtime.celery import broker_display, celery_app
+    from baton.settings import Settings
 
-    monkeypatch.setenv("BATON_BROKER_URL", "redis://:s3cret@127.0.0.1:6379/3")
-    celery_app.cache_clear()
-    try:
-        shown = broker_display(celery_app())
-    finally:
-        celery_app.cache_clear()
+    shown = broker_display(celery_app(Settings(broker_url="redis://:s3cret@127.0.0.1:6379/3")))
     assert "s3cret" not in shown and "127.0.0.1:6379/3" in shown

@@ -249,7 +249,7 @@ def test_a_pending_run_is_not_resumed_by_hand(store):
     calls = Calls()
     pipeline = make(calls, name="pending-guard")
     with store.writer() as w:
-        from baton.runtime.local import create_run
+        from baton.runtime.records import create_run
 
         run_id, *_ = create_run(w, store, pipeline, Num(n=1), baton._owner.this_owner(), pending=True)
     with pytest.raises(RunNotResumable, match="pending"):

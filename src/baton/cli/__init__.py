@@ -28,6 +28,7 @@ from baton.cli.events import events, trace
 from baton.errors import UserError
 from baton.patterns.registry import find_pattern
 from baton.run import Run
+from baton.runtime import get_runtime
 from baton.status import RunStatus
 from baton.store import RunStore
 
@@ -98,13 +99,13 @@ def run(target: str, input_text: str, runtime: str, wait: bool | None, database_
         raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
     pattern.target = normalize_target(target)
     store = _store(database_url)
-    if runtime != "local":
+    if not (get_runtime(runtime).executes_here or wait):
         run_id = pattern.submit(data, store=store, runtime=runtime)
         _submitted(store, run_id, f"submitted to the {runtime} runtime", wait, as_json)
         return
     with LiveProgress(_err(), pattern.step_names, pattern.name) as progress:
         result = pattern.run(data, store=store, runtime=runtime, observer=progress)
-    # Runs started by the events it emitted execute in this process: let them end before it does.
+    # Runs started by the events it emitted may execute in this process: let them end before it does.
     api.wait_chain(result.correlation_id or result.id, store=store)
     _finish(store.get_run(result.id), as_json)
 
@@ -181,17 +182,18 @@ def resume(
     recorded = store.get_run(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     runtime = runtime or recorded.runtime
+    here = get_runtime(runtime).executes_here
     if from_step is not None:
         pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
-        # A local retry runs on a thread of this process, which must stay until the run ends.
-        _submitted(store, recorded.id, f"retried from step {from_step}", wait or runtime == "local", as_json)
+        # A run retried in this process runs on a thread of it, which must stay until the run ends.
+        _submitted(store, recorded.id, f"retried from step {from_step}", wait or here, as_json)
         return
-    if runtime != "local":
-        pattern.resume(recorded.id, store=store, runtime=runtime)
+    if not here:
+        api.resume_later(recorded.id, store=store, runtime=runtime)
         _submitted(store, recorded.id, f"resumed on the {runtime} runtime", wait, as_json)
         return
     with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
-        result = pattern.resume(recorded.id, store=store, observer=progress)
+        result = pattern.resume(recorded.id, store=store, runtime=runtime, observer=progress)
     api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
     _finish(store.get_run(result.id), as_json)
 
@@ -211,8 +213,8 @@ def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str
     import_modules(imports)
     store = _store(database_url)
     recorded = store.get_run(run_id)
-    # A local run goes on in this process, which stays until it stops.
-    api.approve(recorded.id, store=store, wait=wait or recorded.runtime == "local")
+    # A run that goes on in this process keeps it until the run stops.
+    api.approve(recorded.id, store=store, wait=wait or get_runtime(recorded.runtime).executes_here)
     _submitted(store, recorded.id, "approved", wait, as_json)
 
 

@@ -13,6 +13,7 @@ from baton.cli._common import _errors_to_exit, _out, _print_json, _store, import
 from baton.cli.render import _status
 from baton.errors import RunNotFound, UserError
 from baton.run import Run
+from baton.runtime import get_runtime
 from baton.store import RunStore
 from baton.store.events import EventRecord
 
@@ -66,7 +67,7 @@ def replay(
         raise UserError(f"event {event.id} has no dead-lettered delivery to replay (see: baton events --dead)")
     for run_id in started:
         click.echo(run_id)
-    if (runtime or event.runtime) == "local":  # the new runs execute in this process: let them end first
+    if get_runtime(runtime or event.runtime).executes_here:  # the new runs execute here: let them end first
         api.wait_chain(event.correlation_id, store=store)
 
 

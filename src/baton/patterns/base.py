@@ -9,11 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from baton.contracts import validate_input
+from baton.contracts import validate_input, validate_json
+from baton.patterns.plan import Done, Fail, Next, RunSteps, States, Wait
 from baton.patterns.registry import register
 from baton.run import Run
 from baton.runtime import get_runtime
-from baton.runtime.executor import Observer
+from baton.runtime.base import Observer, wait_for
+from baton.status import StepStatus
 from baton.steps import Step
 from baton.store import RunStore, open_store
 
@@ -23,16 +25,69 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
 
 
 class Pattern:
-    """A named arrangement of steps; the first step takes the input, the last one gives the output."""
+    """A named arrangement of steps; the first step takes the input, the last one gives the output.
+
+    A pattern owns how it runs: `plan` says, from a run's step states, what may run next; `reads` and
+    `input_of` say where each step's input comes from; `final` which checkpoint ends the run; `rerun_from`
+    what a retry from a step discards. Runtimes interpret that and never ask what kind of pattern they hold.
+    A subclass defines `plan` and `reads`; the rest follows.
+    """
 
     kind = "pipeline"
     name: str
     steps: tuple[Step, ...]
+    # How many parallel branches one process runs at once (each holds a database connection).
+    max_parallel: int = 8
 
     def _register(self, target: str | None, module: str | None) -> None:
         self._target = target
         self._module = module
+        readers = [self.reads(i) for i in range(len(self.steps))]
+        model = [s.calls_model for s in self.steps]
+        # A boundary's tokens are worth counting where a model writes or reads its JSON.
+        self.measured = frozenset(
+            i
+            for i in range(len(self.steps))
+            if model[i] or any(model[j] and i in readers[j] for j in range(len(model)))
+        )
+        self.measure_input = any(model[j] and not readers[j] for j in range(len(model)))
         register(self)
+
+    def plan(self, states: States) -> Next:
+        """What may run next, given the run's step states (see `baton.patterns.plan`)."""
+        raise NotImplementedError
+
+    def reads(self, idx: int) -> tuple[int, ...]:
+        """The steps whose checkpoints step `idx`'s input is made of; () for the run's own input."""
+        raise NotImplementedError
+
+    def input_of(self, idx: int, states: States) -> BaseModel:
+        """Step `idx`'s validated input, from the run's input or the checkpoints it reads."""
+        step = self.steps[idx]
+        sources = self.reads(idx)
+        if not sources:
+            return states.run_input(step.input, step.name)
+        (source,) = sources  # a step reading several checkpoints builds its input in its pattern's override
+        before = self.steps[source]
+        value = states.output(source, before.output, before.name)
+        if isinstance(value, step.input):
+            return value  # the pattern checked, when built, that the output contract is the input's
+        raw = states.steps[source].output_json or value.model_dump_json()
+        return validate_json(step.input, raw, step=step.name, where="input (checkpoint)")
+
+    def follows(self, idx: int) -> Next | None:
+        """What follows step `idx`'s success when the pattern can tell without reading the run's states
+        (a chain's next step); None when the plan must see them."""
+        return None
+
+    def final(self, idx: int) -> bool:
+        """Whether step `idx`'s checkpoint ends the run succeeded (in the same transaction)."""
+        return idx == len(self.steps) - 1
+
+    def first(self, states: States) -> int:
+        """The step a run starts (or goes on) at, as the run records it while it runs."""
+        nxt = self.plan(states)
+        return nxt.steps[0] if isinstance(nxt, RunSteps) and nxt.steps else 0
 
     @property
     def input(self) -> type[BaseModel]:
@@ -88,12 +143,15 @@ class Pattern:
         run_id: str,
         *,
         store: RunStore | str | None = None,
-        runtime: str = "local",
+        runtime: str | None = None,
         observer: Observer | None = None,
     ) -> Run:
-        """Continue a failed or interrupted run; what succeeded is replayed from its checkpoints, not re-run."""
+        """Continue a failed or interrupted run (on its own runtime unless `runtime` says) and wait until it
+        stops again; what succeeded is replayed from its checkpoints, not re-run."""
         s = store_of(store)
-        return get_runtime(runtime).resume(s, self, s.resolve_id(run_id), observer)
+        run_id = s.resolve_id(run_id)
+        where = runtime or s.get_run(run_id).runtime
+        return wait_for(s, get_runtime(where).resume(s, self, run_id, observer))
 
     def retry(
         self,
@@ -114,6 +172,34 @@ class Pattern:
     def rerun_from(self, idx: int) -> list[int]:
         """The steps that run again when a run is retried from step `idx`, that one first: it and those after."""
         return list(range(idx, len(self.steps)))
+
+
+def next_in_chain(states: States, idxs: range) -> Next | None:
+    """The plan of steps that run one after the other: the first unfinished one, or None when all are done."""
+    for idx in idxs:
+        if states.done(idx):
+            continue
+        if states.failed(idx):
+            return Fail(idx)
+        if states.status(idx) is StepStatus.RUNNING:
+            return Wait()  # its worker checkpoints it, or its message comes back to whoever takes it over
+        return RunSteps((idx,))
+    return None
+
+
+def fan_out(states: States, chosen: list[int], others: range, then: int) -> Next:
+    """The plan of parallel branches: the `chosen` ones run together (the `others` are skipped), and when
+    every one of them succeeded, step `then` joins them."""
+    skip = tuple(i for i in others if i not in chosen and not states.done(i))
+    pending = states.open(chosen)
+    if states.in_flight(pending):
+        return Wait()
+    failed = [i for i in pending if states.failed(i)]
+    if failed:
+        return Fail(failed[0])
+    if pending:
+        return RunSteps(tuple(pending), skip=skip, branches=True)
+    return next_in_chain(states, range(then, then + 1)) or Done()
 
 
 def store_of(store: RunStore | str | None) -> RunStore:

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from baton.errors import DefinitionError
-from baton.patterns.base import NAME, Pattern
+from baton.patterns.base import NAME, Pattern, next_in_chain
+from baton.patterns.plan import Done, Next, RunSteps, States
 from baton.steps import Step
 
 __all__ = ["Pipeline"]
@@ -47,6 +48,18 @@ class Pipeline(Pattern):
         self.name = name
         self.steps: tuple[Step, ...] = tuple(steps)
         self._register(target, sys._getframe(1).f_globals.get("__name__"))
+
+    def plan(self, states: States) -> Next:
+        """The first step that has not succeeded runs next."""
+        return next_in_chain(states, range(len(self.steps))) or Done()
+
+    def follows(self, idx: int) -> Next | None:
+        """The next step, or the end after the last."""
+        return RunSteps((idx + 1,)) if idx + 1 < len(self.steps) else Done()
+
+    def reads(self, idx: int) -> tuple[int, ...]:
+        """Each step reads the previous one's checkpoint; the first, the run's input."""
+        return (idx - 1,) if idx else ()
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name}: {' -> '.join(self.step_names)}>"

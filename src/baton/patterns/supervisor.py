@@ -12,7 +12,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from baton.errors import ContractViolation, DefinitionError
-from baton.patterns.base import NAME, Pattern
+from baton.patterns.base import NAME, Pattern, fan_out, next_in_chain
+from baton.patterns.plan import Next, States
+from baton.status import StepStatus
 from baton.steps import Step
 
 __all__ = ["Supervisor"]
@@ -76,6 +78,38 @@ class Supervisor(Pattern):
         self.steps: tuple[Step, ...] = (self.router, *self.workers.values(), merge)
         self._register(target, sys._getframe(1).f_globals.get("__name__"))
 
+    def plan(self, states: States) -> Next:
+        """The router first; then the workers its route chose, in parallel (the others skipped); then the
+        merge, once every chosen worker succeeded."""
+        routed = next_in_chain(states, range(1))
+        if routed is not None:
+            return routed
+        route = states.output(0, self.router.output, self.router.name)
+        last = len(self.steps) - 1
+        chosen = [i for i, key in enumerate(self.workers, start=1) if getattr(route, key) is not None]
+        return fan_out(states, chosen, range(1, last), then=last)
+
+    def reads(self, idx: int) -> tuple[int, ...]:
+        """The router reads the run's input; a worker, the route; the merge, every worker's output."""
+        last = len(self.steps) - 1
+        if idx == 0:
+            return ()
+        return (0,) if idx < last else tuple(range(1, last))
+
+    def input_of(self, idx: int, states: States) -> BaseModel:
+        """A worker's input is its field of the route; the merge's, the workers' outputs by key."""
+        last = len(self.steps) - 1
+        if idx == 0:
+            return super().input_of(idx, states)
+        if idx < last:
+            route = states.output(0, self.router.output, self.router.name)
+            return getattr(route, self.steps[idx].name)
+        outputs = {
+            key: states.output(i, self.steps[i].output, key) if states.status(i) is StepStatus.SUCCEEDED else None
+            for i, key in enumerate(self.workers, start=1)
+        }
+        return self.merge.input.model_validate(outputs)
+
     def rerun_from(self, idx: int) -> list[int]:
         """The steps that run again when retried from step `idx`: a worker's lane is its own, so a worker
         re-runs with the merge only; the router re-routes, so everything runs again."""
@@ -96,7 +130,7 @@ class _RoutingStep(Step):
         self.inner = router
         self.known = workers
         # An agent router stays an agent for what measures models' boundaries.
-        self.instructions = getattr(router, "instructions", None)
+        self.calls_model = router.calls_model
 
     def execute(self, value: BaseModel) -> Any:
         """Run the router; a route naming an unknown worker is a contract violation of the router."""

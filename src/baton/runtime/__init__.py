@@ -1,4 +1,5 @@
-"""Runtimes: where steps execute. Built-ins and plugins register by name in one table."""
+"""Runtimes: where steps execute. Built-ins and plugins are found the same way, through the `baton.runtimes`
+entry point group (a runtime's module is imported only when it is first asked for: Celery is an extra)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from baton.errors import UserError
+from baton.runtime.base import Runtime
 
-__all__ = ["get_runtime", "register_runtime", "runtime_names"]
+__all__ = ["Runtime", "get_runtime", "register_runtime", "runtime_names"]
 
 _factories: dict[str, Callable[[], Any]] = {}
-_instances: dict[str, Any] = {}
+_instances: dict[str, Runtime] = {}
 
 
 def register_runtime(name: str, factory: Callable[[], Any]) -> None:
@@ -22,7 +24,8 @@ def register_runtime(name: str, factory: Callable[[], Any]) -> None:
 def _load_plugins() -> None:
     for ep in entry_points(group="baton.runtimes"):
         if ep.name not in _factories:
-            _factories[ep.name] = ep.load()
+            # Loaded when first used: a runtime whose extra is missing says so then, not when listed.
+            _factories[ep.name] = lambda ep=ep: ep.load()()
 
 
 def runtime_names() -> list[str]:
@@ -31,7 +34,7 @@ def runtime_names() -> list[str]:
     return sorted(_factories)
 
 
-def get_runtime(name: str) -> Any:
+def get_runtime(name: str) -> Runtime:
     """The runtime called `name` (one instance per process)."""
     if name not in _instances:
         if name not in _factories:

@@ -1,10 +1,15 @@
-"""Executing one attempt of one step: the code path every runtime shares."""
+"""Executing one attempt of one step: the code path every runtime shares.
+
+An `Attempt` is one value; `execute` runs it, validates the output at the boundary, and writes the
+checkpoint (with the events the step emitted) or the failure. Hooks (`baton.runtime.base.hooks`) are told
+what was emitted and may wrap the work (a span, a budget); the runtime decides what comes next.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ValidationError
 
@@ -12,11 +17,12 @@ from baton._context import StepContext, enter, leave
 from baton.contracts import validate_output
 from baton.errors import ContractViolation
 from baton.run import ErrorInfo
+from baton.runtime.base import hooks
 from baton.steps import Step
 from baton.store import RunStore, RunWriter, StepResult, utcnow
 from baton.tokens import count_tokens
 
-__all__ = ["Failed", "Observer", "Outcome", "RetryLater", "Succeeded", "error_info", "execute_attempt"]
+__all__ = ["Attempt", "Failed", "Outcome", "RetryLater", "Succeeded", "error_info", "execute"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +56,6 @@ class Failed:
 Outcome = Succeeded | RetryLater | Failed
 
 
-class Observer(Protocol):
-    """Told what a run does as it does it (the CLI's live progress display is one)."""
-
-    def run_created(self, run_id: str) -> None:
-        """The run has its id and is about to execute."""
-
-    def step_started(self, run_id: str, idx: int, name: str, attempt: int) -> None:
-        """A step's attempt starts."""
-
-    def step_finished(self, run_id: str, idx: int, name: str, outcome: Outcome, duration_s: float) -> None:
-        """A step's attempt ended with `outcome`."""
-
-
 def error_info(exc: BaseException) -> ErrorInfo:
     """Type, message and traceback of an exception (and a model's raw answer), as the store keeps them."""
     kind = type(exc)
@@ -80,38 +73,46 @@ def error_info(exc: BaseException) -> ErrorInfo:
     )
 
 
-def execute_attempt(
-    store: RunStore,
-    writer: RunWriter,
-    run_id: str,
-    owner: str,
-    step: Step,
-    idx: int,
-    value: BaseModel,
-    *,
-    attempt: int,
-    attempts_this_go: int,
-    last: bool,
-    measure: bool = False,
-    end_run: bool = True,
-    lease_owner: str | None = None,
-) -> Outcome:
-    """Run one attempt of `step` on `value`, validate its output, and record what happened.
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of one step of one run: everything the executor needs, as one value."""
 
-    `attempts_this_go` counts the attempts made since the run was (re)started, which is what the step's
-    Retry policy limits; `attempt` is the step's attempt number over the run's whole life. On the last
-    step, the checkpoint also ends the run succeeded, in the same transaction. With `lease_owner` (the
-    celery runtime), what is written is fenced on that worker still holding the step's lease.
+    run_id: str
+    step: Step
+    idx: int
+    value: BaseModel  # the step's validated input
+    number: int  # the step's attempt number over the run's whole life
+    this_go: int  # the attempts since the run was (re)started: what the step's Retry limits
+    owner: str  # who holds the run (a process, or CELERY_OWNER for a celery run's steps)
+    runtime: str
+    final: bool = False  # its checkpoint ends the run succeeded, in the same transaction
+    measure: bool = False  # count the tokens of its output's JSON (a model writes or reads it)
+    ends_run: bool = True  # a failure ends the run (a parallel branch's is judged by the plan instead)
+    lease_owner: str | None = None  # the worker holding the step's lease, which fences every write
+
+    def next(self, number: int) -> Attempt:
+        """The attempt after this one, numbered `number`."""
+        return replace(self, number=number, this_go=self.this_go + 1)
+
+
+def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
+    """Run `attempt`, validate its output, and record what happened (a checkpoint, or the failure).
+
+    Emitted events are written with the checkpoint and reported through `hooks` (see `baton.runtime.base`).
     """
+    step, idx, run_id = attempt.step, attempt.idx, attempt.run_id
     started = utcnow()
-    ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt)
-    ctx.record = lambda call: store.record_calls(run_id, idx, attempt, [call])
+    ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
+    ctx.record = lambda call: store.record_calls(run_id, idx, attempt.number, [call])
     ctx.store = store
-    ctx.side_effect = getattr(step, "side_effect", False)
+    ctx.side_effect = step.side_effect
     token = enter(ctx)
     try:
         try:
-            produced = step.execute(value)
+            with contextlib.ExitStack() as around:
+                for wrapper in hooks.wrappers(attempt):
+                    around.enter_context(wrapper)
+                produced = step.execute(attempt.value)
         except ValidationError as exc:
             # The step built a contract that breaks its bounds (`return Letter(body=...)`): that is the
             # boundary failing, and it must say so, naming the step.
@@ -120,36 +121,41 @@ def execute_attempt(
         output, output_json = validate_output(step.output, produced, step=step.name)
     except Exception as exc:
         info = error_info(exc)
-        retrying = step.retry.should_retry(exc, attempts_this_go)
+        retrying = step.retry.should_retry(exc, attempt.this_go)
         failed = StepResult(
-            idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
+            idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(), error=info
         )
         cancel = store.record_failure(
-            run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=end_run, lease_owner=lease_owner
-        )
+            run_id, attempt.owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=attempt.ends_run,
+            lease_owner=attempt.lease_owner,
+        )  # fmt: skip
         if retrying:
             # A provider that says when to come back (Retry-After) is waited for at least that long.
-            delay = max(step.retry.delay(attempts_this_go), getattr(exc, "retry_after", None) or 0.0)
-            return RetryLater(delay, attempt + 1, info, cancel)
+            delay = max(step.retry.delay(attempt.this_go), getattr(exc, "retry_after", None) or 0.0)
+            return RetryLater(delay, attempt.number + 1, info, cancel)
         return Failed(info)
     finally:
         leave(token)
     result = StepResult(
-        idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), output_json=output_json
-    )
+        idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(),
+        output_json=output_json,
+    )  # fmt: skip
     cancel = writer.checkpoint(
         run_id,
-        owner,
+        attempt.owner,
         idx=idx,
         name=step.name,
-        attempt=attempt,
+        attempt=attempt.number,
         output_json=output_json,
         started_at=result.started_at,
         finished_at=result.finished_at,
-        final_output=output_json if last else None,
+        final_output=output_json if attempt.final else None,
         recount=bool(ctx.calls),
-        boundary_tokens=count_tokens(output_json) if measure else None,
-        lease_owner=lease_owner,
+        boundary_tokens=count_tokens(output_json) if attempt.measure else None,
+        lease_owner=attempt.lease_owner,
         events=ctx.events,
     )
-    return Succeeded(output, cancel, result, bool(ctx.calls), tuple(e[0] for e in ctx.events))
+    emitted = tuple(e[0] for e in ctx.events)
+    if emitted:
+        hooks.emitted(store, attempt.runtime, emitted)
+    return Succeeded(output, cancel, result, bool(ctx.calls), emitted)

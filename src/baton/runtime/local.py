@@ -1,4 +1,9 @@
-"""The local runtime: steps execute in this process, one after the other, checkpointed as they go."""
+"""The local runtime: a pattern's plan executes in this process, checkpointed as it goes.
+
+`run` follows a new run in the caller's thread; `submit`, `resume`, `retry_from` and `approve` record what
+they start and hand it to a pool of threads, returning the run id at once (`baton.wait` follows it).
+Parallel branches of a plan run on threads of their own, each with its own database connection.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,21 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from baton._ids import new_run_id
 from baton._owner import this_owner
-from baton.contracts import validate_json
-from baton.errors import RunNotResumable, UserError
+from baton.errors import RunNotResumable
+from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rewind_plan
 from baton.run import Run, StepRecord
-from baton.runtime.executor import Failed, Observer, Outcome, RetryLater, Succeeded, execute_attempt
+from baton.runtime.base import Observer, running_here
+from baton.runtime.executor import Attempt, Failed, Outcome, RetryLater, Succeeded, execute
+from baton.runtime.records import create_run
 from baton.status import RunStatus, StepStatus
-from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
-from baton.tokens import count_tokens
 
-__all__ = ["LocalRuntime", "create_run", "plan_resume"]
+__all__ = ["LocalRuntime"]
 
 log = logging.getLogger("baton.runtime")
 
@@ -76,16 +79,17 @@ def _heartbeat_for(store: RunStore) -> _Heartbeat:
 
 
 class LocalRuntime:
-    """Runs a pattern's steps in this process; `submit` runs them on a background thread."""
+    """Runs a pattern's steps in this process; what it starts in the background runs on a pool of threads."""
 
     name = "local"
+    executes_here = True
 
     def __init__(self, max_workers: int = 4) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._max_workers = max_workers
 
     def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
-        """Record a new run of `pattern` on the validated `value`, execute it to the end, return it."""
+        """Record a new run of `pattern` on the validated `value`, execute it here to the end, return it."""
         owner = this_owner()
         with store.writer() as writer:
             run_id, input_json, now, input_tokens = create_run(writer, store, pattern, value, owner, pending=False)
@@ -93,23 +97,10 @@ class LocalRuntime:
             base = Run(
                 id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
                 created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
-                input_boundary_tokens=input_tokens, correlation_id=run_id, kind=getattr(pattern, "kind", "pipeline"),
+                input_boundary_tokens=input_tokens, correlation_id=run_id, kind=pattern.kind,
             )  # fmt: skip
-            return self._execute(store, writer, base, owner, pattern, value, 0, 1, observer)
-
-    def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
-        """Continue a failed or interrupted run of `pattern` at its first unfinished step."""
-        run = store.get_run(run_id)
-        if run.pipeline != pattern.name:
-            raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
-        idx, value, attempt = plan_resume(run, pattern.steps, groups=_groups(pattern))
-        owner = this_owner()
-        resumable = [RunStatus.FAILED, RunStatus.INTERRUPTED]
-        # Conditional on the run being as it was read: another resume in between would make the plan stale.
-        if not store.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=resumable, claims=run.claims):
-            raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
-        with store.writer() as writer:
-            return self._execute(store, writer, run, owner, pattern, value, idx, attempt, observer)
+            states = States(input_json=input_json, input_value=value)
+            return self._execute(store, writer, base, owner, pattern, states, observer)
 
     def submit(
         self,
@@ -134,68 +125,69 @@ class LocalRuntime:
             )  # fmt: skip
         if run_id is None:
             return None
-        # The heartbeat keeps the pending run from looking abandoned while it waits for a thread.
-        _heartbeat_for(store).add(run_id, owner)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        try:
-            future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
-        except RuntimeError:
-            # The interpreter is shutting down and takes no new threads: the run it recorded runs here.
-            self._start_submitted(store, pattern, run_id, owner)
-            return run_id
-        future.add_done_callback(lambda f: _log_failure(f, run_id))
-        return run_id
+        return self._start_later(store, pattern, run_id, owner)
 
-    def resume_later(self, store: RunStore, pattern: Any, run_id: str) -> str:
+    def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
         """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
-        run = store.get_run(run_id)
-        plan_resume(run, pattern.steps, groups=_groups(pattern))  # refuses now what cannot resume
-        return self._reopen(store, pattern, run, ())
+        run = _own_run(store, pattern, run_id)
+        resume_states(run, pattern)  # refuses now what cannot resume
+        return self._reopen(store, pattern, run, (), observer)
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and run them again in the background."""
-        run = store.get_run(run_id)
-        return self._reopen(store, pattern, run, plan_rewind(run, pattern, step))
+        run = _own_run(store, pattern, run_id)
+        return self._reopen(store, pattern, run, rewind_plan(run, pattern, step), None)
 
-    def approve(self, store: RunStore, pattern: Any, run_id: str, *, wait: bool = False) -> str:
-        """Approve a run awaiting approval: it goes on at the step it waited before (here, with `wait`)."""
+    def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
+        """Approve a run awaiting approval: it goes on, in the background, at the step it waited before."""
         owner = this_owner()
         if store.decide(run_id, approve=True, now=utcnow(), runtime=self.name, owner=owner) < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
-        _heartbeat_for(store).add(run_id, owner)
-        if wait:
-            self._start_submitted(store, pattern, run_id, owner)
-            return run_id
         return self._start_later(store, pattern, run_id, owner)
 
-    def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int]) -> str:
+    def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int], observer: Observer | None) -> str:
         owner = this_owner()
         if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
-        _heartbeat_for(store).add(run.id, owner)
-        return self._start_later(store, pattern, run.id, owner)
+        return self._start_later(store, pattern, run.id, owner, observer)
 
-    def _start_later(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> str:
+    def _start_later(
+        self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None = None
+    ) -> str:
+        # The heartbeat keeps the pending run from looking abandoned while it waits for a thread.
+        _heartbeat_for(store).add(run_id, owner)
+        running_here.started(run_id, lambda exc: _abandon(store, run_id, owner, exc))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        future = self._pool.submit(self._start_submitted, store, pattern, run_id, owner)
+        try:
+            future = self._pool.submit(self._start_pending, store, pattern, run_id, owner, observer)
+        except RuntimeError:
+            # The interpreter is shutting down and takes no new threads: the run it recorded runs here.
+            self._start_pending(store, pattern, run_id, owner, observer)
+            return run_id
         future.add_done_callback(lambda f: _log_failure(f, run_id))
         return run_id
 
-    def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
+    def _start_pending(self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None) -> Run:
         try:
-            run = store.get_run(run_id)
-            if run.status is not RunStatus.PENDING:
-                return run  # cancelled while it waited
-            idx, value, attempt = plan_resume(run, pattern.steps, pending_ok=True, groups=_groups(pattern))
-            statuses = [RunStatus.PENDING]
-            if not store.claim(run_id, owner, start_idx=idx, attempt=attempt, statuses=statuses, only_owner=owner):
-                return store.get_run(run_id)
+            try:
+                run = store.get_run(run_id)
+                if run.status is not RunStatus.PENDING:
+                    return run  # cancelled while it waited
+                states = resume_states(run, pattern, pending_ok=True)
+                start = pattern.first(states)
+                claimed = store.claim(
+                    run_id, owner, start_idx=start, attempt=states.attempts(start) + 1,
+                    statuses=[RunStatus.PENDING], only_owner=owner,
+                )  # fmt: skip
+                if not claimed:
+                    return store.get_run(run_id)
+            finally:
+                _heartbeat_for(store).discard(run_id)
+            with store.writer() as writer:
+                return self._execute(store, writer, run, owner, pattern, states, observer)
         finally:
-            _heartbeat_for(store).discard(run_id)
-        with store.writer() as writer:
-            return self._execute(store, writer, run, owner, pattern, value, idx, attempt, observer=None)
+            running_here.stopped(run_id)
 
     def _execute(
         self,
@@ -204,9 +196,7 @@ class LocalRuntime:
         base: Run,
         owner: str,
         pattern: Any,
-        value: BaseModel,
-        start_idx: int,
-        first_attempt: int,
+        states: States,
         observer: Observer | None,
     ) -> Run:
         beat = _heartbeat_for(store)
@@ -214,14 +204,7 @@ class LocalRuntime:
         try:
             if observer is not None:
                 observer.run_created(base.id)
-            if _groups(pattern):
-                records = _supervise(store, writer, base, owner, pattern, value, observer)
-            else:
-                # A retried run's later steps have attempts already: the next ones are numbered after them.
-                prior = [s.attempts for s in base.steps]
-                records = _loop(
-                    store, writer, base.id, owner, pattern.steps, value, start_idx, first_attempt, observer, prior
-                )
+            records = _Driver(store, writer, base.id, owner, pattern, observer).drive(states)
         except LostOwnership:
             records = None  # another process declared the run interrupted; the store says what happened
         except BaseException as exc:
@@ -241,250 +224,135 @@ class LocalRuntime:
         return base
 
 
-def create_run(
-    writer: RunWriter,
-    store: RunStore,
-    pattern: Any,
-    value: BaseModel,
-    owner: str,
-    *,
-    pending: bool,
-    runtime: str = "local",
-    correlation_id: str | None = None,
-    trigger_event: str | None = None,
-    delivery: tuple[str, str | None] | None = None,
-) -> tuple[str | None, str, datetime, int | None]:
-    """Record a new run of `pattern` on `value` (every runtime's): (its id, or None when the event `delivery`
-    was already made; its input's JSON; now; the input's tokens when a model reads it).
-
-    A run owned by one process holds a lease on the whole run; a celery run's steps hold theirs instead.
-    """
-    run_id = new_run_id()
-    input_json = value.model_dump_json()
-    # The run's input is a boundary too when a model reads it.
-    input_tokens = count_tokens(input_json) if 0 in boundaries_to_measure(pattern.steps[:1]) else None
-    now = utcnow()
-    created = writer.create_run(
-        run_id=run_id,
-        pipeline=pattern.name,
-        target=pattern.target,
-        input_json=input_json,
-        step_names_json=json.dumps(pattern.step_names),
-        owner=owner,
-        now=now,
-        lease_until=now + store.lease if runtime == "local" else None,
-        pending=pending,
-        input_tokens=input_tokens,
-        runtime=runtime,
-        correlation_id=correlation_id,
-        trigger_event=trigger_event,
-        kind=getattr(pattern, "kind", "pipeline"),
-        delivery=delivery,
-    )
-    if not created:
-        return None, input_json, now, input_tokens
-    return run_id, input_json, now, input_tokens
+def _own_run(store: RunStore, pattern: Any, run_id: str) -> Run:
+    run = store.get_run(run_id)
+    if run.pipeline != pattern.name:
+        raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
+    return run
 
 
-def _attempts(
-    store: RunStore,
-    writer: RunWriter,
-    run_id: str,
-    owner: str,
-    step: Step,
-    idx: int,
-    value: BaseModel,
-    *,
-    attempt: int,
-    last: bool,
-    measure: bool,
-    observer: Observer | None,
-    end_run: bool = True,
-) -> tuple[Outcome | None, int, bool]:
-    """The attempts of one step under its Retry policy.
+class _Driver:
+    """Interprets one run's plan in this process: asks the pattern what runs next, runs it, until the end."""
 
-    Returns the final outcome (None when a cancel stopped the retrying), the last attempt's number, and
-    whether there was more than one attempt.
-    """
-    this_go = 1
-    while True:
-        if observer is not None:
-            observer.step_started(run_id, idx, step.name, attempt)
-            t0 = time.perf_counter()
-        outcome = execute_attempt(
-            store, writer, run_id, owner, step, idx, value,
-            attempt=attempt, attempts_this_go=this_go, last=last, measure=measure, end_run=end_run,
+    def __init__(
+        self, store: RunStore, writer: RunWriter, run_id: str, owner: str, pattern: Any, observer: Observer | None
+    ) -> None:
+        self.store, self.writer, self.run_id, self.owner = store, writer, run_id, owner
+        self.pattern, self.observer = pattern, observer
+
+    def drive(self, states: States) -> list[StepRecord] | None:
+        """Run the plan to its end; the steps' records when every one ran here at its first attempt (then
+        the run need not be read back), else None."""
+        store, run_id, owner, pattern = self.store, self.run_id, self.owner, self.pattern
+        steps = pattern.steps
+        records: dict[int, StepRecord] = {}
+        clean = not states.steps and not states.prior
+        while True:
+            nxt = pattern.plan(states)
+            if isinstance(nxt, Done):
+                return [records[i] for i in range(len(steps))] if clean and len(records) == len(steps) else None
+            if isinstance(nxt, Fail):
+                store.end_failed(run_id, owner, steps[nxt.step].name)
+                return None
+            if not isinstance(nxt, RunSteps):
+                raise RuntimeError(f"pattern '{pattern.name}' waits for steps that nothing runs: {nxt!r}")
+            if nxt.skip:
+                store.mark_skipped(run_id, owner, [(i, steps[i].name) for i in nxt.skip])
+                for i in nxt.skip:
+                    states.ended(i, StepStatus.SKIPPED, 0)
+                clean = False
+            if nxt.branches or len(nxt.steps) > 1:
+                clean = False
+                done = self._branches(nxt.steps, states)
+            else:
+                idx = nxt.steps[0]
+                if steps[idx].approval and not store.step_approved(run_id, idx):
+                    store.await_approval(run_id, idx, utcnow())
+                    return None
+                done = [(idx, *self._attempts(self._attempt(idx, states, ends_run=True), self.writer))]
+            failed = cancelled = False
+            for idx, outcome, number, retried in done:
+                if outcome is None:
+                    cancelled = True
+                elif isinstance(outcome, Failed):
+                    failed = True
+                    states.ended(idx, StepStatus.FAILED, number)
+                else:
+                    assert isinstance(outcome, Succeeded)
+                    states.succeeded(idx, outcome.value, outcome.result.output_json, number)
+                    records[idx] = _record(steps[idx].name, outcome, number)
+                    clean = clean and not retried and not outcome.called_models  # those are read back
+                    cancelled = cancelled or (outcome.cancel_requested and not pattern.final(idx))
+            if failed and not (nxt.branches or len(nxt.steps) > 1):
+                return None  # the step's failure ended the run
+            if cancelled and not failed:
+                store.finish_cancelled(run_id, owner)
+                return None
+
+    def _attempt(self, idx: int, states: States, *, ends_run: bool, owner: str | None = None) -> Attempt:
+        pattern = self.pattern
+        return Attempt(
+            run_id=self.run_id, step=pattern.steps[idx], idx=idx, value=pattern.input_of(idx, states),
+            number=states.attempts(idx) + 1, this_go=1, owner=self.owner, runtime=LocalRuntime.name,
+            final=pattern.final(idx), measure=idx in pattern.measured, ends_run=ends_run,
         )  # fmt: skip
-        if observer is not None:
-            observer.step_finished(run_id, idx, step.name, outcome, time.perf_counter() - t0)
-        if isinstance(outcome, Succeeded) and outcome.emitted:
-            from baton.events import dispatch_soon  # events build on the runtimes
 
-            dispatch_soon(store, "local")
-        if not isinstance(outcome, RetryLater):
-            return outcome, attempt, this_go > 1
-        if outcome.cancel_requested:
-            return None, attempt, True
-        _pause(outcome.delay)
-        attempt, this_go = outcome.next_attempt, this_go + 1
-        if store.start_attempt(run_id, owner, idx, attempt):
-            return None, attempt, True
+    def _attempts(self, attempt: Attempt, writer: RunWriter) -> tuple[Outcome | None, int, bool]:
+        """The attempts of one step under its Retry policy: the final outcome (None when a cancel stopped
+        the retrying), the last attempt's number, and whether there was more than one attempt."""
+        observer, step = self.observer, attempt.step
+        while True:
+            if observer is not None:
+                observer.step_started(self.run_id, attempt.idx, step.name, attempt.number)
+                t0 = time.perf_counter()
+            outcome = execute(self.store, writer, attempt)
+            if observer is not None:
+                observer.step_finished(self.run_id, attempt.idx, step.name, outcome, time.perf_counter() - t0)
+            if not isinstance(outcome, RetryLater):
+                return outcome, attempt.number, attempt.this_go > 1
+            if outcome.cancel_requested:
+                return None, attempt.number, True
+            _pause(outcome.delay)
+            attempt = attempt.next(outcome.next_attempt)
+            if self.store.start_attempt(self.run_id, self.owner, attempt.idx, attempt.number):
+                return None, attempt.number, True
+
+    def _branches(self, idxs: Sequence[int], states: States) -> list[tuple[int, Outcome | None, int, bool]]:
+        """Parallel branches, each on a thread with a database connection of its own; a failure ends its
+        branch, not the run (the next plan says what does)."""
+        attempts = [self._attempt(i, states, ends_run=False) for i in idxs]
+        observer = _Serialized(self.observer) if self.observer is not None else None
+        branch = _Driver(self.store, self.writer, self.run_id, self.owner, self.pattern, observer)
+
+        def work(attempt: Attempt) -> tuple[int, Outcome | None, int, bool]:
+            with self.store.writer(scoped=True) as own:
+                return (attempt.idx, *branch._attempts(attempt, own))
+
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.pattern.max_parallel, max(1, len(attempts))), thread_name_prefix="baton-branch"
+        )
+        try:
+            done = list(pool.map(work, attempts))
+        except BaseException:
+            # Ctrl-C (or a branch's own crash): branches not yet started never start, and the run is marked
+            # interrupted at once; the ones in flight find it gone at their checkpoint.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return done
 
 
-def _record(step: Step, outcome: Succeeded, attempt: int) -> StepRecord:
+def _record(name: str, outcome: Succeeded, attempt: int) -> StepRecord:
     r = outcome.result
     return StepRecord(
-        step.name, StepStatus.SUCCEEDED, attempt, json.loads(r.output_json or "null"),
+        name, StepStatus.SUCCEEDED, attempt, json.loads(r.output_json or "null"),
         duration_ms=(r.finished_at - r.started_at).total_seconds() * 1000.0,
         started_at=r.started_at, finished_at=r.finished_at,
     )  # fmt: skip
 
 
-def _loop(
-    store: RunStore,
-    writer: RunWriter,
-    run_id: str,
-    owner: str,
-    steps: Sequence[Step],
-    value: BaseModel,
-    start_idx: int,
-    first_attempt: int,
-    observer: Observer | None,
-    prior: Sequence[int] = (),
-) -> list[StepRecord] | None:
-    """Execute the steps; returns their records when all succeeded at once, None when the store must tell.
-
-    `prior` holds the attempts each step already made (a retried run's), which later attempts follow.
-    """
-    last = len(steps) - 1
-    measured = boundaries_to_measure(steps)
-    records: list[StepRecord] = []
-    clean = True
-    for idx in range(start_idx, len(steps)):
-        step = steps[idx]
-        if step.approval and not store.step_approved(run_id, idx):
-            store.await_approval(run_id, idx, utcnow())
-            return None
-        outcome, attempt, retried = _attempts(
-            store, writer, run_id, owner, step, idx, value,
-            attempt=first_attempt if idx == start_idx else (prior[idx] if idx < len(prior) else 0) + 1,
-            last=idx == last, measure=idx in measured,
-            observer=observer,
-        )  # fmt: skip
-        if outcome is None:
-            store.finish_cancelled(run_id, owner)
-            return None
-        if isinstance(outcome, Failed):
-            return None
-        assert isinstance(outcome, Succeeded)
-        value = outcome.value
-        clean = clean and not retried and not outcome.called_models  # those are read back from the store
-        records.append(_record(step, outcome, attempt))
-        if outcome.cancel_requested and idx < last:
-            store.finish_cancelled(run_id, owner)
-            return None
-    return records if clean and start_idx == 0 else None
-
-
-def _supervise(
-    store: RunStore, writer: RunWriter, base: Run, owner: str, pattern: Any, value: BaseModel, observer: Observer | None
-) -> None:
-    """Router, then the chosen workers in parallel (each checkpointed on its own), then the merge.
-
-    On a resume, what succeeded (or was skipped) is replayed from the store; only the rest runs. The run is
-    read back from the store afterwards, so this returns nothing.
-    """
-    run_id, steps = base.id, pattern.steps
-    recorded = dict(enumerate(base.steps))
-    measured = boundaries_to_measure(steps)
-
-    def done(idx: int) -> StepRecord | None:
-        record = recorded.get(idx)
-        return record if record is not None and record.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) else None
-
-    def next_attempt(idx: int) -> int:
-        record = recorded.get(idx)
-        return record.attempts + 1 if record is not None else 1
-
-    router = steps[0]
-    if (record := done(0)) is not None:
-        route = router.output.model_validate(record.output)
-    else:
-        outcome, _, _ = _attempts(
-            store, writer, run_id, owner, router, 0, value,
-            attempt=next_attempt(0), last=False, measure=0 in measured, observer=observer,
-        )  # fmt: skip
-        if outcome is None or (isinstance(outcome, Succeeded) and outcome.cancel_requested):
-            store.finish_cancelled(run_id, owner)
-            return None
-        if not isinstance(outcome, Succeeded):
-            return None
-        route = outcome.value
-    keys = list(pattern.workers)
-    chosen = {i + 1: key for i, key in enumerate(keys) if getattr(route, key) is not None}
-    unchosen = [(i + 1, key) for i, key in enumerate(keys) if i + 1 not in chosen and done(i + 1) is None]
-    if unchosen:
-        store.mark_skipped(run_id, owner, unchosen)
-    outputs: dict[str, Any] = {}
-    to_run = []
-    for idx, key in chosen.items():
-        if (record := done(idx)) is not None:
-            outputs[key] = steps[idx].output.model_validate(record.output)
-        else:
-            to_run.append((idx, key))
-
-    observer = _Serialized(observer) if observer is not None else None
-
-    def work(item: tuple[int, str]) -> tuple[str, Outcome | None]:
-        # Each thread checkpoints through a connection of its own, given back when the worker ends; a
-        # failure ends the worker, not the run.
-        idx, key = item
-        with store.writer(scoped=True) as own:
-            outcome, _, _ = _attempts(
-                store, own, run_id, owner, steps[idx], idx, getattr(route, key),
-                attempt=next_attempt(idx), last=False, measure=idx in measured, observer=observer, end_run=False,
-            )  # fmt: skip
-        return key, outcome
-
-    failed: list[str] = []
-    cancelled = False
-    pool = ThreadPoolExecutor(
-        max_workers=min(pattern.max_parallel, max(1, len(to_run))), thread_name_prefix="baton-worker"
-    )
-    try:
-        for key, outcome in pool.map(work, to_run):
-            if isinstance(outcome, Succeeded):
-                outputs[key] = outcome.value
-                cancelled = cancelled or outcome.cancel_requested
-            elif outcome is None:
-                cancelled = True
-            else:
-                failed.append(key)
-    except BaseException:
-        # Ctrl-C (or a worker's own crash): workers not yet started never start, and the run is marked
-        # interrupted at once; the ones in flight find it gone at their checkpoint.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    if failed:
-        store.end_failed(run_id, owner, failed[0])
-        return None
-    if cancelled:
-        store.finish_cancelled(run_id, owner)
-        return None
-    merge_idx = len(steps) - 1
-    merged = steps[merge_idx].input.model_validate({key: outputs.get(key) for key in keys})
-    outcome, _, _ = _attempts(
-        store, writer, run_id, owner, steps[merge_idx], merge_idx, merged,
-        attempt=next_attempt(merge_idx), last=True, measure=merge_idx in measured, observer=observer,
-    )  # fmt: skip
-    if outcome is None:
-        store.finish_cancelled(run_id, owner)
-    return None
-
-
 class _Serialized:
-    """An observer whose methods are called one at a time, however many worker threads report."""
+    """An observer whose methods are called one at a time, however many branch threads report."""
 
     def __init__(self, inner: Observer) -> None:
         self.inner = inner
@@ -508,12 +376,6 @@ def _pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def boundaries_to_measure(steps: Sequence[Step]) -> frozenset[int]:
-    """The steps whose output a model writes or reads: their boundary's tokens are worth counting."""
-    is_agent = [getattr(s, "instructions", None) is not None for s in steps]
-    return frozenset(i for i in range(len(steps)) if is_agent[i] or (i + 1 < len(steps) and is_agent[i + 1]))
-
-
 def _log_failure(future: Future[Run], run_id: str) -> None:
     # A run's own failures are in the store; this is for errors around it (the store unreachable, say).
     exc = future.exception()
@@ -525,67 +387,3 @@ def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> No
     # If this fails too, the process is going down anyway; the reaper will find the run by its dead owner.
     with contextlib.suppress(Exception):
         store.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
-
-
-def _groups(pattern: Any) -> bool:
-    return getattr(pattern, "kind", "pipeline") == "supervisor"
-
-
-def plan_rewind(run: Run, pattern: Any, step: str) -> list[int]:
-    """The steps to run again when `run` is retried from `step`, that one first; refuses what cannot be."""
-    recorded = [s.name for s in run.steps]
-    if recorded != list(pattern.step_names):
-        raise RunNotResumable(
-            f"run {run.id} cannot be retried: it recorded steps {recorded}, but pipeline '{run.pipeline}' now has "
-            f"{list(pattern.step_names)}. Its code changed; start a new run instead."
-        )
-    if step not in recorded:
-        raise UserError(f"run {run.id} has no step {step!r}; its steps are {recorded}")
-    if not run.status.finished:
-        raise RunNotResumable(f"run {run.id} is {run.status.value}; cancel it or wait for it to end, then retry")
-    idx = recorded.index(step)
-    if run.steps[idx].status is StepStatus.SKIPPED:
-        raise RunNotResumable(
-            f"step '{step}' of run {run.id} was skipped (not routed to); retry from the router to route again"
-        )
-    return pattern.rerun_from(idx)
-
-
-def plan_resume(
-    run: Run, steps: Sequence[Step], *, pending_ok: bool = False, groups: bool = False
-) -> tuple[int, BaseModel, int]:
-    """Where a run goes on: (first unfinished step, its input, its next attempt number).
-
-    With `groups` (a supervisor), the steps are not a chain: the run's own input is returned, and the
-    pattern replays what is done and runs the rest itself.
-    """
-    recorded = [s.name for s in run.steps]
-    current = [s.name for s in steps]
-    if recorded != current:
-        raise RunNotResumable(
-            f"run {run.id} cannot resume: it recorded steps {recorded}, but pipeline '{run.pipeline}' now has "
-            f"{current}. Its code changed; start a new run instead."
-        )
-    if run.status is RunStatus.SUCCEEDED:
-        raise RunNotResumable(f"run {run.id} already succeeded; there is nothing to resume")
-    if run.status is RunStatus.CANCELLED:
-        raise RunNotResumable(f"run {run.id} was cancelled; start a new run instead")
-    if run.status is RunStatus.AWAITING_APPROVAL:
-        raise RunNotResumable(f"run {run.id} is awaiting approval: baton approve {run.id} (or reject it)")
-    if run.status is RunStatus.RUNNING:
-        raise RunNotResumable(f"run {run.id} is running in another process; cancel it first or wait")
-    if run.status is RunStatus.PENDING and not pending_ok:
-        raise RunNotResumable(f"run {run.id} is pending: the process that submitted it will start it")
-    done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
-    idx = next(i for i, s in enumerate(run.steps) if s.status not in done)
-    if idx == 0 or groups:
-        value = validate_json(steps[0].input, json.dumps(run.input), step=steps[0].name, where="recorded run input")
-        if groups:
-            return idx, value, run.steps[idx].attempts + 1
-    else:
-        prev = run.steps[idx - 1]
-        # Replay the checkpoint: it must still satisfy the contracts on both sides of the boundary.
-        raw = json.dumps(prev.output)
-        validate_json(steps[idx - 1].output, raw, step=prev.name, where="checkpoint")
-        value = validate_json(steps[idx].input, raw, step=steps[idx].name, where="input (replayed checkpoint)")
-    return idx, value, run.steps[idx].attempts + 1

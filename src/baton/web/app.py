@@ -31,7 +31,6 @@ from baton.errors import BatonError, ContractViolation, InvalidInput, RunNotFoun
 from baton.events import dispatch, publish, subscribers
 from baton.patterns.registry import find_pattern, registered
 from baton.run import Run
-from baton.runtime import get_runtime
 from baton.status import RunStatus
 from baton.store import RunStore
 
@@ -218,12 +217,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         return api.reject(run_id, reason=reason, store=store)
 
     def resume(run_id: str) -> str:
-        recorded = store.get_run(run_id)
-        pattern = find_pattern(recorded.pipeline, recorded.target)
-        if recorded.runtime == "local":
-            # Pending at once (a run that cannot resume answers 409), then continued in the background.
-            return get_runtime("local").resume_later(store, pattern, recorded.id)
-        return pattern.resume(recorded.id, store=store, runtime=recorded.runtime).id
+        # Pending at once (a run that cannot resume answers 409), then continued on its runtime.
+        return api.resume_later(run_id, store=store)
 
     def retry(run_id: str, from_step: str) -> str:
         recorded = store.get_run(run_id)

@@ -1,0 +1,188 @@
+"""What every runtime is: the `Runtime` protocol, the hooks around an attempt, and the runs this process holds.
+
+A runtime interprets a pattern's plan (`baton.patterns.plan`) somewhere: in this process (`local`) or on
+workers (`celery`). Every call that starts work returns the run id at once; waiting is `baton.wait`, which
+watches the store. Modules above the runtimes (events, tracing, the CLI) plug in through `hooks`, never by
+being imported from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from baton.run import Run
+    from baton.runtime.executor import Attempt, Outcome
+    from baton.store import RunStore
+
+__all__ = ["Hooks", "Observer", "Runtime", "hooks", "running_here", "wait_for"]
+
+log = logging.getLogger("baton.runtime")
+
+
+class Observer(Protocol):
+    """Told what a run does as it does it (the CLI's live progress display is one)."""
+
+    def run_created(self, run_id: str) -> None:
+        """The run has its id and is about to execute."""
+
+    def step_started(self, run_id: str, idx: int, name: str, attempt: int) -> None:
+        """A step's attempt starts."""
+
+    def step_finished(self, run_id: str, idx: int, name: str, outcome: Outcome, duration_s: float) -> None:
+        """A step's attempt ended with `outcome`."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Where a pattern's steps execute. Built-ins and plugins register under the `baton.runtimes` entry point."""
+
+    name: str
+    # Whether runs execute in the process that starts them, so that it must stay until they end.
+    executes_here: bool
+
+    def submit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """Record a pending run of `pattern` on the validated `value` and start it; returns its id at once
+        (None when the event `delivery` was already handed to that subscriber)."""
+        ...
+
+    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """Record a run, follow it to its end (here, or on workers through the store) and return it."""
+        ...
+
+    def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
+        """Continue a failed or interrupted run at what its pattern says is unfinished; returns at once."""
+        ...
+
+    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+        """Discard the checkpoints of `step` and of what its pattern re-runs after it, and run them again."""
+        ...
+
+    def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
+        """Continue a run awaiting approval at the step it waited before; returns at once."""
+        ...
+
+
+class Hooks:
+    """Listeners the execution core calls, whatever the runtime: where events, and later tracing,
+    budgets and limits, plug in without the runtimes importing them."""
+
+    def __init__(self) -> None:
+        self._emitted: list[Callable[[RunStore, str, Sequence[str]], None]] = []
+        self._sweeps: list[Callable[[RunStore, str, float], None]] = []
+        self._around: list[Callable[[Attempt], Any]] = []
+
+    def on_emitted(self, listener: Callable[[RunStore, str, Sequence[str]], None]) -> None:
+        """Call `listener(store, runtime, event_ids)` after a checkpoint wrote events to the outbox."""
+        if listener not in self._emitted:
+            self._emitted.append(listener)
+
+    def on_sweep(self, listener: Callable[[RunStore, str, float], None]) -> None:
+        """Call `listener(store, runtime, older_than_s)` on a worker's periodic sweep (the outbox's)."""
+        if listener not in self._sweeps:
+            self._sweeps.append(listener)
+
+    def swept(self, store: RunStore, runtime: str, older_than_s: float) -> None:
+        """A periodic sweep: hand over what others left behind for longer than `older_than_s`."""
+        for listener in self._sweeps:
+            listener(store, runtime, older_than_s)
+
+    def around_attempt(self, wrapper: Callable[[Attempt], Any]) -> None:
+        """Enter the context manager `wrapper(attempt)` around every attempt's work (a span, a budget check)."""
+        if wrapper not in self._around:
+            self._around.append(wrapper)
+
+    def emitted(self, store: RunStore, runtime: str, event_ids: Sequence[str]) -> None:
+        """Tell the listeners that `event_ids` wait in the outbox; a listener's failure is logged, not raised
+        (the events are stored, and a sweep hands them over)."""
+        for listener in self._emitted:
+            try:
+                listener(store, runtime, event_ids)
+            except Exception:
+                log.warning("could not hand over events %s", list(event_ids), exc_info=True)
+
+    def wrappers(self, attempt: Attempt) -> list[Any]:
+        """The context managers to enter around `attempt`."""
+        return [wrap(attempt) for wrap in self._around]
+
+
+hooks = Hooks()
+
+
+class _RunningHere:
+    """The runs executing in this process: `baton.wait` is woken when one stops, and a waiter that is
+    interrupted (Ctrl-C) gives the run up at once, so its thread stops at its next checkpoint."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, tuple[threading.Event, Callable[[BaseException], None]]] = {}
+
+    def started(self, run_id: str, abandon: Callable[[BaseException], None]) -> None:
+        """`run_id` executes here from now on; `abandon(exc)` gives it up."""
+        with self._lock:
+            self._runs[run_id] = (threading.Event(), abandon)
+
+    def stopped(self, run_id: str) -> None:
+        """`run_id` no longer executes here: wake whoever waits for it."""
+        with self._lock:
+            found = self._runs.pop(run_id, None)
+        if found is not None:
+            found[0].set()
+
+    def pause(self, run_id: str, seconds: float) -> None:
+        """Sleep up to `seconds`, less if `run_id` stops here meanwhile."""
+        with self._lock:
+            found = self._runs.get(run_id)
+        if found is None:
+            threading.Event().wait(seconds)
+        else:
+            found[0].wait(seconds)
+
+    def abandon(self, run_id: str, exc: BaseException) -> None:
+        """Give up `run_id` if it executes here (its waiter was interrupted)."""
+        with self._lock:
+            found = self._runs.get(run_id)
+        if found is not None:
+            found[1](exc)
+
+
+running_here = _RunningHere()
+
+
+def wait_for(store: RunStore, run_id: str, *, timeout: float | None = None, poll: float = 0.05) -> Run:
+    """Wait until a run stops running and return it (what `baton.wait` does).
+
+    It watches the store, whatever the runtime; a run executing in this process wakes it as soon as it stops.
+    Interrupted (Ctrl-C) while such a run executes, it gives the run up: the run is marked interrupted and
+    its thread stops at its next checkpoint.
+    """
+    from baton.errors import RunError
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            found = store.get_run(run_id)
+            run_id = found.id
+            if found.status.finished:
+                return found
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RunError(f"run {found.id} is still {found.status.value} after {timeout} s")
+            running_here.pause(found.id, poll if deadline is None else min(poll, deadline - time.monotonic()))
+    except KeyboardInterrupt as exc:
+        running_here.abandon(run_id, exc)
+        raise

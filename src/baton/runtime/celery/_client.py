@@ -1,0 +1,155 @@
+"""The celery runtime as its callers see it: runs are recorded in the store and their first steps queued;
+every call returns at once, and `baton.wait` follows a run through the store (never Celery's results)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from baton.errors import RunNotResumable, UserError
+from baton.patterns.plan import States, recorded_states, resume_states, rewind_plan
+from baton.run import Run
+from baton.runtime.base import Observer, wait_for
+from baton.runtime.celery._app import celery_app
+from baton.runtime.celery._tasks import send, start
+from baton.runtime.records import create_run
+from baton.settings import Settings
+from baton.status import RunStatus, StepStatus
+from baton.store import CELERY_OWNER, RunStore, utcnow
+
+__all__ = ["LOST_AFTER", "CeleryRuntime"]
+
+# A delivery's run still pending this long after it was created is taken for lost with its message.
+LOST_AFTER = 30.0
+
+
+class CeleryRuntime:
+    """Runs a pattern's steps on Celery workers; every call returns at once, `run` waits on the store."""
+
+    name = "celery"
+    executes_here = False
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    @property
+    def app(self) -> Any:
+        """The Celery app messages are sent through."""
+        return celery_app(self.settings)
+
+    def submit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """Record a pending run and queue what its plan starts with; returns the run id at once.
+
+        A run that handles an event's `delivery` (see `baton.events`) is not created, and None is returned,
+        when the event was already handed to that subscriber.
+        """
+        _require_target(pattern)
+        with store.writer() as writer:
+            run_id, *_ = create_run(
+                writer, store, pattern, value, CELERY_OWNER, pending=True, runtime=self.name,
+                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
+            )  # fmt: skip
+        if run_id is None:
+            if delivery is not None and trigger_event is not None:
+                # Handed over before, but perhaps never queued (the broker failed after the commit): a run
+                # still pending is queued again, which is safe (a message delivered twice runs once).
+                existing, status, created = store.delivery_run(trigger_event, delivery[0])
+                stale = created is not None and created < utcnow() - timedelta(seconds=LOST_AFTER)
+                if existing is not None and status is RunStatus.PENDING and stale:
+                    self._start(store, pattern, existing, States())
+            return None
+        self._start(store, pattern, run_id, States())
+        return run_id
+
+    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """Submit, then wait on the store until the run stops (never on Celery's results)."""
+        run_id = self.submit(store, pattern, value)
+        assert run_id is not None
+        if observer is not None:
+            observer.run_created(run_id)
+        return wait_for(store, run_id)
+
+    def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
+        """Queue a failed or interrupted run again at what its plan says is unfinished; returns at once.
+
+        A celery run still pending or running that no worker holds (its message was lost with the broker's
+        data, say) is queued again as it is: a message delivered twice is safe.
+        """
+        _require_target(pattern)
+        run = store.get_run(run_id)
+        if run.pipeline != pattern.name:
+            raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
+        if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
+            self._requeue_stuck(store, pattern, run)
+        else:
+            states = resume_states(run, pattern)
+            if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
+                raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
+            self._start(store, pattern, run.id, states)
+        if observer is not None:
+            observer.run_created(run.id)
+        return run.id
+
+    def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
+        """Approve a run awaiting approval: the step it waited before is queued again for the workers."""
+        _require_target(pattern)
+        idx = store.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
+        if idx < 0:
+            raise RunNotResumable(f"run {run_id} is not awaiting approval")
+        send(self.app, pattern, run_id, idx)
+        return run_id
+
+    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+        """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
+        _require_target(pattern)
+        run = store.get_run(run_id)
+        rewind = rewind_plan(run, pattern, step)
+        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
+            raise RunNotResumable(f"run {run.id} changed while retrying (another process resumed it); look again")
+        states = recorded_states(run, keep_open=False)
+        for idx in rewind:
+            states.steps.pop(idx, None)
+        self._start(store, pattern, run.id, states)
+        return run.id
+
+    def _start(self, store: RunStore, pattern: Any, run_id: str, states: States) -> None:
+        idx = start(self.app, store, pattern, run_id, pattern.plan(states))
+        if idx is not None:
+            send(self.app, pattern, run_id, idx)
+
+    def _requeue_stuck(self, store: RunStore, pattern: Any, run: Run) -> None:
+        if [s.name for s in run.steps] != pattern.step_names:
+            raise RunNotResumable(f"run {run.id} recorded steps {[s.name for s in run.steps]}; the code has others")
+        held = [s.name for s in run.steps if s.status is StepStatus.RUNNING]
+        waiting = [s.name for s in run.steps if s.status is StepStatus.PENDING and s.attempts > 0]
+        if waiting:
+            raise RunNotResumable(
+                f"run {run.id} is {run.status.value}: step {', '.join(waiting)} waits in the queue for its next "
+                "attempt; wait for it, or cancel the run"
+            )
+        if store.live_leases(run.id, utcnow()):
+            raise RunNotResumable(
+                f"run {run.id} is {run.status.value}: a worker is executing {', '.join(held) or 'it'} right now; "
+                "wait for it, or cancel it"
+            )
+        # What no live worker holds runs again; what is done is not.
+        self._start(store, pattern, run.id, recorded_states(run, keep_open=False))
+
+
+def _require_target(pattern: Any) -> None:
+    if not pattern.target:
+        raise UserError(
+            f"pattern '{pattern.name}' has no importable target, so workers cannot find it: define it at the top "
+            "level of a module (or a file run by `baton run path/file.py:name`)"
+        )

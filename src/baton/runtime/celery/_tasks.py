@@ -1,0 +1,325 @@
+"""What a worker does with a message: claim the step in the store, execute it, and start what the plan says
+comes next. Messages carry ids only (run id, step index, attempts this go, which checkpoint to read).
+
+Three tasks: `baton.step` executes a step (on the default `run` hop, then the chain's next steps in the
+same task); `baton.branch` executes a parallel branch, a member of a chord; `baton.join`, the chord's
+callback, asks the pattern's plan again once every branch ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import celery
+import celery.exceptions
+from pydantic import BaseModel, ValidationError
+
+from baton._owner import owner_alive, this_owner
+from baton.errors import BatonError, RunError, RunNotResumable, UserError
+from baton.patterns.plan import Fail, Next, RunSteps, States, StepView, Wait
+from baton.patterns.plan import Stale as _Stale
+from baton.patterns.registry import find_pattern
+from baton.runtime.celery._app import QUEUE
+from baton.runtime.celery._worker import holding, worker_store
+from baton.runtime.executor import Attempt, Failed, RetryLater, Succeeded, error_info, execute
+from baton.settings import Settings
+from baton.status import ClaimOutcome, RunStatus, StepStatus
+from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepClaim, StepResult, utcnow
+
+__all__ = ["BRANCH", "JOIN", "STEP", "read_states", "register_tasks", "start"]
+
+log = logging.getLogger("baton.celery")
+
+STEP, BRANCH, JOIN = "baton.step", "baton.branch", "baton.join"
+
+# A step whose worker died this many times while running it is failed: it is what kills them.
+MAX_LOST = 3
+
+
+def register_tasks(app: celery.Celery) -> None:
+    """Declare baton's tasks on `app`."""
+    options = {"bind": True, "max_retries": None, "acks_late": True, "reject_on_worker_lost": True}
+    app.task(name=STEP, ignore_result=True, **options)(_step_body)
+    # A parallel branch is a member of a chord, whose count lives in the result backend.
+    app.task(name=BRANCH, ignore_result=False, **options)(_branch_body)
+    app.task(name=JOIN, ignore_result=True, **options)(_join_body)
+
+
+# -- starting what a plan says ------------------------------------------------------------------------
+
+
+def source_of(pattern: Any, idx: int) -> int:
+    """Which checkpoint a claim of step `idx` reads on the way: one step's, or (-1) the run's input."""
+    reads = pattern.reads(idx)
+    return reads[0] if len(reads) == 1 else -1
+
+
+def send(app: celery.Celery, pattern: Any, run_id: str, idx: int, *, countdown: float | None = None) -> None:
+    """Queue step `idx` of a run as a task of its own."""
+    args = (run_id, idx, 1, source_of(pattern, idx))
+    app.send_task(STEP, args=args, queue=QUEUE, countdown=countdown)
+
+
+def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: Next) -> int | None:
+    """Start what the plan `nxt` says through the broker: skipped steps recorded, parallel branches as a
+    chord joined by `baton.join`, a failure recorded. A single step to run is returned, for the caller to
+    execute or queue."""
+    if isinstance(nxt, Fail):
+        store.end_failed(run_id, CELERY_OWNER, pattern.steps[nxt.step].name)
+        return None
+    if not isinstance(nxt, RunSteps):
+        return None  # done, or waiting for branches in flight whose join asks again
+    if nxt.skip:
+        try:
+            store.mark_skipped(run_id, CELERY_OWNER, [(i, pattern.steps[i].name) for i in nxt.skip])
+        except LostOwnership:
+            return None  # the run ended (cancelled) meanwhile
+    if not (nxt.branches or len(nxt.steps) > 1):
+        return nxt.steps[0]
+    join = app.signature(JOIN, args=(run_id,), queue=QUEUE)
+    members = [app.signature(BRANCH, args=(run_id, i, 1, source_of(pattern, i)), queue=QUEUE) for i in nxt.steps]
+    celery.chord(members)(join)
+    return None
+
+
+def read_states(store: RunStore, run_id: str, idxs: Any = None) -> States:
+    """The step states of a run as the store has them now (those of `idxs` only, if given)."""
+    rows = store.step_states(run_id, idxs)
+    return States(steps={i: StepView(r.status, 0, r.output_json) for i, r in rows.items()})
+
+
+# -- the tasks ----------------------------------------------------------------------------------------
+
+
+class _Requeued(Exception):
+    """The step was put back on the queue, with a countdown, as a task of its own."""
+
+
+def _requeue(task: Any, run_id: str, idx: int, this_go: int, source: int | None, countdown: float) -> Exception:
+    """The exception that brings step `idx` back after `countdown` seconds: Celery's retry of this task (a
+    chord's member keeps its id that way), or, from a join, a step task of its own that was just sent."""
+    args = (run_id, idx, this_go, source)
+    if task.name == JOIN:
+        task.app.send_task(STEP, args=args, countdown=countdown, queue=QUEUE)
+        return _Requeued()
+    return task.retry(args=args, countdown=countdown, throw=False)
+
+
+def _backoff(task: Any) -> float:
+    """Seconds before a task that failed around its step tries again: doubling from 2, at most 60."""
+    return min(60.0, 2.0 * 2 ** (getattr(task.request, "retries", 0) or 0))
+
+
+def _step_body(task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = None) -> None:
+    _Worker(task).execute(run_id, idx, this_go, source)
+
+
+def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = 0) -> int:
+    _Worker(task).execute(run_id, idx, this_go, source)
+    return idx
+
+
+def _join_body(task: Any, _results: Any, run_id: str) -> None:
+    """After a chord's branches: ask the plan again (end the run failed, or go on with what joins them)."""
+    worker = _Worker(task)
+    try:
+        worker.join(run_id)
+    except (celery.exceptions.Retry, _Requeued):
+        raise
+    except Exception:
+        # As in `execute`: never let Celery acknowledge a join that did not happen.
+        log.exception("run %s: could not join its branches; trying again later", run_id)
+        raise task.retry(countdown=_backoff(task), throw=False) from None
+
+
+class _Worker:
+    """One task's work on one run: the step state machine."""
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        self.settings: Settings = task.app.baton_settings
+        self.store = worker_store(self.settings)
+        self.me = this_owner()
+        hop = self.settings.celery_hop
+        if hop not in ("run", "step"):
+            raise UserError(f"BATON_CELERY_HOP={hop!r}: use 'run' (the default) or 'step'")
+        self.hop = hop
+
+    def execute(self, run_id: str, idx: int, this_go: int, source: int | None) -> None:
+        """Execute step `idx` of a run, then, on the `run` hop, the steps the plan says come next one by one.
+
+        Each step is claimed, executed and checkpointed on its own, exactly as when it is a task of its own;
+        going on in the same task only skips the round trip through the broker. The run goes back to the
+        broker for a retry's countdown, parallel branches, or when this worker dies (the message is
+        delivered again, and the steps already checkpointed are skipped).
+        """
+        step_idx: int | None = idx
+        while step_idx is not None:
+            current = step_idx
+            try:
+                step_idx, source = self._step(run_id, current, this_go, source)
+            except (celery.exceptions.Retry, _Requeued):
+                raise
+            except Exception:
+                # The database or the broker failed around the step (its own errors are recorded by the
+                # executor): give the step back and come again later, rather than let Celery acknowledge the
+                # message and leave the run running with nobody to finish it.
+                log.exception("run %s, step %d: could not go on; trying again later", run_id, current)
+                with contextlib.suppress(Exception):
+                    self.store.release_step(run_id, current, self.me)
+                raise _requeue(self.task, run_id, current, this_go, source, _backoff(self.task)) from None
+            this_go = 1
+
+    def join(self, run_id: str) -> None:
+        """Plan again after parallel branches: wait for any still in flight, fail, cancel, or go on."""
+        store = self.store
+        brief = store.run_brief(run_id)
+        if brief is None or brief.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+            return
+        pattern = find_pattern(brief.pipeline, brief.target)
+        try:
+            nxt = pattern.plan(read_states(store, run_id))
+        except _Stale:
+            return  # the join of a fan-out from before the run was retried from an earlier step
+        if isinstance(nxt, Wait) or (isinstance(nxt, RunSteps) and nxt.branches):
+            # The chord fired before every branch ended (a branch delivered twice counts twice): look again.
+            raise self.task.retry(countdown=1.0, throw=False)
+        if brief.cancel_requested and not isinstance(nxt, Fail):
+            store.finish_cancelled(run_id, CELERY_OWNER)
+            return
+        idx = start(self.task.app, store, pattern, run_id, nxt)
+        if idx is None:
+            return
+        if self.hop == "step":
+            send(self.task.app, pattern, run_id, idx)
+            return
+        with contextlib.suppress(_Requeued):
+            self.execute(run_id, idx, 1, source_of(pattern, idx))
+
+    def _claim(self, run_id: str, idx: int, source: int | None) -> StepClaim:
+        store = self.store
+        claim = store.claim_step(run_id, idx, self.me, utcnow(), source=source)
+        if claim.outcome is ClaimOutcome.BUSY and claim.holder is not None:
+            dead = owner_alive(claim.holder) is False
+            expired = claim.until is not None and claim.until < utcnow()
+            if dead or expired:
+                claim = store.claim_step(run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead)
+        return claim
+
+    def _step(self, run_id: str, idx: int, this_go: int, source: int | None) -> tuple[int | None, int | None]:
+        """One step; returns the step this task goes on with (and its source), if any."""
+        store, me = self.store, self.me
+        branch = self.task.name == BRANCH  # a parallel branch: its join ends the run, whatever happens
+        claim = self._claim(run_id, idx, source)
+        outcome = ClaimOutcome(claim.outcome)
+        if outcome is ClaimOutcome.GONE or outcome is ClaimOutcome.FAILED:
+            return None, None
+        if outcome is ClaimOutcome.CANCEL:
+            if not branch:
+                store.finish_cancelled(run_id, CELERY_OWNER)
+            return None, None
+        if outcome is ClaimOutcome.BUSY:
+            # Another live worker holds the step (this message was delivered twice): come back when its lease
+            # would have run out; by then it has checkpointed, or it is dead and the step is taken over.
+            wait = (claim.until - utcnow()).total_seconds() if claim.until else 1.0
+            raise _requeue(self.task, run_id, idx, this_go, source, max(0.5, wait + 0.5))
+        if outcome is ClaimOutcome.DONE:
+            if branch:
+                return None, None
+            pattern = find_pattern(claim.pipeline, claim.target)
+            # What follows may not have been started before a crash.
+            return self._go_on(pattern, run_id, idx, None)
+        try:
+            pattern, value = self._prepare(claim, run_id, idx)
+        except _Stale as exc:
+            log.warning("run %s, step %d: a message from before the run was retried, dropped (%s)", run_id, idx, exc)
+            store.release_step(run_id, idx, me)
+            return None, None
+        except (BatonError, ValidationError, ImportError) as exc:
+            # The step cannot start here, and would not anywhere: its code, or its input, is wrong.
+            self._fail_before_start(run_id, idx, claim, exc, ends_run=not branch)
+            return None, None
+        step = pattern.steps[idx]
+        if step.approval and not store.step_approved(run_id, idx):
+            store.await_approval(run_id, idx, utcnow(), lease_owner=me)
+            return None, None
+        attempt = Attempt(
+            run_id=run_id, step=step, idx=idx, value=value, number=claim.attempt, this_go=this_go,
+            owner=CELERY_OWNER, runtime="celery", final=pattern.final(idx), measure=idx in pattern.measured,
+            ends_run=not branch, lease_owner=me,
+        )  # fmt: skip
+        with holding(store, run_id, idx), store.writer() as writer:
+            try:
+                result = execute(store, writer, attempt)
+            except LostOwnership:
+                # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a
+                # new claim tells which, and what to do.
+                raise _requeue(self.task, run_id, idx, this_go, source, 0.5) from None
+        if isinstance(result, RetryLater):
+            if result.cancel_requested:
+                if not branch:
+                    store.finish_cancelled(run_id, CELERY_OWNER)
+                return None, None
+            raise _requeue(self.task, run_id, idx, this_go + 1, source, result.delay)
+        if isinstance(result, Failed) or branch:
+            return None, None  # a branch's join goes on
+        assert isinstance(result, Succeeded)
+        if result.cancel_requested and not pattern.final(idx):
+            store.finish_cancelled(run_id, CELERY_OWNER)
+            return None, None
+        return self._go_on(pattern, run_id, idx, result)
+
+    def _prepare(self, claim: StepClaim, run_id: str, idx: int) -> tuple[Any, BaseModel]:
+        """The step's pattern, checked against what the run recorded, and the step's validated input."""
+        if claim.lost >= MAX_LOST:
+            raise RunError(
+                f"step '{claim.step_names[idx]}' of run {run_id}: its worker died {claim.lost} times while running "
+                "it (out of memory, or a crash in native code?); it is not tried again"
+            )
+        pattern = find_pattern(claim.pipeline, claim.target)
+        if tuple(pattern.step_names) != claim.step_names:
+            raise RunNotResumable(
+                f"run {run_id} recorded steps {list(claim.step_names)}, but pipeline '{pattern.name}' on this "
+                f"worker has {pattern.step_names}: the workers run other code than the one that started the run"
+            )
+        reads = pattern.reads(idx)
+        read = claim.input_json
+        if not reads:
+            states = States(input_json=read if read is not None else self.store.run_input_json(run_id))
+        elif len(reads) == 1 and read is not None:
+            states = States(steps={reads[0]: StepView(StepStatus.SUCCEEDED, 0, read)})
+        else:
+            states = read_states(self.store, run_id, list(reads))
+        try:
+            return pattern, pattern.input_of(idx, states)
+        except _Stale as exc:
+            raise _Stale(f"run {run_id}: {exc} for step '{pattern.steps[idx].name}'") from None
+
+    def _go_on(self, pattern: Any, run_id: str, idx: int, result: Succeeded | None) -> tuple[int | None, int | None]:
+        """Start what follows step `idx`: returned to go on with in this task on the `run` hop."""
+        nxt = pattern.follows(idx)
+        if nxt is None:
+            states = read_states(self.store, run_id)
+            if result is not None:
+                states.succeeded(idx, result.value, result.result.output_json, 0)
+            nxt = pattern.plan(states)
+        follow = start(self.task.app, self.store, pattern, run_id, nxt)
+        if follow is None:
+            return None, None
+        if self.hop == "step":
+            send(self.task.app, pattern, run_id, follow)
+            return None, None
+        return follow, source_of(pattern, follow)
+
+    def _fail_before_start(self, run_id: str, idx: int, claim: StepClaim, exc: Exception, *, ends_run: bool) -> None:
+        now = utcnow()
+        name = claim.step_names[idx]
+        result = StepResult(
+            idx=idx, name=name, attempt=claim.attempt, started_at=now, finished_at=now, error=error_info(exc)
+        )
+        with contextlib.suppress(LostOwnership):
+            self.store.record_failure(
+                run_id, CELERY_OWNER, result, retrying=False, end_run=ends_run, lease_owner=self.me
+            )

@@ -1,0 +1,60 @@
+"""What every runtime writes the same way: a new run's record."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from baton._ids import new_run_id
+from baton.store import CELERY_OWNER, RunStore, RunWriter, utcnow
+from baton.tokens import count_tokens
+
+__all__ = ["create_run"]
+
+
+def create_run(
+    writer: RunWriter,
+    store: RunStore,
+    pattern: Any,
+    value: BaseModel,
+    owner: str,
+    *,
+    pending: bool,
+    runtime: str = "local",
+    correlation_id: str | None = None,
+    trigger_event: str | None = None,
+    delivery: tuple[str, str | None] | None = None,
+) -> tuple[str | None, str, datetime, int | None]:
+    """Record a new run of `pattern` on `value`: (its id, or None when the event `delivery` was already made;
+    its input's JSON; now; the input's tokens when a model reads it).
+
+    A run owned by one process holds a lease on the whole run; a celery run's steps hold theirs instead.
+    """
+    run_id = new_run_id()
+    input_json = value.model_dump_json()
+    # The run's input is a boundary too when a model reads it.
+    input_tokens = count_tokens(input_json) if pattern.measure_input else None
+    now = utcnow()
+    created = writer.create_run(
+        run_id=run_id,
+        pipeline=pattern.name,
+        target=pattern.target,
+        input_json=input_json,
+        step_names_json=json.dumps(pattern.step_names),
+        owner=owner,
+        now=now,
+        lease_until=None if owner == CELERY_OWNER else now + store.lease,
+        pending=pending,
+        input_tokens=input_tokens,
+        runtime=runtime,
+        correlation_id=correlation_id,
+        trigger_event=trigger_event,
+        kind=pattern.kind,
+        delivery=delivery,
+    )
+    if not created:
+        return None, input_json, now, input_tokens
+    return run_id, input_json, now, input_tokens
