@@ -5,7 +5,7 @@ from the step that failed.
 """
 
 from baton.agents import Agent, Tool
-from baton.api import approve, cancel, get_run, reject, resume, run, submit, wait, wait_chain
+from baton.api import approve, cancel, get_run, reject, resume, resume_later, run, submit, wait, wait_chain
 from baton.effects import effect
 from baton.errors import (
     BatonError,
@@ -59,6 +59,7 @@ __all__ = [
     "reject",
     "get_run",
     "resume",
+    "resume_later",
     "run",
     "submit",
     "wait",

@@ -201,7 +201,7 @@ class _Worker:
     def _claim(self, run_id: str, idx: int, source: int | None) -> StepClaim:
         store = self.store
         claim = store.claim_step(run_id, idx, self.me, utcnow(), source=source)
-        if claim.outcome is ClaimOutcome.BUSY and claim.holder is not None:
+        if claim.outcome == ClaimOutcome.BUSY and claim.holder is not None:
             dead = owner_alive(claim.holder) is False
             expired = claim.until is not None and claim.until < utcnow()
             if dead or expired:
