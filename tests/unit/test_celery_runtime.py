@@ -20,11 +20,12 @@ def test_without_celery_installed_the_runtime_says_what_to_install():
 
 def test_the_broker_is_shown_without_its_password(monkeypatch):
     from baton.runtime.celery import broker_display, celery_app
+    from baton.settings import current_settings
 
     monkeypatch.setenv("BATON_BROKER_URL", "redis://:s3cret@127.0.0.1:6379/3")
     celery_app.cache_clear()
     try:
-        shown = broker_display(celery_app())
+        shown = broker_display(celery_app(current_settings()))
     finally:
         celery_app.cache_clear()
     assert "s3cret" not in shown and "127.0.0.1:6379/3" in shown

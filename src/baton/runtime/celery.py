@@ -35,7 +35,7 @@ from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime.executor import Failed, Observer, RetryLater, Succeeded, error_info, execute_attempt
 from baton.runtime.local import boundaries_to_measure, create_run, plan_resume, plan_rewind
-from baton.settings import Settings
+from baton.settings import Settings, current_settings
 from baton.status import RunStatus, StepStatus
 from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepResult, StepState, open_store, utcnow
 
@@ -175,22 +175,22 @@ LOST_AFTER = 30.0
 
 
 @functools.cache
-def celery_app() -> celery.Celery:
-    """The Celery app of this process, configured from the environment (BATON_BROKER_URL and friends)."""
-    settings = Settings.from_env()
+def celery_app(settings: Settings) -> celery.Celery:
+    """The Celery app for `settings` (one per settings in a process; the broker is `settings.worker`'s)."""
+    worker = settings.worker
     app = celery.Celery("baton", set_as_current=False)
     transport = {
-        "visibility_timeout": settings.visibility_timeout,
+        "visibility_timeout": worker.visibility_timeout,
         # Kombu looks for messages past their visibility timeout every interval x throttle seconds (100 s by
         # default); a sweep every quarter of the timeout (at most 10 s) brings a lost worker's step back in
         # about the timeout, not minutes after it.
-        "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout / 4)),
+        "unacked_restore_interval": max(1.0, min(10.0, worker.visibility_timeout / 4)),
         "unacked_restore_throttle": 1,
     }
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=worker.broker_url,
         # Chords count their finished members in the result backend; baton never waits on results.
-        result_backend=settings.result_backend or settings.broker_url,
+        result_backend=worker.result_backend or worker.broker_url,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
@@ -250,7 +250,7 @@ def _register_tasks(app: celery.Celery) -> None:
 
 
 def _send(task_name: str, run_id: str, idx: int) -> None:
-    celery_app().send_task(task_name, args=(run_id, idx, 1), queue=QUEUE)
+    celery_app(current_settings()).send_task(task_name, args=(run_id, idx, 1), queue=QUEUE)
 
 
 step_task = "baton.step"
@@ -325,7 +325,9 @@ def _requeue(task: Any, run_id: str, idx: int, this_go: int, countdown: float) -
     """Come back to step `idx` after `countdown` seconds: Celery's retry of this task (a chord's member keeps
     its id that way), or, from a join, a step task of its own."""
     if task.name == "baton.join":
-        celery_app().send_task(step_task, args=(run_id, idx, this_go), countdown=countdown, queue=QUEUE)
+        celery_app(current_settings()).send_task(
+            step_task, args=(run_id, idx, this_go), countdown=countdown, queue=QUEUE
+        )
         raise _Requeued
     raise task.retry(args=(run_id, idx, this_go), countdown=countdown)
 
@@ -469,7 +471,7 @@ def _after(store: RunStore, pattern: Any, run_id: str, idx: int, route: BaseMode
 
 @functools.cache
 def _hop() -> str:
-    hop = Settings.from_env().celery_hop
+    hop = current_settings().worker.celery_hop
     if hop not in ("run", "step"):
         raise UserError(f"BATON_CELERY_HOP={hop!r}: use 'run' (the default) or 'step'")
     return hop
@@ -496,7 +498,7 @@ def _fan_out(store: RunStore, pattern: Any, run_id: str, fresh: BaseModel | None
         except LostOwnership:
             return  # the run ended (cancelled) meanwhile
     to_run = [i for i in chosen if i not in states or states[i].status is not StepStatus.SUCCEEDED]
-    app = celery_app()
+    app = celery_app(current_settings())
     join = app.signature("baton.join", args=(run_id,), queue=QUEUE)
     if not to_run:
         join.apply_async(args=(None,))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -32,6 +31,7 @@ from baton.events import dispatch, publish, subscribers
 from baton.patterns.registry import find_pattern, registered
 from baton.run import Run
 from baton.runtime import get_runtime
+from baton.settings import current_settings
 from baton.status import RunStatus
 from baton.store import RunStore
 
@@ -62,7 +62,7 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     from BATON_DASHBOARD_TOKEN; without it, reading is open and a token made here guards every change).
     """
     if access is None:
-        access = Access.from_setting(os.environ.get("BATON_DASHBOARD_TOKEN"))
+        access = Access.from_setting(current_settings().server.dashboard_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
