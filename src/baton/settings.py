@@ -116,46 +116,24 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from `env` (default: `os.environ`); an empty variable means its default."""
+        """Read the settings from `env` (default: `os.environ`); an empty variable means its default.
+
+        A value that is not of its setting's kind raises a `UserError` naming the variable.
+        """
         env = os.environ if env is None else env
-        sections: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.default_factory is not MISSING:  # a section
-                sections[f.name] = _read(f.default_factory, env)
+        sections = {f.name: f.default_factory(**_values(f.default_factory, env)) for f in _sections()}
         return cls(**sections, **_values(cls, env))
 
     def variables(self) -> dict[str, Any]:
         """Every setting by its environment variable's name (secrets included: not for printing)."""
         out = {}
-        for section in (self, self.store, self.worker, self.server, self.providers, self.mail):
-            for f in fields(section):
-                if "env" in f.metadata:
-                    out[f.metadata["env"]] = getattr(section, f.name)
+        for part in (self, *(getattr(self, f.name) for f in _sections())):
+            out |= {f.metadata["env"]: getattr(part, f.name) for f in fields(part) if "env" in f.metadata}
         return out
 
-    # The flat names of the first Settings, kept for code written against them.
-    @property
-    def database_url(self) -> str:
-        """`store.database_url`."""
-        return self.store.database_url
 
-    @property
-    def lease_seconds(self) -> float:
-        """`store.lease_seconds`."""
-        return self.store.lease_seconds
-
-    @property
-    def model(self) -> str:
-        """`providers.model`."""
-        return self.providers.model
-
-    def resolved_database_url(self) -> str:
-        """`store.resolved_url()`."""
-        return self.store.resolved_url()
-
-
-def _read(section: Any, env: Mapping[str, str]) -> Any:
-    return section(**_values(section, env))
+def _sections() -> list[Any]:
+    return [f for f in fields(Settings) if f.default_factory is not MISSING]
 
 
 def _values(cls: Any, env: Mapping[str, str]) -> dict[str, Any]:
