@@ -10,6 +10,8 @@ POST /runs/{id}/retry        run again from a step: {"from_step": "summarise"} (
 POST /runs/{id}/cancel       cancel
 
 Who may call what is `baton.web.access`'s business: read it before exposing a server.
+The routes are module-level routers (`baton.web.routes`, `baton.web.dashboard`); what they work on (the store,
+the runtime, the access, the templates) is the app's state, which their dependencies (`baton.web.deps`) read.
 """
 
 from __future__ import annotations
