@@ -97,11 +97,11 @@ def run(
     from baton.cli.render import LiveProgress
 
     data = _read_input(input_text)
+    settings = cli_settings(database_url=database_url, runtime=runtime)  # before the target's agents are declared
     pattern = load_target(target)
     if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
         raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
     pattern.target = normalize_target(target)
-    settings = cli_settings(database_url=database_url, runtime=runtime)
     store, runtime = _store(settings), settings.runtime
     if runtime != "local":
         run_id = pattern.submit(data, store=store, runtime=runtime)
@@ -213,8 +213,9 @@ def resume(
 @_errors_to_exit
 def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str | None, as_json: bool) -> None:
     """Approve a run awaiting approval: it goes on at the step it waited before."""
+    settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    store = _store(cli_settings(database_url=database_url))
+    store = _store(settings)
     recorded = store.get_run(run_id)
     # A local run goes on in this process, which stays until it stops.
     api.approve(recorded.id, store=store, wait=wait or recorded.runtime == "local")

@@ -58,8 +58,9 @@ def replay(
     from baton import api
     from baton.events import redeliver
 
+    settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    store: RunStore = _store(cli_settings(database_url=database_url))
+    store: RunStore = _store(settings)
     event = store.get_event(event_id)
     if event is None:
         raise UserError(f"no event with id {event_id!r} in {store.describe()}")
@@ -82,8 +83,9 @@ def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], d
     """Hand the events left in the outbox (a process died before it could) to their subscribers."""
     from baton.events import dispatch as dispatch_events
 
+    settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    count = dispatch_events(_store(cli_settings(database_url=database_url)), runtime, older_than_s=older_than or None)
+    count = dispatch_events(_store(settings), runtime, older_than_s=older_than or None)
     click.echo(f"{count} events handed to their subscribers")
 
 
