@@ -30,9 +30,10 @@ __all__ = [
 ]
 
 
-def _var(name: str, default: Any, *choices: str) -> Any:
-    """A field read from the environment variable `name`; a value outside `choices` (when given) is refused."""
-    return field(default=default, metadata={"env": name, "choices": choices})
+def _var(name: str, default: Any, *choices: str, minimum: float = 0, secret: bool = False) -> Any:
+    """A field read from the environment variable `name`; a value outside `choices` (when given), or a
+    number below `minimum`, is refused; a `secret` is left out of the settings' repr."""
+    return field(default=default, repr=not secret, metadata={"env": name, "choices": choices, "minimum": minimum})
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class WorkerSettings:
     # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
     # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
     celery_hop: str = _var("BATON_CELERY_HOP", "run", "run", "step")
-    concurrency: int = _var("BATON_WORKER_CONCURRENCY", 2)
+    concurrency: int = _var("BATON_WORKER_CONCURRENCY", 2, minimum=1)
     pool: str = _var("BATON_WORKER_POOL", "prefork", "prefork", "threads", "solo")
 
 
@@ -75,7 +76,7 @@ class ServerSettings:
     host: str = _var("BATON_HOST", "127.0.0.1")
     port: int = _var("BATON_PORT", 8000)
     # Empty: reading is open on loopback and the server makes a token of its own for changes.
-    dashboard_token: str = field(default="", repr=False, metadata={"env": "BATON_DASHBOARD_TOKEN", "choices": ()})
+    dashboard_token: str = _var("BATON_DASHBOARD_TOKEN", "", secret=True)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class MailSettings:
     """`baton.mail.send_email`."""
 
     # smtp://[user:password@]host[:port][?from=...&starttls=1], or smtps://...; empty: no server.
-    smtp_url: str = field(default="", repr=False, metadata={"env": "BATON_SMTP_URL", "choices": ()})
+    smtp_url: str = _var("BATON_SMTP_URL", "", secret=True)
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,11 @@ def _values(cls: Any, env: Mapping[str, str]) -> dict[str, Any]:
         raw = env.get(name) if name else None
         if raw is None or raw == "":
             continue
-        values[f.name] = _parse(name, raw, type(f.default), f.metadata["choices"])
+        values[f.name] = _parse(name, raw, type(f.default), f.metadata["choices"], f.metadata["minimum"])
     return values
 
 
-def _parse(name: str, raw: str, kind: type, choices: tuple[str, ...]) -> Any:
+def _parse(name: str, raw: str, kind: type, choices: tuple[str, ...], minimum: float) -> Any:
     if kind is str:
         if choices and raw not in choices:
             raise UserError(f"{name}={raw!r}: use one of {', '.join(repr(c) for c in choices)}")
@@ -157,8 +158,8 @@ def _parse(name: str, raw: str, kind: type, choices: tuple[str, ...]) -> Any:
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise UserError(f"{name}={raw!r} is not {what}") from None
-    if value < 0:
-        raise UserError(f"{name}={raw!r} cannot be negative")
+    if value < minimum:
+        raise UserError(f"{name}={raw!r} cannot be negative" if minimum == 0 else f"{name}={raw!r}: at least {minimum}")
     return value
 
 

@@ -56,6 +56,7 @@ def test_an_empty_environment_gives_the_documented_defaults():
         ("BATON_LEASE_SECONDS", "soon", "BATON_LEASE_SECONDS='soon' is not a number"),
         ("BATON_PORT", "80.5", "BATON_PORT='80.5' is not a whole number"),
         ("BATON_VISIBILITY_TIMEOUT", "-1", "BATON_VISIBILITY_TIMEOUT='-1' cannot be negative"),
+        ("BATON_WORKER_CONCURRENCY", "0", "BATON_WORKER_CONCURRENCY='0': at least 1"),
         ("BATON_CELERY_HOP", "task", "BATON_CELERY_HOP='task': use one of 'run', 'step'"),
         ("BATON_OPENAI_RESPONSE_FORMAT", "json", "BATON_OPENAI_RESPONSE_FORMAT='json'"),
     ],
