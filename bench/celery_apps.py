@@ -64,8 +64,9 @@ FANOUT = Supervisor(
 def bare_app() -> celery.Celery:
     """A bare Celery app on the same broker, configured as baton configures its own."""
     from baton.runtime.celery import celery_app
+    from baton.settings import current_settings
 
-    ours = celery_app()
+    ours = celery_app(current_settings())
     app = celery.Celery("bench-bare", set_as_current=False)
     app.conf.update({k: ours.conf[k] for k in (
         "broker_url", "result_backend", "broker_transport_options", "result_backend_transport_options",

@@ -17,7 +17,7 @@ from baton.pricing import cost_of
 from baton.providers import Message, ToolCall, ToolSpec, check_model, get_provider, split_model
 from baton.providers.base import redact
 from baton.retry import Retry
-from baton.settings import Settings
+from baton.settings import current_settings
 from baton.steps import Step
 from baton.store import utcnow
 
@@ -104,7 +104,7 @@ class Agent(Step):
         if not isinstance(reasks, int) or reasks < 0:
             raise DefinitionError(f"agent '{name}': reasks={reasks!r} must be an int >= 0")
         if model is None:
-            model = Settings.from_env().model
+            model = current_settings().providers.model
         if isinstance(model, str):
             check_model(model)
         elif not callable(getattr(model, "complete", None)):

@@ -82,9 +82,9 @@ def send_email(
     """Send one e-mail, once per run and step however often the step is attempted; returns its Message-ID
     and recipients (what a later attempt gets back instead of sending). A step sending more than one gives
     each its own `effect_name`."""
-    from baton.settings import Settings
+    from baton.settings import current_settings
 
-    smtp_url = url or Settings.from_env().smtp_url
+    smtp_url = url or current_settings().mail.smtp_url
     if not smtp_url:
         raise UserError("no SMTP server: set BATON_SMTP_URL, e.g. smtp://127.0.0.1:1025?from=baton@example.com")
     settings = SmtpSettings.from_url(smtp_url)

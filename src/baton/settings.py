@@ -1,50 +1,192 @@
-"""One typed settings object, read from the environment (prefix `BATON_`) when asked for, never at import."""
+"""One typed settings object, read from the environment (prefix `BATON_`) when asked for, never at import.
+
+`Settings.from_env()` reads every `BATON_` variable baton knows, in one place; a bad value fails there,
+naming the variable. Entry points (the CLI) build one, apply their flags with `dataclasses.replace`, install
+it with `use_settings` and pass it down. Code with no caller to pass settings (a provider made by the
+registry, an agent's default model, a celery task) asks `current_settings()`: the installed settings, else
+the environment's, parsed again only when a `BATON_` variable changed.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Settings"]
+from baton.errors import UserError
+
+__all__ = [
+    "MailSettings",
+    "ProviderSettings",
+    "ServerSettings",
+    "Settings",
+    "StoreSettings",
+    "WorkerSettings",
+    "current_settings",
+    "use_settings",
+]
+
+
+def _var(name: str, default: Any, *choices: str, minimum: float = 0, secret: bool = False) -> Any:
+    """A field read from the environment variable `name`; a value outside `choices` (when given), or a
+    number below `minimum`, is refused; a `secret` is left out of the settings' repr."""
+    return field(default=default, repr=not secret, metadata={"env": name, "choices": choices, "minimum": minimum})
 
 
 @dataclass(frozen=True)
-class Settings:
-    """baton's settings; each field `x` comes from the environment variable `BATON_X`."""
+class StoreSettings:
+    """The run store."""
 
-    database_url: str = ""
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    model: str = "local"
+    database_url: str = _var("BATON_DATABASE_URL", "")
     # Seconds a running run's claim holds without a heartbeat before another process may call it interrupted.
-    lease_seconds: float = 60.0
-    # Where Celery chords count their finished members (default: the broker's Redis).
-    result_backend: str = ""
-    # Seconds before Redis gives an unacknowledged message (its worker's machine vanished) to another worker.
-    # Longer than any retry countdown; a step running longer is delivered twice, and the second waits on the
-    # first's lease instead of running it again.
-    visibility_timeout: float = 600.0
-    # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
-    # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
-    celery_hop: str = "run"
-    # The SMTP server of `baton.mail.send_email`: smtp://[user:password@]host[:port][?from=...&starttls=1].
-    smtp_url: str = ""
+    lease_seconds: float = _var("BATON_LEASE_SECONDS", 60.0)
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from `env` (default: `os.environ`)."""
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(f"BATON_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = float(raw) if f.type == "float" else raw
-        return cls(**values)  # type: ignore[arg-type]
-
-    def resolved_database_url(self) -> str:
+    def resolved_url(self) -> str:
         """The database URL, defaulting to a SQLite file under `./.baton/`."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path.cwd() / '.baton' / 'baton.db'}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The celery runtime and `baton worker`."""
+
+    broker_url: str = _var("BATON_BROKER_URL", "redis://127.0.0.1:6379/0")
+    # Where Celery chords count their finished members (default: the broker's Redis).
+    result_backend: str = _var("BATON_RESULT_BACKEND", "")
+    # Seconds before Redis gives an unacknowledged message (its worker's machine vanished) to another worker.
+    # Longer than any retry countdown; a step running longer is delivered twice, and the second waits on the
+    # first's lease instead of running it again.
+    visibility_timeout: float = _var("BATON_VISIBILITY_TIMEOUT", 600.0)
+    # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
+    # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
+    celery_hop: str = _var("BATON_CELERY_HOP", "run", "run", "step")
+    concurrency: int = _var("BATON_WORKER_CONCURRENCY", 2, minimum=1)
+    pool: str = _var("BATON_WORKER_POOL", "prefork", "prefork", "threads", "solo")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`baton serve`."""
+
+    host: str = _var("BATON_HOST", "127.0.0.1")
+    port: int = _var("BATON_PORT", 8000)
+    # Empty: reading is open on loopback and the server makes a token of its own for changes.
+    dashboard_token: str = _var("BATON_DASHBOARD_TOKEN", "", secret=True)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The model providers. API keys are not here: they stay in the vendors' own variables, never stored."""
+
+    # The model of agents that name none.
+    model: str = _var("BATON_MODEL", "local")
+    # Empty: the vendor's own API.
+    openai_base_url: str = _var("BATON_OPENAI_BASE_URL", "")
+    openai_timeout: float = _var("BATON_OPENAI_TIMEOUT", 120.0)
+    openai_response_format: str = _var("BATON_OPENAI_RESPONSE_FORMAT", "json_schema", "json_schema", "json_object")
+    anthropic_base_url: str = _var("BATON_ANTHROPIC_BASE_URL", "")
+    anthropic_timeout: float = _var("BATON_ANTHROPIC_TIMEOUT", 120.0)
+    # 0: one thread per CPU.
+    local_threads: int = _var("BATON_LOCAL_THREADS", 0)
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """`baton.mail.send_email`."""
+
+    # smtp://[user:password@]host[:port][?from=...&starttls=1], or smtps://...; empty: no server.
+    smtp_url: str = _var("BATON_SMTP_URL", "", secret=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """baton's settings, one section per part of baton; each field names its variable in `metadata["env"]`."""
+
+    store: StoreSettings = field(default_factory=StoreSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    providers: ProviderSettings = field(default_factory=ProviderSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    # Where `baton run` and `baton serve` execute steps: local or celery (a plugin's runtime name too).
+    runtime: str = _var("BATON_RUNTIME", "local")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from `env` (default: `os.environ`); an empty variable means its default.
+
+        A value that is not of its setting's kind raises a `UserError` naming the variable.
+        """
+        env = os.environ if env is None else env
+        sections = {f.name: f.default_factory(**_values(f.default_factory, env)) for f in _sections()}
+        return cls(**sections, **_values(cls, env))
+
+    def variables(self) -> dict[str, Any]:
+        """Every setting by its environment variable's name (secrets included: not for printing)."""
+        out = {}
+        for part in (self, *(getattr(self, f.name) for f in _sections())):
+            out |= {f.metadata["env"]: getattr(part, f.name) for f in fields(part) if "env" in f.metadata}
+        return out
+
+
+def _sections() -> list[Any]:
+    return [f for f in fields(Settings) if f.default_factory is not MISSING]
+
+
+def _values(cls: Any, env: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for f in fields(cls):
+        name = f.metadata.get("env")
+        raw = env.get(name) if name else None
+        if raw is None or raw == "":
+            continue
+        values[f.name] = _parse(name, raw, type(f.default), f.metadata["choices"], f.metadata["minimum"])
+    return values
+
+
+def _parse(name: str, raw: str, kind: type, choices: tuple[str, ...], minimum: float) -> Any:
+    if kind is str:
+        if choices and raw not in choices:
+            raise UserError(f"{name}={raw!r}: use one of {', '.join(repr(c) for c in choices)}")
+        return raw
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise UserError(f"{name}={raw!r} is not {what}") from None
+    if value < minimum:
+        raise UserError(f"{name}={raw!r} cannot be negative" if minimum == 0 else f"{name}={raw!r}: at least {minimum}")
+    return value
+
+
+_installed: Settings | None = None
+_from_env: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+_lock = threading.Lock()
+
+
+def current_settings() -> Settings:
+    """This process's settings: the ones `use_settings` installed, else the environment's.
+
+    The environment's are parsed again only when a `BATON_` variable changed, so a process (a test, a
+    notebook) that sets one later is heard, as it was when every module read its own variable.
+    """
+    global _from_env
+    if _installed is not None:
+        return _installed
+    snapshot = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("BATON_")))
+    with _lock:
+        if _from_env is None or _from_env[0] != snapshot:
+            _from_env = (snapshot, Settings.from_env(dict(snapshot)))
+        return _from_env[1]
+
+
+def use_settings(settings: Settings | None) -> Settings | None:
+    """Make `settings` this process's (None: the environment's again); returns the ones it replaces."""
+    global _installed
+    with _lock:
+        previous, _installed = _installed, settings
+    return previous

@@ -267,6 +267,7 @@ def test_a_killed_prefork_child_is_replaced_and_its_step_runs_again_at_once(env,
 
 def test_a_step_delivered_twice_runs_once(env, workers):
     from baton.runtime.celery import QUEUE, celery_app
+    from baton.settings import current_settings
 
     workers.start(concurrency=2)
     (control(env) / "fetch.block").touch()
@@ -277,7 +278,7 @@ def test_a_step_delivered_twice_runs_once(env, workers):
     os.environ["BATON_BROKER_URL"] = env["BATON_BROKER_URL"]
     try:
         celery_app.cache_clear()
-        celery_app().send_task("baton.step", args=(run_id, 0, 1), queue=QUEUE)
+        celery_app(current_settings()).send_task("baton.step", args=(run_id, 0, 1), queue=QUEUE)
     finally:
         del os.environ["BATON_BROKER_URL"]
         celery_app.cache_clear()

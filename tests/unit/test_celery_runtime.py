@@ -20,7 +20,8 @@ def test_without_celery_installed_the_runtime_says_what_to_install():
 
 def test_the_broker_is_shown_without_its_password():
     from baton.runtime.celery import broker_display, celery_app
-    from baton.settings import Settings
+    from baton.settings import Settings, WorkerSettings
 
-    shown = broker_display(celery_app(Settings(broker_url="redis://:s3cret@127.0.0.1:6379/3")))
+    settings = Settings(worker=WorkerSettings(broker_url="redis://:s3cret@127.0.0.1:6379/3"))
+    shown = broker_display(celery_app(settings))
     assert "s3cret" not in shown and "127.0.0.1:6379/3" in shown

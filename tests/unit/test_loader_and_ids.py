@@ -39,5 +39,5 @@ def test_bad_targets_fail_clearly(target, message):
 
 def test_settings_are_read_from_the_environment_when_asked():
     settings = Settings.from_env({"BATON_DATABASE_URL": "sqlite:///x.db", "BATON_LEASE_SECONDS": "5"})
-    assert settings.database_url == "sqlite:///x.db" and settings.lease_seconds == 5.0
-    assert Settings.from_env({}).resolved_database_url().endswith("/.baton/baton.db")
+    assert settings.store.database_url == "sqlite:///x.db" and settings.store.lease_seconds == 5.0
+    assert Settings.from_env({}).store.resolved_url().endswith("/.baton/baton.db")

@@ -19,8 +19,10 @@ from baton.cli._common import (
     _out,
     _print_json,
     _store,
+    cli_settings,
     import_modules,
     json_option,
+    setting_option,
     store_option,
 )
 from baton.cli.effects import effects
@@ -78,8 +80,8 @@ def main() -> None:
 @main.command()
 @click.argument("target")
 @click.option("--input", "input_text", required=True, help="The run's input: JSON, or @FILE (@- for stdin).")
-@click.option(
-    "--runtime", default="local", envvar="BATON_RUNTIME", show_envvar=True, show_default=True,
+@setting_option(
+    "--runtime", variable="BATON_RUNTIME", show_default=True,
     help="Where the steps execute: local (this process) or celery (`baton worker` processes).",
 )  # fmt: skip
 @click.option(
@@ -89,16 +91,19 @@ def main() -> None:
 @store_option
 @json_option
 @_errors_to_exit
-def run(target: str, input_text: str, runtime: str, wait: bool | None, database_url: str | None, as_json: bool) -> None:
+def run(
+    target: str, input_text: str, runtime: str | None, wait: bool | None, database_url: str | None, as_json: bool
+) -> None:
     """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not."""
     from baton.cli.render import LiveProgress
 
     data = _read_input(input_text)
+    settings = cli_settings(database_url=database_url, runtime=runtime)  # before the target's agents are declared
     pattern = load_target(target)
     if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
         raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
     pattern.target = normalize_target(target)
-    store = _store(database_url)
+    store, runtime = _store(settings), settings.runtime
     if not (get_runtime(runtime).executes_here or wait):
         run_id = pattern.submit(data, store=store, runtime=runtime)
         _submitted(store, run_id, f"submitted to the {runtime} runtime", wait, as_json)
@@ -133,7 +138,7 @@ def runs(status: str | None, pipeline: str | None, limit: int, database_url: str
     """List runs, newest first."""
     from baton.cli.render import render_runs
 
-    found = _store(database_url).list_runs(status=status, pipeline=pipeline, limit=limit)
+    found = _store(cli_settings(database_url=database_url)).list_runs(status=status, pipeline=pipeline, limit=limit)
     if as_json:
         _print_json([r.to_json_dict(with_steps=False) for r in found])
     else:
@@ -149,7 +154,7 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     """Show one run with every step: status, attempts, checkpoint, error and timings."""
     from baton.cli.render import render_run
 
-    found = _store(database_url).get_run(run_id)
+    found = _store(cli_settings(database_url=database_url)).get_run(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     else:
@@ -178,7 +183,7 @@ def resume(
     """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run."""
     from baton.cli.render import LiveProgress
 
-    store = _store(database_url)
+    store = _store(cli_settings(database_url=database_url))
     recorded = store.get_run(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     runtime = runtime or recorded.runtime
@@ -210,8 +215,9 @@ def resume(
 @_errors_to_exit
 def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str | None, as_json: bool) -> None:
     """Approve a run awaiting approval: it goes on at the step it waited before."""
+    settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    store = _store(database_url)
+    store = _store(settings)
     recorded = store.get_run(run_id)
     # A run that goes on in this process keeps it until the run stops.
     api.approve(recorded.id, store=store, wait=wait or get_runtime(recorded.runtime).executes_here)
@@ -226,7 +232,7 @@ def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str
 @_errors_to_exit
 def reject(run_id: str, reason: str, database_url: str | None, as_json: bool) -> None:
     """Reject a run awaiting approval: it ends cancelled, before the step it waited before."""
-    found = api.reject(run_id, reason=reason, store=_store(database_url))
+    found = api.reject(run_id, reason=reason, store=_store(cli_settings(database_url=database_url)))
     if as_json:
         _print_json(found.to_json_dict())
     else:
@@ -240,7 +246,7 @@ def reject(run_id: str, reason: str, database_url: str | None, as_json: bool) ->
 @_errors_to_exit
 def cancel(run_id: str, database_url: str | None, as_json: bool) -> None:
     """Cancel a run: nothing after its current step starts."""
-    store = _store(database_url)
+    store = _store(cli_settings(database_url=database_url))
     status = api.cancel(run_id, store=store)
     found = store.get_run(run_id)
     if as_json:
@@ -255,14 +261,14 @@ def cancel(run_id: str, database_url: str | None, as_json: bool) -> None:
 @click.option(
     "--file", "file_path", type=click.Path(exists=True, dir_okay=False), help="Your own text, Markdown or PDF file."
 )
-@click.option(
-    "--model", envvar="BATON_MODEL", show_envvar=True, default="local", show_default=True,
+@setting_option(
+    "--model", variable="BATON_MODEL", show_default=True,
     help="The model of the three agents: local, openai:MODEL or anthropic:MODEL.",
 )  # fmt: skip
 @store_option
 @json_option
 @_errors_to_exit
-def demo(file_path: str | None, model: str, database_url: str | None, as_json: bool) -> None:
+def demo(file_path: str | None, model: str | None, database_url: str | None, as_json: bool) -> None:
     """Run the document pipeline (extract -> chunk -> summarise -> classify) on a bundled sample."""
     from baton.cli.render import LiveProgress
     from baton.demo import document_pipeline, load_document
@@ -270,8 +276,9 @@ def demo(file_path: str | None, model: str, database_url: str | None, as_json: b
     doc, warnings = load_document(file_path)
     for warning in warnings:
         _err().print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
-    store = _store(database_url)
-    pipeline = document_pipeline(model)
+    settings = cli_settings(database_url=database_url, model=model)
+    store = _store(settings)
+    pipeline = document_pipeline(settings.providers.model)
     with LiveProgress(_err(), pipeline.step_names, pipeline.name) as progress:
         result = pipeline.run(doc, store=store, observer=progress)
     if not as_json and result.step("summarise").output:
@@ -282,70 +289,64 @@ def demo(file_path: str | None, model: str, database_url: str | None, as_json: b
 
 
 @main.command()
-@click.option(
-    "--concurrency", "-c", default=2, show_default=True, type=click.IntRange(1, 512),
-    envvar="BATON_WORKER_CONCURRENCY", show_envvar=True, help="How many steps this worker executes at once.",
+@setting_option(
+    "--concurrency", "-c", variable="BATON_WORKER_CONCURRENCY", show_default=True, type=click.IntRange(1, 512),
+    help="How many steps this worker executes at once.",
 )  # fmt: skip
-@click.option(
-    "--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]),
-    envvar="BATON_WORKER_POOL", show_envvar=True, help="Celery's execution pool.",
+@setting_option(
+    "--pool", variable="BATON_WORKER_POOL", show_default=True, type=click.Choice(["prefork", "threads", "solo"]),
+    help="Celery's execution pool.",
 )  # fmt: skip
 @click.option(
     "--import", "imports", multiple=True, metavar="MODULE",
     help="Import a module defining patterns before starting (else they are imported from each run's target).",
 )  # fmt: skip
 @click.option("--loglevel", default="info", show_default=True, help="Celery's log level.")
-@click.option(
-    "--broker-url", envvar="BATON_BROKER_URL", show_envvar=True, default=None,
-    help="The Celery broker. Default: redis://127.0.0.1:6379/0.",
-)  # fmt: skip
+@setting_option(
+    "--broker-url", variable="BATON_BROKER_URL", help="The Celery broker. Default: redis://127.0.0.1:6379/0."
+)
 @store_option
 @_errors_to_exit
 def worker(
-    concurrency: int, pool: str, imports: tuple[str, ...], loglevel: str, broker_url: str | None,
+    concurrency: int | None, pool: str | None, imports: tuple[str, ...], loglevel: str, broker_url: str | None,
     database_url: str | None,
 ) -> None:  # fmt: skip
     """Start a Celery worker that executes the steps of runs submitted with --runtime celery."""
-    import os
-
-    # The worker's children read the settings from the environment, as every baton process does.
-    if broker_url:
-        os.environ["BATON_BROKER_URL"] = broker_url
-    if database_url:
-        os.environ["BATON_DATABASE_URL"] = database_url
     from baton.runtime.celery import broker_display, celery_app, check_broker, worker_argv
 
-    store = _store(database_url)  # migrates, and fails early with a clear message when unreachable
+    # Installed in this process: the worker's tasks run here, or in children forked from it, and find them.
+    settings = cli_settings(database_url=database_url, broker_url=broker_url, concurrency=concurrency, pool=pool)
+    store = _store(settings)  # migrates, and fails early with a clear message when unreachable
     described = store.describe()
     store.close()
     import_modules(imports)
-    app = celery_app()
+    app = celery_app(settings)
     check_broker(app)
     _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
-    app.worker_main(worker_argv(concurrency=concurrency, pool=pool, loglevel=loglevel))
+    chosen = settings.worker
+    app.worker_main(worker_argv(concurrency=chosen.concurrency, pool=chosen.pool, loglevel=loglevel))
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="BATON_HOST", show_envvar=True)
-@click.option("--port", default=8000, show_default=True, type=int, envvar="BATON_PORT", show_envvar=True)
+@setting_option("--host", variable="BATON_HOST", show_default=True)
+@setting_option("--port", variable="BATON_PORT", show_default=True, type=int)
 @click.option(
     "--import", "imports", multiple=True, metavar="MODULE",
     help="Import a module defining subscribers (e.g. baton.examples.triage); repeatable.",
 )  # fmt: skip
-@click.option(
-    "--runtime", default="local", envvar="BATON_RUNTIME", show_envvar=True, show_default=True,
-    help="Where the subscribers of published events run.",
-)  # fmt: skip
+@setting_option(
+    "--runtime", variable="BATON_RUNTIME", show_default=True, help="Where the subscribers of published events run."
+)
 @store_option
 @_errors_to_exit
-def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database_url: str | None) -> None:
+def serve(
+    host: str | None, port: int | None, imports: tuple[str, ...], runtime: str | None, database_url: str | None
+) -> None:
     """Serve the dashboard (/ui/runs) and the HTTP API (/docs): runs, and events to publish.
 
     With BATON_DASHBOARD_TOKEN set, everything needs the token. Without it the server only binds to
     loopback, anyone there may read, and changes need a token made for this server's lifetime, printed once.
     """
-    import os
-
     from baton.web.access import Access, is_loopback
     from baton.web.app import create_app
 
@@ -353,14 +354,16 @@ def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database
         import uvicorn
     except ImportError:
         raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from None
-    access = Access.from_setting(os.environ.get("BATON_DASHBOARD_TOKEN"))
+    settings = cli_settings(database_url=database_url, runtime=runtime, host=host, port=port)
+    host, port = settings.server.host, settings.server.port
+    access = Access.from_setting(settings.server.dashboard_token)
     if not access.configured and not is_loopback(host):
         raise UserError(
             f"baton serve will not listen on {host} without a token: anyone who can reach it could act on your "
             "runs. Set BATON_DASHBOARD_TOKEN (a long random string), or serve on 127.0.0.1."
         )
     import_modules(imports)
-    store = _store(database_url)
+    store = _store(settings)
     shown = f"[{host}]" if ":" in host else host
     say = _err().print
     say(f"baton serve: http://{shown}:{port}/ui/runs, store {store.describe()}", highlight=False, markup=False)
@@ -371,7 +374,8 @@ def serve(host: str, port: int, imports: tuple[str, ...], runtime: str, database
             f"http://{shown}:{port}/login#token={access.token}",
             highlight=False, markup=False,
         )  # fmt: skip
-    uvicorn.run(create_app(store, runtime=runtime, access=access), host=host, port=port, log_level="info")
+    app = create_app(store, runtime=settings.runtime, access=access)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 main.add_command(events)

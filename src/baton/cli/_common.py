@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from baton.errors import BatonError, UserError
+from baton.settings import Settings, use_settings
 from baton.store import RunStore, open_store
 
 __all__ = [
@@ -23,8 +26,10 @@ __all__ = [
     "_out",
     "_print_json",
     "_store",
+    "cli_settings",
     "import_modules",
     "json_option",
+    "setting_option",
     "store_option",
 ]
 
@@ -70,15 +75,71 @@ def _console(*, stderr: bool) -> Console:
     return console
 
 
+class SettingOption(click.Option):
+    """An option over a setting: its help names the variable and the setting's default, but `Settings` reads
+    the variable, not click. The value is None unless given on the command line (`cli_settings` applies it).
+    """
+
+    def consume_value(self, ctx: click.Context, opts: Mapping[str, Any]) -> tuple[Any, ParameterSource]:
+        """The value given on the command line, else None: the default is the settings' to decide."""
+        value, source = super().consume_value(ctx, opts)
+        return (value if source is ParameterSource.COMMANDLINE else None), source
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        """Nothing: the environment is `Settings.from_env`'s to read."""
+        return None
+
+
+def setting_option(*decls: str, variable: str, show_default: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    """An option that overrides the setting of the environment variable `variable`."""
+    default = Settings().variables()[variable] if show_default else None
+    return click.option(
+        *decls, cls=SettingOption, envvar=variable, show_envvar=True, default=default, show_default=show_default,
+        **kwargs,
+    )  # fmt: skip
+
+
 def store_option(fn: F) -> F:
     """The --database-url option every command that reads or writes runs takes."""
-    return click.option(
+    return setting_option(
         "--database-url",
-        envvar="BATON_DATABASE_URL",
-        show_envvar=True,
-        default=None,
+        variable="BATON_DATABASE_URL",
         help="Where runs are stored (SQLite or PostgreSQL URL). Default: sqlite file ./.baton/baton.db.",
     )(fn)
+
+
+def cli_settings(
+    *,
+    database_url: str | None = None,
+    runtime: str | None = None,
+    broker_url: str | None = None,
+    concurrency: int | None = None,
+    pool: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    model: str | None = None,
+) -> Settings:
+    """The environment's settings with the flags given on the command line, made this process's settings.
+
+    Installed, not only returned: what a command starts without a settings argument (a provider, a celery
+    worker's tasks and its forked children) finds them through `current_settings()`.
+    """
+    settings = Settings.from_env()
+    settings = replace(
+        settings,
+        store=_given(settings.store, database_url=database_url),
+        worker=_given(settings.worker, broker_url=broker_url, concurrency=concurrency, pool=pool),
+        server=_given(settings.server, host=host, port=port),
+        providers=_given(settings.providers, model=model),
+        runtime=runtime or settings.runtime,
+    )
+    use_settings(settings)
+    return settings
+
+
+def _given(section: Any, **flags: Any) -> Any:
+    given = {name: value for name, value in flags.items() if value is not None and value != ""}
+    return replace(section, **given) if given else section
 
 
 def json_option(fn: F) -> F:
@@ -86,8 +147,8 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def _store(url: str | None) -> RunStore:
-    return open_store(url)
+def _store(settings: Settings) -> RunStore:
+    return open_store(settings=settings)
 
 
 def _print_json(data: Any) -> None:

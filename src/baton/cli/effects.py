@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from baton.cli._common import _errors_to_exit, _out, _print_json, _store, json_option, store_option
+from baton.cli._common import _errors_to_exit, _out, _print_json, _store, cli_settings, json_option, store_option
 from baton.errors import UserError
 from baton.store import utcnow
 
@@ -21,7 +21,7 @@ def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as
     """List side effects (of one run, or all), newest first: done, or started and uncertain."""
     if ctx.invoked_subcommand is not None:
         return
-    store = _store(database_url)
+    store = _store(cli_settings(database_url=database_url))
     found = store.list_effects(store.resolve_id(run_id) if run_id else None)
     if as_json:
         _print_json([e.to_json_dict() for e in found])
@@ -40,7 +40,7 @@ def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as
 @_errors_to_exit
 def mark(key: str, done: bool, database_url: str | None) -> None:
     """Say whether an uncertain side effect happened; then `baton resume` the run."""
-    store = _store(database_url)
+    store = _store(cli_settings(database_url=database_url))
     if store.get_effect(key) is None:
         raise UserError(f"no side effect with key {key!r}; `baton effects --run RUN_ID` lists a run's")
     store.mark_effect(key, done=done, now=utcnow())

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from baton.cli._common import _errors_to_exit, _out, _print_json, _store, import_modules
+from baton.cli._common import _errors_to_exit, _out, _print_json, _store, cli_settings, import_modules, setting_option
 from baton.cli.render import _status
 from baton.errors import RunNotFound, UserError
 from baton.run import Run
@@ -24,8 +24,8 @@ __all__ = ["events", "render_events", "render_trace", "trace"]
 @click.option("--dead", is_flag=True, help="Only events a subscriber did not handle (dead letters).")
 @click.option("--correlation", "correlation_id", help="Only the events of this chain.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="At most this many.")
-@click.option(
-    "--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None,
+@setting_option(
+    "--database-url", variable="BATON_DATABASE_URL",
     help="Where runs are stored (SQLite or PostgreSQL URL). Default: sqlite file ./.baton/baton.db.",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -36,7 +36,9 @@ def events(
     """List events, newest first, with where each went (the run of each subscriber, and its status)."""
     if ctx.invoked_subcommand is not None:
         return
-    found = _store(database_url).list_events(dead=dead, correlation_id=correlation_id, limit=limit)
+    found = _store(cli_settings(database_url=database_url)).list_events(
+        dead=dead, correlation_id=correlation_id, limit=limit
+    )
     if as_json:
         _print_json([e.to_json_dict() for e in found])
     else:
@@ -48,7 +50,7 @@ def events(
 @click.option("--subscriber", help="Deliver to this subscriber only (default: every one that did not handle it).")
 @click.option("--runtime", default=None, help="Where the new runs execute. Default: the event's own runtime.")
 @click.option("--import", "imports", multiple=True, metavar="MODULE", help="Import a module defining subscribers.")
-@click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+@setting_option("--database-url", variable="BATON_DATABASE_URL", help="The run store.")
 @_errors_to_exit
 def replay(
     event_id: str, subscriber: str | None, runtime: str | None, imports: tuple[str, ...], database_url: str | None
@@ -57,8 +59,9 @@ def replay(
     from baton import api
     from baton.events import redeliver
 
+    settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    store: RunStore = _store(database_url)
+    store: RunStore = _store(settings)
     event = store.get_event(event_id)
     if event is None:
         raise UserError(f"no event with id {event_id!r} in {store.describe()}")
@@ -75,24 +78,25 @@ def replay(
 @click.option("--runtime", default=None, help="Only the events of this runtime. Default: all, each on its own.")
 @click.option("--older-than", default=0.0, show_default=True, type=float, help="Only events older than this (s).")
 @click.option("--import", "imports", multiple=True, metavar="MODULE", help="Import a module defining subscribers.")
-@click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+@setting_option("--database-url", variable="BATON_DATABASE_URL", help="The run store.")
 @_errors_to_exit
 def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], database_url: str | None) -> None:
     """Hand the events left in the outbox (a process died before it could) to their subscribers."""
     from baton.events import dispatch as dispatch_events
 
+    settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    count = dispatch_events(_store(database_url), runtime, older_than_s=older_than or None)
+    count = dispatch_events(_store(settings), runtime, older_than_s=older_than or None)
     click.echo(f"{count} events handed to their subscribers")
 
 
 @click.command()
 @click.argument("correlation_id")
-@click.option("--database-url", envvar="BATON_DATABASE_URL", show_envvar=True, default=None, help="The run store.")
+@setting_option("--database-url", variable="BATON_DATABASE_URL", help="The run store.")
 @_errors_to_exit
 def trace(correlation_id: str, database_url: str | None) -> None:
     """Print a chain of runs and events (a correlation id, or any of its runs' ids) as a tree."""
-    store = _store(database_url)
+    store = _store(cli_settings(database_url=database_url))
     chain = correlation_id
     with contextlib.suppress(RunNotFound):  # a run's id names its chain too
         chain = store.get_run(correlation_id).correlation_id or correlation_id

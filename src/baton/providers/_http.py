@@ -55,26 +55,24 @@ def classify_status(provider: str, status: int, message: str, headers: Any = Non
 
 
 class SDKClients:
-    """An official SDK's clients, one per (base URL, key, timeout), from settings read at each call.
+    """An official SDK's clients, one per (base URL, key, timeout): the provider's settings at each call.
 
-    Reading the environment per call lets a process point at another server without restarting. A local
-    server needs no key but the SDKs insist on one; a hosted API's key comes from its usual variable and
-    is never stored or printed. The SDK's own retries are off: the step's Retry policy decides.
+    A local server needs no key but the SDKs insist on one; a hosted API's key comes from its usual variable
+    (the vendor's, read here) and is never stored or printed. The SDK's own retries are off: the step's Retry
+    policy decides.
     """
 
-    def __init__(self, make: Callable[..., Any], *, base_env: str, key_env: str, timeout_env: str, hint: str) -> None:
+    def __init__(self, make: Callable[..., Any], *, key_env: str, hint: str) -> None:
         self.make = make
-        self.base_env, self.key_env, self.timeout_env, self.hint = base_env, key_env, timeout_env, hint
+        self.key_env, self.hint = key_env, hint
         self._clients: dict[tuple[str | None, str, float], Any] = {}
 
-    def get(self) -> tuple[Any, str | None]:
-        """The client for the current settings, and the base URL it talks to (None: the provider's own)."""
-        base_url = os.environ.get(self.base_env) or None
+    def get(self, base_url: str | None, timeout: float) -> Any:
+        """The client for `base_url` (None: the provider's own) and `timeout`."""
         api_key = os.environ.get(self.key_env) or ("not-needed" if base_url else None)
         if api_key is None:
             raise UserError(self.hint)
-        timeout = float(os.environ.get(self.timeout_env, "120"))
         key = (base_url, api_key, timeout)
         if key not in self._clients:
             self._clients[key] = self.make(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        return self._clients[key], base_url
+        return self._clients[key]

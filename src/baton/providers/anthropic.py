@@ -12,6 +12,7 @@ from typing import Any
 from baton.errors import UserError
 from baton.providers._http import SDKClients, classify_status
 from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
+from baton.settings import ProviderSettings, current_settings
 
 __all__ = ["AnthropicProvider"]
 
@@ -21,7 +22,8 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        """`settings` fixed for this provider; without them, this process's current settings at each call."""
         try:
             import anthropic
         except ImportError:
@@ -29,11 +31,10 @@ class AnthropicProvider:
         self._sdk = anthropic
         self._clients = SDKClients(
             anthropic.Anthropic,
-            base_env="BATON_ANTHROPIC_BASE_URL",
             key_env="ANTHROPIC_API_KEY",
-            timeout_env="BATON_ANTHROPIC_TIMEOUT",
             hint="the anthropic provider needs ANTHROPIC_API_KEY (or BATON_ANTHROPIC_BASE_URL for a local server)",
         )
+        self._settings = settings
 
     def complete(
         self,
@@ -54,8 +55,10 @@ class AnthropicProvider:
             {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
         ]
         system = "\n\n".join(m.content for m in messages if m.role == "system")
+        settings = self._settings or current_settings().providers
+        client = self._clients.get(settings.anthropic_base_url or None, settings.anthropic_timeout)
         try:
-            response = self._clients.get()[0].messages.create(
+            response = client.messages.create(
                 model=model,
                 system=system,
                 messages=_conversation(messages),

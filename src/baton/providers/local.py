@@ -15,6 +15,7 @@ from typing import Any
 
 from baton.errors import UserError
 from baton.providers.base import Completion, Message, PermanentProviderError, ToolSpec
+from baton.settings import ProviderSettings, current_settings
 
 __all__ = ["LocalProvider", "model_path"]
 
@@ -37,7 +38,9 @@ class LocalProvider:
     # The grammar enforces the schema, but the model never reads it; agents describe the fields in the prompt.
     model_sees_schema = False
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        """`settings` fixed for this provider; without them, this process's current settings when it loads."""
+        self._settings = settings
         self._llm: Any = None
         self._lock = threading.Lock()
 
@@ -47,7 +50,8 @@ class LocalProvider:
                 from llama_cpp import Llama
             except ImportError:
                 raise UserError('the local model needs llama-cpp-python: pip install "baton"') from None
-            threads = int(os.environ.get("BATON_LOCAL_THREADS", "0")) or max(1, (os.cpu_count() or 2))
+            settings = self._settings or current_settings().providers
+            threads = settings.local_threads or max(1, (os.cpu_count() or 2))
             self._llm = Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
             # Freed while the interpreter still works: llama.cpp's own finaliser, run at shutdown, finds its
             # C functions gone and prints a traceback to every process that used the model.

@@ -8,12 +8,12 @@ BATON_OPENAI_RESPONSE_FORMAT=json_object, or let baton switch after the server r
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from baton.errors import UserError
 from baton.providers._http import SDKClients, classify_status
 from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
+from baton.settings import ProviderSettings, current_settings
 
 __all__ = ["OpenAIProvider"]
 
@@ -23,7 +23,8 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        """`settings` fixed for this provider; without them, this process's current settings at each call."""
         try:
             import openai
         except ImportError:
@@ -31,18 +32,17 @@ class OpenAIProvider:
         self._sdk = openai
         self._clients = SDKClients(
             openai.OpenAI,
-            base_env="BATON_OPENAI_BASE_URL",
             key_env="OPENAI_API_KEY",
-            timeout_env="BATON_OPENAI_TIMEOUT",
             hint="the openai provider needs OPENAI_API_KEY (or BATON_OPENAI_BASE_URL for a local server)",
         )
+        self._settings = settings
         # Servers found to know only JSON mode, by base URL.
         self._json_object_only: set[str | None] = set()
 
-    def _mode(self, base_url: str | None) -> str:
+    def _mode(self, base_url: str | None, settings: ProviderSettings) -> str:
         if base_url in self._json_object_only:
             return "json_object"
-        return os.environ.get("BATON_OPENAI_RESPONSE_FORMAT", "json_schema")
+        return settings.openai_response_format
 
     def complete(
         self,
@@ -58,13 +58,15 @@ class OpenAIProvider:
         """One chat completion whose answer follows `schema`, or asks for tools."""
         if not model:
             raise UserError("name the OpenAI model: 'openai:MODEL', e.g. 'openai:gpt-4o-mini'")
-        client, base_url = self._clients.get()
+        settings = self._settings or current_settings().providers
+        base_url = settings.openai_base_url or None
+        client = self._clients.get(base_url, settings.openai_timeout)
         request: dict[str, Any] = {
             "model": model,
             "messages": [_message(m) for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
-            "response_format": _response_format(self._mode(base_url), schema, schema_name),
+            "response_format": _response_format(self._mode(base_url, settings), schema, schema_name),
         }
         if tools:
             request["tools"] = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from baton.settings import Settings
+from baton.settings import Settings, current_settings
 from baton.store.leases import CELERY_OWNER, StepClaim, StepState
 from baton.store.store import RunStore, StepResult, utcnow
 from baton.store.writer import LostOwnership, RunWriter
@@ -25,12 +25,12 @@ _stores: dict[str, RunStore] = {}
 _lock = threading.Lock()
 
 
-def open_store(url: str | None = None) -> RunStore:
-    """The store at `url` (default: BATON_DATABASE_URL, else ./.baton/baton.db), shared per process."""
-    settings = Settings.from_env()
-    url = url or settings.resolved_database_url()
+def open_store(url: str | None = None, *, settings: Settings | None = None) -> RunStore:
+    """The store at `url`, else `settings`' (default: this process's settings), shared per process."""
+    chosen = (settings or current_settings()).store
+    url = url or chosen.resolved_url()
     with _lock:
         store = _stores.get(url)
         if store is None:
-            store = _stores[url] = RunStore(url, lease_seconds=settings.lease_seconds)
+            store = _stores[url] = RunStore(url, lease_seconds=chosen.lease_seconds)
         return store

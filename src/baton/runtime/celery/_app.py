@@ -7,7 +7,7 @@ import functools
 import celery
 
 from baton.errors import BrokerUnavailable
-from baton.settings import Settings
+from baton.settings import Settings, current_settings
 
 __all__ = ["QUEUE", "broker_display", "celery_app", "check_broker", "worker_argv"]
 
@@ -15,8 +15,8 @@ QUEUE = "baton"
 
 
 def celery_app(settings: Settings | None = None) -> celery.Celery:
-    """The Celery app for `settings` (default: the environment's), one per process and settings."""
-    return _app_for(settings or Settings.from_env())
+    """The Celery app for `settings` (default: this process's), one per process and settings."""
+    return _app_for(settings or current_settings())
 
 
 @functools.cache
@@ -24,18 +24,19 @@ def _app_for(settings: Settings) -> celery.Celery:
     from baton.runtime.celery._tasks import register_tasks  # the tasks need the app; the app, its tasks
 
     app = celery.Celery("baton", set_as_current=False)
+    worker = settings.worker
     transport = {
-        "visibility_timeout": settings.visibility_timeout,
+        "visibility_timeout": worker.visibility_timeout,
         # Kombu looks for messages past their visibility timeout every interval x throttle seconds (100 s by
         # default); a sweep every quarter of the timeout (at most 10 s) brings a lost worker's step back in
         # about the timeout, not minutes after it.
-        "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout / 4)),
+        "unacked_restore_interval": max(1.0, min(10.0, worker.visibility_timeout / 4)),
         "unacked_restore_throttle": 1,
     }
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=worker.broker_url,
         # Chords count their finished members in the result backend; baton never waits on results.
-        result_backend=settings.result_backend or settings.broker_url,
+        result_backend=worker.result_backend or worker.broker_url,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
@@ -58,6 +59,10 @@ def _app_for(settings: Settings) -> celery.Celery:
     app.baton_settings = settings  # type: ignore[attr-defined]
     register_tasks(app)
     return app
+
+
+# Forgets every app made so far (tests that change the broker between runs).
+celery_app.cache_clear = _app_for.cache_clear  # type: ignore[attr-defined]
 
 
 def worker_argv(*, concurrency: int, pool: str, loglevel: str) -> list[str]:

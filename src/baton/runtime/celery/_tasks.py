@@ -17,7 +17,7 @@ import celery.exceptions
 from pydantic import BaseModel, ValidationError
 
 from baton._owner import owner_alive, this_owner
-from baton.errors import BatonError, RunError, RunNotResumable, UserError
+from baton.errors import BatonError, RunError, RunNotResumable
 from baton.patterns.plan import Fail, Next, RunSteps, States, StepView, Wait
 from baton.patterns.plan import Stale as _Stale
 from baton.patterns.registry import find_pattern
@@ -142,10 +142,8 @@ class _Worker:
         self.settings: Settings = task.app.baton_settings
         self.store = worker_store(self.settings)
         self.me = this_owner()
-        hop = self.settings.celery_hop
-        if hop not in ("run", "step"):
-            raise UserError(f"BATON_CELERY_HOP={hop!r}: use 'run' (the default) or 'step'")
-        self.hop = hop
+        # "run" goes on with a chain in this task; "step" sends each step as a task of its own.
+        self.hop = self.settings.worker.celery_hop
 
     def execute(self, run_id: str, idx: int, this_go: int, source: int | None) -> None:
         """Execute step `idx` of a run, then, on the `run` hop, the steps the plan says come next one by one.

@@ -64,10 +64,10 @@ _stores: dict[str, RunStore] = {}
 
 def worker_store(settings: Settings) -> RunStore:
     """The store of this worker process for `settings` (opened after the fork, see `_after_fork`)."""
-    url = settings.resolved_database_url()
+    url = settings.store.resolved_url()
     store = _stores.get(url)
     if store is None:
-        store = _stores[url] = open_store(url)
+        store = _stores[url] = open_store(settings=settings)
     return store
 
 

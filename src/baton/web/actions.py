@@ -1,0 +1,44 @@
+"""What a person may do to a run, one implementation for the API's endpoints and the dashboard's forms."""
+
+from __future__ import annotations
+
+from baton import api
+from baton.patterns.registry import find_pattern
+from baton.run import Run
+from baton.runtime import get_runtime
+from baton.status import RunStatus
+from baton.store import RunStore
+
+__all__ = ["Actions"]
+
+
+class Actions:
+    """What a person may do to a run, the same through the API and the dashboard's forms."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def resume(self, run_id: str) -> str:
+        """Continue a failed or interrupted run where it stopped; its id."""
+        recorded = self.store.get_run(run_id)
+        pattern = find_pattern(recorded.pipeline, recorded.target)
+        # Pending at once (a run that cannot resume answers 409), then continued on its own runtime.
+        return get_runtime(recorded.runtime).resume(self.store, pattern, recorded.id)
+
+    def retry(self, run_id: str, from_step: str) -> str:
+        """Run a finished run again from `from_step`; its id."""
+        recorded = self.store.get_run(run_id)
+        pattern = find_pattern(recorded.pipeline, recorded.target)
+        return pattern.retry(recorded.id, from_step, store=self.store, runtime=recorded.runtime)
+
+    def cancel(self, run_id: str) -> RunStatus:
+        """Cancel a run: at once when idle, after its current step when running."""
+        return self.store.request_cancel(run_id)
+
+    def approve(self, run_id: str) -> str:
+        """Let a run awaiting approval go on; its id."""
+        return api.approve(run_id, store=self.store)
+
+    def reject(self, run_id: str, reason: str) -> Run:
+        """Stop a run awaiting approval, cancelled with `reason`."""
+        return api.reject(run_id, reason=reason, store=self.store)

@@ -1,0 +1,113 @@
+"""The runs API: list, start, show, and act on a run (resume, retry, cancel, approve, reject)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from baton.patterns.registry import registered
+from baton.status import RunStatus
+from baton.web.deps import ActionsDep, RuntimeDep, StoreDep
+
+__all__ = ["RejectRequest", "RetryRequest", "router"]
+
+router = APIRouter()
+
+
+class RejectRequest(BaseModel):
+    """The body of POST /runs/{id}/reject."""
+
+    reason: str = Field(default="", max_length=500, description="Why: kept in the run's history")
+
+
+class RetryRequest(BaseModel):
+    """The body of POST /runs/{id}/retry."""
+
+    from_step: str = Field(min_length=1, max_length=100, description="The step to run again, with the ones after it")
+
+
+@router.get("/runs")
+def list_runs(
+    store: StoreDep,
+    status: str | None = None,
+    pipeline: str | None = None,
+    failed_step: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+    before: str | None = None,
+) -> dict[str, Any]:
+    """Runs newest first, without their steps; `next` is the cursor of the following page.
+
+    `since` and `until` bound the creation time (ISO 8601; UTC unless it says otherwise).
+    """
+    if status is not None and status not in {s.value for s in RunStatus}:
+        raise HTTPException(422, f"status {status!r} is not one of {[s.value for s in RunStatus]}")
+    found = store.list_runs(
+        status=status, pipeline=pipeline, failed_step=failed_step, since=since, until=until,
+        limit=limit, before=before,
+    )  # fmt: skip
+    return {
+        "runs": [r.to_json_dict(with_steps=False) for r in found],
+        "next": found[-1].id if len(found) == limit else None,
+    }
+
+
+@router.post("/runs/{pipeline}", status_code=202)
+async def submit_run(pipeline: str, request: Request, store: StoreDep, runtime: RuntimeDep) -> JSONResponse:
+    """Start a run of a pattern this server knows (imported with --import) on the body; 202 with its id."""
+    pattern = registered(pipeline)
+    if pattern is None:
+        raise HTTPException(404, f"no pattern '{pipeline}' here; start the server with --import its module")
+    try:
+        data = json.loads(await request.body() or b"null")
+    except ValueError as exc:
+        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    run_id = await run_in_threadpool(pattern.submit, data, store=store, runtime=runtime)
+    return JSONResponse({"id": run_id, "url": f"/runs/{run_id}"}, status_code=202)
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: str, store: StoreDep) -> dict[str, Any]:
+    """One run with every step."""
+    return store.get_run(run_id).to_json_dict()
+
+
+@router.post("/runs/{run_id}/resume", status_code=202)
+def resume_run(run_id: str, actions: ActionsDep) -> JSONResponse:
+    """Continue a failed or interrupted run from its first unfinished step, in the background."""
+    resumed = actions.resume(run_id)
+    return JSONResponse({"id": resumed, "url": f"/runs/{resumed}"}, status_code=202)
+
+
+@router.post("/runs/{run_id}/retry", status_code=202)
+def retry_run(run_id: str, body: RetryRequest, actions: ActionsDep) -> JSONResponse:
+    """Run a finished run again from `from_step`: its checkpoint and the later ones are discarded."""
+    retried = actions.retry(run_id, body.from_step)
+    return JSONResponse({"id": retried, "url": f"/runs/{retried}"}, status_code=202)
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: str, store: StoreDep, actions: ActionsDep) -> dict[str, Any]:
+    """Cancel a run: at once when idle, after its current step when running."""
+    status = actions.cancel(run_id)
+    return {"id": store.resolve_id(run_id), "status": status.value}
+
+
+@router.post("/runs/{run_id}/approve", status_code=202)
+def approve_run(run_id: str, actions: ActionsDep) -> JSONResponse:
+    """Approve a run awaiting approval: it goes on, in the background, at the step it waited before."""
+    approved = actions.approve(run_id)
+    return JSONResponse({"id": approved, "url": f"/runs/{approved}"}, status_code=202)
+
+
+@router.post("/runs/{run_id}/reject")
+def reject_run(run_id: str, actions: ActionsDep, body: RejectRequest | None = None) -> dict[str, Any]:
+    """Reject a run awaiting approval: it ends cancelled, with the reason in its history."""
+    return actions.reject(run_id, body.reason if body else "").to_json_dict(with_steps=False)
