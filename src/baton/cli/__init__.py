@@ -106,14 +106,14 @@ def run(target: str, input_text: str, runtime: str, wait: bool | None, database_
         result = pattern.run(data, store=store, runtime=runtime, observer=progress)
     # Runs started by the events it emitted execute in this process: let them end before it does.
     api.wait_chain(result.correlation_id or result.id, store=store)
-    _finish(store.get_run(result.id), as_json)
+    _finish(store.runs.get(result.id), as_json)
 
 
 def _submitted(store: RunStore, run_id: str, what: str, wait: bool | None, as_json: bool) -> None:
     """After a run went to workers: wait for it and show it, or print its id and how to follow it."""
     if wait:
         _finish(api.wait(run_id, store=store), as_json)
-    found = store.get_run(run_id)
+    found = store.runs.get(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     else:
@@ -132,7 +132,9 @@ def runs(status: str | None, pipeline: str | None, limit: int, database_url: str
     """List runs, newest first."""
     from baton.cli.render import render_runs
 
-    found = _store(database_url).list_runs(status=status, pipeline=pipeline, limit=limit)
+    store = _store(database_url)
+    store.runs.reap()  # runs whose owner is gone show interrupted
+    found = store.runs.list(status=status, pipeline=pipeline, limit=limit)
     if as_json:
         _print_json([r.to_json_dict(with_steps=False) for r in found])
     else:
@@ -148,7 +150,9 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     """Show one run with every step: status, attempts, checkpoint, error and timings."""
     from baton.cli.render import render_run
 
-    found = _store(database_url).get_run(run_id)
+    store = _store(database_url)
+    store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
+    found = store.runs.get(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     else:
@@ -178,7 +182,8 @@ def resume(
     from baton.cli.render import LiveProgress
 
     store = _store(database_url)
-    recorded = store.get_run(run_id)
+    store.runs.reap(run_id)  # a run whose owner is gone is interrupted, so resumable
+    recorded = store.runs.get(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     runtime = runtime or recorded.runtime
     if from_step is not None:
@@ -193,7 +198,7 @@ def resume(
     with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
         result = pattern.resume(recorded.id, store=store, observer=progress)
     api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
-    _finish(store.get_run(result.id), as_json)
+    _finish(store.runs.get(result.id), as_json)
 
 
 @main.command()
@@ -210,7 +215,7 @@ def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str
     """Approve a run awaiting approval: it goes on at the step it waited before."""
     import_modules(imports)
     store = _store(database_url)
-    recorded = store.get_run(run_id)
+    recorded = store.runs.get(run_id)
     # A local run goes on in this process, which stays until it stops.
     api.approve(recorded.id, store=store, wait=wait or recorded.runtime == "local")
     _submitted(store, recorded.id, "approved", wait, as_json)
@@ -240,7 +245,7 @@ def cancel(run_id: str, database_url: str | None, as_json: bool) -> None:
     """Cancel a run: nothing after its current step starts."""
     store = _store(database_url)
     status = api.cancel(run_id, store=store)
-    found = store.get_run(run_id)
+    found = store.runs.get(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     elif status is RunStatus.CANCELLED:

@@ -93,7 +93,9 @@ class Pattern:
     ) -> Run:
         """Continue a failed or interrupted run; what succeeded is replayed from its checkpoints, not re-run."""
         s = store_of(store)
-        return get_runtime(runtime).resume(s, self, s.resolve_id(run_id), observer)
+        run_id = s.runs.resolve_id(run_id)
+        s.runs.reap(run_id)  # a run whose owner is gone is interrupted, so resumable
+        return get_runtime(runtime).resume(s, self, run_id, observer)
 
     def retry(
         self,
@@ -107,8 +109,9 @@ class Pattern:
         steps re-run in the background (on the run's own runtime unless `runtime` says); returns the run id.
         """
         s = store_of(store)
-        run_id = s.resolve_id(run_id)
-        where = runtime or s.get_run(run_id).runtime
+        run_id = s.runs.resolve_id(run_id)
+        s.runs.reap(run_id)  # a run whose owner is gone has stopped, so it may be retried
+        where = runtime or s.runs.get(run_id).runtime
         return get_runtime(where).retry_from(s, self, run_id, from_step)
 
     def rerun_from(self, idx: int) -> list[int]:

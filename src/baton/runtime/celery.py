@@ -83,7 +83,7 @@ class CeleryRuntime:
             if delivery is not None and trigger_event is not None:
                 # Handed over before, but perhaps never queued (the broker failed after the commit): a run
                 # still pending is queued again, which is safe (a message delivered twice runs once).
-                existing, status, created = store.delivery_run(trigger_event, delivery[0])
+                existing, status, created = store.events.delivery_run(trigger_event, delivery[0])
                 stale = created is not None and created < utcnow() - timedelta(seconds=LOST_AFTER)
                 if existing is not None and status is RunStatus.PENDING and stale:
                     _send(step_task, existing, 0)
@@ -107,26 +107,26 @@ class CeleryRuntime:
         data, say) is queued again as it is: a message delivered twice is safe.
         """
         _require_target(pattern)
-        run = store.get_run(run_id)
+        run = store.runs.get(run_id)
         if run.pipeline != pattern.name:
             raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
         supervisor = _is_supervisor(pattern)
         if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
             return self._requeue_stuck(store, pattern, run, supervisor)
         idx, _, _ = plan_resume(run, pattern.steps, groups=supervisor)
-        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
+        if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         # A supervisor starts again at its router, which replays its checkpoint and fans out to the workers
         # that did not succeed.
         _send(step_task, run.id, 0 if supervisor else idx)
         if observer is not None:
             observer.run_created(run.id)
-        return store.get_run(run.id)
+        return store.runs.get(run.id)
 
     def approve(self, store: RunStore, pattern: Any, run_id: str, *, wait: bool = False) -> str:
         """Approve a run awaiting approval: its step is queued again for the workers."""
         _require_target(pattern)
-        idx = store.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
+        idx = store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
         if idx < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
         _send(step_task, run_id, idx)
@@ -139,9 +139,9 @@ class CeleryRuntime:
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
         _require_target(pattern)
-        run = store.get_run(run_id)
+        run = store.runs.get(run_id)
         rewind = plan_rewind(run, pattern, step)
-        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
+        if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
             raise RunNotResumable(f"run {run.id} changed while retrying (another process resumed it); look again")
         _send(step_task, run.id, 0 if _is_supervisor(pattern) else rewind[0])
         return run.id
@@ -156,7 +156,7 @@ class CeleryRuntime:
                 f"run {run.id} is {run.status.value}: step {', '.join(waiting)} waits in the queue for its next "
                 "attempt; wait for it, or cancel the run"
             )
-        if store.live_leases(run.id, utcnow()):
+        if store.steps.live_leases(run.id, utcnow()):
             raise RunNotResumable(
                 f"run {run.id} is {run.status.value}: a worker is executing {', '.join(held) or 'it'} right now; "
                 "wait for it, or cancel it"
@@ -164,7 +164,7 @@ class CeleryRuntime:
         done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
         idx = 0 if supervisor else next((i for i, s in enumerate(run.steps) if s.status not in done), 0)
         _send(step_task, run.id, idx)
-        return store.get_run(run.id)
+        return store.runs.get(run.id)
 
 
 # A delivery's run still pending this long after it was created is taken for lost with its message.
@@ -283,11 +283,11 @@ def _join_body(task: Any, _results: Any, run_id: str) -> None:
 
 def _join(task: Any, run_id: str) -> None:
     store = _worker_store()
-    brief = store.run_brief(run_id)
+    brief = store.runs.brief(run_id)
     if brief is None or brief.status not in (RunStatus.RUNNING, RunStatus.PENDING):
         return
     pattern = find_pattern(brief.pipeline, brief.target)
-    states = store.step_states(run_id)
+    states = store.steps.states(run_id)
     try:
         chosen = _chosen(pattern, _route(store, pattern, run_id, states))
     except _Stale:
@@ -299,10 +299,10 @@ def _join(task: Any, run_id: str) -> None:
         raise task.retry(countdown=1.0)
     failed = [chosen[i] for i in chosen if states[i].status is not StepStatus.SUCCEEDED]
     if failed:
-        store.end_failed(run_id, CELERY_OWNER, failed[0])
+        store.runs.end_failed(run_id, CELERY_OWNER, failed[0])
         return
     if brief.cancel_requested:
-        store.finish_cancelled(run_id, CELERY_OWNER)
+        store.runs.end_cancelled(run_id, CELERY_OWNER)
         return
     merge = len(pattern.steps) - 1
     if _hop() == "step":
@@ -356,7 +356,7 @@ def _execute(task: Any, run_id: str, idx: int, this_go: int, source: int | None 
             # message and leave the run running with nobody to finish it.
             log.exception("run %s, step %d: could not go on; trying again later", run_id, current)
             with contextlib.suppress(Exception):
-                store.release_step(run_id, current, me)
+                store.steps.release(run_id, current, me)
             _requeue(task, run_id, current, this_go, _backoff(task))
         this_go, source = 1, None
 
@@ -375,16 +375,16 @@ def _execute_step(
 ) -> int | None:
     """One step; returns the step this task goes on with, if any."""
     member = task.name == "baton.branch"  # a supervisor's worker: its join ends the run, whatever happens
-    claim = store.claim_step(run_id, idx, me, utcnow(), source=source)
+    claim = store.steps.claim(run_id, idx, me, utcnow(), source=source)
     if claim.outcome == "busy" and claim.holder is not None:
         dead = owner_alive(claim.holder) is False
         expired = claim.until is not None and claim.until < utcnow()
         if dead or expired:
-            claim = store.claim_step(run_id, idx, me, utcnow(), take_from=claim.holder, expired=not dead)
+            claim = store.steps.claim(run_id, idx, me, utcnow(), take_from=claim.holder, expired=not dead)
     if claim.outcome in ("gone", "failed") or (claim.outcome == "cancel" and member):
         return None
     if claim.outcome == "cancel":
-        store.finish_cancelled(run_id, CELERY_OWNER)
+        store.runs.end_cancelled(run_id, CELERY_OWNER)
         return None
     if claim.outcome == "busy":
         # Another live worker holds the step (this message was delivered twice): come back when its lease
@@ -409,7 +409,7 @@ def _execute_step(
         value = _input(store, pattern, run_id, idx, claim.input_json)
     except _Stale as exc:
         log.warning("run %s, step %d: a message from before the run was retried, dropped (%s)", run_id, idx, exc)
-        store.release_step(run_id, idx, me)
+        store.steps.release(run_id, idx, me)
         return None
     except (BatonError, ValidationError, ImportError) as exc:
         # The step cannot start here, and would not anywhere: its code, or its input, is wrong.
@@ -417,8 +417,8 @@ def _execute_step(
         return None
     steps = pattern.steps
     last = len(steps) - 1
-    if steps[idx].approval and not store.step_approved(run_id, idx):
-        store.await_approval(run_id, idx, utcnow(), lease_owner=me)
+    if steps[idx].approval and not store.steps.approved(run_id, idx):
+        store.steps.await_approval(run_id, idx, utcnow(), lease_owner=me)
         return None
     with _holding(run_id, idx), store.writer() as writer:
         try:
@@ -433,7 +433,7 @@ def _execute_step(
             _requeue(task, run_id, idx, this_go, 0.5)
     if isinstance(outcome, RetryLater):
         if outcome.cancel_requested and not member:
-            store.finish_cancelled(run_id, CELERY_OWNER)
+            store.runs.end_cancelled(run_id, CELERY_OWNER)
         if outcome.cancel_requested:
             return None
         _requeue(task, run_id, idx, this_go + 1, outcome.delay)
@@ -446,7 +446,7 @@ def _execute_step(
         # Its own events only: what others emitted or published is theirs to hand over (or a sweep's).
         dispatch(store, "celery", event_ids=outcome.emitted)
     if outcome.cancel_requested and idx < last and not member:
-        store.finish_cancelled(run_id, CELERY_OWNER)
+        store.runs.end_cancelled(run_id, CELERY_OWNER)
         return None
     # A router that ran just now was never done before, so none of its workers has started yet.
     return _after(store, pattern, run_id, idx, route=outcome.value if idx == 0 else None)
@@ -481,7 +481,7 @@ def _fan_out(store: RunStore, pattern: Any, run_id: str, fresh: BaseModel | None
     `fresh` is the route the router has just produced (then no worker has a row yet); without it, the
     route and the workers' states are read from the store (a redelivery, a resume).
     """
-    states = {} if fresh is not None else store.step_states(run_id)
+    states = {} if fresh is not None else store.steps.states(run_id)
     route = fresh if fresh is not None else _route(store, pattern, run_id, states)
     chosen = _chosen(pattern, route)
     done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
@@ -492,7 +492,7 @@ def _fan_out(store: RunStore, pattern: Any, run_id: str, fresh: BaseModel | None
     ]
     if unchosen:
         try:
-            store.mark_skipped(run_id, CELERY_OWNER, unchosen)
+            store.steps.mark_skipped(run_id, CELERY_OWNER, unchosen)
         except LostOwnership:
             return  # the run ended (cancelled) meanwhile
     to_run = [i for i in chosen if i not in states or states[i].status is not StepStatus.SUCCEEDED]
@@ -506,7 +506,7 @@ def _fan_out(store: RunStore, pattern: Any, run_id: str, fresh: BaseModel | None
 
 
 def _route(store: RunStore, pattern: Any, run_id: str, states: dict[int, StepState] | None = None) -> BaseModel:
-    state = (states if states is not None else store.step_states(run_id, [0])).get(0)
+    state = (states if states is not None else store.steps.states(run_id, [0])).get(0)
     if state is None or state.output_json is None:
         raise _Stale(f"run {run_id}: the router has no checkpoint to route from")
     return validate_json(pattern.steps[0].output, state.output_json, step=pattern.steps[0].name, where="checkpoint")
@@ -525,11 +525,11 @@ def _input(store: RunStore, pattern: Any, run_id: str, idx: int, read: str | Non
     steps = pattern.steps
     step = steps[idx]
     if idx == 0:
-        raw = read if read is not None else store.run_input_json(run_id)
+        raw = read if read is not None else store.runs.input_json(run_id)
         return validate_json(step.input, raw, step=step.name, where="recorded run input")
     if not _is_supervisor(pattern):
         if read is None:
-            prev = store.step_states(run_id, [idx - 1]).get(idx - 1)
+            prev = store.steps.states(run_id, [idx - 1]).get(idx - 1)
             read = prev.output_json if prev is not None else None
         if read is None:
             raise _Stale(f"run {run_id}: step '{steps[idx - 1].name}' has no checkpoint for '{step.name}'")
@@ -543,7 +543,7 @@ def _input(store: RunStore, pattern: Any, run_id: str, idx: int, read: str | Non
         )
         return getattr(route, step.name)
     keys = list(pattern.workers)
-    states = store.step_states(run_id, range(1, len(keys) + 1))
+    states = store.steps.states(run_id, range(1, len(keys) + 1))
     outputs: dict[str, Any] = {}
     for i, key in enumerate(keys, start=1):
         state = states.get(i)
@@ -558,7 +558,7 @@ def _fail_before_start(
     now = utcnow()
     result = StepResult(idx=idx, name=name, attempt=attempt, started_at=now, finished_at=now, error=error_info(exc))
     with contextlib.suppress(LostOwnership):
-        store.record_failure(run_id, CELERY_OWNER, result, retrying=False, end_run=end_run, lease_owner=me)
+        store.steps.record_failure(run_id, CELERY_OWNER, result, retrying=False, end_run=end_run, lease_owner=me)
 
 
 def _is_supervisor(pattern: Any) -> bool:
@@ -604,7 +604,7 @@ class _LeaseBeat:
             with self.lock:
                 held = list(self.held)
             try:
-                store.heartbeat_steps(me, held, utcnow())
+                store.steps.heartbeat(me, held, utcnow())
             except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
                 log.warning("could not renew the step leases of %s", me, exc_info=True)
 

@@ -105,7 +105,7 @@ def execute_attempt(
     """
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt)
-    ctx.record = lambda call: store.record_calls(run_id, idx, attempt, [call])
+    ctx.record = lambda call: store.steps.record_calls(run_id, idx, attempt, [call])
     ctx.store = store
     ctx.side_effect = getattr(step, "side_effect", False)
     token = enter(ctx)
@@ -124,7 +124,7 @@ def execute_attempt(
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt, started_at=started, finished_at=utcnow(), error=info
         )
-        cancel = store.record_failure(
+        cancel = store.steps.record_failure(
             run_id, owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=end_run, lease_owner=lease_owner
         )
         if retrying:

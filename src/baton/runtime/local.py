@@ -58,7 +58,7 @@ class _Heartbeat:
                 owned = dict(self.active)
             for owner in set(owned.values()):
                 try:
-                    self.store.heartbeat(owner, [r for r, o in owned.items() if o == owner])
+                    self.store.runs.heartbeat(owner, [r for r, o in owned.items() if o == owner])
                 except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
                     continue
 
@@ -99,14 +99,14 @@ class LocalRuntime:
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> Run:
         """Continue a failed or interrupted run of `pattern` at its first unfinished step."""
-        run = store.get_run(run_id)
+        run = store.runs.get(run_id)
         if run.pipeline != pattern.name:
             raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
         idx, value, attempt = plan_resume(run, pattern.steps, groups=_groups(pattern))
         owner = this_owner()
         resumable = [RunStatus.FAILED, RunStatus.INTERRUPTED]
         # Conditional on the run being as it was read: another resume in between would make the plan stale.
-        if not store.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=resumable, claims=run.claims):
+        if not store.runs.claim(run.id, owner, start_idx=idx, attempt=attempt, statuses=resumable, claims=run.claims):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         with store.writer() as writer:
             return self._execute(store, writer, run, owner, pattern, value, idx, attempt, observer)
@@ -149,19 +149,19 @@ class LocalRuntime:
 
     def resume_later(self, store: RunStore, pattern: Any, run_id: str) -> str:
         """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
-        run = store.get_run(run_id)
+        run = store.runs.get(run_id)
         plan_resume(run, pattern.steps, groups=_groups(pattern))  # refuses now what cannot resume
         return self._reopen(store, pattern, run, ())
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and run them again in the background."""
-        run = store.get_run(run_id)
+        run = store.runs.get(run_id)
         return self._reopen(store, pattern, run, plan_rewind(run, pattern, step))
 
     def approve(self, store: RunStore, pattern: Any, run_id: str, *, wait: bool = False) -> str:
         """Approve a run awaiting approval: it goes on at the step it waited before (here, with `wait`)."""
         owner = this_owner()
-        if store.decide(run_id, approve=True, now=utcnow(), runtime=self.name, owner=owner) < 0:
+        if store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name, owner=owner) < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
         _heartbeat_for(store).add(run_id, owner)
         if wait:
@@ -171,7 +171,9 @@ class LocalRuntime:
 
     def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int]) -> str:
         owner = this_owner()
-        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind):
+        if not store.runs.reopen(
+            run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind
+        ):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         _heartbeat_for(store).add(run.id, owner)
         return self._start_later(store, pattern, run.id, owner)
@@ -185,13 +187,13 @@ class LocalRuntime:
 
     def _start_submitted(self, store: RunStore, pattern: Any, run_id: str, owner: str) -> Run:
         try:
-            run = store.get_run(run_id)
+            run = store.runs.get(run_id)
             if run.status is not RunStatus.PENDING:
                 return run  # cancelled while it waited
             idx, value, attempt = plan_resume(run, pattern.steps, pending_ok=True, groups=_groups(pattern))
             statuses = [RunStatus.PENDING]
-            if not store.claim(run_id, owner, start_idx=idx, attempt=attempt, statuses=statuses, only_owner=owner):
-                return store.get_run(run_id)
+            if not store.runs.claim(run_id, owner, start_idx=idx, attempt=attempt, statuses=statuses, only_owner=owner):
+                return store.runs.get(run_id)
         finally:
             _heartbeat_for(store).discard(run_id)
         with store.writer() as writer:
@@ -231,7 +233,7 @@ class LocalRuntime:
         finally:
             beat.discard(base.id)
         if records is None:
-            return store.get_run(base.id)
+            return store.runs.get(base.id)
         # The clean path (every step succeeded at its first attempt) is built from what was just written,
         # without reading it back; anything else is read from the store, the one source of truth.
         final = records[-1]
@@ -327,7 +329,7 @@ def _attempts(
             return None, attempt, True
         _pause(outcome.delay)
         attempt, this_go = outcome.next_attempt, this_go + 1
-        if store.start_attempt(run_id, owner, idx, attempt):
+        if store.steps.start_attempt(run_id, owner, idx, attempt):
             return None, attempt, True
 
 
@@ -362,8 +364,8 @@ def _loop(
     clean = True
     for idx in range(start_idx, len(steps)):
         step = steps[idx]
-        if step.approval and not store.step_approved(run_id, idx):
-            store.await_approval(run_id, idx, utcnow())
+        if step.approval and not store.steps.approved(run_id, idx):
+            store.steps.await_approval(run_id, idx, utcnow())
             return None
         outcome, attempt, retried = _attempts(
             store, writer, run_id, owner, step, idx, value,
@@ -372,7 +374,7 @@ def _loop(
             observer=observer,
         )  # fmt: skip
         if outcome is None:
-            store.finish_cancelled(run_id, owner)
+            store.runs.end_cancelled(run_id, owner)
             return None
         if isinstance(outcome, Failed):
             return None
@@ -381,7 +383,7 @@ def _loop(
         clean = clean and not retried and not outcome.called_models  # those are read back from the store
         records.append(_record(step, outcome, attempt))
         if outcome.cancel_requested and idx < last:
-            store.finish_cancelled(run_id, owner)
+            store.runs.end_cancelled(run_id, owner)
             return None
     return records if clean and start_idx == 0 else None
 
@@ -415,7 +417,7 @@ def _supervise(
             attempt=next_attempt(0), last=False, measure=0 in measured, observer=observer,
         )  # fmt: skip
         if outcome is None or (isinstance(outcome, Succeeded) and outcome.cancel_requested):
-            store.finish_cancelled(run_id, owner)
+            store.runs.end_cancelled(run_id, owner)
             return None
         if not isinstance(outcome, Succeeded):
             return None
@@ -424,7 +426,7 @@ def _supervise(
     chosen = {i + 1: key for i, key in enumerate(keys) if getattr(route, key) is not None}
     unchosen = [(i + 1, key) for i, key in enumerate(keys) if i + 1 not in chosen and done(i + 1) is None]
     if unchosen:
-        store.mark_skipped(run_id, owner, unchosen)
+        store.steps.mark_skipped(run_id, owner, unchosen)
     outputs: dict[str, Any] = {}
     to_run = []
     for idx, key in chosen.items():
@@ -467,10 +469,10 @@ def _supervise(
         raise
     pool.shutdown(wait=True)
     if failed:
-        store.end_failed(run_id, owner, failed[0])
+        store.runs.end_failed(run_id, owner, failed[0])
         return None
     if cancelled:
-        store.finish_cancelled(run_id, owner)
+        store.runs.end_cancelled(run_id, owner)
         return None
     merge_idx = len(steps) - 1
     merged = steps[merge_idx].input.model_validate({key: outputs.get(key) for key in keys})
@@ -479,7 +481,7 @@ def _supervise(
         attempt=next_attempt(merge_idx), last=True, measure=merge_idx in measured, observer=observer,
     )  # fmt: skip
     if outcome is None:
-        store.finish_cancelled(run_id, owner)
+        store.runs.end_cancelled(run_id, owner)
     return None
 
 
@@ -524,7 +526,7 @@ def _log_failure(future: Future[Run], run_id: str) -> None:
 def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> None:
     # If this fails too, the process is going down anyway; the reaper will find the run by its dead owner.
     with contextlib.suppress(Exception):
-        store.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
+        store.runs.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
 
 
 def _groups(pattern: Any) -> bool:

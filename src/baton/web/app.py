@@ -120,7 +120,7 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     @app.get("/events/{event_id}")
     def get_event(event_id: str) -> dict[str, Any]:
         """An event and where it went: each subscriber's run and its status."""
-        event = store.get_event(event_id)
+        event = store.events.get(event_id)
         if event is None:
             raise HTTPException(404, f"no event {event_id}")
         return event.to_json_dict()
@@ -155,7 +155,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         """
         if status is not None and status not in {s.value for s in RunStatus}:
             raise HTTPException(422, f"status {status!r} is not one of {[s.value for s in RunStatus]}")
-        found = store.list_runs(
+        store.runs.reap()  # runs whose owner is gone show interrupted
+        found = store.runs.list(
             status=status, pipeline=pipeline, failed_step=failed_step, since=since, until=until,
             limit=limit, before=before,
         )  # fmt: skip
@@ -180,7 +181,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     @app.get("/runs/{run_id}")
     def get_run(run_id: str) -> dict[str, Any]:
         """One run with every step."""
-        return store.get_run(run_id).to_json_dict()
+        store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
+        return store.runs.get(run_id).to_json_dict()
 
     @app.post("/runs/{run_id}/resume", status_code=202)
     def resume_run(run_id: str) -> JSONResponse:
@@ -197,8 +199,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     @app.post("/runs/{run_id}/cancel")
     def cancel_run(run_id: str) -> dict[str, Any]:
         """Cancel a run: at once when idle, after its current step when running."""
-        status = store.request_cancel(run_id)
-        return {"id": store.resolve_id(run_id), "status": status.value}
+        status = store.runs.cancel(run_id)
+        return {"id": store.runs.resolve_id(run_id), "status": status.value}
 
     @app.post("/runs/{run_id}/approve", status_code=202)
     def approve_run(run_id: str) -> JSONResponse:
@@ -218,7 +220,8 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         return api.reject(run_id, reason=reason, store=store)
 
     def resume(run_id: str) -> str:
-        recorded = store.get_run(run_id)
+        store.runs.reap(run_id)  # a run whose owner is gone is interrupted, so resumable
+        recorded = store.runs.get(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
         if recorded.runtime == "local":
             # Pending at once (a run that cannot resume answers 409), then continued in the background.
@@ -226,12 +229,13 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
         return pattern.resume(recorded.id, store=store, runtime=recorded.runtime).id
 
     def retry(run_id: str, from_step: str) -> str:
-        recorded = store.get_run(run_id)
+        store.runs.reap(run_id)  # a run whose owner is gone has stopped, so it may be retried
+        recorded = store.runs.get(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
         return pattern.retry(recorded.id, from_step, store=store, runtime=recorded.runtime)
 
     app.include_router(
-        dashboard_router(store, resume=resume, retry=retry, cancel=store.request_cancel, approve=approve, reject=reject)
+        dashboard_router(store, resume=resume, retry=retry, cancel=store.runs.cancel, approve=approve, reject=reject)
     )
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)

@@ -176,14 +176,15 @@ def dashboard_router(
             "since": _parse_time(since, "since"),
             "until": _parse_time(until, "until"),
         }
-        found = store.list_runs(limit=PAGE_SIZE + 1, before=before or None, **chosen)
+        store.runs.reap()  # runs whose owner is gone show interrupted
+        found = store.runs.list(limit=PAGE_SIZE + 1, before=before or None, **chosen)
         more = len(found) > PAGE_SIZE
         found = found[:PAGE_SIZE]
         given = {"status": status, "pipeline": pipeline, "failed_step": failed_step, "since": since, "until": until}
         kept = {k: v for k, v in given.items() if v}
         unstatused = {k: v for k, v in kept.items() if k != "status"}
-        counts = store.count_runs(RunFilter(**{k: v for k, v in chosen.items() if k != "status"}))
-        pipelines, failed_steps = store.run_facets()
+        counts = store.browse.count(RunFilter(**{k: v for k, v in chosen.items() if k != "status"}))
+        pipelines, failed_steps = store.browse.facets()
         return page(
             "runs.html",
             request,
@@ -200,12 +201,13 @@ def dashboard_router(
         )
 
     def run_context(run_id: str) -> dict[str, Any]:
-        run = store.get_run(run_id)
+        store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
+        run = store.runs.get(run_id)
         now = utcnow()
         kind = _pattern_kind(run)
         rows, span = lanes(run, kind, now)
-        received = store.get_event(run.trigger_event) if run.trigger_event else None
-        effects = store.list_effects(run.id)
+        received = store.events.get(run.trigger_event) if run.trigger_event else None
+        effects = store.effects.list(run.id)
         return {
             "run": run,
             "lanes": rows,
@@ -232,7 +234,7 @@ def dashboard_router(
         return page("run_live.html", request, **run_context(run_id))
 
     async def act(run_id: str, what: str, action: Callable[[], Any]) -> RedirectResponse:
-        resolved = await run_in_threadpool(store.resolve_id, run_id)
+        resolved = await run_in_threadpool(store.runs.resolve_id, run_id)
         try:
             await run_in_threadpool(action)
             query = {"done": what}
