@@ -188,3 +188,38 @@ def test_owner_alive_knows_this_process_and_a_dead_one():
     assert owner_alive(this_owner()) is True
     assert owner_alive(dead_owner()) is False
     assert owner_alive("elsewhere:1:1") is None
+
+
+def test_reading_a_run_never_writes_and_reaping_is_asked_for(store):
+    run_id = create(store, dead_owner())
+    assert store.runs.get(run_id).status is RunStatus.RUNNING
+    assert [r.status for r in store.runs.list()] == [RunStatus.RUNNING]
+    assert store.runs.reap(run_id[:8]) == [run_id]
+    assert store.runs.get(run_id).status is RunStatus.INTERRUPTED
+
+
+def test_writes_in_one_transaction_are_kept_or_lost_together(store):
+    run_id = create(store, this_owner())
+    now = utcnow()
+    failure = StepResult(idx=0, name="a", attempt=1, started_at=now, finished_at=now, error=ErrorInfo("E", "m"))
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        store.steps.record_failure(run_id, this_owner(), failure, retrying=False, conn=tx)
+        assert store.runs.get(run_id, conn=tx).status is RunStatus.FAILED  # seen inside the transaction
+        raise RuntimeError("the caller's next write failed")
+    run = store.runs.get(run_id)
+    assert run.status is RunStatus.RUNNING and not run.steps[0].attempt_errors
+    with store.transaction() as tx:
+        store.steps.add_attempt(run_id, failure, retried=True, conn=tx)
+        store.runs.end_cancelled(run_id, this_owner(), conn=tx)
+    run = store.runs.get(run_id)
+    assert run.status is RunStatus.CANCELLED and run.steps[0].attempt_errors[0].error.type == "E"
+
+
+def test_a_step_error_goes_to_its_columns_and_back_whole():
+    from baton.store.rows import STEP_ERROR_COLUMNS, error_columns, error_from_row
+
+    error = ErrorInfo("Invalid", "bad", "tb", raw_output="{}", validation_errors=({"loc": ["x"]},))
+    columns = error_columns(error)
+    assert tuple(columns) == STEP_ERROR_COLUMNS
+    assert error_from_row(columns) == error
+    assert error_from_row(error_columns(None)) is None

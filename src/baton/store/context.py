@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.dialects import postgresql, sqlite
 
 __all__ = ["StoreContext", "utcnow"]
 
@@ -35,6 +36,10 @@ class StoreContext:
     def describe(self) -> str:
         """The store's URL, without a password, for messages."""
         return self.engine.url.render_as_string(hide_password=True)
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT of the dialect's own construct, which spells ON CONFLICT."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     @contextlib.contextmanager
     def begin(self, conn: Connection | None = None) -> Iterator[Connection]:

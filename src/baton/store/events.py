@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.status import RunStatus
 from baton.store.context import StoreContext
@@ -106,7 +105,7 @@ class Events:
             return
         with self._ctx.engine.begin() as c:
             for event_type, subscriber, target in found:
-                statement = self._insert(subscriptions).values(
+                statement = self._ctx.insert(subscriptions).values(
                     event_type=event_type, subscriber=subscriber, target=target, updated_at=now
                 )
                 c.execute(
@@ -136,10 +135,6 @@ class Events:
         if row is None:
             return None, None, None
         return row[0], RunStatus(row[1]) if row[1] else None, row[2]
-
-    def _insert(self, table: Any) -> Any:
-        # INSERT ... ON CONFLICT is spelled by each dialect's own construct.
-        return (postgresql.insert if self._ctx.dialect == "postgresql" else sqlite.insert)(table)
 
     def outbox(
         self,
@@ -175,7 +170,9 @@ class Events:
         A delivery that already has a run keeps it: another process handed the event over meanwhile.
         """
         key = {"event_id": event_id, "subscriber": subscriber}
-        statement = self._insert(deliveries).values(**key, deliveries=0, error=error, created_at=now, updated_at=now)
+        statement = self._ctx.insert(deliveries).values(
+            **key, deliveries=0, error=error, created_at=now, updated_at=now
+        )
         with self._ctx.engine.begin() as c:
             c.execute(
                 statement.on_conflict_do_update(

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import Connection, and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.run import ErrorInfo
 from baton.status import RunStatus, StepStatus
@@ -93,7 +92,7 @@ def take_over(
     free = steps.c.lease_owner == take_from
     if expired:
         free = and_(free, steps.c.lease_expires_at < now)
-    insert = (postgresql.insert if ctx.dialect == "postgresql" else sqlite.insert)(steps)
+    insert = ctx.insert(steps)
     fresh = {
         "run_id": run_id, "idx": idx, "name": step_names[idx], "status": StepStatus.RUNNING, "attempts": 1,
         "tokens_in": 0, "tokens_out": 0, "started_at": now, "lease_owner": worker,

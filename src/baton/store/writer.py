@@ -1,8 +1,9 @@
 """The hot path of the store: creating a run and checkpointing its steps.
 
 These writes happen once per step of every run, so they skip the ORM and SQL compilation: each is one
-prepared statement on the driver's connection, and a step costs one statement and one commit. The SQL is
-written once per dialect here; the tables are the ones `schema.py` declares and the migrations create.
+prepared statement on the driver's connection, and a step costs one statement and one commit. Each statement
+is a constant holding its text per dialect, composed from named pieces (never edited after the fact); the
+tables are the ones `schema.py` declares and the migrations create.
 """
 
 from __future__ import annotations
