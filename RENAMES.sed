@@ -27,6 +27,7 @@ s/\b((self\.|ctx\.)?[a-z_]*store|s)\.record_calls\(/\1.steps.record_calls(/g
 s/\b((self\.|ctx\.)?[a-z_]*store|s)\.mark_skipped\(/\1.steps.mark_skipped(/g
 s/\b((self\.|ctx\.)?[a-z_]*store|s)\.await_approval\(/\1.steps.await_approval(/g
 s/\b((self\.|ctx\.)?[a-z_]*store|s)\.step_approved\(/\1.steps.approved(/g
+s/\b((self\.|ctx\.)?[a-z_]*store|s)\.claimer\(/\1.steps.claimer(/g
 s/\b((self\.|ctx\.)?[a-z_]*store|s)\.decide\(/\1.steps.decide(/g
 # Events: store.events
 s/\b((self\.|ctx\.)?[a-z_]*store|s)\.add_event\(/\1.events.add(/g

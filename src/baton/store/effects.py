@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from baton.store.context import StoreContext
@@ -63,14 +63,14 @@ class Effects:
             assert found is not None
             return found
 
-    def finish(self, key: str, result: Any, now: datetime) -> None:
+    def finish(self, key: str, result: Any, now: datetime, *, conn: Connection | None = None) -> None:
         """Record that the effect happened, with what it returned (JSON)."""
-        with self._ctx.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(update(effects).where(effects.c.key == key).values(status="done", result=result, finished_at=now))
 
-    def abandon(self, key: str) -> None:
+    def abandon(self, key: str, *, conn: Connection | None = None) -> None:
         """Forget a claimed key whose act failed before it happened, so that a retry may act."""
-        with self._ctx.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(delete(effects).where(effects.c.key == key, effects.c.status == "started"))
 
     def mark(self, key: str, *, done: bool, now: datetime) -> EffectRecord | None:

@@ -159,12 +159,14 @@ class Events:
         with self._ctx.engine.connect() as c:
             return [_event(row) for row in c.execute(query).mappings()]
 
-    def mark_dispatched(self, event_id: str, now: datetime) -> None:
+    def mark_dispatched(self, event_id: str, now: datetime, *, conn: Connection | None = None) -> None:
         """The event has been handed to every subscriber (each has its delivery row)."""
-        with self._ctx.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(update(events).where(events.c.id == event_id).values(dispatched_at=now))
 
-    def undeliverable(self, event_id: str, subscriber: str, error: str, now: datetime) -> None:
+    def undeliverable(
+        self, event_id: str, subscriber: str, error: str, now: datetime, *, conn: Connection | None = None
+    ) -> None:
         """Record that the event could not be handed to `subscriber` at all, and why (a dead letter).
 
         A delivery that already has a run keeps it: another process handed the event over meanwhile.
@@ -173,7 +175,7 @@ class Events:
         statement = self._ctx.insert(deliveries).values(
             **key, deliveries=0, error=error, created_at=now, updated_at=now
         )
-        with self._ctx.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(
                 statement.on_conflict_do_update(
                     index_elements=[deliveries.c.event_id, deliveries.c.subscriber],
