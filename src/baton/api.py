@@ -36,7 +36,7 @@ def resume(run_id: str, *, store: RunStore | str | None = None, **options: Any) 
     """Continue a failed or interrupted run at its first unfinished step, finding its pattern by name, and
     wait until it stops again (`resume_later` returns at once)."""
     s = _store(store)
-    recorded = s.get_run(run_id)
+    recorded = s.runs.get(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     return pattern.resume(recorded.id, store=s, **options)
 
@@ -44,7 +44,7 @@ def resume(run_id: str, *, store: RunStore | str | None = None, **options: Any) 
 def resume_later(run_id: str, *, store: RunStore | str | None = None, runtime: str | None = None) -> str:
     """Continue a failed or interrupted run on its own runtime (or `runtime`); returns its id at once."""
     s = _store(store)
-    recorded = s.get_run(run_id)
+    recorded = s.runs.get(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     return get_runtime(runtime or recorded.runtime).resume(s, pattern, recorded.id)
 
@@ -55,7 +55,7 @@ def approve(run_id: str, *, store: RunStore | str | None = None, wait: bool = Fa
     Returns its id at once, or, with `wait`, when it stops again (a local run executes in this process).
     """
     s = _store(store)
-    recorded = s.get_run(run_id)
+    recorded = s.runs.get(run_id)
     if recorded.status is not RunStatus.AWAITING_APPROVAL:
         raise RunNotResumable(f"run {recorded.id} is {recorded.status.value}, not awaiting approval")
     pattern = find_pattern(recorded.pipeline, recorded.target)
@@ -70,20 +70,22 @@ def reject(run_id: str, *, reason: str = "", store: RunStore | str | None = None
     from baton.store import utcnow
 
     s = _store(store)
-    recorded = s.get_run(run_id)
-    if s.decide(recorded.id, approve=False, now=utcnow(), runtime=recorded.runtime, why=reason) < 0:
+    recorded = s.runs.get(run_id)
+    if s.steps.decide(recorded.id, approve=False, now=utcnow(), runtime=recorded.runtime, why=reason) < 0:
         raise RunNotResumable(f"run {recorded.id} is {recorded.status.value}, not awaiting approval")
-    return s.get_run(recorded.id)
+    return s.runs.get(recorded.id)
 
 
 def cancel(run_id: str, *, store: RunStore | str | None = None) -> RunStatus:
     """Cancel a run: at once when idle, after its current step when running. Returns its status now."""
-    return _store(store).request_cancel(run_id)
+    return _store(store).runs.cancel(run_id)
 
 
 def get_run(run_id: str, *, store: RunStore | str | None = None) -> Run:
-    """The recorded run `run_id` (a unique prefix will do), with every step."""
-    return _store(store).get_run(run_id)
+    """The recorded run `run_id` (a unique prefix will do), with every step; interrupted if its owner is gone."""
+    s = _store(store)
+    s.runs.reap(run_id)
+    return s.runs.get(run_id)
 
 
 def wait(run_id: str, *, store: RunStore | str | None = None, timeout: float | None = None, poll: float = 0.05) -> Run:
@@ -101,7 +103,7 @@ def wait_chain(
     delivered: what an event-driven flow started by one run or one published event has become."""
     s = _store(store)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while s.chain_busy(correlation_id):
+    while s.events.chain_busy(correlation_id):
         if deadline is not None and time.monotonic() >= deadline:
             raise RunError(f"chain {correlation_id} is still going after {timeout} s")
         time.sleep(poll)

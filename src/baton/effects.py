@@ -43,7 +43,7 @@ def effect_key(name: str) -> str:
         raise DefinitionError(f"effect '{name}': call baton.effect inside a step of a run")
     key = f"{ctx.run_id}/{ctx.step}/{name}"
     # A person who retried the run from this step (or an earlier one) asked for it to be done again.
-    generation = ctx.store.rewinds(ctx.run_id, ctx.idx)
+    generation = ctx.store.effects.rewinds(ctx.run_id, ctx.idx)
     return f"{key}/{generation + 1}" if generation else key
 
 
@@ -69,7 +69,7 @@ def effect(name: str, act: Callable[[str], T]) -> T:
 
     key = effect_key(name)
     me = this_owner()
-    found = ctx.store.begin_effect(key, ctx.run_id, ctx.idx, name, utcnow(), owner=me)
+    found = ctx.store.effects.begin(key, ctx.run_id, ctx.idx, name, utcnow(), owner=me)
     if found is not None:
         if found.status == "done":
             return found.result  # type: ignore[no-any-return]
@@ -86,15 +86,15 @@ def effect(name: str, act: Callable[[str], T]) -> T:
     try:
         result = act(key)
     except EffectNotDone:
-        ctx.store.abandon_effect(key)
+        ctx.store.effects.abandon(key)
         raise
     try:
         json.dumps(result)
     except (TypeError, ValueError):
-        ctx.store.finish_effect(key, None, utcnow())  # it happened all the same
+        ctx.store.effects.finish(key, None, utcnow())  # it happened all the same
         raise DefinitionError(
             f"effect '{name}' of step '{ctx.step}' happened, but returned {type(result).__name__}, not JSON; "
             "it is recorded as done, without its result"
         ) from None
-    ctx.store.finish_effect(key, result, utcnow())
+    ctx.store.effects.finish(key, result, utcnow())
     return result

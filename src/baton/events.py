@@ -134,7 +134,7 @@ def publish(
     payload_json = _checked(event_type, payload, where="publish()")
     s = store if isinstance(store, RunStore) else open_store(store)
     event_id = new_run_id()
-    s.add_event(event_id, event_type, payload_json, correlation_id or event_id, utcnow(), runtime=runtime)
+    s.events.add(event_id, event_type, payload_json, correlation_id or event_id, utcnow(), runtime=runtime)
     dispatch_soon(s, runtime)  # never raises: what fails to go out now goes with a later dispatch
     return event_id
 
@@ -175,7 +175,7 @@ def dispatch(
     after: str | None = None
     by_type: dict[str, dict[str, Subscription | str]] = {}  # one look at the recorded subscribers per type
     while True:
-        batch = store.outbox(older_than=older, after=after, runtime=runtime, ids=event_ids, limit=100)
+        batch = store.events.outbox(older_than=older, after=after, runtime=runtime, ids=event_ids, limit=100)
         for event in batch:
             after = event.id
             try:
@@ -185,8 +185,8 @@ def dispatch(
                     if isinstance(sub, Subscription):
                         deliver(store, event, sub, event.runtime)
                     else:
-                        store.undeliverable(event.id, name, sub, utcnow())
-                store.mark_dispatched(event.id, utcnow())
+                        store.events.undeliverable(event.id, name, sub, utcnow())
+                store.events.mark_dispatched(event.id, utcnow())
                 handed += 1
             except Exception:  # the broker or the database: this event waits for the next dispatch
                 log.warning("event %s (%s) could not be handed over yet", event.id, event.type, exc_info=True)
@@ -198,7 +198,7 @@ def _subscribers_everywhere(store: RunStore, event_type: str) -> dict[str, Subsc
     """The subscribers of `event_type`: known here, or recorded by others and imported from their targets
     (a string: why one could not be)."""
     found: dict[str, Subscription | str] = {s.name: s for s in subscribers(event_type)}
-    for name, target in store.subscriptions_of(event_type).items():
+    for name, target in store.events.subscriptions_of(event_type).items():
         if name in found:
             continue
         try:
@@ -223,7 +223,7 @@ def _declare(store: RunStore) -> None:
     key = hash((id(store), store.url, tuple(sorted((t, n, tg or "") for t, n, tg in known))))
     if key in _declared:
         return
-    store.record_subscriptions(known, utcnow())
+    store.events.record_subscriptions(known, utcnow())
     _declared.add(key)
 
 
@@ -235,7 +235,7 @@ def deliver(
     try:
         value = validate_json(sub.pattern.input, json.dumps(event.payload), step=first.name, where="input (event)")
     except ContractViolation as exc:
-        store.undeliverable(event.id, sub.name, str(exc), utcnow())
+        store.events.undeliverable(event.id, sub.name, str(exc), utcnow())
         return None
     return get_runtime(runtime).submit(
         store, sub.pattern, value, correlation_id=event.correlation_id, trigger_event=event.id,
@@ -248,7 +248,7 @@ def redeliver(
 ) -> list[str]:
     """Deliver an event again to its dead-lettered subscribers (only `subscriber`'s, if given); returns the new
     runs. A delivery that succeeded, or whose run still goes on, is never handed over again."""
-    event = store.get_event(event_id)
+    event = store.events.get(event_id)
     if event is None:
         raise UserError(f"no event with id {event_id!r} in {store.describe()}")
     started = []

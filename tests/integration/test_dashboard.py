@@ -242,7 +242,7 @@ def test_the_buttons_resume_retry_and_cancel_and_a_refused_action_changes_nothin
 
     refused = client.post(f"/ui/runs/{run.id}/resume")  # followed to the run page
     assert refused.status_code == 200 and "already succeeded" in refused.text
-    assert any_store.get_run(run.id).status is baton.RunStatus.SUCCEEDED
+    assert any_store.runs.get(run.id).status is baton.RunStatus.SUCCEEDED
 
     retried = client.post(f"/ui/runs/{run.id}/retry", data={"step": "dash_check"})
     assert "Done: retried from step dash_check" in retried.text
@@ -253,7 +253,7 @@ def test_the_buttons_resume_retry_and_cancel_and_a_refused_action_changes_nothin
     # Retried from the first step, every checkpoint goes at once, before anything runs again.
     gate["hold"].clear()
     client.post(f"/ui/runs/{run.id}/retry", data={"step": "dash_load"})
-    waiting = any_store.get_run(run.id)
+    waiting = any_store.runs.get(run.id)
     assert waiting.output is None and [s.output for s in waiting.steps] == [None, None], waiting
     assert [s.status.value for s in waiting.steps][1] == "pending"
     gate["hold"].set()
@@ -262,7 +262,7 @@ def test_the_buttons_resume_retry_and_cancel_and_a_refused_action_changes_nothin
     gate["hold"].clear()
     running = ORDERS.submit({"n": 8}, store=any_store)
     deadline = time.monotonic() + 10
-    while any_store.get_run(running).status is not baton.RunStatus.RUNNING:
+    while any_store.runs.get(running).status is not baton.RunStatus.RUNNING:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     page = client.get(f"/ui/runs/{running}").text
@@ -291,7 +291,7 @@ def test_a_run_awaiting_approval_is_approved_or_rejected_from_its_page(client, a
     other = GATED.run({"n": 4}, store=any_store)
     rejected = client.post(f"/ui/runs/{other.id}/reject", data={"reason": "not this week"})
     assert "Done: rejected" in rejected.text and "not this week" in rejected.text
-    assert any_store.get_run(other.id).status is baton.RunStatus.CANCELLED
+    assert any_store.runs.get(other.id).status is baton.RunStatus.CANCELLED
     assert client.post(f"/runs/{other.id}/approve").status_code == 409  # the API: nothing to approve
 
 
@@ -308,7 +308,7 @@ def test_a_run_started_by_an_event_shows_the_event_it_received(client, any_store
     assert answer.status_code == 202, answer.text
     event_id = answer.json()["id"]
     deadline = time.monotonic() + 20
-    while not (runs := any_store.list_runs(pipeline="dash_pong")) or not runs[0].status.finished:
+    while not (runs := any_store.runs.list(pipeline="dash_pong")) or not runs[0].status.finished:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     page = client.get(f"/ui/runs/{runs[0].id}").text
@@ -353,7 +353,7 @@ def test_without_a_token_reading_is_open_but_every_change_needs_the_servers_own_
             assert refused.status_code == 401, path
         form = anonymous.post(f"/ui/runs/{run.id}/resume", follow_redirects=False)
         assert form.status_code == 303 and form.headers["location"].startswith("/login?")
-        assert any_store.get_run(run.id).status is baton.RunStatus.FAILED  # nothing happened
+        assert any_store.runs.get(run.id).status is baton.RunStatus.FAILED  # nothing happened
         signed = anonymous.post("/login", data={"token": access.token, "next": f"/ui/runs/{run.id}"})
         assert signed.status_code == 200 and signed.url.path == f"/ui/runs/{run.id}"
         assert anonymous.post(f"/runs/{run.id}/cancel").json()["status"] == "cancelled"  # let through

@@ -97,7 +97,7 @@ def test_an_effect_whose_outcome_is_unknown_is_never_repeated_until_a_person_say
     from baton.store import RunStore, utcnow
 
     store = RunStore(env["BATON_DATABASE_URL"])
-    assert store.begin_effect(f"{run_id}/send/email", run_id, 1, "email", utcnow()) is None
+    assert store.effects.begin(f"{run_id}/send/email", run_id, 1, "email", utcnow()) is None
     store.close()
     stuck = json.loads(baton(env, "resume", run_id, "--json").stdout)
     assert stuck["status"] == "failed" and stuck["steps"][1]["error"]["type"] == "EffectUncertain"

@@ -144,7 +144,7 @@ def test_an_event_a_crash_left_in_the_outbox_is_delivered_when_the_server_starts
 
     store = RunStore(env["BATON_DATABASE_URL"])
     # What a process that died between its commit and the dispatch leaves: an event nobody handed over.
-    store.add_event("0" * 32, "customer.request", json.dumps(REQUEST), "0" * 32, utcnow(), runtime=runtime)
+    store.events.add("0" * 32, "customer.request", json.dumps(REQUEST), "0" * 32, utcnow(), runtime=runtime)
     store.close()
     if runtime == "celery":
         workers.start()

@@ -27,7 +27,7 @@ def test_step_leases_hold_on_every_backend(case, any_store):
 def test_a_claim_racing_a_cancel_never_starts_a_step_of_a_cancelled_run(any_store):
     store = any_store
     run_id = cases._submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     with store.writer() as writer:
         cases._checkpoint(writer, run_id, 0, "w1")  # between two steps: no worker holds one
     entered, release = threading.Event(), threading.Event()
@@ -39,10 +39,10 @@ def test_a_claim_racing_a_cancel_never_starts_a_step_of_a_cancelled_run(any_stor
 
     event.listen(store.engine, "commit", slow_commit)
     results = {}
-    cancel = threading.Thread(target=lambda: results.setdefault("cancel", store.request_cancel(run_id)), name="cancel")
+    cancel = threading.Thread(target=lambda: results.setdefault("cancel", store.runs.cancel(run_id)), name="cancel")
     cancel.start()
     assert entered.wait(5)
-    claim = threading.Thread(target=lambda: results.setdefault("claim", store.claim_step(run_id, 1, "w2", utcnow())))
+    claim = threading.Thread(target=lambda: results.setdefault("claim", store.steps.claim(run_id, 1, "w2", utcnow())))
     claim.start()
     time.sleep(0.3)  # the claim is waiting for the run's lock, or has already read it
     release.set()
@@ -51,4 +51,4 @@ def test_a_claim_racing_a_cancel_never_starts_a_step_of_a_cancelled_run(any_stor
     event.remove(store.engine, "commit", slow_commit)
     assert results["cancel"] is RunStatus.CANCELLED
     assert results["claim"].outcome == "gone"
-    assert store.step_states(run_id).get(1) is None
+    assert store.steps.states(run_id).get(1) is None

@@ -55,7 +55,7 @@ def test_openai_provider_sends_structured_output_and_reads_usage(monkeypatch, st
     call = run.step("triage").calls[0]
     assert (call.input_tokens, call.output_tokens) == (21, 7)
     assert call.cost_usd == pytest.approx((21 * 0.15 + 7 * 0.60) / 1_000_000)
-    assert "sk-test-secret-key" not in str(store.get_run(run.id).to_json_dict())
+    assert "sk-test-secret-key" not in str(store.runs.get(run.id).to_json_dict())
 
 
 def test_a_429_is_retried_after_the_servers_retry_after(monkeypatch, store):
@@ -181,7 +181,7 @@ def test_an_api_key_echoed_by_a_server_never_reaches_the_store(monkeypatch, stor
         run = triage("openai:gpt-4o-mini").run({"text": "x"}, store=store)
         headers = {k.lower(): v for k, v in server.requests[0]["headers"].items()}
         assert headers["authorization"] == f"Bearer {secret}"
-    stored = str(store.get_run(run.id).to_json_dict())
+    stored = str(store.runs.get(run.id).to_json_dict())
     assert run.status is RunStatus.FAILED and "HTTP 401" in stored
     assert secret not in stored and "[redacted]" in stored
 

@@ -47,4 +47,4 @@ def test_checkpoints_are_json_that_sql_can_read(any_store):
 
 def test_a_run_round_trips_through_the_store_unchanged(any_store):
     run = Pipeline("round-trip", [tally]).run({"total": 1}, store=any_store)
-    assert any_store.get_run(run.id) == run
+    assert any_store.runs.get(run.id) == run

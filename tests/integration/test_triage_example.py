@@ -32,7 +32,7 @@ def test_a_customer_request_is_answered_at_once_and_ends_as_a_drafted_reply(api)
     chain = client.get(f"/events/{event_id}").json()
     [intake] = chain["deliveries"]
     assert intake["subscriber"] == "intake" and intake["status"] == "succeeded"
-    runs = {r.pipeline: store.get_run(r.id) for r in store.list_runs(correlation_id=event_id)}
+    runs = {r.pipeline: store.runs.get(r.id) for r in store.runs.list(correlation_id=event_id)}
     assert set(runs) == {"intake", "triage", "response"}
     assert all(r.status is baton.RunStatus.SUCCEEDED for r in runs.values())
     reply = runs["response"].output
@@ -47,7 +47,7 @@ def test_the_api_refuses_a_request_that_breaks_the_contract(api):
     answer = client.post("/events/customer.request", json={"customer": "", "text": "hello"})
     assert answer.status_code == 422 and "customer" in answer.text
     assert client.get("/events/0123456789abcdef").status_code == 404
-    assert store.list_events() == []
+    assert store.events.list() == []
 
 
 def test_the_body_is_json_whatever_its_content_type_says_as_curl_d_sends_it(api):

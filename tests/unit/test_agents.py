@@ -80,7 +80,7 @@ def test_every_call_is_recorded_with_usage_and_cost_summed_per_step_and_run(stor
     assert record.cost_usd == pytest.approx(record.tokens.input * 1 + record.tokens.output * 2)
     assert (run.tokens, run.cost_usd) == (record.tokens, pytest.approx(record.cost_usd))
     assert record.boundary_tokens and record.boundary_tokens > 0
-    shown = store.get_run(run.id).to_json_dict()
+    shown = store.runs.get(run.id).to_json_dict()
     assert shown["tokens"] == {"input": record.tokens.input, "output": record.tokens.output}
     assert [c["outcome"] for c in shown["steps"][0]["calls"]] == ["invalid", "answer"]
 
@@ -156,7 +156,7 @@ def test_a_model_without_a_known_price_makes_the_cost_unknown_not_free(store):
     run = Pipeline("unpriced", [agent(model)]).run({"text": "x"}, store=store)
     assert run.step("extract").calls[0].cost_usd is None
     assert run.step("extract").cost_usd is None and run.cost_usd is None
-    assert store.get_run(run.id).to_json_dict()["cost_usd"] is None
+    assert store.runs.get(run.id).to_json_dict()["cost_usd"] is None
 
 
 def test_each_model_call_is_stored_as_soon_as_it_returns(store):
@@ -164,8 +164,8 @@ def test_each_model_call_is_stored_as_soon_as_it_returns(store):
 
     def count_stored_calls(probe: str) -> int:
         """How many model calls the store holds for the running run."""
-        (running,) = store.list_runs(status="running")
-        seen.append(len(store.get_run(running.id).step("extract").calls))
+        (running,) = store.runs.list(status="running")
+        seen.append(len(store.runs.get(running.id).step("extract").calls))
         return seen[-1]
 
     from baton.providers import ToolCall

@@ -52,7 +52,7 @@ def test_a_retried_step_gets_the_recorded_result_instead_of_acting_again(store):
     run = Pipeline("fx-charge", [charge]).run({"n": 1}, store=store)
     assert run.status is baton.RunStatus.SUCCEEDED and run.steps[0].attempts == 2
     assert acted == [f"{run.id}/charge/charge"] and run.output == {"n": 1}
-    assert store.get_effect(f"{run.id}/charge/charge").status == "done"
+    assert store.effects.get(f"{run.id}/charge/charge").status == "done"
 
 
 def test_an_effect_that_raised_did_not_happen_and_a_retry_acts(store):
@@ -93,7 +93,7 @@ def test_an_effect_that_failed_part_way_is_uncertain_and_never_done_again(store)
     run = Pipeline("fx-half", [half_sent]).run({"n": 1}, store=store)
     assert run.status is baton.RunStatus.FAILED and len(acted) == 1  # retried, but not acted again
     assert run.steps[0].error.type == "EffectUncertain" and "baton effects mark" in run.steps[0].error.message
-    assert store.get_effect(f"{run.id}/half_sent/send").status == "started"
+    assert store.effects.get(f"{run.id}/half_sent/send").status == "started"
 
 
 def test_one_name_is_one_effect_per_step_and_results_come_back_as_they_were(store):
@@ -123,7 +123,7 @@ def test_an_effect_another_live_process_is_doing_is_waited_for_not_called_lost(s
     again = f"{key}/2"  # the key of the effect asked for again by a retry from its step
     sender = subprocess.Popen(["sleep", "60"])
     try:
-        claimed = store.begin_effect(again, first.id, 0, "send", baton.store.utcnow(), owner=_owner_of(sender.pid))
+        claimed = store.effects.begin(again, first.id, 0, "send", baton.store.utcnow(), owner=_owner_of(sender.pid))
         assert claimed is None
         rerun = pipeline.retry(first.id, "watched", store=store)
         waited = baton.wait(rerun, store=store, timeout=20)

@@ -73,9 +73,9 @@ def clean():
 
 
 def _chain(store, run_id):
-    run = store.get_run(run_id)
+    run = store.runs.get(run_id)
     baton.wait_chain(run.correlation_id, store=store, timeout=20)
-    return store.list_events(correlation_id=run.correlation_id)
+    return store.events.list(correlation_id=run.correlation_id)
 
 
 def test_an_emitted_event_reaches_its_subscribers_in_runs_of_their_own_on_the_same_chain(store):
@@ -87,7 +87,7 @@ def test_an_emitted_event_reaches_its_subscribers_in_runs_of_their_own_on_the_sa
     assert received.source_run == run.id and received.payload == {"subject": "my invoice is wrong"}
     [delivery] = received.deliveries
     assert delivery.subscriber == "test_triage" and delivery.status == "succeeded"
-    triage_run = store.get_run(delivery.run_id)
+    triage_run = store.runs.get(delivery.run_id)
     assert triage_run.trigger_event == received.id
     assert triage_run.correlation_id == run.correlation_id == run.id
     assert seen == {"triage": ["my invoice is wrong"], "respond": ["billing"]}
@@ -123,44 +123,44 @@ def test_emit_outside_a_step_says_to_publish_instead():
 
 def test_dispatching_an_event_twice_starts_each_subscriber_once(store):
     event_id = baton.publish("test.ticket.triaged", Triaged(subject="s", category="c"), store=store)
-    event = store.get_event(event_id)
+    event = store.events.get(event_id)
     baton.wait_chain(event.correlation_id, store=store, timeout=20)
     [sub] = subscribers("test.ticket.triaged")
     from baton.events import deliver
 
-    assert deliver(store, store.get_event(event_id), sub, "local") is None  # a second dispatch
+    assert deliver(store, store.events.get(event_id), sub, "local") is None  # a second dispatch
     assert seen == {"respond": ["c"]}
-    assert store.get_event(event_id).deliveries[0].deliveries == 1
+    assert store.events.get(event_id).deliveries[0].deliveries == 1
 
 
 def test_an_event_left_in_the_outbox_by_a_crash_is_dispatched_by_the_next_sweep(store, monkeypatch):
     monkeypatch.setattr("baton.events.dispatch_soon", lambda *a: None)  # the process died before dispatching
     run = intake_pipeline.run({"text": "lost?"}, store=store)
-    [event] = store.outbox()
+    [event] = store.events.outbox()
     assert event.source_run == run.id and seen == {}
     monkeypatch.undo()
     assert dispatch(store) == 1
     found = _chain(store, run.id)
     assert len(found) == 2 and seen == {"triage": ["lost?"], "respond": ["billing"]}
-    assert store.outbox() == []
+    assert store.events.outbox() == []
 
 
 def test_a_subscriber_that_keeps_failing_is_dead_lettered_and_replay_delivers_again(store):
     switches["respond_fails"] = 1
     event_id = baton.publish("test.ticket.triaged", {"subject": "s", "category": "c"}, store=store)
     baton.wait_chain(event_id, store=store, timeout=20)
-    [dead] = store.list_events(dead=True)
+    [dead] = store.events.list(dead=True)
     assert dead.id == event_id
     [delivery] = dead.deliveries
     assert delivery.dead and delivery.status == "failed"
-    assert store.get_run(delivery.run_id).step("test_respond").attempts == 2  # its retries, then the letter
+    assert store.runs.get(delivery.run_id).step("test_respond").attempts == 2  # its retries, then the letter
     switches.clear()
     [again] = redeliver(store, event_id)
     baton.wait(again, store=store, timeout=20)
-    event = store.get_event(event_id)
+    event = store.events.get(event_id)
     assert event.deliveries[0].run_id == again and event.deliveries[0].status == "succeeded"
     assert event.deliveries[0].deliveries == 2
-    assert store.list_events(dead=True) == []
+    assert store.events.list(dead=True) == []
 
 
 def test_on_checks_what_it_subscribes():
@@ -174,13 +174,13 @@ def test_on_checks_what_it_subscribes():
 
 def test_an_event_nobody_subscribes_to_goes_out_to_nobody_and_never_stalls_the_outbox(store):
     for _ in range(150):  # more than one page of the outbox
-        store.add_event(baton._ids.new_run_id(), "test.nobody.listens", "{}", "c", baton.store.utcnow())
+        store.events.add(baton._ids.new_run_id(), "test.nobody.listens", "{}", "c", baton.store.utcnow())
     assert dispatch(store) == 150
-    assert store.outbox(limit=1000) == []
+    assert store.events.outbox(limit=1000) == []
 
 
 def test_a_subscriber_another_process_recorded_is_imported_from_its_target_or_dead_lettered(store):
-    store.record_subscriptions(
+    store.events.record_subscriptions(
         [
             ("test.ticket.triaged", "elsewhere", "no_such_module_anywhere:handler"),
             ("test.ticket.received", "test_triage", "tests.unit.test_events:triage"),
@@ -189,11 +189,11 @@ def test_a_subscriber_another_process_recorded_is_imported_from_its_target_or_de
     )
     event_id = baton.publish("test.ticket.triaged", Triaged(subject="s", category="c"), store=store)
     baton.wait_chain(event_id, store=store, timeout=20)
-    event = store.get_event(event_id)
+    event = store.events.get(event_id)
     by_name = {d.subscriber: d for d in event.deliveries}
     assert by_name["test_respond"].status == "succeeded"
     assert by_name["elsewhere"].dead and "cannot be imported" in by_name["elsewhere"].error
-    assert [e.id for e in store.list_events(dead=True)] == [event_id]
+    assert [e.id for e in store.events.list(dead=True)] == [event_id]
 
 
 def test_a_delivery_that_succeeded_is_never_replayed(store):

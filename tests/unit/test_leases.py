@@ -32,9 +32,9 @@ def _checkpoint(writer: RunWriter, run_id, idx, worker, *, final=False):
 
 def test_a_free_step_is_claimed_and_the_run_starts_running(store):
     run_id = _submit(store)
-    claim = store.claim_step(run_id, 0, "w1", utcnow())
+    claim = store.steps.claim(run_id, 0, "w1", utcnow())
     assert (claim.outcome, claim.attempt, claim.pipeline, claim.step_names) == ("claimed", 1, "p", ("a", "b"))
-    run = store.get_run(run_id)
+    run = store.runs.get(run_id)
     assert run.status is RunStatus.RUNNING and run.runtime == "celery"
     assert run.steps[0].status is StepStatus.RUNNING
     assert run.steps[1].status is StepStatus.PENDING
@@ -42,40 +42,40 @@ def test_a_free_step_is_claimed_and_the_run_starts_running(store):
 
 def test_a_held_step_is_busy_for_everyone_else(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, ALIVE, utcnow())
-    claim = store.claim_step(run_id, 0, "w2", utcnow())
+    store.steps.claim(run_id, 0, ALIVE, utcnow())
+    claim = store.steps.claim(run_id, 0, "w2", utcnow())
     assert claim.outcome == "busy" and claim.holder == ALIVE and claim.until > utcnow()
 
 
 def test_a_live_lease_cannot_be_taken_but_an_expired_one_can_with_the_lost_attempt_kept(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, ALIVE, utcnow())
-    assert store.claim_step(run_id, 0, "w2", utcnow(), take_from=ALIVE, expired=True).outcome == "busy"
+    store.steps.claim(run_id, 0, ALIVE, utcnow())
+    assert store.steps.claim(run_id, 0, "w2", utcnow(), take_from=ALIVE, expired=True).outcome == "busy"
     later = utcnow() + store.lease + timedelta(seconds=1)
-    claim = store.claim_step(run_id, 0, "w2", later, take_from=ALIVE, expired=True)
+    claim = store.steps.claim(run_id, 0, "w2", later, take_from=ALIVE, expired=True)
     assert claim.outcome == "claimed" and claim.attempt == 2
-    lost = store.get_run(run_id).steps[0].attempt_errors
+    lost = store.runs.get(run_id).steps[0].attempt_errors
     assert [(e.attempt, e.error.type) for e in lost] == [(1, "Interrupted")]
     assert ALIVE in lost[0].error.message
 
 
 def test_only_the_holder_checkpoints_and_the_lease_ends_with_it(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     with store.writer() as writer:
         with pytest.raises(LostOwnership):
             _checkpoint(writer, run_id, 0, "w2")
         assert _checkpoint(writer, run_id, 0, "w1") is False
-    assert store.step_states(run_id)[0].status is StepStatus.SUCCEEDED
-    assert store.step_states(run_id)[0].holder is None
-    assert store.claim_step(run_id, 0, "w2", utcnow()).outcome == "done"
+    assert store.steps.states(run_id)[0].status is StepStatus.SUCCEEDED
+    assert store.steps.states(run_id)[0].holder is None
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).outcome == "done"
 
 
 def test_a_worker_that_lost_its_lease_cannot_overwrite_the_new_holders_checkpoint(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     later = utcnow() + store.lease + timedelta(seconds=1)
-    store.claim_step(run_id, 0, "w2", later, take_from="w1", expired=True)
+    store.steps.claim(run_id, 0, "w2", later, take_from="w1", expired=True)
     with store.writer() as writer:
         _checkpoint(writer, run_id, 0, "w2")
         with pytest.raises(LostOwnership):
@@ -86,88 +86,88 @@ def test_the_last_checkpoint_ends_the_run_succeeded(store):
     run_id = _submit(store)
     with store.writer() as writer:
         for idx in (0, 1):
-            store.claim_step(run_id, idx, "w1", utcnow())
+            store.steps.claim(run_id, idx, "w1", utcnow())
             _checkpoint(writer, run_id, idx, "w1", final=idx == 1)
-    run = store.get_run(run_id)
+    run = store.runs.get(run_id)
     assert run.status is RunStatus.SUCCEEDED and run.output == {"x": 2}
 
 
 def test_a_retried_failure_gives_the_step_back_and_the_next_claim_counts_an_attempt(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     now = utcnow()
     failed = StepResult(idx=0, name="a", attempt=1, started_at=now, finished_at=now, error=_error())
-    store.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
-    assert store.step_states(run_id)[0].status is StepStatus.PENDING
-    assert store.claim_step(run_id, 0, "w2", utcnow()).attempt == 2
+    store.steps.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
+    assert store.steps.states(run_id)[0].status is StepStatus.PENDING
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).attempt == 2
     with pytest.raises(LostOwnership):
-        store.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
+        store.steps.record_failure(run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1")
 
 
 def test_heartbeat_extends_only_the_leases_the_worker_says_it_holds(store):
     run_id = _submit(store, names=("a", "b"))
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     later = utcnow() + timedelta(seconds=30)
-    store.heartbeat_steps("w1", [], later)  # it lost track of the step: the lease is left to run out
-    assert store.claim_step(run_id, 0, "w2", utcnow()).until < later + store.lease - timedelta(seconds=1)
-    store.heartbeat_steps("w2", [(run_id, 0)], later)  # not its lease
-    assert store.claim_step(run_id, 0, "w2", utcnow()).until < later + store.lease - timedelta(seconds=1)
-    store.heartbeat_steps("w1", [(run_id, 0)], later)
-    claim = store.claim_step(run_id, 0, "w2", utcnow())
+    store.steps.heartbeat("w1", [], later)  # it lost track of the step: the lease is left to run out
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).until < later + store.lease - timedelta(seconds=1)
+    store.steps.heartbeat("w2", [(run_id, 0)], later)  # not its lease
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).until < later + store.lease - timedelta(seconds=1)
+    store.steps.heartbeat("w1", [(run_id, 0)], later)
+    claim = store.steps.claim(run_id, 0, "w2", utcnow())
     assert claim.until >= later + store.lease - timedelta(seconds=1)
 
 
 def test_a_released_step_can_be_claimed_again_at_once(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
-    store.release_step(run_id, 0, "w2")  # not its lease: nothing happens
-    assert store.claim_step(run_id, 0, "w2", utcnow()).outcome == "busy"
-    store.release_step(run_id, 0, "w1")
-    assert store.claim_step(run_id, 0, "w2", utcnow()).attempt == 2
+    store.steps.claim(run_id, 0, "w1", utcnow())
+    store.steps.release(run_id, 0, "w2")  # not its lease: nothing happens
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).outcome == "busy"
+    store.steps.release(run_id, 0, "w1")
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).attempt == 2
 
 
 def test_a_step_that_failed_for_good_is_not_run_again_until_the_run_is_resumed(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     now = utcnow()
     failed = StepResult(idx=0, name="a", attempt=1, started_at=now, finished_at=now, error=_error())
-    store.record_failure(run_id, CELERY_OWNER, failed, retrying=False, end_run=False, lease_owner="w1")
-    assert store.claim_step(run_id, 0, "w2", utcnow()).outcome == "failed"  # a late copy of its message
-    store.end_failed(run_id, CELERY_OWNER, "a")
-    run = store.get_run(run_id)
-    assert store.reopen(run_id, claims=run.claims, runtime="celery", now=utcnow())
-    assert store.claim_step(run_id, 0, "w2", utcnow()).attempt == 2
+    store.steps.record_failure(run_id, CELERY_OWNER, failed, retrying=False, end_run=False, lease_owner="w1")
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).outcome == "failed"  # a late copy of its message
+    store.runs.end_failed(run_id, CELERY_OWNER, "a")
+    run = store.runs.get(run_id)
+    assert store.runs.reopen(run_id, claims=run.claims, runtime="celery", now=utcnow())
+    assert store.steps.claim(run_id, 0, "w2", utcnow()).attempt == 2
 
 
 def test_a_take_over_counts_the_attempts_lost_with_their_workers(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
+    store.steps.claim(run_id, 0, "w1", utcnow())
     later = utcnow() + store.lease + timedelta(seconds=1)
-    assert store.claim_step(run_id, 0, "w2", later, take_from="w1", expired=True).lost == 1
+    assert store.steps.claim(run_id, 0, "w2", later, take_from="w1", expired=True).lost == 1
     much_later = later + store.lease + timedelta(seconds=1)
-    assert store.claim_step(run_id, 0, "w3", much_later, take_from="w2", expired=True).lost == 2
+    assert store.steps.claim(run_id, 0, "w3", much_later, take_from="w2", expired=True).lost == 2
 
 
 def test_a_claim_on_a_cancelled_or_ended_run_takes_nothing(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
-    store.request_cancel(run_id)  # w1 still holds step 0: the cancel waits for it
-    assert store.claim_step(run_id, 1, "w2", utcnow()).outcome == "cancel"
-    store.finish_cancelled(run_id, CELERY_OWNER)
-    assert store.claim_step(run_id, 1, "w2", utcnow()).outcome == "gone"
+    store.steps.claim(run_id, 0, "w1", utcnow())
+    store.runs.cancel(run_id)  # w1 still holds step 0: the cancel waits for it
+    assert store.steps.claim(run_id, 1, "w2", utcnow()).outcome == "cancel"
+    store.runs.end_cancelled(run_id, CELERY_OWNER)
+    assert store.steps.claim(run_id, 1, "w2", utcnow()).outcome == "gone"
 
 
 def test_cancelling_a_celery_run_no_worker_holds_ends_it_at_once(store):
     run_id = _submit(store)
-    assert store.request_cancel(run_id) is RunStatus.CANCELLED
-    assert store.claim_step(run_id, 0, "w1", utcnow()).outcome == "gone"
+    assert store.runs.cancel(run_id) is RunStatus.CANCELLED
+    assert store.steps.claim(run_id, 0, "w1", utcnow()).outcome == "gone"
 
 
 def test_the_reaper_leaves_celery_runs_to_the_broker(store):
     run_id = _submit(store)
-    store.claim_step(run_id, 0, "w1", utcnow())
-    assert store.reap() == []
-    assert store.get_run(run_id).status is RunStatus.RUNNING
+    store.steps.claim(run_id, 0, "w1", utcnow())
+    assert store.runs.reap() == []
+    assert store.runs.get(run_id).status is RunStatus.RUNNING
 
 
 def _error():

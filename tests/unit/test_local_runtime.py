@@ -51,13 +51,13 @@ def test_a_run_executes_every_step_and_records_each_checkpoint(store):
     assert run.status is RunStatus.SUCCEEDED
     assert run.output == {"n": 36}
     assert [s.output for s in run.steps] == [{"n": 3}, {"n": 6}, {"n": 36}]
-    assert store.get_run(run.id).to_json_dict() == run.to_json_dict()
+    assert store.runs.get(run.id).to_json_dict() == run.to_json_dict()
 
 
 def test_bad_input_is_refused_before_any_run_exists(store):
     with pytest.raises(InvalidInput, match="field 'n'"):
         make(Calls()).run({"n": -1}, store=store)
-    assert store.list_runs() == []
+    assert store.runs.list() == []
 
 
 def test_a_failing_step_records_type_message_and_traceback(store):
@@ -172,7 +172,7 @@ def test_cancelling_an_idle_run_ends_it_at_once(store):
     calls.fail["add"] = [ValueError("x")]
     failed = make(calls, name="idle").run({"n": 1}, store=store)
     assert baton.cancel(failed.id, store=store) is RunStatus.CANCELLED
-    assert store.get_run(failed.id).status is RunStatus.CANCELLED
+    assert store.runs.get(failed.id).status is RunStatus.CANCELLED
     with pytest.raises(baton.UserError, match="already cancelled"):
         baton.cancel(failed.id, store=store)
 
@@ -190,17 +190,17 @@ def test_runs_are_listed_newest_first_with_filters(store):
     ids = [p.run({"n": i}, store=store).id for i in range(3)]
     calls.fail["add"] = [ValueError("x")]
     failed = p.run({"n": 9}, store=store).id
-    assert [r.id for r in store.list_runs()] == [failed, *reversed(ids)]
-    assert [r.id for r in store.list_runs(status="failed")] == [failed]
-    assert [r.id for r in store.list_runs(limit=2, before=ids[2])] == [ids[1], ids[0]]
-    assert store.list_runs(pipeline="nope") == []
+    assert [r.id for r in store.runs.list()] == [failed, *reversed(ids)]
+    assert [r.id for r in store.runs.list(status="failed")] == [failed]
+    assert [r.id for r in store.runs.list(limit=2, before=ids[2])] == [ids[1], ids[0]]
+    assert store.runs.list(pipeline="nope") == []
 
 
 def test_a_unique_prefix_finds_a_run(store):
     run = make(Calls(), name="prefixed").run({"n": 1}, store=store)
-    assert store.get_run(run.id[:20]).id == run.id
+    assert store.runs.get(run.id[:20]).id == run.id
     with pytest.raises(baton.RunNotFound):
-        store.get_run("ffffffffffff")
+        store.runs.get("ffffffffffff")
 
 
 def test_a_cancel_during_retries_stops_the_retrying(store):
@@ -209,7 +209,7 @@ def test_a_cancel_during_retries_stops_the_retrying(store):
     @step(retry=Retry(max_attempts=5, backoff=0, jitter=False))
     def flaky(x: Num) -> Num:
         attempts.append(1)
-        (running,) = store.list_runs(status="running")
+        (running,) = store.runs.list(status="running")
         baton.cancel(running.id, store=store)
         raise ConnectionError("down")
 
@@ -242,7 +242,7 @@ def test_only_the_contracts_fields_cross_the_boundary(store):
 
     run = Pipeline("narrows", [widens]).run({"n": 3}, store=store)
     assert run.output == {"n": 3}
-    assert store.get_run(run.id).steps[0].output == {"n": 3}
+    assert store.runs.get(run.id).steps[0].output == {"n": 3}
 
 
 def test_a_pending_run_is_not_resumed_by_hand(store):

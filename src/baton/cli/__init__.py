@@ -112,14 +112,14 @@ def run(
         result = pattern.run(data, store=store, runtime=runtime, observer=progress)
     # Runs started by the events it emitted may execute in this process: let them end before it does.
     api.wait_chain(result.correlation_id or result.id, store=store)
-    _finish(store.get_run(result.id), as_json)
+    _finish(store.runs.get(result.id), as_json)
 
 
 def _submitted(store: RunStore, run_id: str, what: str, wait: bool | None, as_json: bool) -> None:
     """After a run went to workers: wait for it and show it, or print its id and how to follow it."""
     if wait:
         _finish(api.wait(run_id, store=store), as_json)
-    found = store.get_run(run_id)
+    found = store.runs.get(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     else:
@@ -138,7 +138,9 @@ def runs(status: str | None, pipeline: str | None, limit: int, database_url: str
     """List runs, newest first."""
     from baton.cli.render import render_runs
 
-    found = _store(cli_settings(database_url=database_url)).list_runs(status=status, pipeline=pipeline, limit=limit)
+    store = _store(cli_settings(database_url=database_url))
+    store.runs.reap()  # runs whose owner is gone show interrupted
+    found = store.runs.list(status=status, pipeline=pipeline, limit=limit)
     if as_json:
         _print_json([r.to_json_dict(with_steps=False) for r in found])
     else:
@@ -154,7 +156,9 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     """Show one run with every step: status, attempts, checkpoint, error and timings."""
     from baton.cli.render import render_run
 
-    found = _store(cli_settings(database_url=database_url)).get_run(run_id)
+    store = _store(cli_settings(database_url=database_url))
+    store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
+    found = store.runs.get(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     else:
@@ -184,7 +188,8 @@ def resume(
     from baton.cli.render import LiveProgress
 
     store = _store(cli_settings(database_url=database_url))
-    recorded = store.get_run(run_id)
+    store.runs.reap(run_id)  # a run whose owner is gone is interrupted, so resumable
+    recorded = store.runs.get(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
     runtime = runtime or recorded.runtime
     here = get_runtime(runtime).executes_here
@@ -200,7 +205,7 @@ def resume(
     with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
         result = pattern.resume(recorded.id, store=store, runtime=runtime, observer=progress)
     api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
-    _finish(store.get_run(result.id), as_json)
+    _finish(store.runs.get(result.id), as_json)
 
 
 @main.command()
@@ -218,7 +223,7 @@ def approve(run_id: str, wait: bool, imports: tuple[str, ...], database_url: str
     settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
     store = _store(settings)
-    recorded = store.get_run(run_id)
+    recorded = store.runs.get(run_id)
     # A run that goes on in this process keeps it until the run stops.
     api.approve(recorded.id, store=store, wait=wait or get_runtime(recorded.runtime).executes_here)
     _submitted(store, recorded.id, "approved", wait, as_json)
@@ -248,7 +253,7 @@ def cancel(run_id: str, database_url: str | None, as_json: bool) -> None:
     """Cancel a run: nothing after its current step starts."""
     store = _store(cli_settings(database_url=database_url))
     status = api.cancel(run_id, store=store)
-    found = store.get_run(run_id)
+    found = store.runs.get(run_id)
     if as_json:
         _print_json(found.to_json_dict())
     elif status is RunStatus.CANCELLED:

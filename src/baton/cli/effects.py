@@ -22,7 +22,7 @@ def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as
     if ctx.invoked_subcommand is not None:
         return
     store = _store(cli_settings(database_url=database_url))
-    found = store.list_effects(store.resolve_id(run_id) if run_id else None)
+    found = store.effects.list(store.runs.resolve_id(run_id) if run_id else None)
     if as_json:
         _print_json([e.to_json_dict() for e in found])
         return
@@ -41,7 +41,7 @@ def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as
 def mark(key: str, done: bool, database_url: str | None) -> None:
     """Say whether an uncertain side effect happened; then `baton resume` the run."""
     store = _store(cli_settings(database_url=database_url))
-    if store.get_effect(key) is None:
+    if store.effects.get(key) is None:
         raise UserError(f"no side effect with key {key!r}; `baton effects --run RUN_ID` lists a run's")
-    store.mark_effect(key, done=done, now=utcnow())
+    store.effects.mark(key, done=done, now=utcnow())
     click.echo(f"{key}: {'done' if done else 'not done: a retry will act'}")

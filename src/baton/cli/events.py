@@ -36,7 +36,7 @@ def events(
     """List events, newest first, with where each went (the run of each subscriber, and its status)."""
     if ctx.invoked_subcommand is not None:
         return
-    found = _store(cli_settings(database_url=database_url)).list_events(
+    found = _store(cli_settings(database_url=database_url)).events.list(
         dead=dead, correlation_id=correlation_id, limit=limit
     )
     if as_json:
@@ -62,7 +62,7 @@ def replay(
     settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
     store: RunStore = _store(settings)
-    event = store.get_event(event_id)
+    event = store.events.get(event_id)
     if event is None:
         raise UserError(f"no event with id {event_id!r} in {store.describe()}")
     started = redeliver(store, event.id, runtime=runtime, subscriber=subscriber)
@@ -97,11 +97,12 @@ def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], d
 def trace(correlation_id: str, database_url: str | None) -> None:
     """Print a chain of runs and events (a correlation id, or any of its runs' ids) as a tree."""
     store = _store(cli_settings(database_url=database_url))
+    store.runs.reap()  # runs whose owner is gone show interrupted
     chain = correlation_id
     with contextlib.suppress(RunNotFound):  # a run's id names its chain too
-        chain = store.get_run(correlation_id).correlation_id or correlation_id
-    runs = store.list_runs(correlation_id=chain, limit=10_000)
-    found = store.list_events(correlation_id=chain, limit=10_000)
+        chain = store.runs.get(correlation_id).correlation_id or correlation_id
+    runs = store.runs.list(correlation_id=chain, limit=10_000)
+    found = store.events.list(correlation_id=chain, limit=10_000)
     if not runs and not found:
         raise UserError(f"no run or event belongs to chain {correlation_id!r}")
     _out().print(render_trace(chain, runs, found))

@@ -149,8 +149,8 @@ class Pattern:
         """Continue a failed or interrupted run (on its own runtime unless `runtime` says) and wait until it
         stops again; what succeeded is replayed from its checkpoints, not re-run."""
         s = store_of(store)
-        run_id = s.resolve_id(run_id)
-        where = runtime or s.get_run(run_id).runtime
+        run_id = s.runs.resolve_id(run_id)
+        where = runtime or s.runs.get(run_id).runtime
         return wait_for(s, get_runtime(where).resume(s, self, run_id, observer))
 
     def retry(
@@ -165,8 +165,8 @@ class Pattern:
         steps re-run in the background (on the run's own runtime unless `runtime` says); returns the run id.
         """
         s = store_of(store)
-        run_id = s.resolve_id(run_id)
-        where = runtime or s.get_run(run_id).runtime
+        run_id = s.runs.resolve_id(run_id)
+        where = runtime or s.runs.get(run_id).runtime
         return get_runtime(where).retry_from(s, self, run_id, from_step)
 
     def rerun_from(self, idx: int) -> list[int]:

@@ -176,7 +176,9 @@ def wait_for(store: RunStore, run_id: str, *, timeout: float | None = None, poll
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
-            found = store.get_run(run_id)
+            # A run whose owner died ends interrupted: waiting must not outlive it.
+            store.runs.reap(run_id)
+            found = store.runs.get(run_id)
             run_id = found.id
             if found.status.finished:
                 return found

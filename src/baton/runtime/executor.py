@@ -103,7 +103,7 @@ def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
     step, idx, run_id = attempt.step, attempt.idx, attempt.run_id
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
-    ctx.record = lambda call: store.record_calls(run_id, idx, attempt.number, [call])
+    ctx.record = lambda call: store.steps.record_calls(run_id, idx, attempt.number, [call])
     ctx.store = store
     ctx.side_effect = step.side_effect
     token = enter(ctx)
@@ -125,7 +125,7 @@ def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(), error=info
         )
-        cancel = store.record_failure(
+        cancel = store.steps.record_failure(
             run_id, attempt.owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=attempt.ends_run,
             lease_owner=attempt.lease_owner,
         )  # fmt: skip

@@ -24,7 +24,7 @@ from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rew
 from baton.run import Run, StepRecord
 from baton.runtime.base import Observer, running_here
 from baton.runtime.executor import Attempt, Failed, Outcome, RetryLater, Succeeded, execute
-from baton.runtime.records import create_run
+from baton.runtime.records import create_run, read_run
 from baton.status import RunStatus, StepStatus
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
 
@@ -61,7 +61,7 @@ class _Heartbeat:
                 owned = dict(self.active)
             for owner in set(owned.values()):
                 try:
-                    self.store.heartbeat(owner, [r for r, o in owned.items() if o == owner])
+                    self.store.runs.heartbeat(owner, [r for r, o in owned.items() if o == owner])
                 except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
                     continue
 
@@ -129,25 +129,27 @@ class LocalRuntime:
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
         """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
-        run = _own_run(store, pattern, run_id)
+        run = read_run(store, pattern, run_id)
         resume_states(run, pattern)  # refuses now what cannot resume
         return self._reopen(store, pattern, run, (), observer)
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and run them again in the background."""
-        run = _own_run(store, pattern, run_id)
+        run = read_run(store, pattern, run_id)
         return self._reopen(store, pattern, run, rewind_plan(run, pattern, step), None)
 
     def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
         """Approve a run awaiting approval: it goes on, in the background, at the step it waited before."""
         owner = this_owner()
-        if store.decide(run_id, approve=True, now=utcnow(), runtime=self.name, owner=owner) < 0:
+        if store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name, owner=owner) < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
         return self._start_later(store, pattern, run_id, owner)
 
     def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int], observer: Observer | None) -> str:
         owner = this_owner()
-        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind):
+        if not store.runs.reopen(
+            run.id, claims=run.claims, runtime=self.name, now=utcnow(), owner=owner, rewind=rewind
+        ):
             raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
         return self._start_later(store, pattern, run.id, owner, observer)
 
@@ -171,17 +173,17 @@ class LocalRuntime:
     def _start_pending(self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None) -> Run:
         try:
             try:
-                run = store.get_run(run_id)
+                run = store.runs.get(run_id)
                 if run.status is not RunStatus.PENDING:
                     return run  # cancelled while it waited
                 states = resume_states(run, pattern, pending_ok=True)
                 start = pattern.first(states)
-                claimed = store.claim(
+                claimed = store.runs.claim(
                     run_id, owner, start_idx=start, attempt=states.attempts(start) + 1,
                     statuses=[RunStatus.PENDING], only_owner=owner,
                 )  # fmt: skip
                 if not claimed:
-                    return store.get_run(run_id)
+                    return store.runs.get(run_id)
             finally:
                 _heartbeat_for(store).discard(run_id)
             with store.writer() as writer:
@@ -214,7 +216,7 @@ class LocalRuntime:
         finally:
             beat.discard(base.id)
         if records is None:
-            return store.get_run(base.id)
+            return store.runs.get(base.id)
         # The clean path (every step succeeded at its first attempt) is built from what was just written,
         # without reading it back; anything else is read from the store, the one source of truth.
         final = records[-1]
@@ -222,13 +224,6 @@ class LocalRuntime:
             RunStatus.SUCCEEDED, final.output, tuple(records), final.finished_at,
         )  # fmt: skip
         return base
-
-
-def _own_run(store: RunStore, pattern: Any, run_id: str) -> Run:
-    run = store.get_run(run_id)
-    if run.pipeline != pattern.name:
-        raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
-    return run
 
 
 class _Driver:
@@ -252,12 +247,12 @@ class _Driver:
             if isinstance(nxt, Done):
                 return [records[i] for i in range(len(steps))] if clean and len(records) == len(steps) else None
             if isinstance(nxt, Fail):
-                store.end_failed(run_id, owner, steps[nxt.step].name)
+                store.runs.end_failed(run_id, owner, steps[nxt.step].name)
                 return None
             if not isinstance(nxt, RunSteps):
                 raise RuntimeError(f"pattern '{pattern.name}' waits for steps that nothing runs: {nxt!r}")
             if nxt.skip:
-                store.mark_skipped(run_id, owner, [(i, steps[i].name) for i in nxt.skip])
+                store.steps.mark_skipped(run_id, owner, [(i, steps[i].name) for i in nxt.skip])
                 for i in nxt.skip:
                     states.ended(i, StepStatus.SKIPPED, 0)
                 clean = False
@@ -266,8 +261,8 @@ class _Driver:
                 done = self._branches(nxt.steps, states)
             else:
                 idx = nxt.steps[0]
-                if steps[idx].approval and not store.step_approved(run_id, idx):
-                    store.await_approval(run_id, idx, utcnow())
+                if steps[idx].approval and not store.steps.approved(run_id, idx):
+                    store.steps.await_approval(run_id, idx, utcnow())
                     return None
                 done = [(idx, *self._attempts(self._attempt(idx, states, ends_run=True), self.writer))]
             failed = cancelled = False
@@ -286,7 +281,7 @@ class _Driver:
             if failed and not (nxt.branches or len(nxt.steps) > 1):
                 return None  # the step's failure ended the run
             if cancelled and not failed:
-                store.finish_cancelled(run_id, owner)
+                store.runs.end_cancelled(run_id, owner)
                 return None
 
     def _attempt(self, idx: int, states: States, *, ends_run: bool, owner: str | None = None) -> Attempt:
@@ -314,7 +309,7 @@ class _Driver:
                 return None, attempt.number, True
             _pause(outcome.delay)
             attempt = attempt.next(outcome.next_attempt)
-            if self.store.start_attempt(self.run_id, self.owner, attempt.idx, attempt.number):
+            if self.store.steps.start_attempt(self.run_id, self.owner, attempt.idx, attempt.number):
                 return None, attempt.number, True
 
     def _branches(self, idxs: Sequence[int], states: States) -> list[tuple[int, Outcome | None, int, bool]]:
@@ -386,4 +381,4 @@ def _log_failure(future: Future[Run], run_id: str) -> None:
 def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> None:
     # If this fails too, the process is going down anyway; the reaper will find the run by its dead owner.
     with contextlib.suppress(Exception):
-        store.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")
+        store.runs.reap_owned(run_id, owner, f"the run stopped: {type(exc).__name__}")

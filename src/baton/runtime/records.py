@@ -9,10 +9,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from baton._ids import new_run_id
+from baton.errors import RunNotResumable
+from baton.run import Run
 from baton.store import CELERY_OWNER, RunStore, RunWriter, utcnow
 from baton.tokens import count_tokens
 
-__all__ = ["create_run"]
+__all__ = ["create_run", "read_run"]
 
 
 def create_run(
@@ -58,3 +60,13 @@ def create_run(
     if not created:
         return None, input_json, now, input_tokens
     return run_id, input_json, now, input_tokens
+
+
+def read_run(store: RunStore, pattern: Any, run_id: str) -> Run:
+    """The recorded run that a resume or a retry of `pattern` starts from. A run whose owner is gone is
+    reaped first (marked interrupted), so that it may go on; a run of another pattern is refused."""
+    store.runs.reap(run_id)
+    run = store.runs.get(run_id)
+    if run.pipeline != pattern.name:
+        raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
+    return run

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 from baton.settings import Settings, current_settings
-from baton.store.leases import CELERY_OWNER, StepClaim, StepState
+from baton.store.leases import StepClaim, StepState
+from baton.store.runs import CELERY_OWNER
 from baton.store.store import RunStore, StepResult, utcnow
 from baton.store.writer import LostOwnership, RunWriter
 

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from baton.errors import UserError
 from baton.status import RunStatus
+from baton.store.context import StoreContext
 from baton.store.schema import runs
 
-__all__ = ["RunBrowser", "RunFilter", "id_at"]
+__all__ = ["Browse", "RunFilter", "id_at"]
 
 
 def id_at(when: datetime) -> str:
@@ -70,12 +71,13 @@ def _bound(when: datetime, field: str) -> str:
         raise UserError(f"{field}: {when.isoformat()} is out of range in UTC") from None
 
 
-class RunBrowser:
-    """Listing, counting and faceting runs (mixed into `RunStore`)."""
+class Browse:
+    """Counting and faceting runs, for the dashboard's filters."""
 
-    engine: Engine
+    def __init__(self, ctx: StoreContext) -> None:
+        self._ctx = ctx
 
-    def count_runs(self, where: RunFilter) -> dict[str, int]:
+    def count(self, where: RunFilter) -> dict[str, int]:
         """How many runs the filter matches per status (its own status filter left out), every status listed.
 
         The statuses other than succeeded are counted on their partial index and succeeded is what remains
@@ -83,7 +85,7 @@ class RunBrowser:
         """
         cond = where.conditions(with_status=False)
         counts = dict.fromkeys((s.value for s in RunStatus), 0)
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             rare = c.execute(
                 select(runs.c.status, func.count())
                 .where(runs.c.status != RunStatus.SUCCEEDED.value, *cond)
@@ -95,10 +97,10 @@ class RunBrowser:
         counts[RunStatus.SUCCEEDED.value] = total - sum(n for _, n in rare)
         return counts
 
-    def run_facets(self) -> tuple[list[str], list[str]]:
+    def facets(self) -> tuple[list[str], list[str]]:
         """The pipelines that have runs, and the steps runs failed at: the choices of the dashboard's filters."""
-        with self.engine.connect() as c:
-            pipelines = _distinct(c, runs.c.pipeline, self.engine.dialect.name)
+        with self._ctx.engine.connect() as c:
+            pipelines = _distinct(c, runs.c.pipeline, self._ctx.dialect)
             failed = (
                 c.execute(
                     select(runs.c.failed_step)

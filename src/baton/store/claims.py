@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from baton.store.rows import CLEAR_ERRORS_SQL
+
 __all__ = ["FastClaim", "LeaseClaimer"]
 
 # A step is taken when it has no row yet, or a row nobody holds that has not ended (a failed step waits for a
 # resume to make it pending); a retake counts an attempt.
-_TAKE = """
+_TAKE = f"""
 ON CONFLICT (run_id, idx) DO UPDATE SET status = 'running', attempts = s.attempts + 1,
-    started_at = excluded.started_at, finished_at = NULL, duration_ms = NULL, error_type = NULL,
-    error_message = NULL, error_traceback = NULL, error_raw = NULL, error_details = NULL,
+    started_at = excluded.started_at, finished_at = NULL, duration_ms = NULL, {CLEAR_ERRORS_SQL},
     lease_owner = excluded.lease_owner, lease_expires_at = excluded.lease_expires_at
 WHERE s.status NOT IN ('succeeded', 'skipped', 'failed') AND s.lease_owner IS NULL
 RETURNING attempts

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from baton.store.context import StoreContext
 from baton.store.schema import attempts, effects
 
-__all__ = ["EffectLedger", "EffectRecord"]
+__all__ = ["EffectRecord", "Effects"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +40,13 @@ class EffectRecord:
         }  # fmt: skip
 
 
-class EffectLedger:
-    """Recording side effects around the act (mixed into `RunStore`)."""
+class Effects:
+    """The ledger of side effects: claimed before the act, marked done after it."""
 
-    engine: Engine
+    def __init__(self, ctx: StoreContext) -> None:
+        self._ctx = ctx
 
-    def begin_effect(
+    def begin(
         self, key: str, run_id: str, idx: int, name: str, now: datetime, owner: str | None = None
     ) -> EffectRecord | None:
         """Claim `key` for `owner` before acting: None when it is new (act now), else the record found."""
@@ -52,36 +55,36 @@ class EffectLedger:
             "owner": owner,
         }  # fmt: skip
         try:
-            with self.engine.begin() as c:
+            with self._ctx.engine.begin() as c:
                 c.execute(insert(effects), row)
             return None
         except IntegrityError:
-            found = self.get_effect(key)
+            found = self.get(key)
             assert found is not None
             return found
 
-    def finish_effect(self, key: str, result: Any, now: datetime) -> None:
+    def finish(self, key: str, result: Any, now: datetime, *, conn: Connection | None = None) -> None:
         """Record that the effect happened, with what it returned (JSON)."""
-        with self.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(update(effects).where(effects.c.key == key).values(status="done", result=result, finished_at=now))
 
-    def abandon_effect(self, key: str) -> None:
+    def abandon(self, key: str, *, conn: Connection | None = None) -> None:
         """Forget a claimed key whose act failed before it happened, so that a retry may act."""
-        with self.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(delete(effects).where(effects.c.key == key, effects.c.status == "started"))
 
-    def mark_effect(self, key: str, *, done: bool, now: datetime) -> EffectRecord | None:
+    def mark(self, key: str, *, done: bool, now: datetime) -> EffectRecord | None:
         """A person's word on an uncertain effect: it happened (`done`), or it did not (the key is freed)."""
-        with self.engine.begin() as c:
+        with self._ctx.engine.begin() as c:
             if done:
                 c.execute(update(effects).where(effects.c.key == key).values(status="done", finished_at=now))
             else:
                 c.execute(delete(effects).where(effects.c.key == key))
-        return self.get_effect(key)
+        return self.get(key)
 
     def rewinds(self, run_id: str, idx: int) -> int:
         """How many times a person retried the run from step `idx` or before it (its `Rewound` entries)."""
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             return int(
                 c.execute(
                     select(func.count()).where(
@@ -90,18 +93,18 @@ class EffectLedger:
                 ).scalar_one()
             )
 
-    def get_effect(self, key: str) -> EffectRecord | None:
+    def get(self, key: str) -> EffectRecord | None:
         """The record of `key`, if any."""
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             row = c.execute(select(effects).where(effects.c.key == key)).mappings().first()
         return _record(row) if row is not None else None
 
-    def list_effects(self, run_id: str | None = None) -> list[EffectRecord]:
+    def list(self, run_id: str | None = None) -> builtins.list[EffectRecord]:
         """Effects, newest first (of one run, or all)."""
         query = select(effects).order_by(effects.c.started_at.desc())
         if run_id is not None:
             query = query.where(effects.c.run_id == run_id)
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             rows = c.execute(query.limit(1000)).mappings().all()
         return [_record(r) for r in rows]
 

@@ -9,19 +9,20 @@ once however often the event is dispatched; the delivery's status is its run's.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, and_, insert, or_, select, update
 
 from baton.status import RunStatus
+from baton.store.context import StoreContext
 from baton.store.schema import deliveries, events, runs, subscriptions
 
-__all__ = ["Delivery", "EventRecord", "EventStore"]
+__all__ = ["Delivery", "EventRecord", "Events"]
 
 # A delivery whose run ended in one of these is dead-lettered: its subscriber did not handle the event.
 DEAD = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
@@ -76,12 +77,13 @@ class EventRecord:
         }
 
 
-class EventStore:
-    """The event operations of the run store (mixed into `RunStore`)."""
+class Events:
+    """Events: the outbox, subscriptions, deliveries, and listing them."""
 
-    engine: Engine
+    def __init__(self, ctx: StoreContext) -> None:
+        self._ctx = ctx
 
-    def add_event(
+    def add(
         self,
         event_id: str,
         event_type: str,
@@ -90,9 +92,10 @@ class EventStore:
         now: datetime,
         *,
         runtime: str = "local",
+        conn: Connection | None = None,
     ) -> None:
         """Record an event published from outside any run (an HTTP request, a script), for `runtime`."""
-        with self.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             row = {"id": event_id, "type": event_type, "payload": json.loads(payload_json), "runtime": runtime}
             c.execute(insert(events).values(**row, correlation_id=correlation_id, created_at=now))
 
@@ -100,9 +103,9 @@ class EventStore:
         """Declare subscriptions (event type, subscriber, target to import it from) known to this process."""
         if not found:
             return
-        with self.engine.begin() as c:
+        with self._ctx.engine.begin() as c:
             for event_type, subscriber, target in found:
-                statement = self._insert(subscriptions).values(
+                statement = self._ctx.insert(subscriptions).values(
                     event_type=event_type, subscriber=subscriber, target=target, updated_at=now
                 )
                 c.execute(
@@ -117,13 +120,13 @@ class EventStore:
         query = select(subscriptions.c.subscriber, subscriptions.c.target).where(
             subscriptions.c.event_type == event_type
         )
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             return {name: target for name, target in c.execute(query).all()}
 
     def delivery_run(self, event_id: str, subscriber: str) -> tuple[str | None, RunStatus | None, datetime | None]:
         """The run handling an event for a subscriber, its status and when it was created (all None: no
         delivery yet)."""
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             row = c.execute(
                 select(deliveries.c.run_id, runs.c.status, runs.c.created_at)
                 .select_from(deliveries.outerjoin(runs, runs.c.id == deliveries.c.run_id))
@@ -133,10 +136,6 @@ class EventStore:
             return None, None, None
         return row[0], RunStatus(row[1]) if row[1] else None, row[2]
 
-    def _insert(self, table: Any) -> Any:
-        # INSERT ... ON CONFLICT is spelled by each dialect's own construct.
-        return (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(table)
-
     def outbox(
         self,
         *,
@@ -145,7 +144,7 @@ class EventStore:
         runtime: str | None = None,
         ids: Sequence[str] | None = None,
         limit: int = 100,
-    ) -> list[EventRecord]:
+    ) -> builtins.list[EventRecord]:
         """Events not yet handed to their subscribers, oldest first (ids are time-ordered): only those
         written before `older_than`, after the event `after` (a keyset cursor), and for `runtime`."""
         query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.id).limit(limit)
@@ -157,22 +156,26 @@ class EventStore:
             query = query.where(events.c.created_at < older_than)
         if after is not None:
             query = query.where(events.c.id > after)
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             return [_event(row) for row in c.execute(query).mappings()]
 
-    def mark_dispatched(self, event_id: str, now: datetime) -> None:
+    def mark_dispatched(self, event_id: str, now: datetime, *, conn: Connection | None = None) -> None:
         """The event has been handed to every subscriber (each has its delivery row)."""
-        with self.engine.begin() as c:
+        with self._ctx.begin(conn) as c:
             c.execute(update(events).where(events.c.id == event_id).values(dispatched_at=now))
 
-    def undeliverable(self, event_id: str, subscriber: str, error: str, now: datetime) -> None:
+    def undeliverable(
+        self, event_id: str, subscriber: str, error: str, now: datetime, *, conn: Connection | None = None
+    ) -> None:
         """Record that the event could not be handed to `subscriber` at all, and why (a dead letter).
 
         A delivery that already has a run keeps it: another process handed the event over meanwhile.
         """
         key = {"event_id": event_id, "subscriber": subscriber}
-        statement = self._insert(deliveries).values(**key, deliveries=0, error=error, created_at=now, updated_at=now)
-        with self.engine.begin() as c:
+        statement = self._ctx.insert(deliveries).values(
+            **key, deliveries=0, error=error, created_at=now, updated_at=now
+        )
+        with self._ctx.begin(conn) as c:
             c.execute(
                 statement.on_conflict_do_update(
                     index_elements=[deliveries.c.event_id, deliveries.c.subscriber],
@@ -181,9 +184,9 @@ class EventStore:
                 )
             )
 
-    def get_event(self, event_id: str) -> EventRecord | None:
+    def get(self, event_id: str) -> EventRecord | None:
         """One event with its deliveries; a unique prefix of its id will do."""
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             row = c.execute(select(events).where(events.c.id == event_id)).mappings().first()
             if row is None and len(event_id) >= 6:
                 found = c.execute(select(events).where(events.c.id.startswith(event_id)).limit(2)).mappings().all()
@@ -192,7 +195,7 @@ class EventStore:
                 return None
         return self._with_deliveries([_event(row)])[0]
 
-    def list_events(
+    def list(
         self,
         *,
         correlation_id: str | None = None,
@@ -200,7 +203,7 @@ class EventStore:
         ids: Sequence[str] | None = None,
         dead: bool = False,
         limit: int = 50,
-    ) -> list[EventRecord]:
+    ) -> builtins.list[EventRecord]:
         """Events newest first (ids are time-ordered), with their deliveries; `dead`: only those with a
         dead-lettered delivery."""
         query = select(events).order_by(events.c.id.desc())
@@ -215,14 +218,14 @@ class EventStore:
             never_started = and_(deliveries.c.run_id.is_(None), deliveries.c.error.is_not(None))
             dead_ones = select(deliveries.c.event_id).where(or_(deliveries.c.run_id.in_(dead_runs), never_started))
             query = query.where(events.c.id.in_(dead_ones))
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             found = [_event(row) for row in c.execute(query.limit(limit)).mappings()]
         return self._with_deliveries(found)
 
     def chain_busy(self, correlation_id: str) -> bool:
         """True while a run of the chain is pending or running, or one of its events waits in the outbox."""
         live = [RunStatus.PENDING, RunStatus.RUNNING]
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             running = c.execute(
                 select(runs.c.id).where(runs.c.correlation_id == correlation_id, runs.c.status.in_(live)).limit(1)
             ).first()
@@ -233,7 +236,7 @@ class EventStore:
             ).first()
         return running is not None or waiting is not None
 
-    def _with_deliveries(self, found: list[EventRecord]) -> list[EventRecord]:
+    def _with_deliveries(self, found: builtins.list[EventRecord]) -> builtins.list[EventRecord]:
         if not found:
             return found
         query = (
@@ -243,7 +246,7 @@ class EventStore:
             .order_by(deliveries.c.created_at, deliveries.c.subscriber)
         )
         by_event: dict[str, list[Delivery]] = {}
-        with self.engine.connect() as c:
+        with self._ctx.engine.connect() as c:
             for row in c.execute(query).mappings():
                 status = row["status"] or ("undeliverable" if row["error"] else "starting")
                 by_event.setdefault(row["event_id"], []).append(

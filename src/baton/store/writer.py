@@ -1,14 +1,14 @@
 """The hot path of the store: creating a run and checkpointing its steps.
 
 These writes happen once per step of every run, so they skip the ORM and SQL compilation: each is one
-prepared statement on the driver's connection, and a step costs one statement and one commit. The SQL is
-written once per dialect here; the tables are the ones `schema.py` declares and the migrations create.
+prepared statement on the driver's connection, and a step costs one statement and one commit. Each statement
+is a constant holding its text per dialect, composed from named pieces (never edited after the fact); the
+tables are the ones `schema.py` declares and the migrations create.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -16,6 +16,7 @@ from typing import Any
 
 from baton._context import LLMCall
 from baton.status import RunStatus, StepStatus
+from baton.store.rows import CLEAR_ERRORS_SQL
 
 __all__ = ["LostOwnership", "RunWriter", "recount_step", "write_calls"]
 
@@ -28,8 +29,9 @@ class LostOwnership(Exception):
     """This process no longer owns the run (it was declared interrupted, or taken over); nothing was written."""
 
 
-# Placeholders: ?s text, ?i integer, ?f float, ?b boolean, ?t timestamp, ?j JSON. PostgreSQL needs the types
-# spelled out where a parameter feeds INSERT ... SELECT; SQLite takes them as they come.
+# Placeholders: ?s text, ?i integer, ?f float, ?b boolean, ?t timestamp, ?j JSON. Each statement is written
+# once with them and kept per dialect (`_per_dialect`): SQLite's `?`, and psycopg's `%s` with the type spelled
+# out, which PostgreSQL needs where a parameter feeds INSERT ... SELECT.
 _PG_CASTS = {
     "s": "TEXT",
     "i": "INTEGER",
@@ -38,111 +40,122 @@ _PG_CASTS = {
     "t": "TIMESTAMP",
     "j": "JSONB",
 }
+_PLACEHOLDER = re.compile(r"\?([sifbtj])")
 
-_CREATE_RUN = """
+
+def _per_dialect(sql: str) -> dict[str, str]:
+    """The statement in each dialect's parameter style."""
+    return {
+        "sqlite": _PLACEHOLDER.sub("?", sql),
+        "postgresql": _PLACEHOLDER.sub(lambda m: f"CAST(%s AS {_PG_CASTS[m.group(1)]})", sql),
+    }
+
+
+CREATE_RUN = _per_dialect("""
 INSERT INTO baton_runs (id, pipeline, target, status, input, output, step_names, current_step, current_attempt,
     current_started_at, failed_step, cancel_requested, claims, owner, lease_expires_at, tokens_in, tokens_out,
     created_at, started_at, finished_at, updated_at, input_boundary_tokens, runtime, correlation_id, trigger_event,
     kind)
 VALUES (?s, ?s, ?s, ?s, ?j, NULL, ?j, ?i, ?i, ?t, NULL, ?b, ?i, ?s, ?t, 0, 0, ?t, ?t, NULL, ?t, ?i, ?s, ?s, ?s, ?s)
-"""
+""")
 
 # The delivery of an event to a subscriber, in the transaction that creates the run handling it: the first
 # dispatch of the pair creates it; any other finds it there and starts nothing.
-_NEW_DELIVERY = """
+NEW_DELIVERY = _per_dialect("""
 INSERT INTO baton_deliveries (event_id, subscriber, run_id, deliveries, created_at, updated_at)
 VALUES (?s, ?s, ?s, 1, ?t, ?t)
 ON CONFLICT (event_id, subscriber) DO NOTHING
-"""
+""")
 
 # A replay: the delivery is handed to a new run, provided it still is where the replay found it and that is a
 # dead letter (its run failed, or none could start): a subscriber never handles an event twice.
-_REDELIVERY = """
+REDELIVERY = _per_dialect("""
 UPDATE baton_deliveries SET run_id = ?s, deliveries = deliveries + 1, error = NULL, updated_at = ?t
 WHERE event_id = ?s AND subscriber = ?s AND COALESCE(run_id, '') = ?s
     AND (run_id IS NULL OR run_id IN (SELECT id FROM baton_runs WHERE status IN ('failed', 'cancelled', 'interrupted')))
-"""
+""")
 
 # An event a step emitted, in its checkpoint's transaction; it carries the emitting run's correlation id.
-INSERT_EVENT = """
+INSERT_EVENT = _per_dialect("""
 INSERT INTO baton_events (id, type, payload, correlation_id, source_run, source_step, created_at, runtime)
 SELECT ?s, ?s, ?j, COALESCE(correlation_id, id), id, ?i, ?t, runtime FROM baton_runs WHERE id = ?s
-"""
+""")
 
-# The step's row is written only while `owner` still owns the running run (a fence against a process that
-# was declared dead and came back), and the same statement reads whether a cancel was requested.
-_CHECKPOINT = """
-INSERT INTO baton_steps (run_id, idx, name, status, attempts, output, error_type, error_message,
-    error_traceback, tokens_in, tokens_out, started_at, finished_at, duration_ms, boundary_tokens)
-SELECT ?s, ?i, ?s, ?s, ?i, ?j, NULL, NULL, NULL, 0, 0, ?t, ?t, ?f, ?i
+# A checkpoint is built from these pieces. The step's row is written only while `owner` still owns the
+# running run (a fence against a process that was declared dead and came back).
+_UPSERT_STEP = f"""
+INSERT INTO baton_steps (run_id, idx, name, status, attempts, output, tokens_in, tokens_out, started_at,
+    finished_at, duration_ms, boundary_tokens)
+SELECT ?s, ?i, ?s, ?s, ?i, ?j, 0, 0, ?t, ?t, ?f, ?i
 FROM baton_runs WHERE id = ?s AND owner = ?s AND status = 'running'
 ON CONFLICT (run_id, idx) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-    output = excluded.output, error_type = NULL, error_message = NULL, error_traceback = NULL,
-    error_raw = NULL, error_details = NULL, started_at = excluded.started_at,
-    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, boundary_tokens = excluded.boundary_tokens
-RETURNING (SELECT cancel_requested FROM baton_runs WHERE id = baton_steps.run_id)
-"""
+    output = excluded.output, {CLEAR_ERRORS_SQL}, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+    boundary_tokens = excluded.boundary_tokens"""
 
-# The celery runtime's checkpoint: the worker writes only while it still holds the step's lease (a worker
-# thought dead whose step was taken over must not overwrite the checkpoint the next step may already have
-# read), and the lease ends with it.
-_CHECKPOINT_LEASED = _CHECKPOINT.replace(
-    "boundary_tokens = excluded.boundary_tokens",
-    "boundary_tokens = excluded.boundary_tokens,\n    lease_owner = NULL, lease_expires_at = NULL",
-).replace("RETURNING", "WHERE baton_steps.lease_owner = ?s\nRETURNING")
+# The celery runtime's: the worker writes only while it still holds the step's lease (a worker thought dead
+# whose step was taken over must not overwrite the checkpoint the next step may already have read), and the
+# lease ends with it.
+_UPSERT_LEASED_STEP = (
+    _UPSERT_STEP
+    + """,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE baton_steps.lease_owner = ?s"""
+)
 
-_FINISH_RUN = """
+# The same statement reads whether a cancel was requested.
+_RETURNING_CANCEL = "\nRETURNING (SELECT cancel_requested FROM baton_runs WHERE id = baton_steps.run_id)\n"
+
+CHECKPOINT = _per_dialect(_UPSERT_STEP + _RETURNING_CANCEL)
+CHECKPOINT_LEASED = _per_dialect(_UPSERT_LEASED_STEP + _RETURNING_CANCEL)
+
+_FINISH_RUN_SQL = """
 UPDATE baton_runs SET status = 'succeeded', output = ?j, finished_at = ?t, updated_at = ?t, current_step = NULL,
     owner = NULL, lease_expires_at = NULL
-WHERE id = ?s AND owner = ?s
-"""
+WHERE id = ?s AND owner = ?s"""
+FINISH_RUN = _per_dialect(_FINISH_RUN_SQL)
 
-INSERT_CALL = """
+
+# PostgreSQL does the last checkpoint and the run's success in one statement (one round trip, one
+# transaction); data-modifying CTEs are PostgreSQL's, so SQLite opens a transaction for the two statements.
+def _final_pg(upsert: str) -> str:
+    return _per_dialect(
+        "WITH ins AS ("
+        + upsert
+        + "\nRETURNING 1 AS ok), upd AS ("
+        + _FINISH_RUN_SQL
+        + " AND EXISTS (SELECT 1 FROM ins) RETURNING 1) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)"
+    )["postgresql"]
+
+
+FINAL_CHECKPOINT = {"postgresql": _final_pg(_UPSERT_STEP)}
+FINAL_CHECKPOINT_LEASED = {"postgresql": _final_pg(_UPSERT_LEASED_STEP)}
+
+INSERT_CALL = _per_dialect("""
 INSERT INTO baton_llm_calls (run_id, step_idx, attempt, seq, provider, model, input_tokens, output_tokens,
     latency_ms, cost_usd, outcome, error, started_at)
 VALUES (?s, ?i, ?i, ?i, ?s, ?s, ?i, ?i, ?f, ?f, ?s, ?s, ?t)
-"""
+""")
 
 # Totals are recounted from the calls, so a step's and a run's usage always add up to what was called. A
 # cost is unknown (NULL) as soon as one call's model has no price: a sum that leaves it out would look free.
-RECOUNT_STEP = """
+RECOUNT_STEP = _per_dialect("""
 UPDATE baton_steps SET
     tokens_in = (SELECT COALESCE(SUM(input_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i),
     tokens_out = (SELECT COALESCE(SUM(output_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i),
     cost_usd = (SELECT CASE WHEN COUNT(*) = COUNT(cost_usd) THEN COALESCE(SUM(cost_usd), 0) END
         FROM baton_llm_calls WHERE run_id = ?s AND step_idx = ?i)
 WHERE run_id = ?s AND idx = ?i
-"""
+""")
 
-RECOUNT_RUN = """
+RECOUNT_RUN = _per_dialect("""
 UPDATE baton_runs SET
     tokens_in = (SELECT COALESCE(SUM(input_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s),
     tokens_out = (SELECT COALESCE(SUM(output_tokens), 0) FROM baton_llm_calls WHERE run_id = ?s),
     cost_usd = (SELECT CASE WHEN COUNT(*) = COUNT(cost_usd) THEN COALESCE(SUM(cost_usd), 0) END
         FROM baton_llm_calls WHERE run_id = ?s)
 WHERE id = ?s
-"""
-
-
-# PostgreSQL does the last checkpoint and the run's success in one statement (one round trip, one
-# transaction); data-modifying CTEs are PostgreSQL's, so SQLite opens a transaction for the two statements.
-def _final_pg(checkpoint: str) -> str:
-    return (
-        "WITH ins AS ("
-        + checkpoint.split("RETURNING")[0]
-        + "RETURNING 1 AS ok), upd AS ("
-        + _FINISH_RUN.strip()
-        + " AND EXISTS (SELECT 1 FROM ins) RETURNING 1) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)"
-    )
-
-
-_PLACEHOLDER = re.compile(r"\?([sifbtj])")
-
-
-def _for_dialect(sql: str, dialect: str) -> str:
-    if dialect == "postgresql":
-        return _PLACEHOLDER.sub(lambda m: f"CAST(%s AS {_PG_CASTS[m.group(1)]})", sql)
-    return _PLACEHOLDER.sub("?", sql)
+""")
 
 
 def _ts_sqlite(value: datetime | None) -> str | None:
@@ -163,10 +176,9 @@ class RunWriter:
         self.dialect = dialect
         self.ts = _ts_sqlite if dialect == "sqlite" else _ts_native
         self.lease_seconds = lease_seconds
-        self._create, self._checkpoint, self._finish, self._leased = _statements(dialect)
-        pg = dialect == "postgresql"
-        self._final = _for_dialect(_final_pg(_CHECKPOINT), dialect) if pg else None
-        self._final_leased = _for_dialect(_final_pg(_CHECKPOINT_LEASED), dialect) if pg else None
+        self._create, self._checkpoint, self._finish = CREATE_RUN[dialect], CHECKPOINT[dialect], FINISH_RUN[dialect]
+        self._leased = CHECKPOINT_LEASED[dialect]
+        self._final, self._final_leased = FINAL_CHECKPOINT.get(dialect), FINAL_CHECKPOINT_LEASED.get(dialect)
         self._saved_mode = self._set_autocommit(None if dialect == "sqlite" else True)
         self.cur = self.conn.cursor()
 
@@ -254,10 +266,10 @@ class RunWriter:
         try:
             with self._transaction(self.cur):
                 if replaces is None:
-                    sql, args = _NEW_DELIVERY, (trigger_event, subscriber, run_id, ts(now), ts(now))
+                    sql, args = NEW_DELIVERY, (trigger_event, subscriber, run_id, ts(now), ts(now))
                 else:  # "" replaces a delivery that never had a run
-                    sql, args = _REDELIVERY, (run_id, ts(now), trigger_event, subscriber, replaces)
-                self.cur.execute(_for_dialect(sql, self.dialect), args)
+                    sql, args = REDELIVERY, (run_id, ts(now), trigger_event, subscriber, replaces)
+                self.cur.execute(sql[self.dialect], args)
                 if self.cur.rowcount != 1:
                     raise _NotDelivered
                 self.cur.execute(self._create, params)
@@ -320,7 +332,7 @@ class RunWriter:
             if recount:
                 recount_step(cur, self.dialect, run_id, idx)
             if events:
-                insert = _for_dialect(INSERT_EVENT, self.dialect)
+                insert = INSERT_EVENT[self.dialect]
                 for event_id, kind, payload in events:
                     cur.execute(insert, (event_id, kind, payload, idx, ts(finished_at), run_id))
             if final_output is not None:
@@ -330,10 +342,9 @@ class RunWriter:
 
 def write_calls(cur: Any, dialect: str, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
     """Insert an attempt's model calls with `cur` and recount the step's and the run's totals from them."""
-    insert, recount_step, recount_run = _call_statements(dialect)
     ts = _ts_sqlite if dialect == "sqlite" else _ts_native
     cur.executemany(
-        insert,
+        INSERT_CALL[dialect],
         [
             (
                 run_id, idx, attempt, seq, c.provider, c.model, c.input_tokens, c.output_tokens, c.latency_ms,
@@ -342,21 +353,10 @@ def write_calls(cur: Any, dialect: str, run_id: str, idx: int, attempt: int, cal
             for seq, c in enumerate(calls)
         ],
     )  # fmt: skip
-    cur.execute(recount_step, (run_id, idx) * 4)
-    cur.execute(recount_run, (run_id,) * 4)
+    cur.execute(RECOUNT_STEP[dialect], (run_id, idx) * 4)
+    cur.execute(RECOUNT_RUN[dialect], (run_id,) * 4)
 
 
 def recount_step(cur: Any, dialect: str, run_id: str, idx: int) -> None:
     """Set a step row's totals from its recorded calls (after the row was written)."""
-    cur.execute(_call_statements(dialect)[1], (run_id, idx) * 4)
-
-
-@functools.cache
-def _call_statements(dialect: str) -> tuple[str, str, str]:
-    return tuple(_for_dialect(sql, dialect) for sql in (INSERT_CALL, RECOUNT_STEP, RECOUNT_RUN))  # type: ignore[return-value]
-
-
-@functools.cache
-def _statements(dialect: str) -> tuple[str, str, str, str]:
-    sqls = (_CREATE_RUN, _CHECKPOINT, _FINISH_RUN, _CHECKPOINT_LEASED)
-    return tuple(_for_dialect(sql, dialect) for sql in sqls)  # type: ignore[return-value]
+    cur.execute(RECOUNT_STEP[dialect], (run_id, idx) * 4)

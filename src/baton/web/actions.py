@@ -20,20 +20,20 @@ class Actions:
 
     def resume(self, run_id: str) -> str:
         """Continue a failed or interrupted run where it stopped; its id."""
-        recorded = self.store.get_run(run_id)
+        recorded = self.store.runs.get(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
         # Pending at once (a run that cannot resume answers 409), then continued on its own runtime.
         return get_runtime(recorded.runtime).resume(self.store, pattern, recorded.id)
 
     def retry(self, run_id: str, from_step: str) -> str:
         """Run a finished run again from `from_step`; its id."""
-        recorded = self.store.get_run(run_id)
+        recorded = self.store.runs.get(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
         return pattern.retry(recorded.id, from_step, store=self.store, runtime=recorded.runtime)
 
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a run: at once when idle, after its current step when running."""
-        return self.store.request_cancel(run_id)
+        return self.store.runs.cancel(run_id)
 
     def approve(self, run_id: str) -> str:
         """Let a run awaiting approval go on; its id."""

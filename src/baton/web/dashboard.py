@@ -92,14 +92,15 @@ def runs_page(
         "since": _parse_time(since, "since"),
         "until": _parse_time(until, "until"),
     }
-    found = store.list_runs(limit=PAGE_SIZE + 1, before=before or None, **chosen)
+    store.runs.reap()  # runs whose owner is gone show interrupted
+    found = store.runs.list(limit=PAGE_SIZE + 1, before=before or None, **chosen)
     more = len(found) > PAGE_SIZE
     found = found[:PAGE_SIZE]
     given = {"status": status, "pipeline": pipeline, "failed_step": failed_step, "since": since, "until": until}
     kept = {k: v for k, v in given.items() if v}
     unstatused = {k: v for k, v in kept.items() if k != "status"}
-    counts = store.count_runs(RunFilter(**{k: v for k, v in chosen.items() if k != "status"}))
-    pipelines, failed_steps = store.run_facets()
+    counts = store.browse.count(RunFilter(**{k: v for k, v in chosen.items() if k != "status"}))
+    pipelines, failed_steps = store.browse.facets()
     return _page(
         env,
         "runs.html",
@@ -118,12 +119,13 @@ def runs_page(
 
 
 def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
-    run = store.get_run(run_id)
+    store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
+    run = store.runs.get(run_id)
     now = utcnow()
     kind = _pattern_kind(run)
     rows, span = lanes(run, kind, now)
-    received = store.get_event(run.trigger_event) if run.trigger_event else None
-    effects = store.list_effects(run.id)
+    received = store.events.get(run.trigger_event) if run.trigger_event else None
+    effects = store.effects.list(run.id)
     return {
         "run": run,
         "lanes": rows,

@@ -14,7 +14,7 @@ from baton.run import Run
 from baton.runtime.base import Observer, wait_for
 from baton.runtime.celery._app import celery_app
 from baton.runtime.celery._tasks import send, start
-from baton.runtime.records import create_run
+from baton.runtime.records import create_run, read_run
 from baton.settings import Settings
 from baton.status import RunStatus, StepStatus
 from baton.store import CELERY_OWNER, RunStore, utcnow
@@ -64,7 +64,7 @@ class CeleryRuntime:
             if delivery is not None and trigger_event is not None:
                 # Handed over before, but perhaps never queued (the broker failed after the commit): a run
                 # still pending is queued again, which is safe (a message delivered twice runs once).
-                existing, status, created = store.delivery_run(trigger_event, delivery[0])
+                existing, status, created = store.events.delivery_run(trigger_event, delivery[0])
                 stale = created is not None and created < utcnow() - timedelta(seconds=LOST_AFTER)
                 if existing is not None and status is RunStatus.PENDING and stale:
                     self._start(store, pattern, existing, States())
@@ -87,14 +87,12 @@ class CeleryRuntime:
         data, say) is queued again as it is: a message delivered twice is safe.
         """
         _require_target(pattern)
-        run = store.get_run(run_id)
-        if run.pipeline != pattern.name:
-            raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
+        run = read_run(store, pattern, run_id)
         if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
             self._requeue_stuck(store, pattern, run)
         else:
             states = resume_states(run, pattern)
-            if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
+            if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
                 raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
             self._start(store, pattern, run.id, states)
         if observer is not None:
@@ -104,7 +102,7 @@ class CeleryRuntime:
     def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
         """Approve a run awaiting approval: the step it waited before is queued again for the workers."""
         _require_target(pattern)
-        idx = store.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
+        idx = store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
         if idx < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
         send(self.app, pattern, run_id, idx)
@@ -113,9 +111,9 @@ class CeleryRuntime:
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
         _require_target(pattern)
-        run = store.get_run(run_id)
+        run = read_run(store, pattern, run_id)
         rewind = rewind_plan(run, pattern, step)
-        if not store.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
+        if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
             raise RunNotResumable(f"run {run.id} changed while retrying (another process resumed it); look again")
         states = recorded_states(run, keep_open=False)
         for idx in rewind:
@@ -138,7 +136,7 @@ class CeleryRuntime:
                 f"run {run.id} is {run.status.value}: step {', '.join(waiting)} waits in the queue for its next "
                 "attempt; wait for it, or cancel the run"
             )
-        if store.live_leases(run.id, utcnow()):
+        if store.steps.live_leases(run.id, utcnow()):
             raise RunNotResumable(
                 f"run {run.id} is {run.status.value}: a worker is executing {', '.join(held) or 'it'} right now; "
                 "wait for it, or cancel it"

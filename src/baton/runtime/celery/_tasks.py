@@ -67,13 +67,13 @@ def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: N
     chord joined by `baton.join`, a failure recorded. A single step to run is returned, for the caller to
     execute or queue."""
     if isinstance(nxt, Fail):
-        store.end_failed(run_id, CELERY_OWNER, pattern.steps[nxt.step].name)
+        store.runs.end_failed(run_id, CELERY_OWNER, pattern.steps[nxt.step].name)
         return None
     if not isinstance(nxt, RunSteps):
         return None  # done, or waiting for branches in flight whose join asks again
     if nxt.skip:
         try:
-            store.mark_skipped(run_id, CELERY_OWNER, [(i, pattern.steps[i].name) for i in nxt.skip])
+            store.steps.mark_skipped(run_id, CELERY_OWNER, [(i, pattern.steps[i].name) for i in nxt.skip])
         except LostOwnership:
             return None  # the run ended (cancelled) meanwhile
     if not (nxt.branches or len(nxt.steps) > 1):
@@ -86,7 +86,7 @@ def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: N
 
 def read_states(store: RunStore, run_id: str, idxs: Any = None) -> States:
     """The step states of a run as the store has them now (those of `idxs` only, if given)."""
-    rows = store.step_states(run_id, idxs)
+    rows = store.steps.states(run_id, idxs)
     return States(steps={i: StepView(r.status, 0, r.output_json) for i, r in rows.items()})
 
 
@@ -166,14 +166,14 @@ class _Worker:
                 # message and leave the run running with nobody to finish it.
                 log.exception("run %s, step %d: could not go on; trying again later", run_id, current)
                 with contextlib.suppress(Exception):
-                    self.store.release_step(run_id, current, self.me)
+                    self.store.steps.release(run_id, current, self.me)
                 raise _requeue(self.task, run_id, current, this_go, source, _backoff(self.task)) from None
             this_go = 1
 
     def join(self, run_id: str) -> None:
         """Plan again after parallel branches: wait for any still in flight, fail, cancel, or go on."""
         store = self.store
-        brief = store.run_brief(run_id)
+        brief = store.runs.brief(run_id)
         if brief is None or brief.status not in (RunStatus.RUNNING, RunStatus.PENDING):
             return
         pattern = find_pattern(brief.pipeline, brief.target)
@@ -185,7 +185,7 @@ class _Worker:
             # The chord fired before every branch ended (a branch delivered twice counts twice): look again.
             raise self.task.retry(countdown=1.0, throw=False)
         if brief.cancel_requested and not isinstance(nxt, Fail):
-            store.finish_cancelled(run_id, CELERY_OWNER)
+            store.runs.end_cancelled(run_id, CELERY_OWNER)
             return
         idx = start(self.task.app, store, pattern, run_id, nxt)
         if idx is None:
@@ -198,12 +198,12 @@ class _Worker:
 
     def _claim(self, run_id: str, idx: int, source: int | None) -> StepClaim:
         store = self.store
-        claim = store.claim_step(run_id, idx, self.me, utcnow(), source=source)
-        if claim.outcome == ClaimOutcome.BUSY and claim.holder is not None:
+        claim = store.steps.claim(run_id, idx, self.me, utcnow(), source=source)
+        if claim.outcome is ClaimOutcome.BUSY and claim.holder is not None:
             dead = owner_alive(claim.holder) is False
             expired = claim.until is not None and claim.until < utcnow()
             if dead or expired:
-                claim = store.claim_step(run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead)
+                claim = store.steps.claim(run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead)
         return claim
 
     def _step(self, run_id: str, idx: int, this_go: int, source: int | None) -> tuple[int | None, int | None]:
@@ -211,12 +211,12 @@ class _Worker:
         store, me = self.store, self.me
         branch = self.task.name == BRANCH  # a parallel branch: its join ends the run, whatever happens
         claim = self._claim(run_id, idx, source)
-        outcome = ClaimOutcome(claim.outcome)
+        outcome = claim.outcome
         if outcome is ClaimOutcome.GONE or outcome is ClaimOutcome.FAILED:
             return None, None
         if outcome is ClaimOutcome.CANCEL:
             if not branch:
-                store.finish_cancelled(run_id, CELERY_OWNER)
+                store.runs.end_cancelled(run_id, CELERY_OWNER)
             return None, None
         if outcome is ClaimOutcome.BUSY:
             # Another live worker holds the step (this message was delivered twice): come back when its lease
@@ -233,15 +233,15 @@ class _Worker:
             pattern, value = self._prepare(claim, run_id, idx)
         except _Stale as exc:
             log.warning("run %s, step %d: a message from before the run was retried, dropped (%s)", run_id, idx, exc)
-            store.release_step(run_id, idx, me)
+            store.steps.release(run_id, idx, me)
             return None, None
         except (BatonError, ValidationError, ImportError) as exc:
             # The step cannot start here, and would not anywhere: its code, or its input, is wrong.
             self._fail_before_start(run_id, idx, claim, exc, ends_run=not branch)
             return None, None
         step = pattern.steps[idx]
-        if step.approval and not store.step_approved(run_id, idx):
-            store.await_approval(run_id, idx, utcnow(), lease_owner=me)
+        if step.approval and not store.steps.approved(run_id, idx):
+            store.steps.await_approval(run_id, idx, utcnow(), lease_owner=me)
             return None, None
         attempt = Attempt(
             run_id=run_id, step=step, idx=idx, value=value, number=claim.attempt, this_go=this_go,
@@ -258,14 +258,14 @@ class _Worker:
         if isinstance(result, RetryLater):
             if result.cancel_requested:
                 if not branch:
-                    store.finish_cancelled(run_id, CELERY_OWNER)
+                    store.runs.end_cancelled(run_id, CELERY_OWNER)
                 return None, None
             raise _requeue(self.task, run_id, idx, this_go + 1, source, result.delay)
         if isinstance(result, Failed) or branch:
             return None, None  # a branch's join goes on
         assert isinstance(result, Succeeded)
         if result.cancel_requested and not pattern.final(idx):
-            store.finish_cancelled(run_id, CELERY_OWNER)
+            store.runs.end_cancelled(run_id, CELERY_OWNER)
             return None, None
         return self._go_on(pattern, run_id, idx, result)
 
@@ -285,7 +285,7 @@ class _Worker:
         reads = pattern.reads(idx)
         read = claim.input_json
         if not reads:
-            states = States(input_json=read if read is not None else self.store.run_input_json(run_id))
+            states = States(input_json=read if read is not None else self.store.runs.input_json(run_id))
         elif len(reads) == 1 and read is not None:
             states = States(steps={reads[0]: StepView(StepStatus.SUCCEEDED, 0, read)})
         else:
@@ -318,6 +318,6 @@ class _Worker:
             idx=idx, name=name, attempt=claim.attempt, started_at=now, finished_at=now, error=error_info(exc)
         )
         with contextlib.suppress(LostOwnership):
-            self.store.record_failure(
+            self.store.steps.record_failure(
                 run_id, CELERY_OWNER, result, retrying=False, end_run=ends_run, lease_owner=self.me
             )

@@ -53,7 +53,7 @@ class _LeaseBeat:
             with self.lock:
                 held = list(self.held)
             try:
-                store.heartbeat_steps(me, held, utcnow())
+                store.steps.heartbeat(me, held, utcnow())
             except Exception:  # a database hiccup must not end the heartbeat; the next beat tries again
                 log.warning("could not renew the step leases of %s", me, exc_info=True)
 

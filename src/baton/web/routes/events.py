@@ -49,7 +49,7 @@ def _publish(store: RunStore, runtime: str, event_type: str, payload: dict[str, 
 @router.get("/events/{event_id}")
 def get_event(event_id: str, store: StoreDep) -> dict[str, Any]:
     """An event and where it went: each subscriber's run and its status."""
-    event = store.get_event(event_id)
+    event = store.events.get(event_id)
     if event is None:
         raise HTTPException(404, f"no event {event_id}")
     return event.to_json_dict()

@@ -49,7 +49,8 @@ def list_runs(
     """
     if status is not None and status not in {s.value for s in RunStatus}:
         raise HTTPException(422, f"status {status!r} is not one of {[s.value for s in RunStatus]}")
-    found = store.list_runs(
+    store.runs.reap()  # runs whose owner is gone show interrupted
+    found = store.runs.list(
         status=status, pipeline=pipeline, failed_step=failed_step, since=since, until=until,
         limit=limit, before=before,
     )  # fmt: skip
@@ -76,7 +77,8 @@ async def submit_run(pipeline: str, request: Request, store: StoreDep, runtime: 
 @router.get("/runs/{run_id}")
 def get_run(run_id: str, store: StoreDep) -> dict[str, Any]:
     """One run with every step."""
-    return store.get_run(run_id).to_json_dict()
+    store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
+    return store.runs.get(run_id).to_json_dict()
 
 
 @router.post("/runs/{run_id}/resume", status_code=202)
@@ -97,7 +99,7 @@ def retry_run(run_id: str, body: RetryRequest, actions: ActionsDep) -> JSONRespo
 def cancel_run(run_id: str, store: StoreDep, actions: ActionsDep) -> dict[str, Any]:
     """Cancel a run: at once when idle, after its current step when running."""
     status = actions.cancel(run_id)
-    return {"id": store.resolve_id(run_id), "status": status.value}
+    return {"id": store.runs.resolve_id(run_id), "status": status.value}
 
 
 @router.post("/runs/{run_id}/approve", status_code=202)
