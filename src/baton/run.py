@@ -157,7 +157,7 @@ class Run:
     input_boundary_tokens: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    # "pipeline" or "supervisor"; None for runs recorded before baton kept it.
+    # The pattern's kind (`Pattern.kind`); None for runs recorded before baton kept it.
     kind: str | None = None
 
     @property

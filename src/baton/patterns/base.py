@@ -36,6 +36,17 @@ class Pattern:
     kind = "pipeline"
     name: str
     steps: tuple[Step, ...]
+
+    def __init_subclass__(cls, **options: Any) -> None:
+        super().__init_subclass__(**options)
+        _kinds[cls.kind] = cls
+
+    @classmethod
+    def branches(cls, steps: int) -> frozenset[int]:
+        """Which of the `steps` steps of a run of this kind run as parallel branches (the dashboard draws
+        them side by side); the pattern's code is not needed, only its kind and its run's step count."""
+        return frozenset()
+
     # How many parallel branches one process runs at once (each holds a database connection).
     max_parallel: int = 8
 
@@ -200,6 +211,16 @@ def fan_out(states: States, chosen: list[int], others: range, then: int) -> Next
     if pending:
         return RunSteps(tuple(pending), skip=skip, branches=True)
     return next_in_chain(states, range(then, then + 1)) or Done()
+
+
+_kinds: dict[str, type[Pattern]] = {}
+
+
+def parallel_steps(kind: str | None, steps: int) -> frozenset[int]:
+    """The steps of a recorded run (of pattern `kind`, with `steps` steps) that ran as parallel branches;
+    none for a kind this process does not define."""
+    found = _kinds.get(kind or Pattern.kind)
+    return found.branches(steps) if found is not None else frozenset()
 
 
 def store_of(store: RunStore | str | None) -> RunStore:

@@ -78,6 +78,11 @@ class Supervisor(Pattern):
         self.steps: tuple[Step, ...] = (self.router, *self.workers.values(), merge)
         self._register(target, sys._getframe(1).f_globals.get("__name__"))
 
+    @classmethod
+    def branches(cls, steps: int) -> frozenset[int]:
+        """The workers: every step but the router and the merge."""
+        return frozenset(range(1, steps - 1))
+
     def plan(self, states: States) -> Next:
         """The router first; then the workers its route chose, in parallel (the others skipped); then the
         merge, once every chosen worker succeeded."""

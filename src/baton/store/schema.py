@@ -63,7 +63,7 @@ runs = Table(
     # whose delivery started it.
     Column("correlation_id", String(32), nullable=True),
     Column("trigger_event", String(32), nullable=True),
-    # "pipeline" or "supervisor": how the dashboard lays the steps out without importing the code.
+    # The pattern's kind (`Pattern.kind`): how the dashboard lays the steps out without importing the code.
     Column("kind", String(20), nullable=True),
     # The step a person approved last (see `approval=True`); a rewind before it asks again.
     Column("approved_step", Integer, nullable=True),

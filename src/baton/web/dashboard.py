@@ -40,8 +40,8 @@ router = APIRouter(include_in_schema=False)
 
 
 def _pattern_kind(run: Run) -> str | None:
-    """'supervisor' or 'pipeline': as recorded, else from a pattern this server defines (never imported here:
-    a page view must not run the pipeline's code)."""
+    """The run's pattern kind: as recorded, else from a pattern this server defines (never imported here: a
+    page view must not run the pipeline's code)."""
     if run.kind is not None:
         return run.kind
     from baton.patterns.registry import registered

@@ -10,6 +10,7 @@ from importlib.resources import files
 
 from jinja2 import Environment, FunctionLoader, select_autoescape
 
+from baton.patterns.base import parallel_steps
 from baton.run import Run, StepRecord
 from baton.status import StepStatus
 
@@ -62,12 +63,12 @@ class Bar:
 
 @dataclass(frozen=True)
 class Lane:
-    """One row of the run page: a step, its bar, and its place (in a supervisor's parallel group or not)."""
+    """One row of the run page: a step, its bar, and its place (among parallel branches or not)."""
 
     idx: int
     step: StepRecord
     bar: Bar | None
-    group: str | None  # "workers" for a supervisor's workers, which run side by side
+    group: str | None  # "workers" for the steps its pattern runs as parallel branches, side by side
 
 
 def lanes(run: Run, kind: str | None, now: datetime) -> tuple[list[Lane], float]:
@@ -78,7 +79,7 @@ def lanes(run: Run, kind: str | None, now: datetime) -> tuple[list[Lane], float]
         if s.finished_at is not None and s.finished_at > end:
             end = s.finished_at
     span = max((end - start).total_seconds() * 1000, 1.0)
-    last = len(run.steps) - 1
+    side_by_side = parallel_steps(kind, len(run.steps))
     out = []
     for idx, s in enumerate(run.steps):
         bar = None
@@ -88,6 +89,6 @@ def lanes(run: Run, kind: str | None, now: datetime) -> tuple[list[Lane], float]
             width = max((finish - s.started_at).total_seconds() * 1000 / span * 100, 0.4)
             left = min(left, 99.6)
             bar = Bar(left=round(left, 2), width=round(min(width, 100 - left), 2), running=s.finished_at is None)
-        group = "workers" if kind == "supervisor" and 0 < idx < last else None
+        group = "workers" if idx in side_by_side else None
         out.append(Lane(idx=idx, step=s, bar=bar, group=group))
     return out, span

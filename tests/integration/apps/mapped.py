@@ -36,6 +36,11 @@ class Map(Pattern):
         self.max_parallel = size
         self._register(None, __name__)
 
+    @classmethod
+    def branches(cls, steps: int) -> frozenset[int]:
+        """The lanes: every step but the split and the join."""
+        return frozenset(range(1, steps - 1))
+
     def plan(self, states: States) -> Next:
         """Split first; then one lane per item, in parallel; then the join."""
         split = next_in_chain(states, range(1))
