@@ -50,3 +50,12 @@ def test_a_map_retried_from_a_lane_reruns_that_lane_and_the_join_only(driver, en
     assert retried["output"] == {"total": 6}
     assert counts(env) == {"count_up": 1, "double_1": 2, "double_2": 1, "add": 2}
     assert [e["error"]["type"] for e in retried["steps"][1]["attempt_errors"]] == ["Rewound"]
+
+
+def test_a_map_retried_from_its_split_runs_everything_again(driver, env):
+    run = driver.finish(driver.start(MAPPED, {"n": 2}))
+    assert run["status"] == "succeeded", run
+    retried = driver.retry(run["id"], "count_up")
+    assert retried["status"] == "succeeded", retried
+    assert retried["output"] == {"total": 6}
+    assert counts(env) == {"count_up": 2, "double_1": 2, "double_2": 2, "add": 2}

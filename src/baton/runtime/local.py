@@ -24,7 +24,7 @@ from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rew
 from baton.run import Run, StepRecord
 from baton.runtime.base import Observer, running_here
 from baton.runtime.executor import Attempt, Failed, Outcome, RetryLater, Succeeded, execute
-from baton.runtime.records import create_run, read_run
+from baton.runtime.records import create_run, read_run, resumable
 from baton.status import RunStatus, StepStatus
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
 
@@ -129,8 +129,7 @@ class LocalRuntime:
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
         """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
-        run = read_run(store, pattern, run_id)
-        resume_states(run, pattern)  # refuses now what cannot resume
+        run, _ = resumable(store, pattern, run_id)
         return self._reopen(store, pattern, run, (), observer)
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:

@@ -10,11 +10,12 @@ from pydantic import BaseModel
 
 from baton._ids import new_run_id
 from baton.errors import RunNotResumable
+from baton.patterns.plan import RunSteps, States, resume_states
 from baton.run import Run
 from baton.store import CELERY_OWNER, RunStore, RunWriter, utcnow
 from baton.tokens import count_tokens
 
-__all__ = ["create_run", "read_run"]
+__all__ = ["create_run", "read_run", "resumable"]
 
 
 def create_run(
@@ -70,3 +71,16 @@ def read_run(store: RunStore, pattern: Any, run_id: str) -> Run:
     if run.pipeline != pattern.name:
         raise RunNotResumable(f"run {run.id} belongs to pipeline '{run.pipeline}', not '{pattern.name}'")
     return run
+
+
+def resumable(store: RunStore, pattern: Any, run_id: str) -> tuple[Run, States]:
+    """The run a resume of `pattern` continues and the states it plans from. Refused now, before anything
+    changes, when it cannot resume or when the input of what would run first no longer fits its contract
+    (a checkpoint replayed against today's contracts)."""
+    run = read_run(store, pattern, run_id)
+    states = resume_states(run, pattern)
+    nxt = pattern.plan(states)
+    if isinstance(nxt, RunSteps):
+        for idx in nxt.steps:
+            pattern.input_of(idx, states)
+    return run, states

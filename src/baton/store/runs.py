@@ -167,13 +167,21 @@ class Runs:
             )
 
     def hold(
-        self, run_id: str, owner: str, *, conn: Connection, renew: bool = True, fail_at: str | None = None
+        self,
+        run_id: str,
+        owner: str,
+        *,
+        conn: Connection,
+        renew: bool = True,
+        fail_at: str | None = None,
+        pending_ok: bool = False,
     ) -> bool:
         """Check, inside the caller's transaction, that `owner` still runs the run; returns whether a cancel
         was requested. Raises `LostOwnership` when it does not (the caller's writes roll back).
 
         `renew` extends the run's lease; `fail_at` (a step name) ends the run failed there, or cancelled if a
-        cancel was requested.
+        cancel was requested; `pending_ok` also holds a run that `owner` was given back but has not started
+        again (a resumed celery run whose plan is being sent).
         """
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now}
@@ -184,7 +192,11 @@ class Runs:
             values |= ended(RunStatus.FAILED, now) | {"status": stopped, "failed_step": fail_at}
         row = conn.execute(
             update(runs)
-            .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
+            .where(
+                runs.c.id == run_id,
+                runs.c.owner == owner,
+                runs.c.status.in_([RunStatus.RUNNING, RunStatus.PENDING] if pending_ok else [RunStatus.RUNNING]),
+            )
             .values(**values)
             .returning(runs.c.cancel_requested)
         ).first()

@@ -241,7 +241,7 @@ class Steps:
         """Record steps that will not run in this run (workers the router did not choose)."""
         now = utcnow()
         with self._ctx.begin(conn) as c:
-            self._runs.hold(run_id, owner, conn=c, renew=False)
+            self._runs.hold(run_id, owner, conn=c, renew=False, pending_ok=True)
             for idx, name in skipped:
                 result = StepResult(idx=idx, name=name, attempt=0, started_at=now, finished_at=now)
                 write_step(c, run_id, result, StepStatus.SKIPPED)

@@ -164,7 +164,7 @@ def run_live(request: Request, run_id: str, store: StoreDep, env: TemplatesDep) 
 
 
 async def _act(store: RunStore, run_id: str, what: str, action: Callable[[], Any]) -> RedirectResponse:
-    resolved = await run_in_threadpool(store.resolve_id, run_id)
+    resolved = await run_in_threadpool(store.runs.resolve_id, run_id)
     try:
         await run_in_threadpool(action)
         query = {"done": what}

@@ -9,12 +9,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from baton.errors import RunNotResumable, UserError
-from baton.patterns.plan import States, recorded_states, resume_states, rewind_plan
+from baton.patterns.plan import States, recorded_states, rewind_plan
 from baton.run import Run
 from baton.runtime.base import Observer, wait_for
 from baton.runtime.celery._app import celery_app
 from baton.runtime.celery._tasks import send, start
-from baton.runtime.records import create_run, read_run
+from baton.runtime.records import create_run, read_run, resumable
 from baton.settings import Settings
 from baton.status import RunStatus, StepStatus
 from baton.store import CELERY_OWNER, RunStore, utcnow
@@ -91,7 +91,7 @@ class CeleryRuntime:
         if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
             self._requeue_stuck(store, pattern, run)
         else:
-            states = resume_states(run, pattern)
+            run, states = resumable(store, pattern, run.id)
             if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
                 raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
             self._start(store, pattern, run.id, states)

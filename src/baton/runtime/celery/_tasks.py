@@ -113,19 +113,28 @@ def _backoff(task: Any) -> float:
 
 
 def _step_body(task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = None) -> None:
-    _Worker(task).execute(run_id, idx, this_go, source)
+    _worker(task).execute(run_id, idx, this_go, source)
 
 
 def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = 0) -> int:
-    _Worker(task).execute(run_id, idx, this_go, source)
+    _worker(task).execute(run_id, idx, this_go, source)
     return idx
+
+
+def _worker(task: Any) -> _Worker:
+    """The task's worker state; a store that cannot be opened now (the database is down) is tried again
+    later, never acknowledged as done."""
+    try:
+        return _Worker(task)
+    except Exception:
+        log.exception("task %s: cannot reach the store; trying again later", task.name)
+        raise task.retry(countdown=_backoff(task), throw=False) from None
 
 
 def _join_body(task: Any, _results: Any, run_id: str) -> None:
     """After a chord's branches: ask the plan again (end the run failed, or go on with what joins them)."""
-    worker = _Worker(task)
     try:
-        worker.join(run_id)
+        _Worker(task).join(run_id)
     except (celery.exceptions.Retry, _Requeued):
         raise
     except Exception:
@@ -302,6 +311,12 @@ class _Worker:
             states = read_states(self.store, run_id)
             if result is not None:
                 states.succeeded(idx, result.value, result.result.output_json, 0)
+            # What reads this step and is pending waits for it to go on (a retry rewound it, a resume gave it
+            # back, or it never started): it is not in flight, whatever its row says.
+            for j in range(len(pattern.steps)):
+                if idx in pattern.reads(j) and states.status(j) is StepStatus.PENDING:
+                    states.prior[j] = states.attempts(j)
+                    del states.steps[j]
             nxt = pattern.plan(states)
         follow = start(self.task.app, self.store, pattern, run_id, nxt)
         if follow is None:
