@@ -53,7 +53,8 @@ class Pattern:
     def _register(self, target: str | None, module: str | None) -> None:
         self._target = target
         self._module = module
-        readers = [self.reads(i) for i in range(len(self.steps))]
+        # What each step reads never changes: asked once here, not on every step of every run.
+        self._reads = readers = [self.reads(i) for i in range(len(self.steps))]
         model = [s.calls_model for s in self.steps]
         # A boundary's tokens are worth counting where a model writes or reads its JSON.
         self.measured = frozenset(
@@ -75,7 +76,7 @@ class Pattern:
     def input_of(self, idx: int, states: States) -> BaseModel:
         """Step `idx`'s validated input, from the run's input or the checkpoints it reads."""
         step = self.steps[idx]
-        sources = self.reads(idx)
+        sources = self._reads[idx]
         if not sources:
             return states.run_input(step.input, step.name)
         (source,) = sources  # a step reading several checkpoints builds its input in its pattern's override

@@ -47,6 +47,8 @@ class Pipeline(Pattern):
                 )
         self.name = name
         self.steps: tuple[Step, ...] = tuple(steps)
+        # Made once: a chain's next node is the same for every run.
+        self._follows: tuple[Next, ...] = (*(RunSteps((i + 1,)) for i in range(len(steps) - 1)), Done())
         self._register(target, sys._getframe(1).f_globals.get("__name__"))
 
     def plan(self, states: States) -> Next:
@@ -55,7 +57,7 @@ class Pipeline(Pattern):
 
     def follows(self, idx: int) -> Next | None:
         """The next step, or the end after the last."""
-        return RunSteps((idx + 1,)) if idx + 1 < len(self.steps) else Done()
+        return self._follows[idx]
 
     def reads(self, idx: int) -> tuple[int, ...]:
         """Each step reads the previous one's checkpoint; the first, the run's input."""

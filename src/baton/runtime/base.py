@@ -116,6 +116,11 @@ class Hooks:
             except Exception:
                 log.warning("could not hand over events %s", list(event_ids), exc_info=True)
 
+    @property
+    def wrapping(self) -> bool:
+        """Whether anything wraps an attempt (so that the executor's hot path can skip it)."""
+        return bool(self._around)
+
     def wrappers(self, attempt: Attempt) -> list[Any]:
         """The context managers to enter around `attempt`."""
         return [wrap(attempt) for wrap in self._around]

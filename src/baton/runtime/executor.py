@@ -73,7 +73,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """One attempt of one step of one run: everything the executor needs, as one value."""
 
@@ -109,9 +109,12 @@ def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
     token = enter(ctx)
     try:
         try:
-            with contextlib.ExitStack() as around:
-                for wrapper in hooks.wrappers(attempt):
-                    around.enter_context(wrapper)
+            if hooks.wrapping:
+                with contextlib.ExitStack() as around:
+                    for wrapper in hooks.wrappers(attempt):
+                        around.enter_context(wrapper)
+                    produced = step.execute(attempt.value)
+            else:  # the hot path: nothing wraps an attempt unless a hook asked to
                 produced = step.execute(attempt.value)
         except ValidationError as exc:
             # The step built a contract that breaks its bounds (`return Letter(body=...)`): that is the

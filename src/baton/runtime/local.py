@@ -241,8 +241,8 @@ class _Driver:
         steps = pattern.steps
         records: dict[int, StepRecord] = {}
         clean = not states.steps and not states.prior
+        nxt = pattern.plan(states)
         while True:
-            nxt = pattern.plan(states)
             if isinstance(nxt, Done):
                 return [records[i] for i in range(len(steps))] if clean and len(records) == len(steps) else None
             if isinstance(nxt, Fail):
@@ -282,6 +282,9 @@ class _Driver:
             if cancelled and not failed:
                 store.runs.end_cancelled(run_id, owner)
                 return None
+            # A chain says what follows a step without looking at every state again.
+            follows = pattern.follows(done[0][0]) if len(done) == 1 and not failed else None
+            nxt = follows if follows is not None else pattern.plan(states)
 
     def _attempt(self, idx: int, states: States, *, ends_run: bool, owner: str | None = None) -> Attempt:
         pattern = self.pattern
