@@ -175,13 +175,14 @@ class Runs:
         renew: bool = True,
         fail_at: str | None = None,
         pending_ok: bool = False,
+        also: dict[str, Any] | None = None,
     ) -> bool:
         """Check, inside the caller's transaction, that `owner` still runs the run; returns whether a cancel
         was requested. Raises `LostOwnership` when it does not (the caller's writes roll back).
 
         `renew` extends the run's lease; `fail_at` (a step name) ends the run failed there, or cancelled if a
         cancel was requested; `pending_ok` also holds a run that `owner` was given back but has not started
-        again (a resumed celery run whose plan is being sent).
+        again (a resumed celery run whose plan is being sent); `also` are more columns of the run to set.
         """
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now}
@@ -190,6 +191,8 @@ class Runs:
         if fail_at is not None:
             stopped = case((runs.c.cancel_requested, RunStatus.CANCELLED.value), else_=RunStatus.FAILED.value)
             values |= ended(RunStatus.FAILED, now) | {"status": stopped, "failed_step": fail_at}
+        if also:
+            values |= also
         row = conn.execute(
             update(runs)
             .where(

@@ -152,21 +152,9 @@ class Steps:
         Returns whether a cancel was requested (then the attempt must not start). Raises `LostOwnership`
         when `owner` lost the run.
         """
-        now = utcnow()
-        values = {
-            "current_step": idx, "current_attempt": attempt, "current_started_at": now,
-            "lease_expires_at": now + self._ctx.lease, "updated_at": now,
-        }  # fmt: skip
+        current = {"current_step": idx, "current_attempt": attempt, "current_started_at": utcnow()}
         with self._ctx.begin(conn) as c:
-            row = c.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == RunStatus.RUNNING)
-                .values(**values)
-                .returning(runs.c.cancel_requested)
-            ).first()
-        if row is None:
-            raise LostOwnership(run_id)
-        return bool(row[0])
+            return self._runs.hold(run_id, owner, conn=c, also=current)
 
     def record_calls(
         self, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall], *, conn: Connection | None = None
