@@ -305,7 +305,7 @@ def test_a_retry_waits_in_the_broker_while_the_worker_serves_other_runs(env, wor
     other = baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery", check=0).stdout.strip()
     quick = wait_until_finished(env, other)
     assert quick["status"] == "succeeded"
-    assert show(env, flaky)["status"] == "running"  # still waiting out its 3 s countdown
+    assert show(env, flaky)["status"] == "running"  # still waiting out its countdown
     slow = wait_until_finished(env, flaky)
     assert slow["status"] == "succeeded" and slow["output"] == {"text": "a fetched"}
     assert slow["steps"][0]["attempts"] == 2

@@ -90,7 +90,14 @@ def flaky_fetch(note: Note) -> Note:
     return Note(text=note.text + " fetched")
 
 
-slow_retry = Pipeline("slow-retry", [flaky_fetch])
+@step(retry=Retry(max_attempts=2, backoff=8.0, max_delay=8.0, jitter=False))
+def patient_fetch(note: Note) -> Note:
+    """`flaky_fetch`, waiting 8 s before its retry: longer than another run takes through the CLI (a process
+    to start it, and one per look at it) on a loaded machine."""
+    return flaky_fetch.fn(note)
+
+
+slow_retry = Pipeline("slow-retry", [patient_fetch])
 
 
 @step(retry=Retry(max_attempts=1))
