@@ -172,19 +172,17 @@ def resume_states(run: object, pattern: object, *, pending_ok: bool = False) -> 
         raise RunNotResumable(f"run {rid} is running in another process; cancel it first or wait")
     if status is RunStatus.PENDING and not pending_ok:
         raise RunNotResumable(f"run {rid} is pending: the process that submitted it will start it")
-    return recorded_states(run, keep_open=False)
+    return recorded_states(run)
 
 
-def recorded_states(run: object, *, keep_open: bool = True) -> States:
-    """The States of a recorded run; without `keep_open`, steps that did not succeed are left out (they run
-    again), keeping only their attempt counts."""
+def recorded_states(run: object) -> States:
+    """The States a recorded run goes on from: what succeeded or was skipped; the steps that did not are
+    left out (they run again), keeping only their attempt counts."""
     states = States(input_json=json.dumps(run.input))  # type: ignore[attr-defined]
     for idx, record in enumerate(run.steps):  # type: ignore[attr-defined]
         if record.status in _DONE:
             raw = json.dumps(record.output) if record.status is StepStatus.SUCCEEDED else None
             states.steps[idx] = StepView(record.status, record.attempts, raw)
-        elif keep_open and (record.status is not StepStatus.PENDING or record.attempts):
-            states.steps[idx] = StepView(record.status, record.attempts)
         elif record.attempts:
             # It runs again: absent for the plan, but its attempts go on from where they were.
             states.prior[idx] = record.attempts

@@ -115,7 +115,7 @@ class CeleryRuntime:
         rewind = rewind_plan(run, pattern, step)
         if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
             raise RunNotResumable(f"run {run.id} changed while retrying (another process resumed it); look again")
-        states = recorded_states(run, keep_open=False)
+        states = recorded_states(run)
         for idx in rewind:
             states.steps.pop(idx, None)
         self._start(store, pattern, run.id, states)
@@ -142,7 +142,7 @@ class CeleryRuntime:
                 "wait for it, or cancel it"
             )
         # What no live worker holds runs again; what is done is not.
-        self._start(store, pattern, run.id, recorded_states(run, keep_open=False))
+        self._start(store, pattern, run.id, recorded_states(run))
 
 
 def _require_target(pattern: Any) -> None:
