@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,8 +37,10 @@ class StepContext:
     calls: list[LLMCall] = field(default_factory=list)
     # Events emitted so far: (event id, type, payload JSON), written with the checkpoint (or not at all).
     events: list[tuple[str, str, str]] = field(default_factory=list)
-    # Writes a finished call to the store at once (set by the executor).
+    # Writes a finished call to the store at once (set by the executor); `arecord` does it without blocking
+    # the event loop an async step runs on.
     record: Callable[[LLMCall], None] | None = None
+    arecord: Callable[[LLMCall], Awaitable[None]] | None = None
     # The run store (for `baton.effect`'s ledger) and whether the step declared side effects.
     store: Any = None
     side_effect: bool = False
@@ -49,6 +51,14 @@ class StepContext:
         """Note a call whose outcome is known, and write it."""
         self.calls.append(call)
         if self.record is not None:
+            self.record(call)
+
+    async def akeep(self, call: LLMCall) -> None:
+        """Note a call whose outcome is known, and write it, from async code (the loop is not blocked)."""
+        self.calls.append(call)
+        if self.arecord is not None:
+            await self.arecord(call)
+        elif self.record is not None:
             self.record(call)
 
 
