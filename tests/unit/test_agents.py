@@ -102,7 +102,7 @@ def test_the_model_can_call_the_agents_tools(store):
 
 def test_transient_provider_errors_retry_and_honour_retry_after(store, monkeypatch):
     slept = []
-    monkeypatch.setattr("baton.runtime.local._pause", slept.append)
+    monkeypatch.setattr("baton.runtime.executor.pause", slept.append)
     model = ScriptedModel([TransientProviderError("scripted", "busy", status=429, retry_after=7.0), GOOD])
     policy = Retry(max_attempts=3, backoff=0.01, max_delay=1, jitter=False)
     run = Pipeline("retry-after", [agent(model, retry=policy)]).run({"text": "x"}, store=store)
