@@ -107,6 +107,11 @@ class LocalProvider:
     def _current_settings(self) -> ProviderSettings:
         return self._settings or current_settings().providers
 
+    def _model(self) -> Any:
+        # The loaded model itself, for scripts that drive it with no contract (bench/tokens.py).
+        with _embedded.lock:
+            return _embedded.model(self._current_settings)
+
     def complete(
         self,
         model: str,
