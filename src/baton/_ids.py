@@ -6,11 +6,15 @@ import os
 import threading
 import time
 
-__all__ = ["new_run_id"]
+__all__ = ["RUN_ID_LENGTH", "new_run_id"]
 
 _lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+
+
+# Every run id has this many hex digits; a shorter one names a run by prefix.
+RUN_ID_LENGTH = 32
 
 
 def new_run_id() -> str:

@@ -10,10 +10,18 @@ from typing import Any
 __all__ = ["count_tokens"]
 
 _lock = threading.Lock()
+# Loading redirects the process's stdout and stderr for a moment: two threads loading at once would leave
+# them pointing at /dev/null. One loads; the others wait for it.
+_loading = threading.Lock()
+
+
+def _vocab() -> Any:
+    with _loading:
+        return _load_vocab()
 
 
 @functools.cache
-def _vocab() -> Any:
+def _load_vocab() -> Any:
     try:
         from llama_cpp import Llama
         from llama_cpp._utils import suppress_stdout_stderr

@@ -4,6 +4,8 @@ none of them on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -89,3 +91,22 @@ def test_counting_tokens_shares_the_one_model(fake):
     assert LocalProvider().count_tokens("three small words") == 3
     asyncio.run(LocalProvider().acomplete("", MESSAGES, **OPTIONS))
     assert loads == [1]
+
+
+def test_the_tokenizer_loaded_by_many_threads_at_once_leaves_the_process_its_output():
+    # Loading silences llama.cpp by pointing stdout and stderr at /dev/null for a moment; two loads at once
+    # used to leave them there for good, and the process went mute.
+    script = (
+        "import sys, threading\n"
+        "from baton.tokens import count_tokens\n"
+        "threads = [threading.Thread(target=count_tokens, args=('x',)) for _ in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print('still heard', file=sys.stderr)\n"
+        "print('still heard')\n"
+    )
+    for _ in range(3):  # the race is not lost every time
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "still heard" in done.stdout
+        assert "still heard" in done.stderr

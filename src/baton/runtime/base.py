@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from baton._ids import RUN_ID_LENGTH
+
 if TYPE_CHECKING:
     from baton.run import Run
     from baton.runtime.executor import Attempt, Outcome
@@ -156,22 +158,23 @@ class _RunningHere:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[threading.Event, Callable[[BaseException], None]]] = {}
-        # Told the id of every run that stops here (the async waiters' watchers), from any thread.
-        self.listeners: list[Callable[[str], None]] = []
+        # Told every run that stops here (the async waiters' watchers), from any thread: its id, and the run as
+        # it ended when the runtime has it at hand (else None: read it from the store).
+        self.listeners: list[Callable[[str, Run | None], None]] = []
 
     def started(self, run_id: str, abandon: Callable[[BaseException], None]) -> None:
         """`run_id` executes here from now on; `abandon(exc)` gives it up."""
         with self._lock:
             self._runs[run_id] = (threading.Event(), abandon)
 
-    def stopped(self, run_id: str) -> None:
-        """`run_id` no longer executes here: wake whoever waits for it."""
+    def stopped(self, run_id: str, run: Run | None = None) -> None:
+        """`run_id` no longer executes here (it ended as `run`, if given): wake whoever waits for it."""
         with self._lock:
             found = self._runs.pop(run_id, None)
         if found is not None:
             found[0].set()
-        for listener in self.listeners:
-            listener(run_id)
+        for listener in list(self.listeners):
+            listener(run_id, run)
 
     def pause(self, run_id: str, seconds: float) -> None:
         """Sleep up to `seconds`, less if `run_id` stops here meanwhile."""
@@ -225,20 +228,29 @@ class _Watcher:
 
     def __init__(self, store: RunStore, poll: float) -> None:
         self.store, self.poll = store, poll
-        self.waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self.waiting: dict[str, list[asyncio.Future[Run | None]]] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
 
-        def stopped(run_id: str) -> None:
+        def stopped(run_id: str, run: Run | None) -> None:
             if run_id in self.waiting:
-                loop.call_soon_threadsafe(self.wake.set)
+                loop.call_soon_threadsafe(self._stopped, run_id, run)
 
         self.listener = stopped
 
-    def until_stopped(self, run_id: str) -> asyncio.Future[None]:
-        """A future that is done once `run_id` no longer runs (succeeded, failed, cancelled, interrupted...)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _stopped(self, run_id: str, run: Run | None) -> None:
+        if run is None:
+            self.wake.set()  # read it from the store
+            return
+        for future in self.waiting.pop(run_id, ()):
+            if not future.done():
+                future.set_result(run)
+
+    def until_stopped(self, run_id: str) -> asyncio.Future[Run | None]:
+        """A future that is done once `run_id` no longer runs (succeeded, failed, cancelled, interrupted...):
+        with the run as it ended when this process executed it, else None."""
+        future: asyncio.Future[Run | None] = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(run_id, []).append(future)
         self.wake.set()
         if self.task is None:
@@ -289,15 +301,16 @@ async def await_for(store: RunStore, run_id: str, *, timeout: float | None = Non
     from baton.errors import RunError
     from baton.runtime.aio import in_store_thread
 
-    run_id = await in_store_thread(store, store.runs.resolve_id, run_id)
+    if len(run_id) != RUN_ID_LENGTH:
+        run_id = await in_store_thread(store, store.runs.resolve_id, run_id)
     loop = asyncio.get_running_loop()
     by_store = _watchers.setdefault(loop, {})
     watcher = by_store.get(id(store))
     if watcher is None or watcher.store is not store:
         watcher = by_store[id(store)] = _Watcher(store, poll)
     try:
-        await asyncio.wait_for(watcher.until_stopped(run_id), timeout)
+        ended = await asyncio.wait_for(watcher.until_stopped(run_id), timeout)
     except TimeoutError:
         found = await in_store_thread(store, store.runs.get, run_id)
         raise RunError(f"run {found.id} is still {found.status.value} after {timeout} s") from None
-    return await in_store_thread(store, store.runs.get, run_id)
+    return ended if ended is not None else await in_store_thread(store, store.runs.get, run_id)

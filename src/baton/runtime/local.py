@@ -152,7 +152,9 @@ class LocalRuntime:
         owner = this_owner()
         with store.writer() as writer:
             base, states = self._new(writer, store, pattern, value, owner)
-            return drive(self._follow(Here(store, writer), base, owner, pattern, states, observer))
+            ended = drive(self._follow(Here(store, writer), base, owner, pattern, states, observer))
+        assert ended is not None  # read back
+        return ended
 
     async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
         """Record a new run and execute it to the end on the running loop; cancelled, it is left interrupted."""
@@ -161,7 +163,9 @@ class LocalRuntime:
         base, states = await in_store_thread(
             store, lambda: self._new(store.kept_writer(), store, pattern, value, owner)
         )
-        return await self._follow(mode, base, owner, pattern, states, observer)
+        ended = await self._follow(mode, base, owner, pattern, states, observer)
+        assert ended is not None  # read back
+        return ended
 
     def _new(
         self, writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str
@@ -257,13 +261,14 @@ class LocalRuntime:
 
     async def _start_pending(
         self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None
-    ) -> Run:
+    ) -> None:
         mode = OnLoop(store)
+        ended: Run | None = None
         try:
             try:
                 run = await mode.db(store.runs.get, run_id)
                 if run.status is not RunStatus.PENDING:
-                    return run  # cancelled while it waited
+                    return  # cancelled while it waited
                 states = resume_states(run, pattern, pending_ok=True)
                 start = pattern.first(states)
                 claim = functools.partial(
@@ -271,17 +276,27 @@ class LocalRuntime:
                     statuses=[RunStatus.PENDING], only_owner=owner,
                 )  # fmt: skip
                 if not await mode.db(claim):
-                    return await mode.db(store.runs.get, run_id)
+                    return
             finally:
                 _heartbeat_for(store).discard(run_id)
-            return await self._follow(mode, run, owner, pattern, states, observer)
+            # Not read back when it ends: whoever waits for it reads it (once), or has it from here.
+            ended = await self._follow(mode, run, owner, pattern, states, observer, read_back=False)
         finally:
-            running_here.stopped(run_id)
+            running_here.stopped(run_id, ended)
 
     async def _follow(
-        self, mode: Mode, base: Run, owner: str, pattern: Any, states: States, observer: Observer | None
-    ) -> Run:
-        """Drive the run's plan to its end and return the run as it ended."""
+        self,
+        mode: Mode,
+        base: Run,
+        owner: str,
+        pattern: Any,
+        states: States,
+        observer: Observer | None,
+        *,
+        read_back: bool = True,
+    ) -> Run | None:
+        """Drive the run's plan to its end and return the run as it ended (None when that means reading it
+        back from the store and `read_back` is False)."""
         store = mode.store
         beat = _heartbeat_for(store)
         beat.add(base.id, owner)
@@ -298,7 +313,7 @@ class LocalRuntime:
         finally:
             beat.discard(base.id)
         if records is None:
-            return await mode.db(store.runs.get, base.id)
+            return await mode.db(store.runs.get, base.id) if read_back else None
         # The clean path (every step succeeded at its first attempt) is built from what was just written,
         # without reading it back; anything else is read from the store, the one source of truth.
         final = records[-1]

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, null, select, update
 
+from baton._ids import RUN_ID_LENGTH
 from baton._owner import owner_alive
 from baton.errors import RunNotFound, UserError
 from baton.run import ErrorInfo, Run
@@ -64,9 +65,12 @@ class Runs:
 
     def get(self, run_id: str, *, conn: Connection | None = None) -> Run:
         """The run `run_id` (or a unique prefix) with every step, as recorded (see `reap`)."""
-        run_id = self.resolve_id(run_id)
+        if len(run_id) != RUN_ID_LENGTH:
+            run_id = self.resolve_id(run_id)
         with self._ctx.read(conn) as c:
-            row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().one()
+            row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self._ctx.describe()}")
             step_rows = c.execute(select(steps).where(steps.c.run_id == run_id)).mappings().all()
             attempt_rows = (
                 c.execute(select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)).mappings().all()
