@@ -5,7 +5,21 @@ from the step that failed.
 """
 
 from baton.agents import Agent, Tool
-from baton.api import approve, cancel, get_run, reject, resume, resume_later, run, submit, wait, wait_chain
+from baton.api import (
+    approve,
+    arun,
+    asubmit,
+    await_run,
+    cancel,
+    get_run,
+    reject,
+    resume,
+    resume_later,
+    run,
+    submit,
+    wait,
+    wait_chain,
+)
 from baton.effects import effect
 from baton.errors import (
     BatonError,
@@ -60,6 +74,9 @@ __all__ = [
     "get_run",
     "resume",
     "resume_later",
+    "arun",
+    "asubmit",
+    "await_run",
     "run",
     "submit",
     "wait",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import time
@@ -14,7 +15,7 @@ from baton._context import LLMCall, StepContext, current_step
 from baton.contracts import is_contract
 from baton.errors import ContractViolation, DefinitionError
 from baton.pricing import cost_of
-from baton.providers import Message, ToolCall, ToolSpec, check_model, get_provider, split_model
+from baton.providers import Completion, Message, ToolCall, ToolSpec, check_model, get_provider, split_model
 from baton.providers.base import redact
 from baton.retry import Retry
 from baton.settings import current_settings
@@ -34,12 +35,18 @@ REASK = (
 
 
 class Tool:
-    """A plain typed function an agent's model may call; its parameters' annotations make its schema."""
+    """A plain typed function an agent's model may call; its parameters' annotations make its schema.
+
+    The function may be `async def` (awaited on the agent's loop) or plain (run on a worker thread, so that a
+    slow one never blocks the loop).
+    """
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
         if not callable(fn):
             raise DefinitionError(f"a tool must be a function, not {fn!r}")
         self.fn = fn
+        # An object whose `__call__` is async counts too: `iscoroutinefunction` sees only functions.
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self.name = name or fn.__name__
         self.description = (description or inspect.getdoc(fn) or self.name).strip().splitlines()[0]
         fields: dict[str, Any] = {}
@@ -52,16 +59,49 @@ class Tool:
         self.spec = ToolSpec(self.name, self.description, self.arguments.model_json_schema())
 
     def call(self, arguments: dict[str, Any]) -> str:
-        """Validate the model's arguments, call the function, and give back its result as JSON text."""
+        """Validate the model's arguments, call the function, and give back its result as JSON text.
+
+        For sync code with no loop running; agents use `acall`.
+        """
+        if self.is_async:
+            return asyncio.run(self.acall(arguments))
         try:
             args = self.arguments.model_validate(arguments)
         except ValidationError as exc:
-            return json.dumps({"error": f"invalid arguments: {exc.errors(include_url=False)}"}, default=str)
+            return _invalid(exc)
         try:
             result = self.fn(**dict(args))
         except Exception as exc:  # the model reads the failure and can try otherwise
-            return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-        return TypeAdapter(Any).dump_json(result).decode()
+            return _failed(exc)
+        return _dumped(result)
+
+    async def acall(self, arguments: dict[str, Any]) -> str:
+        """`call` from async code: an async function is awaited, a plain one runs on a worker thread."""
+        try:
+            args = self.arguments.model_validate(arguments)
+        except ValidationError as exc:
+            return _invalid(exc)
+        try:
+            if self.is_async:
+                result = await self.fn(**dict(args))
+            else:
+                # A thread with a copy of this context: the tool still sees the step it runs in.
+                result = await asyncio.to_thread(self.fn, **dict(args))
+        except Exception as exc:  # the model reads the failure and can try otherwise
+            return _failed(exc)
+        return _dumped(result)
+
+
+def _invalid(exc: ValidationError) -> str:
+    return json.dumps({"error": f"invalid arguments: {exc.errors(include_url=False)}"}, default=str)
+
+
+def _failed(exc: Exception) -> str:
+    return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _dumped(result: Any) -> str:
+    return TypeAdapter(Any).dump_json(result).decode()
 
 
 def field_guide(contract: type[BaseModel]) -> str:
@@ -77,7 +117,8 @@ class Agent(Step):
     """An LLM-backed step: `instructions` as system message, the input contract as JSON as user message.
 
     The answer is forced into the `output` contract (by the provider's structured output) and validated
-    against all its bounds; an invalid answer is sent back with the errors, up to `reasks` times.
+    against all its bounds; an invalid answer is sent back with the errors, up to `reasks` times. Its work is
+    async: model calls and tools are awaited, so many agents share one event loop.
     """
 
     calls_model = True
@@ -107,8 +148,11 @@ class Agent(Step):
             model = current_settings().providers.model
         if isinstance(model, str):
             check_model(model)
-        elif not callable(getattr(model, "complete", None)):
-            raise DefinitionError(f"agent '{name}': model= takes a model name or a provider object, not {model!r}")
+        elif not any(callable(getattr(model, method, None)) for method in ("acomplete", "complete")):
+            raise DefinitionError(
+                f"agent '{name}': model= takes a model name or a provider object (with acomplete or complete), "
+                f"not {model!r}"
+            )
         self.instructions = instructions.strip()
         self.model = model
         self.reasks = reasks
@@ -146,13 +190,13 @@ class Agent(Step):
             system = f"{system}\n\n{field_guide(self.output)}"
         return [Message("system", system), Message("user", value.model_dump_json())]
 
-    def _work(self, value: BaseModel) -> BaseModel:
+    async def _work(self, value: BaseModel) -> BaseModel:
         ctx = current_step()
         messages = self.prompt(value)
         errors: list[dict[str, str]] = []
         raw = ""
         for _ in range(self.reasks + 1):
-            raw, call = self._answer(messages, ctx)
+            raw, call = await self._answer(messages, ctx)
             try:
                 answer = self._parse(raw)
             except ValidationError as exc:
@@ -160,7 +204,7 @@ class Agent(Step):
                     exc, contract=self.output.__name__, step=self.name, where="the model's answer"
                 )
                 errors = violation.errors
-                _keep(ctx, call, "invalid")
+                await _keep(ctx, call, "invalid")
                 listed = "\n".join(f"- {e['field']}: {e['message']}" for e in errors)
                 messages = [
                     *messages,
@@ -169,7 +213,7 @@ class Agent(Step):
                     Message("user", REASK.format(contract=self.output.__name__, errors=listed)),
                 ]
                 continue
-            _keep(ctx, call, "answer")
+            await _keep(ctx, call, "answer")
             return answer
         raise ContractViolation(
             contract=self.output.__name__,
@@ -193,17 +237,19 @@ class Agent(Step):
                 raise exc from None
             return self.output.model_validate(data)
 
-    def _answer(self, messages: list[Message], ctx: StepContext | None) -> tuple[str, LLMCall]:
+    async def _answer(self, messages: list[Message], ctx: StepContext | None) -> tuple[str, LLMCall]:
         """Ask until the model answers (running the tools it calls in between): the answer's text and the
         call that gave it (kept by the caller once it knows whether the answer is valid)."""
         provider, model = self._provider()
         for _ in range(MAX_TOOL_ROUNDS + 1):
-            completion, call = self._call(provider, model, messages, ctx)
+            completion, call = await self._call(provider, model, messages, ctx)
             if not completion.tool_calls:
                 return completion.text or "", call
-            _keep(ctx, call, "tool_calls")
+            await _keep(ctx, call, "tool_calls")
             messages.append(Message("assistant", completion.text or "", tool_calls=completion.tool_calls))
-            messages.extend(self._run_tool(tool_call) for tool_call in completion.tool_calls)
+            # One after the other, as the model listed them: plain tools need not be safe to run at once.
+            for tool_call in completion.tool_calls:
+                messages.append(await self._run_tool(tool_call))
         raise ContractViolation(
             contract=self.output.__name__,
             errors=[{"field": "(root)", "message": f"no answer after {MAX_TOOL_ROUNDS} tool rounds", "type": "tools"}],
@@ -211,9 +257,9 @@ class Agent(Step):
             where="the model's answer",
         )
 
-    def _run_tool(self, call: ToolCall) -> Message:
+    async def _run_tool(self, call: ToolCall) -> Message:
         tool = next((t for t in self.tools if t.name == call.name), None)
-        content = tool.call(call.arguments) if tool else json.dumps({"error": f"no tool named {call.name!r}"})
+        content = await tool.acall(call.arguments) if tool else json.dumps({"error": f"no tool named {call.name!r}"})
         return Message("tool", content, tool_call_id=call.id, name=call.name)
 
     def _provider(self) -> tuple[Any, str]:
@@ -222,12 +268,15 @@ class Agent(Step):
             return get_provider(provider_name), model
         return self.model, getattr(self.model, "model", "")
 
-    def _call(self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None) -> tuple[Any, LLMCall]:
+    async def _call(
+        self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None
+    ) -> tuple[Any, LLMCall]:
         started = utcnow()
         t0 = time.perf_counter()
         provider_name = getattr(provider, "name", type(provider).__name__)
         try:
-            completion = provider.complete(
+            completion = await _complete(
+                provider,
                 model,
                 list(messages),
                 schema=self.schema,
@@ -239,7 +288,7 @@ class Agent(Step):
         except Exception as exc:
             latency = (time.perf_counter() - t0) * 1000
             error = redact(str(exc))[:500]
-            _keep(ctx, LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, error), "error")
+            await _keep(ctx, LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, error), "error")
             raise
         priced = f"{provider_name}:{model}" if model else provider_name
         call = LLMCall(
@@ -255,7 +304,16 @@ class Agent(Step):
         return completion, call
 
 
-def _keep(ctx: StepContext | None, call: LLMCall, outcome: str) -> None:
+async def _complete(provider: Any, model: str, messages: list[Message], **options: Any) -> Completion:
+    """The provider's answer, awaited: its `acomplete`, or its sync `complete` on a worker thread."""
+    acomplete = getattr(provider, "acomplete", None)
+    if callable(acomplete):
+        return await acomplete(model, messages, **options)
+    # A provider written before agents were async: on a thread, so that it never blocks the loop.
+    return await asyncio.to_thread(provider.complete, model, messages, **options)
+
+
+async def _keep(ctx: StepContext | None, call: LLMCall, outcome: str) -> None:
     call.outcome = outcome
     if ctx is not None:
-        ctx.keep(call)
+        await ctx.akeep(call)

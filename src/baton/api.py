@@ -11,11 +11,25 @@ from baton.errors import RunError, RunNotResumable
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime import get_runtime
-from baton.runtime.base import wait_for
+from baton.runtime.base import await_for, wait_for
 from baton.status import RunStatus
 from baton.store import RunStore, open_store
 
-__all__ = ["approve", "cancel", "get_run", "reject", "resume", "resume_later", "run", "submit", "wait", "wait_chain"]
+__all__ = [
+    "approve",
+    "arun",
+    "asubmit",
+    "await_run",
+    "cancel",
+    "get_run",
+    "reject",
+    "resume",
+    "resume_later",
+    "run",
+    "submit",
+    "wait",
+    "wait_chain",
+]
 
 
 def _store(store: RunStore | str | None) -> RunStore:
@@ -94,6 +108,26 @@ def wait(run_id: str, *, store: RunStore | str | None = None, timeout: float | N
     It watches the store, not a runtime's own results, so it works the same for every runtime.
     """
     return wait_for(_store(store), run_id, timeout=timeout, poll=poll)
+
+
+async def await_run(
+    run_id: str, *, store: RunStore | str | None = None, timeout: float | None = None, poll: float = 0.05
+) -> Run:
+    """`wait` for async code: await until a run stops running and return it, without blocking the loop.
+
+    Many runs awaited at once on one loop are watched together, one read of the store a poll.
+    """
+    return await await_for(_store(store), run_id, timeout=timeout, poll=poll)
+
+
+async def arun(pattern: Any, input: BaseModel | dict[str, Any] | str, **options: Any) -> Run:
+    """`run` for async code; the same as `await pattern.arun(input)`."""
+    return await pattern.arun(input, **options)
+
+
+async def asubmit(pattern: Any, input: BaseModel | dict[str, Any] | str, **options: Any) -> str:
+    """`submit` for async code; the same as `await pattern.asubmit(input)`."""
+    return await pattern.asubmit(input, **options)
 
 
 def wait_chain(

@@ -65,8 +65,10 @@ class WorkerSettings:
     # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
     # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
     celery_hop: str = _var("BATON_CELERY_HOP", "run", "run", "step")
-    concurrency: int = _var("BATON_WORKER_CONCURRENCY", 2, minimum=1)
-    pool: str = _var("BATON_WORKER_POOL", "prefork", "prefork", "threads", "solo")
+    # Steps one worker executes at once. 0: BATON_MAX_IN_FLIGHT on the threads pool, one per CPU on prefork.
+    concurrency: int = _var("BATON_WORKER_CONCURRENCY", 0)
+    # threads: many I/O-bound steps (model calls) in one process; prefork: one CPU-bound step per process.
+    pool: str = _var("BATON_WORKER_POOL", "threads", "threads", "prefork", "solo")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class Settings:
     mail: MailSettings = field(default_factory=MailSettings)
     # Where `baton run` and `baton serve` execute steps: local or celery (a plugin's runtime name too).
     runtime: str = _var("BATON_RUNTIME", "local")
+    # Runs one process executes at once (more wait, pending, and start in order); also the size of the pool
+    # of threads its sync steps run on.
+    max_in_flight: int = _var("BATON_MAX_IN_FLIGHT", 256, minimum=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -60,15 +60,27 @@ class Step:
         self.side_effect = side_effect
         # The run stops before this step, awaiting a person's `baton approve` (or `reject`).
         self.approval = approval
-        self._is_async = inspect.iscoroutinefunction(fn)
+        # An async step is awaited on an event loop (the one its run executes on); a sync one runs on a thread.
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
     def execute(self, value: BaseModel) -> Any:
-        """Run the step's work on an already validated input; returns what the work returned."""
-        if self._is_async:
-            return asyncio.run(self.fn(value))
+        """Run the step's work on an already validated input, from sync code; returns what the work returned.
+
+        An async step is awaited on baton's background loop, so this works inside a running loop too.
+        """
+        if self.is_async:
+            from baton.runtime.aio import call_in_background  # the runtime imports steps, not the reverse
+
+            return call_in_background(self.fn(value))
         return self.fn(value)
+
+    async def aexecute(self, value: BaseModel) -> Any:
+        """Run the step's work on an already validated input, from async code (a sync step on a thread)."""
+        if self.is_async:
+            return await self.fn(value)
+        return await asyncio.to_thread(self.fn, value)
 
     def __call__(self, value: BaseModel) -> Any:
         """Call the underlying function directly, outside any run (handy in tests)."""

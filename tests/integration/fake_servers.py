@@ -1,31 +1,54 @@
 """Small HTTP servers on loopback that speak a provider's API, for the tests of the real SDKs.
 
-Each answers from a queue of scripted replies and keeps the requests it received.
+Each answers from a queue of scripted replies and keeps the requests it received; it can take its time over
+each, and counts the most requests it had in flight at once (to prove that clients wait on it concurrently).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-class ScriptedHTTPServer:
-    """Serves `replies` in order, one per POST: (status, headers, JSON body); the last one repeats."""
+class _Server(ThreadingHTTPServer):
+    # Many clients connect at once: the default backlog of 5 would drop their connections and make them retry.
+    request_queue_size = 256
+    daemon_threads = True
 
-    def __init__(self, replies: list[tuple[int, dict[str, str], Any]]) -> None:
+
+class ScriptedHTTPServer:
+    """Serves `replies` in order, one per POST: (status, headers, JSON body); the last one repeats.
+
+    Each reply is sent `delay` seconds after its request came; `max_in_flight` is the most requests it was
+    serving at once.
+    """
+
+    def __init__(self, replies: list[tuple[int, dict[str, str], Any]], *, delay: float = 0.0) -> None:
         self.replies = replies
         self.requests: list[dict[str, Any]] = []
+        self.delay = delay
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                outer.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": json.loads(self.rfile.read(length))}
-                )
-                status, headers, body = outer.replies[min(len(outer.requests) - 1, len(outer.replies) - 1)]
+                sent = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                request = {"path": self.path, "headers": dict(self.headers), "body": sent}
+                with lock:
+                    outer.requests.append(request)
+                    number = len(outer.requests)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    time.sleep(outer.delay)
+                finally:
+                    with lock:
+                        outer.in_flight -= 1
+                status, headers, body = outer.replies[min(number - 1, len(outer.replies) - 1)]
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -38,7 +61,7 @@ class ScriptedHTTPServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

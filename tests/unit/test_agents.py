@@ -1,6 +1,9 @@
 """Agents with a scripted model: the prompt, re-asks, tools, usage and the errors a person reads."""
 
+import asyncio
+import inspect
 import json
+import threading
 
 import pytest
 from pydantic import BaseModel, Field
@@ -14,9 +17,12 @@ from baton import (
     Retry,
     RunStatus,
     ScriptedModel,
+    Tool,
     TransientProviderError,
     register_price,
 )
+from baton._context import StepContext, current_step, enter, leave
+from baton.providers import Completion
 
 
 class Doc(BaseModel):
@@ -102,7 +108,7 @@ def test_the_model_can_call_the_agents_tools(store):
 
 def test_transient_provider_errors_retry_and_honour_retry_after(store, monkeypatch):
     slept = []
-    monkeypatch.setattr("baton.runtime.local._pause", slept.append)
+    monkeypatch.setattr("baton.runtime.executor.pause", slept.append)
     model = ScriptedModel([TransientProviderError("scripted", "busy", status=429, retry_after=7.0), GOOD])
     policy = Retry(max_attempts=3, backoff=0.01, max_delay=1, jitter=False)
     run = Pipeline("retry-after", [agent(model, retry=policy)]).run({"text": "x"}, store=store)
@@ -174,3 +180,109 @@ def test_each_model_call_is_stored_as_soon_as_it_returns(store):
     run = Pipeline("stored-at-once", [agent(model, tools=[count_stored_calls])]).run({"text": "x"}, store=store)
     assert run.status is RunStatus.SUCCEEDED
     assert seen == [1]  # the call that asked for the tool was in the store before the tool ran
+
+
+# The agent's work is async: awaited on an event loop, as the async executor runs it.
+
+
+def test_an_agents_work_is_a_coroutine_function_so_the_executor_awaits_it():
+    assert inspect.iscoroutinefunction(agent(ScriptedModel([GOOD])).fn)
+
+
+def test_an_async_agent_records_its_calls_through_akeep_without_the_sync_writer():
+    def sync_writer(call):
+        raise AssertionError("async code wrote a call through the blocking writer")
+
+    written = []
+
+    async def writer(call):
+        written.append(call.outcome)
+
+    from baton.providers import ToolCall
+
+    model = ScriptedModel([[ToolCall("c1", "echo", {"text": "hi"})], TOO_MANY, GOOD])
+
+    def echo(text: str) -> str:
+        """Say it back."""
+        return text
+
+    async def main():
+        token = enter(StepContext("run", "extract", 0, 1, record=sync_writer, arecord=writer))
+        try:
+            return await agent(model, tools=[echo]).fn(Doc(text="x"))
+        finally:
+            leave(token)
+
+    assert asyncio.run(main()) == Facts(**GOOD)
+    assert written == ["tool_calls", "invalid", "answer"]
+
+
+def test_async_tools_are_awaited_on_the_loop_and_plain_ones_run_on_a_thread_in_the_step(store):
+    seen = {}
+
+    async def loop_thread(probe: str) -> str:
+        """Where the agent's loop runs."""
+        await asyncio.sleep(0)
+        seen["loop"] = threading.get_ident()
+        return "async"
+
+    def plain(probe: str) -> str:
+        """Where a plain tool runs, and which step it sees."""
+        seen["plain"] = threading.get_ident()
+        seen["step"] = current_step().step
+        return "plain"
+
+    from baton.providers import ToolCall
+
+    calls = [ToolCall("c1", "loop_thread", {"probe": "a"}), ToolCall("c2", "plain", {"probe": "b"})]
+    model = ScriptedModel([calls, GOOD])
+    run = Pipeline("async-tools", [agent(model, tools=[loop_thread, plain])]).run({"text": "x"}, store=store)
+    assert run.status is RunStatus.SUCCEEDED, run.step("extract").error
+    assert [(m.role, m.content) for m in model.requests[1][-2:]] == [("tool", '"async"'), ("tool", '"plain"')]
+    assert seen["plain"] != seen["loop"] and seen["step"] == "extract"
+
+
+def test_a_tool_can_be_async_and_still_called_from_sync_code():
+    async def double(x: int) -> int:
+        """Twice x."""
+        return 2 * x
+
+    tool = Tool(double)
+    assert tool.is_async and tool.call({"x": 21}) == "42"
+    assert asyncio.run(tool.acall({"x": "nope"})).startswith('{"error": "invalid arguments')
+
+
+class SyncOnly:
+    """A provider written before agents were async: `complete` alone, and it blocks."""
+
+    name = "sync-only"
+    model = "blocking"
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties)
+        self.threads = set()
+
+    def complete(self, model, messages, *, schema, schema_name, tools, max_tokens, temperature):
+        self.threads.add(threading.get_ident())
+        # Every call waits for the others: on the loop's thread they would come one at a time and never meet.
+        self.barrier.wait(timeout=10)
+        return Completion(json.dumps(GOOD), 5, 5, model)
+
+
+def test_a_provider_with_only_sync_complete_runs_on_threads_off_the_loop(store):
+    provider = SyncOnly(parties=3)
+    extract = agent(provider)
+
+    async def main():
+        return threading.get_ident(), await asyncio.gather(*(extract.fn(Doc(text=str(i))) for i in range(3)))
+
+    loop_thread, answers = asyncio.run(main())
+    assert answers == [Facts(**GOOD)] * 3
+    assert loop_thread not in provider.threads and len(provider.threads) == 3
+    provider.barrier = threading.Barrier(1)
+    assert Pipeline("sync-only", [extract]).run({"text": "x"}, store=store).output == GOOD
+
+
+def test_a_provider_object_needs_complete_or_acomplete():
+    with pytest.raises(DefinitionError, match="acomplete or complete"):
+        agent(object())

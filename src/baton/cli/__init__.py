@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -295,12 +296,14 @@ def demo(file_path: str | None, model: str | None, database_url: str | None, as_
 
 @main.command()
 @setting_option(
-    "--concurrency", "-c", variable="BATON_WORKER_CONCURRENCY", show_default=True, type=click.IntRange(1, 512),
-    help="How many steps this worker executes at once.",
+    "--concurrency", "-c", variable="BATON_WORKER_CONCURRENCY", show_default=True, type=click.IntRange(0, 4096),
+    help="Steps this worker executes at once, its steps in flight. With --pool threads, each waits for its model "
+    "call on a thread and async steps share the process's event loop (0: BATON_MAX_IN_FLIGHT, 256 by default); "
+    "with prefork, one step per process (0: one per CPU).",
 )  # fmt: skip
 @setting_option(
-    "--pool", variable="BATON_WORKER_POOL", show_default=True, type=click.Choice(["prefork", "threads", "solo"]),
-    help="Celery's execution pool.",
+    "--pool", variable="BATON_WORKER_POOL", show_default=True, type=click.Choice(["threads", "prefork", "solo"]),
+    help="How steps run: threads (many I/O-bound steps in one process) or prefork (CPU-bound steps).",
 )  # fmt: skip
 @click.option(
     "--import", "imports", multiple=True, metavar="MODULE",
@@ -329,7 +332,9 @@ def worker(
     check_broker(app)
     _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
     chosen = settings.worker
-    app.worker_main(worker_argv(concurrency=chosen.concurrency, pool=chosen.pool, loglevel=loglevel))
+    steps = chosen.concurrency or (settings.max_in_flight if chosen.pool == "threads" else os.cpu_count() or 1)
+    _err().print(f"baton worker: {steps} steps in flight at most ({chosen.pool} pool)", highlight=False, markup=False)
+    app.worker_main(worker_argv(concurrency=steps, pool=chosen.pool, loglevel=loglevel))
 
 
 @main.command()

@@ -150,6 +150,32 @@ class Pattern:
         value = validate_input(self.input, input, step=self.steps[0].name)
         return get_runtime(runtime).submit(store_of(store), self, value)
 
+    async def arun(
+        self,
+        input: BaseModel | dict[str, Any] | str,
+        *,
+        store: RunStore | str | None = None,
+        runtime: str = "local",
+        observer: Observer | None = None,
+    ) -> Run:
+        """`run` for async code: on the local runtime the run executes on the running loop (its async steps
+        awaited there, its sync steps on threads); on celery it is awaited in the store."""
+        value = validate_input(self.input, input, step=self.steps[0].name)
+        return await get_runtime(runtime).arun(store_of(store), self, value, observer)
+
+    async def asubmit(
+        self,
+        input: BaseModel | dict[str, Any] | str,
+        *,
+        store: RunStore | str | None = None,
+        runtime: str = "local",
+    ) -> str:
+        """`submit` for async code: start on `input` and return the run id at once (`baton.await_run` waits)."""
+        value = validate_input(self.input, input, step=self.steps[0].name)
+        run_id = await get_runtime(runtime).asubmit(store_of(store), self, value)
+        assert run_id is not None
+        return run_id
+
     def resume(
         self,
         run_id: str,

@@ -131,15 +131,21 @@ class _RoutingStep(Step):
     """The router, with its boundary also refusing routes to workers that do not exist."""
 
     def __init__(self, router: Step, workers: set[str]) -> None:
-        super().__init__(router.name, router.fn, input=router.input, output=router.output, retry=router.retry)
+        fn = self._aroute if router.is_async else self._route
+        super().__init__(router.name, fn, input=router.input, output=router.output, retry=router.retry)
         self.inner = router
         self.known = workers
         # An agent router stays an agent for what measures models' boundaries.
         self.calls_model = router.calls_model
 
-    def execute(self, value: BaseModel) -> Any:
-        """Run the router; a route naming an unknown worker is a contract violation of the router."""
-        produced = self.inner.execute(value)
+    def _route(self, value: BaseModel) -> Any:
+        return self._checked(self.inner.fn(value))
+
+    async def _aroute(self, value: BaseModel) -> Any:
+        return self._checked(await self.inner.fn(value))
+
+    def _checked(self, produced: Any) -> Any:
+        """The router's answer; a route naming an unknown worker is a contract violation of the router."""
         keys = set(produced) if isinstance(produced, dict) else set(getattr(produced, "model_extra", None) or {})
         unknown = sorted(keys - self.known)
         if unknown:

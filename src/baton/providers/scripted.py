@@ -20,7 +20,8 @@ class ScriptedModel:
 
     An answer is the JSON text to return, a dict or model (dumped to JSON), a list of `ToolCall`s, an
     exception to raise, or a function of the messages that returns one of those. `requests` keeps every
-    call's messages, so a test can check the prompt.
+    call's messages, so a test can check the prompt. `acomplete` answers the same way, on the loop: keep an
+    answer function quick.
     """
 
     name = "scripted"
@@ -62,3 +63,26 @@ class ScriptedModel:
         else:
             text = str(answer)
         return Completion(text, prompt_tokens, len(text) // 4 + 1, model or self.model)
+
+    async def acomplete(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any],
+        schema_name: str,
+        tools: list[ToolSpec],
+        max_tokens: int,
+        temperature: float,
+    ) -> Completion:
+        """Answer with the next scripted answer, from async code."""
+        # Through `complete`, so that a subclass that overrides only `complete` answers the same both ways.
+        return self.complete(
+            model,
+            messages,
+            schema=schema,
+            schema_name=schema_name,
+            tools=tools,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )

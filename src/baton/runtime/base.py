@@ -8,9 +8,12 @@ being imported from here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from baton.runtime.executor import Attempt, Outcome
     from baton.store import RunStore
 
-__all__ = ["Hooks", "Observer", "Runtime", "hooks", "running_here", "wait_for"]
+__all__ = ["Hooks", "Observer", "Runtime", "await_for", "hooks", "running_here", "wait_for"]
 
 log = logging.getLogger("baton.runtime")
 
@@ -63,6 +66,23 @@ class Runtime(Protocol):
 
     def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
         """Record a run, follow it to its end (here, or on workers through the store) and return it."""
+        ...
+
+    async def asubmit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """`submit` for async code: it never blocks the caller's loop."""
+        ...
+
+    async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """`run` for async code: it never blocks the caller's loop."""
         ...
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
@@ -136,6 +156,8 @@ class _RunningHere:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[threading.Event, Callable[[BaseException], None]]] = {}
+        # Told the id of every run that stops here (the async waiters' watchers), from any thread.
+        self.listeners: list[Callable[[str], None]] = []
 
     def started(self, run_id: str, abandon: Callable[[BaseException], None]) -> None:
         """`run_id` executes here from now on; `abandon(exc)` gives it up."""
@@ -148,6 +170,8 @@ class _RunningHere:
             found = self._runs.pop(run_id, None)
         if found is not None:
             found[0].set()
+        for listener in self.listeners:
+            listener(run_id)
 
     def pause(self, run_id: str, seconds: float) -> None:
         """Sleep up to `seconds`, less if `run_id` stops here meanwhile."""
@@ -193,3 +217,87 @@ def wait_for(store: RunStore, run_id: str, *, timeout: float | None = None, poll
     except KeyboardInterrupt as exc:
         running_here.abandon(run_id, exc)
         raise
+
+
+class _Watcher:
+    """Watches the runs that async code awaits on one loop and one store, in one read for all of them:
+    a thousand waiters cost one query a poll, not a thousand. A run that stops in this process wakes it."""
+
+    def __init__(self, store: RunStore, poll: float) -> None:
+        self.store, self.poll = store, poll
+        self.waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+
+        def stopped(run_id: str) -> None:
+            if run_id in self.waiting:
+                loop.call_soon_threadsafe(self.wake.set)
+
+        self.listener = stopped
+
+    def until_stopped(self, run_id: str) -> asyncio.Future[None]:
+        """A future that is done once `run_id` no longer runs (succeeded, failed, cancelled, interrupted...)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(run_id, []).append(future)
+        self.wake.set()
+        if self.task is None:
+            running_here.listeners.append(self.listener)
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+        return future
+
+    async def _watch(self) -> None:
+        from baton.runtime.aio import in_store_thread  # aio reads the settings; base is imported before them
+
+        store, reaped_at = self.store, 0.0
+        try:
+            while self.waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.poll)
+                self.wake.clear()
+                for run_id in [r for r, fs in self.waiting.items() if all(f.done() for f in fs)]:
+                    del self.waiting[run_id]  # its waiters were cancelled
+                if not self.waiting:
+                    break
+                if time.monotonic() - reaped_at > 1.0:
+                    # A run whose owner died ends interrupted: waiting must not outlive it.
+                    await in_store_thread(store, store.runs.reap)
+                    reaped_at = time.monotonic()
+                statuses = await in_store_thread(store, store.runs.statuses, list(self.waiting))
+                for run_id, status in statuses.items():
+                    if status.finished:
+                        for future in self.waiting.pop(run_id, ()):
+                            if not future.done():
+                                future.set_result(None)
+        finally:
+            running_here.listeners.remove(self.listener)
+            self.task = None
+            if self.waiting:  # a waiter came while this watch ended: it needs a watch of its own
+                self.task = asyncio.get_running_loop().create_task(self._watch())
+                running_here.listeners.append(self.listener)
+
+
+_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Watcher]] = weakref.WeakKeyDictionary()
+
+
+async def await_for(store: RunStore, run_id: str, *, timeout: float | None = None, poll: float = 0.05) -> Run:
+    """`wait_for` for async code: await until a run stops running and return it, never blocking the loop.
+
+    The runs awaited on one loop are watched together, in one read of the store a poll. Cancelled (the task
+    awaiting it), it stops waiting; the run goes on.
+    """
+    from baton.errors import RunError
+    from baton.runtime.aio import in_store_thread
+
+    run_id = await in_store_thread(store, store.runs.resolve_id, run_id)
+    loop = asyncio.get_running_loop()
+    by_store = _watchers.setdefault(loop, {})
+    watcher = by_store.get(id(store))
+    if watcher is None or watcher.store is not store:
+        watcher = by_store[id(store)] = _Watcher(store, poll)
+    try:
+        await asyncio.wait_for(watcher.until_stopped(run_id), timeout)
+    except TimeoutError:
+        found = await in_store_thread(store, store.runs.get, run_id)
+        raise RunError(f"run {found.id} is still {found.status.value} after {timeout} s") from None
+    return await in_store_thread(store, store.runs.get, run_id)

@@ -1,15 +1,25 @@
 """Executing one attempt of one step: the code path every runtime shares.
 
-An `Attempt` is one value; `execute` runs it, validates the output at the boundary, and writes the
+An `Attempt` is one value; `aexecute` runs it, validates the output at the boundary, and writes the
 checkpoint (with the events the step emitted) or the failure. Hooks (`baton.runtime.base.hooks`) are told
 what was emitted and may wrap the work (a span, a budget); the runtime decides what comes next.
+
+It is one coroutine, run in one of two modes: `OnLoop`, on an event loop many runs share (sync work goes to
+threads, nothing blocks the loop), or `Here`, in a plain thread that waits for it (`execute`, which drives the
+coroutine without a loop: nothing in it suspends).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import functools
+import time
 import traceback
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,12 +27,18 @@ from baton._context import StepContext, enter, leave
 from baton.contracts import validate_output
 from baton.errors import ContractViolation
 from baton.run import ErrorInfo
+from baton.runtime.aio import call_in_background, in_store_thread, in_work_thread
 from baton.runtime.base import hooks
 from baton.steps import Step
 from baton.store import RunStore, RunWriter, StepResult, utcnow
 from baton.tokens import count_tokens
 
-__all__ = ["Attempt", "Failed", "Outcome", "RetryLater", "Succeeded", "error_info", "execute"]
+__all__ = [
+    "Attempt", "Failed", "Here", "Mode", "OnLoop", "Outcome", "RetryLater", "Succeeded", "aexecute", "drive",
+    "error_info", "execute", "pause",
+]  # fmt: skip
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +111,109 @@ class Attempt:
         return replace(self, number=number, this_go=self.this_go + 1)
 
 
+class Here:
+    """How an attempt runs when its caller is a plain thread (a script's `run`, a Celery worker's task): sync
+    work and store writes right here; an async step on the background loop, this thread waiting for it.
+
+    Nothing it awaits ever suspends, so a coroutine of the executor runs to its end in one `drive()`.
+    """
+
+    __slots__ = ("store", "writer")
+    on_loop = False
+
+    def __init__(self, store: RunStore, writer: RunWriter) -> None:
+        self.store, self.writer = store, writer
+
+    async def work(self, step: Step, value: BaseModel) -> Any:
+        """The step's work on `value`."""
+        if step.is_async:
+            return call_in_background(_in_context(step.fn(value), contextvars.copy_context()))
+        return step.fn(value)
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call."""
+        return fn(*args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """A call of the hot-path writer: `fn(writer, *args)`."""
+        return fn(self.writer, *args)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait before a retry."""
+        pause(seconds)
+
+
+class OnLoop:
+    """How an attempt runs on an event loop shared by many runs: async work awaited on it, sync work on the
+    work threads, store calls on the store's threads, so that nothing blocks the loop."""
+
+    __slots__ = ("store",)
+    on_loop = True
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    async def work(self, step: Step, value: BaseModel) -> Any:
+        """The step's work on `value`."""
+        if step.is_async:
+            return await step.fn(value)
+        return await in_work_thread(step.fn, value)
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call."""
+        return await in_store_thread(self.store, fn, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """A call of the hot-path writer of the store thread that makes it."""
+        store = self.store
+        return await in_store_thread(store, lambda: fn(store.kept_writer(), *args))
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait before a retry, letting every other run go on."""
+        await asyncio.sleep(seconds)
+
+
+Mode = Here | OnLoop
+
+
+def pause(seconds: float) -> None:
+    """Wait before a retry in a plain thread (a function of its own so that tests can see the waits)."""
+    time.sleep(seconds)
+
+
+async def _in_context(coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> T:
+    # An async step awaited on the background loop for a thread sees that thread's step context.
+    task = asyncio.get_running_loop().create_task(coro, context=ctx)
+    return await task
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine of the core that never suspends (its mode is `Here`) to its end, in this thread."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a coroutine run with the Here mode suspended: it awaited something only a loop can run")
+
+
 def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
+    """Run `attempt` in this thread and record what happened (see `aexecute`)."""
+    return drive(aexecute(Here(store, writer), attempt))
+
+
+async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
     """Run `attempt`, validate its output, and record what happened (a checkpoint, or the failure).
 
     Emitted events are written with the checkpoint and reported through `hooks` (see `baton.runtime.base`).
     """
+    store = mode.store
     step, idx, run_id = attempt.step, attempt.idx, attempt.run_id
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
     ctx.record = lambda call: store.steps.record_calls(run_id, idx, attempt.number, [call])
+    if mode.on_loop:
+        ctx.arecord = lambda call: mode.db(store.steps.record_calls, run_id, idx, attempt.number, [call])
     ctx.store = store
     ctx.side_effect = step.side_effect
     token = enter(ctx)
@@ -113,9 +223,9 @@ def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
                 with contextlib.ExitStack() as around:
                     for wrapper in hooks.wrappers(attempt):
                         around.enter_context(wrapper)
-                    produced = step.execute(attempt.value)
+                    produced = await mode.work(step, attempt.value)
             else:  # the hot path: nothing wraps an attempt unless a hook asked to
-                produced = step.execute(attempt.value)
+                produced = await mode.work(step, attempt.value)
         except ValidationError as exc:
             # The step built a contract that breaks its bounds (`return Letter(body=...)`): that is the
             # boundary failing, and it must say so, naming the step.
@@ -128,9 +238,11 @@ def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
         failed = StepResult(
             idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(), error=info
         )
-        cancel = store.steps.record_failure(
-            run_id, attempt.owner, failed, retrying=retrying, recount=bool(ctx.calls), end_run=attempt.ends_run,
-            lease_owner=attempt.lease_owner,
+        cancel = await mode.db(
+            functools.partial(
+                store.steps.record_failure, run_id, attempt.owner, failed, retrying=retrying,
+                recount=bool(ctx.calls), end_run=attempt.ends_run, lease_owner=attempt.lease_owner,
+            )
         )  # fmt: skip
         if retrying:
             # A provider that says when to come back (Retry-After) is waited for at least that long.
@@ -143,22 +255,28 @@ def execute(store: RunStore, writer: RunWriter, attempt: Attempt) -> Outcome:
         idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(),
         output_json=output_json,
     )  # fmt: skip
-    cancel = writer.checkpoint(
-        run_id,
-        attempt.owner,
-        idx=idx,
-        name=step.name,
-        attempt=attempt.number,
-        output_json=output_json,
-        started_at=result.started_at,
-        finished_at=result.finished_at,
-        final_output=output_json if attempt.final else None,
-        recount=bool(ctx.calls),
-        boundary_tokens=count_tokens(output_json) if attempt.measure else None,
-        lease_owner=attempt.lease_owner,
-        events=ctx.events,
+    cancel = await mode.write(
+        functools.partial(
+            RunWriter.checkpoint,
+            run_id=run_id,
+            owner=attempt.owner,
+            idx=idx,
+            name=step.name,
+            attempt=attempt.number,
+            output_json=output_json,
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+            final_output=output_json if attempt.final else None,
+            recount=bool(ctx.calls),
+            boundary_tokens=count_tokens(output_json) if attempt.measure else None,
+            lease_owner=attempt.lease_owner,
+            events=ctx.events,
+        )
     )
     emitted = tuple(e[0] for e in ctx.events)
     if emitted:
-        hooks.emitted(store, attempt.runtime, emitted)
+        if mode.on_loop:
+            await mode.db(hooks.emitted, store, attempt.runtime, emitted)
+        else:
+            hooks.emitted(store, attempt.runtime, emitted)
     return Succeeded(output, cancel, result, bool(ctx.calls), emitted)

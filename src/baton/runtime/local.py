@@ -1,19 +1,28 @@
 """The local runtime: a pattern's plan executes in this process, checkpointed as it goes.
 
-`run` follows a new run in the caller's thread; `submit`, `resume`, `retry_from` and `approve` record what
-they start and hand it to a pool of threads, returning the run id at once (`baton.wait` follows it).
-Parallel branches of a plan run on threads of their own, each with its own database connection.
+- `run` follows a new run in the caller's thread, sync steps right there (the fastest path for a script).
+- `arun` follows it on the caller's event loop: async steps are awaited on it, sync steps run on threads.
+- `submit`, `resume`, `retry_from` and `approve` record what they start and return the run id at once. The
+  run executes on the process's background loop (`baton.runtime.aio`), at most `BATON_MAX_IN_FLIGHT` runs at
+  a time; those past the limit wait, pending in the store, and start in the order they came.
+
+One driver (`_Driver`) interprets a plan in every case; what differs is its mode (`Here` or `OnLoop`, see
+`baton.runtime.executor`): parallel branches are tasks on the loop, or threads with their own connections.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import collections
 import contextlib
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,9 +31,11 @@ from baton._owner import this_owner
 from baton.errors import RunNotResumable
 from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rewind_plan
 from baton.run import Run, StepRecord
+from baton.runtime.aio import background, in_store_thread
 from baton.runtime.base import Observer, running_here
-from baton.runtime.executor import Attempt, Failed, Outcome, RetryLater, Succeeded, execute
+from baton.runtime.executor import Attempt, Failed, Here, Mode, OnLoop, Outcome, RetryLater, Succeeded, aexecute, drive
 from baton.runtime.records import create_run, read_run, resumable
+from baton.settings import current_settings
 from baton.status import RunStatus, StepStatus
 from baton.store import LostOwnership, RunStore, RunWriter, utcnow
 
@@ -78,29 +89,91 @@ def _heartbeat_for(store: RunStore) -> _Heartbeat:
         return beat
 
 
+class _Admission:
+    """The background runs of this process: at most `BATON_MAX_IN_FLIGHT` execute at once on the background
+    loop; the others wait in the order they came (pending in the store, their lease kept fresh)."""
+
+    def __init__(self) -> None:
+        self.waiting: collections.deque[Callable[[], Coroutine[Any, Any, Any]]] = collections.deque()
+        self.running = 0
+        self.lock = threading.Condition()
+        self.outstanding = 0  # admitted or waiting, from any thread: what the end of the interpreter waits for
+        self.drain_registered = False
+
+    def add(self, job: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Queue `job` (a coroutine function) from any thread."""
+        with self.lock:
+            self.outstanding += 1
+            if not self.drain_registered:
+                # A script that submits runs and ends waits for them, as it would for threads it started.
+                atexit.register(self.drain)
+                self.drain_registered = True
+        background().loop().call_soon_threadsafe(self._queue, job)
+
+    def _queue(self, job: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        self.waiting.append(job)
+        self._next()
+
+    def _next(self) -> None:
+        limit = current_settings().max_in_flight
+        loop = asyncio.get_running_loop()
+        while self.running < limit and self.waiting:
+            job = self.waiting.popleft()
+            self.running += 1
+            loop.create_task(job()).add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.running -= 1
+        with self.lock:
+            self.outstanding -= 1
+            self.lock.notify_all()
+        if not task.cancelled() and task.exception() is not None:
+            # A run's own failures are in the store; this is for errors around it (the store unreachable, say).
+            log.error("a background run could not execute: %s", task.exception(), exc_info=task.exception())
+        self._next()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every background run of this process ended (True), or `timeout` passed (False)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.outstanding == 0, timeout)
+
+
 class LocalRuntime:
-    """Runs a pattern's steps in this process; what it starts in the background runs on a pool of threads."""
+    """Runs a pattern's steps in this process: in the caller's thread or loop, or on the background loop."""
 
     name = "local"
     executes_here = True
 
-    def __init__(self, max_workers: int = 4) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._max_workers = max_workers
+    def __init__(self) -> None:
+        self._admission = _Admission()
 
     def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
         """Record a new run of `pattern` on the validated `value`, execute it here to the end, return it."""
         owner = this_owner()
         with store.writer() as writer:
-            run_id, input_json, now, input_tokens = create_run(writer, store, pattern, value, owner, pending=False)
-            assert run_id is not None
-            base = Run(
-                id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
-                created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
-                input_boundary_tokens=input_tokens, correlation_id=run_id, kind=pattern.kind,
-            )  # fmt: skip
-            states = States(input_json=input_json, input_value=value)
-            return self._execute(store, writer, base, owner, pattern, states, observer)
+            base, states = self._new(writer, store, pattern, value, owner)
+            return drive(self._follow(Here(store, writer), base, owner, pattern, states, observer))
+
+    async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """Record a new run and execute it to the end on the running loop; cancelled, it is left interrupted."""
+        owner = this_owner()
+        mode = OnLoop(store)
+        base, states = await in_store_thread(
+            store, lambda: self._new(store.kept_writer(), store, pattern, value, owner)
+        )
+        return await self._follow(mode, base, owner, pattern, states, observer)
+
+    def _new(
+        self, writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str
+    ) -> tuple[Run, States]:
+        run_id, input_json, now, input_tokens = create_run(writer, store, pattern, value, owner, pending=False)
+        assert run_id is not None
+        base = Run(
+            id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
+            created_at=now, steps=(), target=pattern.target, claims=1, started_at=now,
+            input_boundary_tokens=input_tokens, correlation_id=run_id, kind=pattern.kind,
+        )  # fmt: skip
+        return base, States(input_json=input_json, input_value=value)
 
     def submit(
         self,
@@ -112,7 +185,7 @@ class LocalRuntime:
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
     ) -> str | None:
-        """Record a pending run and execute it on a background thread; returns its id at once.
+        """Record a pending run and execute it on the background loop; returns its id at once.
 
         A run that handles an event's `delivery` (see `baton.events`) is not created, and None is returned,
         when the event was already handed to that subscriber.
@@ -127,8 +200,25 @@ class LocalRuntime:
             return None
         return self._start_later(store, pattern, run_id, owner)
 
+    async def asubmit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """`submit` for async code: the run is recorded without blocking the caller's loop."""
+        submit = functools.partial(
+            self.submit, store, pattern, value,
+            correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
+        )  # fmt: skip
+        return await in_store_thread(store, submit)
+
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
-        """Make a failed or interrupted run pending again at once, and continue it on a background thread."""
+        """Make a failed or interrupted run pending again at once, and continue it on the background loop."""
         run, _ = resumable(store, pattern, run_id)
         return self._reopen(store, pattern, run, (), observer)
 
@@ -144,6 +234,10 @@ class LocalRuntime:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
         return self._start_later(store, pattern, run_id, owner)
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every run this process started in the background ended; False if `timeout` passed."""
+        return self._admission.drain(timeout)
+
     def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int], observer: Observer | None) -> str:
         owner = this_owner()
         if not store.runs.reopen(
@@ -155,67 +249,56 @@ class LocalRuntime:
     def _start_later(
         self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None = None
     ) -> str:
-        # The heartbeat keeps the pending run from looking abandoned while it waits for a thread.
+        # The heartbeat keeps the pending run from looking abandoned while it waits for its turn.
         _heartbeat_for(store).add(run_id, owner)
         running_here.started(run_id, lambda exc: _abandon(store, run_id, owner, exc))
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="baton-run")
-        try:
-            future = self._pool.submit(self._start_pending, store, pattern, run_id, owner, observer)
-        except RuntimeError:
-            # The interpreter is shutting down and takes no new threads: the run it recorded runs here.
-            self._start_pending(store, pattern, run_id, owner, observer)
-            return run_id
-        future.add_done_callback(lambda f: _log_failure(f, run_id))
+        self._admission.add(lambda: self._start_pending(store, pattern, run_id, owner, observer))
         return run_id
 
-    def _start_pending(self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None) -> Run:
+    async def _start_pending(
+        self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None
+    ) -> Run:
+        mode = OnLoop(store)
         try:
             try:
-                run = store.runs.get(run_id)
+                run = await mode.db(store.runs.get, run_id)
                 if run.status is not RunStatus.PENDING:
                     return run  # cancelled while it waited
                 states = resume_states(run, pattern, pending_ok=True)
                 start = pattern.first(states)
-                claimed = store.runs.claim(
-                    run_id, owner, start_idx=start, attempt=states.attempts(start) + 1,
+                claim = functools.partial(
+                    store.runs.claim, run_id, owner, start_idx=start, attempt=states.attempts(start) + 1,
                     statuses=[RunStatus.PENDING], only_owner=owner,
                 )  # fmt: skip
-                if not claimed:
-                    return store.runs.get(run_id)
+                if not await mode.db(claim):
+                    return await mode.db(store.runs.get, run_id)
             finally:
                 _heartbeat_for(store).discard(run_id)
-            with store.writer() as writer:
-                return self._execute(store, writer, run, owner, pattern, states, observer)
+            return await self._follow(mode, run, owner, pattern, states, observer)
         finally:
             running_here.stopped(run_id)
 
-    def _execute(
-        self,
-        store: RunStore,
-        writer: RunWriter,
-        base: Run,
-        owner: str,
-        pattern: Any,
-        states: States,
-        observer: Observer | None,
+    async def _follow(
+        self, mode: Mode, base: Run, owner: str, pattern: Any, states: States, observer: Observer | None
     ) -> Run:
+        """Drive the run's plan to its end and return the run as it ended."""
+        store = mode.store
         beat = _heartbeat_for(store)
         beat.add(base.id, owner)
         try:
             if observer is not None:
                 observer.run_created(base.id)
-            records = _Driver(store, writer, base.id, owner, pattern, observer).drive(states)
+            records = await _Driver(mode, base.id, owner, pattern, observer).drive(states)
         except LostOwnership:
             records = None  # another process declared the run interrupted; the store says what happened
         except BaseException as exc:
-            # Ctrl-C or a dying interpreter: leave the run resumable instead of "running" forever.
+            # Ctrl-C, a cancelled task, or a dying interpreter: leave the run resumable, not "running" forever.
             _abandon(store, base.id, owner, exc)
             raise
         finally:
             beat.discard(base.id)
         if records is None:
-            return store.runs.get(base.id)
+            return await mode.db(store.runs.get, base.id)
         # The clean path (every step succeeded at its first attempt) is built from what was just written,
         # without reading it back; anything else is read from the store, the one source of truth.
         final = records[-1]
@@ -226,18 +309,16 @@ class LocalRuntime:
 
 
 class _Driver:
-    """Interprets one run's plan in this process: asks the pattern what runs next, runs it, until the end."""
+    """Interprets one run's plan: asks the pattern what runs next, runs it, until the end."""
 
-    def __init__(
-        self, store: RunStore, writer: RunWriter, run_id: str, owner: str, pattern: Any, observer: Observer | None
-    ) -> None:
-        self.store, self.writer, self.run_id, self.owner = store, writer, run_id, owner
+    def __init__(self, mode: Mode, run_id: str, owner: str, pattern: Any, observer: Observer | None) -> None:
+        self.mode, self.store, self.run_id, self.owner = mode, mode.store, run_id, owner
         self.pattern, self.observer = pattern, observer
 
-    def drive(self, states: States) -> list[StepRecord] | None:
+    async def drive(self, states: States) -> list[StepRecord] | None:
         """Run the plan to its end; the steps' records when every one ran here at its first attempt (then
         the run need not be read back), else None."""
-        store, run_id, owner, pattern = self.store, self.run_id, self.owner, self.pattern
+        mode, store, run_id, owner, pattern = self.mode, self.store, self.run_id, self.owner, self.pattern
         steps = pattern.steps
         records: dict[int, StepRecord] = {}
         clean = not states.steps and not states.prior
@@ -246,24 +327,26 @@ class _Driver:
             if isinstance(nxt, Done):
                 return [records[i] for i in range(len(steps))] if clean and len(records) == len(steps) else None
             if isinstance(nxt, Fail):
-                store.runs.end_failed(run_id, owner, steps[nxt.step].name)
+                await mode.db(store.runs.end_failed, run_id, owner, steps[nxt.step].name)
                 return None
             if not isinstance(nxt, RunSteps):
                 raise RuntimeError(f"pattern '{pattern.name}' waits for steps that nothing runs: {nxt!r}")
             if nxt.skip:
-                store.steps.mark_skipped(run_id, owner, [(i, steps[i].name) for i in nxt.skip])
+                await mode.db(store.steps.mark_skipped, run_id, owner, [(i, steps[i].name) for i in nxt.skip])
                 for i in nxt.skip:
                     states.ended(i, StepStatus.SKIPPED, 0)
                 clean = False
-            if nxt.branches or len(nxt.steps) > 1:
+            parallel = bool(nxt.branches) or len(nxt.steps) > 1
+            if parallel:
                 clean = False
-                done = self._branches(nxt.steps, states)
+                attempts = [self._attempt(i, states, ends_run=False) for i in nxt.steps]
+                done = await self._branches(attempts) if mode.on_loop else self._branch_threads(attempts)
             else:
                 idx = nxt.steps[0]
-                if steps[idx].approval and not store.steps.approved(run_id, idx):
-                    store.steps.await_approval(run_id, idx, utcnow())
+                if steps[idx].approval and not await mode.db(store.steps.approved, run_id, idx):
+                    await mode.db(store.steps.await_approval, run_id, idx, utcnow())
                     return None
-                done = [(idx, *self._attempts(self._attempt(idx, states, ends_run=True), self.writer))]
+                done = [(idx, *await self._attempts(self._attempt(idx, states, ends_run=True), mode))]
             failed = cancelled = False
             for idx, outcome, number, retried in done:
                 if outcome is None:
@@ -277,16 +360,16 @@ class _Driver:
                     records[idx] = _record(steps[idx].name, outcome, number)
                     clean = clean and not retried and not outcome.called_models  # those are read back
                     cancelled = cancelled or (outcome.cancel_requested and not pattern.final(idx))
-            if failed and not (nxt.branches or len(nxt.steps) > 1):
+            if failed and not parallel:
                 return None  # the step's failure ended the run
             if cancelled and not failed:
-                store.runs.end_cancelled(run_id, owner)
+                await mode.db(store.runs.end_cancelled, run_id, owner)
                 return None
             # A chain says what follows a step without looking at every state again.
             follows = pattern.follows(done[0][0]) if len(done) == 1 and not failed else None
             nxt = follows if follows is not None else pattern.plan(states)
 
-    def _attempt(self, idx: int, states: States, *, ends_run: bool, owner: str | None = None) -> Attempt:
+    def _attempt(self, idx: int, states: States, *, ends_run: bool) -> Attempt:
         pattern = self.pattern
         return Attempt(
             run_id=self.run_id, step=pattern.steps[idx], idx=idx, value=pattern.input_of(idx, states),
@@ -294,36 +377,54 @@ class _Driver:
             final=pattern.final(idx), measure=idx in pattern.measured, ends_run=ends_run,
         )  # fmt: skip
 
-    def _attempts(self, attempt: Attempt, writer: RunWriter) -> tuple[Outcome | None, int, bool]:
+    async def _attempts(
+        self, attempt: Attempt, mode: Mode, observer: Observer | None = None
+    ) -> tuple[Outcome | None, int, bool]:
         """The attempts of one step under its Retry policy: the final outcome (None when a cancel stopped
         the retrying), the last attempt's number, and whether there was more than one attempt."""
-        observer, step = self.observer, attempt.step
+        observer = observer or self.observer
+        step = attempt.step
         while True:
             if observer is not None:
                 observer.step_started(self.run_id, attempt.idx, step.name, attempt.number)
                 t0 = time.perf_counter()
-            outcome = execute(self.store, writer, attempt)
+            outcome = await aexecute(mode, attempt)
             if observer is not None:
                 observer.step_finished(self.run_id, attempt.idx, step.name, outcome, time.perf_counter() - t0)
             if not isinstance(outcome, RetryLater):
                 return outcome, attempt.number, attempt.this_go > 1
             if outcome.cancel_requested:
                 return None, attempt.number, True
-            _pause(outcome.delay)
+            await mode.sleep(outcome.delay)
             attempt = attempt.next(outcome.next_attempt)
-            if self.store.steps.start_attempt(self.run_id, self.owner, attempt.idx, attempt.number):
+            if await mode.db(self.store.steps.start_attempt, self.run_id, self.owner, attempt.idx, attempt.number):
                 return None, attempt.number, True
 
-    def _branches(self, idxs: Sequence[int], states: States) -> list[tuple[int, Outcome | None, int, bool]]:
-        """Parallel branches, each on a thread with a database connection of its own; a failure ends its
-        branch, not the run (the next plan says what does)."""
-        attempts = [self._attempt(i, states, ends_run=False) for i in idxs]
+    async def _branches(self, attempts: list[Attempt]) -> list[tuple[int, Outcome | None, int, bool]]:
+        """Parallel branches as tasks on the loop, at most the pattern's `max_parallel` at once; a failure
+        ends its branch, not the run (the next plan says what does)."""
+        gate = asyncio.Semaphore(max(1, self.pattern.max_parallel))
+
+        async def branch(attempt: Attempt) -> tuple[int, Outcome | None, int, bool]:
+            async with gate:
+                return (attempt.idx, *await self._attempts(attempt, self.mode))
+
+        tasks = [asyncio.ensure_future(branch(a)) for a in attempts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # Cancelled (or a branch's own crash): the others stop too, and the run is marked interrupted.
+            for task in tasks:
+                task.cancel()
+            raise
+
+    def _branch_threads(self, attempts: list[Attempt]) -> list[tuple[int, Outcome | None, int, bool]]:
+        """Parallel branches from a plain thread: each on a thread with a database connection of its own."""
         observer = _Serialized(self.observer) if self.observer is not None else None
-        branch = _Driver(self.store, self.writer, self.run_id, self.owner, self.pattern, observer)
 
         def work(attempt: Attempt) -> tuple[int, Outcome | None, int, bool]:
             with self.store.writer(scoped=True) as own:
-                return (attempt.idx, *branch._attempts(attempt, own))
+                return (attempt.idx, *drive(self._attempts(attempt, Here(self.store, own), observer)))
 
         pool = ThreadPoolExecutor(
             max_workers=min(self.pattern.max_parallel, max(1, len(attempts))), thread_name_prefix="baton-branch"
@@ -366,18 +467,6 @@ class _Serialized:
     def step_finished(self, run_id: str, idx: int, name: str, outcome: Outcome, duration_s: float) -> None:
         with self.lock:
             self.inner.step_finished(run_id, idx, name, outcome, duration_s)
-
-
-def _pause(seconds: float) -> None:
-    """Wait before a retry (a function of its own so that tests can see the waits)."""
-    time.sleep(seconds)
-
-
-def _log_failure(future: Future[Run], run_id: str) -> None:
-    # A run's own failures are in the store; this is for errors around it (the store unreachable, say).
-    exc = future.exception()
-    if exc is not None:
-        log.error("submitted run %s could not execute: %s", run_id, exc, exc_info=exc)
 
 
 def _abandon(store: RunStore, run_id: str, owner: str, exc: BaseException) -> None:

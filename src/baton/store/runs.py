@@ -104,6 +104,16 @@ class Runs:
             rows = c.execute(query).mappings().all()
         return [run_from_rows(row, None, ()) for row in rows]
 
+    def statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        """The status of each of `run_ids` (full ids) that exists, in one read per 500 of them."""
+        out: dict[str, RunStatus] = {}
+        ids = builtins.list(run_ids)
+        with self._ctx.engine.connect() as c:
+            for at in range(0, len(ids), 500):
+                query = select(runs.c.id, runs.c.status).where(runs.c.id.in_(ids[at : at + 500]))
+                out.update((rid, RunStatus(status)) for rid, status in c.execute(query))
+        return out
+
     def brief(self, run_id: str) -> RunBrief | None:
         """The run's status, cancel flag, pipeline and target; None if there is no such run."""
         with self._ctx.engine.connect() as c:

@@ -97,6 +97,10 @@ class RunStore:
             return
         yield self._kept("writer", self._new_writer)
 
+    def kept_writer(self) -> RunWriter:
+        """This thread's hot-path writer, kept for the thread's life (what `writer()` yields)."""
+        return self._kept("writer", self._new_writer)
+
     def _new_writer(self) -> RunWriter:
         return RunWriter(self.engine.raw_connection(), self.engine.dialect.name, self.lease.total_seconds())
 

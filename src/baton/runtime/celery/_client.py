@@ -3,6 +3,7 @@ every call returns at once, and `baton.wait` follows a run through the store (ne
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,8 @@ from pydantic import BaseModel
 from baton.errors import RunNotResumable, UserError
 from baton.patterns.plan import States, recorded_states, rewind_plan
 from baton.run import Run
-from baton.runtime.base import Observer, wait_for
+from baton.runtime.aio import in_store_thread
+from baton.runtime.base import Observer, await_for, wait_for
 from baton.runtime.celery._app import celery_app
 from baton.runtime.celery._tasks import send, start
 from baton.runtime.records import create_run, read_run, resumable
@@ -79,6 +81,31 @@ class CeleryRuntime:
         if observer is not None:
             observer.run_created(run_id)
         return wait_for(store, run_id)
+
+    async def asubmit(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        trigger_event: str | None = None,
+        delivery: tuple[str, str | None] | None = None,
+    ) -> str | None:
+        """`submit` for async code: recorded and queued without blocking the caller's loop."""
+        submit = functools.partial(
+            self.submit, store, pattern, value,
+            correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
+        )  # fmt: skip
+        return await in_store_thread(store, submit)
+
+    async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+        """`run` for async code: submit, then await the run in the store."""
+        run_id = await self.asubmit(store, pattern, value)
+        assert run_id is not None
+        if observer is not None:
+            observer.run_created(run_id)
+        return await await_for(store, run_id)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
         """Queue a failed or interrupted run again at what its plan says is unfinished; returns at once.

@@ -9,6 +9,7 @@ callback, asks the pattern's plan again once every branch ended.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -21,9 +22,10 @@ from baton.errors import BatonError, RunError, RunNotResumable
 from baton.patterns.plan import Fail, Next, RunSteps, States, StepView, Wait
 from baton.patterns.plan import Stale as _Stale
 from baton.patterns.registry import find_pattern
+from baton.runtime.aio import call_in_background, store_threads
 from baton.runtime.celery._app import QUEUE
 from baton.runtime.celery._worker import holding, worker_store
-from baton.runtime.executor import Attempt, Failed, RetryLater, Succeeded, error_info, execute
+from baton.runtime.executor import Attempt, Failed, OnLoop, RetryLater, Succeeded, aexecute, error_info
 from baton.settings import Settings
 from baton.status import ClaimOutcome, RunStatus, StepStatus
 from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepClaim, StepResult, utcnow
@@ -207,12 +209,17 @@ class _Worker:
 
     def _claim(self, run_id: str, idx: int, source: int | None) -> StepClaim:
         store = self.store
-        claim = store.steps.claim(run_id, idx, self.me, utcnow(), source=source)
+        # Claims keep a connection per thread that makes them: the store's own few threads, not this task's.
+        threads = store_threads(store)
+        claim = threads.submit(store.steps.claim, run_id, idx, self.me, utcnow(), source=source).result()
         if claim.outcome is ClaimOutcome.BUSY and claim.holder is not None:
             dead = owner_alive(claim.holder) is False
             expired = claim.until is not None and claim.until < utcnow()
             if dead or expired:
-                claim = store.steps.claim(run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead)
+                take = functools.partial(
+                    store.steps.claim, run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead
+                )
+                claim = threads.submit(take).result()
         return claim
 
     def _step(self, run_id: str, idx: int, this_go: int, source: int | None) -> tuple[int | None, int | None]:
@@ -257,9 +264,11 @@ class _Worker:
             owner=CELERY_OWNER, runtime="celery", final=pattern.final(idx), measure=idx in pattern.measured,
             ends_run=not branch, lease_owner=me,
         )  # fmt: skip
-        with holding(store, run_id, idx), store.writer() as writer:
+        with holding(store, run_id, idx):
             try:
-                result = execute(store, writer, attempt)
+                # On the process's loop, so that hundreds of this worker's threads waiting on model calls hold
+                # no database connection each: the store's writes go through its few threads.
+                result = call_in_background(aexecute(OnLoop(store), attempt))
             except LostOwnership:
                 # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a
                 # new claim tells which, and what to do.
