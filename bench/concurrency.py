@@ -332,12 +332,13 @@ def _load_app() -> Any:
     return sys.modules[load_target(f"{APP}:__name__")]
 
 
-async def _gather(jobs: list[Any], timeout: float) -> tuple[float, Counter[str], list[str]]:
-    """Start every job at once; the seconds until the last ended, how each ended, and the first errors."""
-    t0 = time.perf_counter()
+async def _gather(jobs: list[Any], timeout: float) -> dict[str, Any]:
+    """Start every job at once: the seconds until the last ended (wall), this process's CPU seconds meanwhile,
+    how each ended, and the first errors."""
+    t0, cpu = time.perf_counter(), time.process_time()
     tasks = [asyncio.ensure_future(job) for job in jobs]
     done, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
     for task in pending:
         task.cancel()
     ended: Counter[str] = Counter({"(still going)": len(pending)} if pending else {})
@@ -348,7 +349,7 @@ async def _gather(jobs: list[Any], timeout: float) -> tuple[float, Counter[str],
             errors.append(f"{type(task.exception()).__name__}: {task.exception()}"[:300])
         else:
             ended[task.result()] += 1
-    return wall, ended, errors[:3]
+    return {"wall": wall, "cpu": cpu, "ended": ended, "errors": errors[:3]}
 
 
 def _warmup(n: int) -> tuple[range, range]:
@@ -384,9 +385,9 @@ async def floor_case(app: Any, base_url: str, runs: int, warmup: int, timeout: f
 
     for warming in _warmup(warmup):
         await _gather([chain(app.ticket(-1 - i)) for i in warming], min(timeout, 60))
-    wall, ended, errors = await _gather([chain(app.ticket(i)) for i in range(runs)], timeout)
+    result = await _gather([chain(app.ticket(i)) for i in range(runs)], timeout)
     await client.close()
-    return {"wall": wall, "ended": ended, "errors": errors}
+    return result
 
 
 async def baton_case(app: Any, url: str, runtime: str, runs: int, warmup: int, timeout: float) -> dict[str, Any]:
@@ -402,9 +403,9 @@ async def baton_case(app: Any, url: str, runtime: str, runs: int, warmup: int, t
 
     for warming in _warmup(warmup):
         await _gather([one(app.ticket(-1 - i)) for i in warming], min(timeout, 60))
-    wall, ended, errors = await _gather([one(app.ticket(i)) for i in range(runs)], timeout)
+    result = await _gather([one(app.ticket(i)) for i in range(runs)], timeout)
     store.close()
-    return {"wall": wall, "ended": ended, "errors": errors}
+    return result
 
 
 def run_case(argv: list[str]) -> None:
@@ -482,13 +483,14 @@ def run_one(case: str, args: argparse.Namespace, server: ModelServer, databases:
     worker = None
     broker = redis.Redis.from_url(args.broker)
     server.stats()
-    cpu = server.cpu_seconds()
+    server_cpu = server.cpu_seconds()
     try:
         if case == "celery":
             broker.flushdb()
             command = [sys.executable, "-m", "baton", "worker", "--concurrency", str(args.concurrency)]
             command += ["--pool", "threads", "--import", str(APP)]
             worker = Worker(command, env, WORKER_LOG)
+            worker_cpu = cpu_seconds(worker.proc.pid)
         try:
             proc = subprocess.run(argv, env=env, timeout=args.timeout * 2 + 60)
         except subprocess.TimeoutExpired:
@@ -498,7 +500,7 @@ def run_one(case: str, args: argparse.Namespace, server: ModelServer, databases:
         result = json.loads(out.read_text())
         if worker is not None:
             result["worker_rss"] = peak_rss_mib(worker.proc.pid)
-            result["worker_cpu"] = cpu_seconds(worker.proc.pid)
+            result["worker_cpu"] = cpu_seconds(worker.proc.pid) - worker_cpu
     except Exception as exc:  # the other cases still run; the table says what happened to this one
         result = {"failed": str(exc)}
         if worker is not None:
@@ -508,7 +510,7 @@ def run_one(case: str, args: argparse.Namespace, server: ModelServer, databases:
             worker.stop()
             broker.flushdb()
     result["server"] = server.stats()
-    result["server_cpu"] = server.cpu_seconds() - cpu
+    result["server_cpu"] = server.cpu_seconds() - server_cpu
     if store:
         result["recorded"] = recorded(store)
     return result
@@ -581,17 +583,22 @@ def _missed(case: str, result: dict[str, Any], floor: float | None, lost: int) -
     return missed
 
 
+def _pair(driver: float, worker: float | None, form: str) -> str:
+    return format(driver, form) + ("" if worker is None else f" + {format(worker, form)}")
+
+
 def print_table(args: argparse.Namespace, server_kind: str, results: dict[str, dict[str, Any]]) -> None:
+    from baton.settings import Settings
+
     ideal = STEPS * args.latency
-    in_flight = os.environ.get("BATON_MAX_IN_FLIGHT") or "baton's default"
     print(
         f"\n{args.runs} runs of a {STEPS}-agent pipeline, every model call answered after {args.latency * 1000:.0f} ms "
-        f"(ideal {ideal:.2f} s)\nfake model: {server_kind}, a process of its own; BATON_MAX_IN_FLIGHT: {in_flight}; "
-        f"celery: one worker, --pool threads --concurrency {args.concurrency}"
+        f"(ideal {ideal:.2f} s). Fake model: {server_kind}, a process of its own.\nBATON_MAX_IN_FLIGHT "
+        f"{Settings.from_env().max_in_flight}; celery: one worker, --pool threads --concurrency {args.concurrency}."
     )
     header = (
-        f"{'case':<28} {'wall s':>7} {'runs/s':>7} {'x ideal':>8} {'x floor':>8} {'peak RSS MiB':>19} "
-        f"{'calls':>6} {'held':>5} {'srv CPU s':>9} {'lost':>5}  targets"
+        f"{'case':<28} {'wall s':>6} {'runs/s':>6} {'x ideal':>7} {'x floor':>7} {'peak RSS MiB':>13} "
+        f"{'CPU s':>11} {'calls':>5} {'held':>4} {'srv CPU':>7} {'lost':>4}  targets"
     )
     print(header)
     print("-" * len(header))
@@ -600,22 +607,27 @@ def print_table(args: argparse.Namespace, server_kind: str, results: dict[str, d
         lost = _lost(result, args.runs, args.warmup)
         missed = _missed(case, result, floor, lost)
         verdict = "ok" if not missed else "MISSED " + ", ".join(missed)
-        served = f"{result['server']['served']:>6} {result['server']['peak']:>5} {result['server_cpu']:>9.1f}"
+        server = f"{result['server']['served']:>5} {result['server']['peak']:>4} {result['server_cpu']:>7.1f}"
         if "failed" in result:
-            print(f"{CASES[case]:<28} {'FAILED':>7} {'':>7} {'':>8} {'':>8} {'':>19} {served} {lost:>5}  {verdict}")
+            print(
+                f"{CASES[case]:<28} {'FAILED':>6} {'':>6} {'':>7} {'':>7} {'':>13} {'':>11} {server} {lost:>4}  "
+                f"{verdict}"
+            )
             continue
         wall = result["wall"]
-        rss = f"{result['rss']:.0f}" + (f" + {result['worker_rss']:.0f} worker" if "worker_rss" in result else "")
+        rss = _pair(result["rss"], result.get("worker_rss"), ".0f")
+        cpu = _pair(result["cpu"], result.get("worker_cpu"), ".1f")
         versus = f"{wall / floor:.2f}" if floor else "-"
         print(
-            f"{CASES[case]:<28} {wall:>7.2f} {args.runs / wall:>7.1f} {wall / ideal:>8.2f} {versus:>8} {rss:>19} "
-            f"{served} {lost:>5}  {verdict}"
+            f"{CASES[case]:<28} {wall:>6.2f} {args.runs / wall:>6.1f} {wall / ideal:>7.2f} {versus:>7} {rss:>13} "
+            f"{cpu:>11} {server} {lost:>4}  {verdict}"
         )
     print(
         f"targets: local <= {TARGETS['sqlite']:.0f}x the floor's wall time, celery <= {TARGETS['celery']:.0f}x, "
-        f"no run lost, peak RSS < {RSS_TARGET_MIB} MiB\n"
-        "calls: completions the server answered in the case (warm-up runs included); held: the most it held at "
-        "once; srv CPU s: the server's CPU time in the case"
+        f"no run lost, peak RSS < {RSS_TARGET_MIB} MiB.\n"
+        "peak RSS, CPU s: the driving process (+ the worker); CPU s over the timed runs (the worker's over the case). "
+        "calls: completions the\nserver answered in the case (warm-up runs included); held: the most it held at once; "
+        "srv CPU: its CPU seconds in the case."
     )
     for case, result in results.items():
         if "failed" in result:
