@@ -1,36 +1,37 @@
 """1,000 runs in flight against a slow model: baton's runtimes beside the floor of the same calls made bare.
 
     python bench/concurrency.py [--runs N] [--latency S] [--concurrency C] [--max-in-flight M]
-                                [--cases floor,sqlite,postgres,celery] [--postgres URL] [--broker URL]
-    python bench/concurrency.py --runs 50      # a smoke test: well under a minute
+                                [--cases floor,sqlite,postgres,celery] [--server auto|aiohttp|uvicorn]
+                                [--postgres URL] [--broker URL] [--warmup W] [--timeout S]
+    python bench/concurrency.py --runs 50      # a smoke test: about half a minute
 
 A fake OpenAI-compatible server on 127.0.0.1, in a process of its own (aiohttp if installed, else uvicorn +
 starlette, with a listen backlog of 4096), answers every POST /v1/chat/completions after --latency seconds
 (0.5) with a minimal instance of the JSON schema in the request's `response_format` (objects with their
 required fields, strings, numbers and arrays within their bounds, enums, $ref/$defs, anyOf) and a usage
 block. N runs (--runs, 1,000) of a 3-agent pipeline (extract -> summarise -> classify a support ticket, see
-`concurrency_app.py`) go through the openai SDK (BATON_OPENAI_BASE_URL) with every run submitted at once
+`concurrency_app.py`) go through the openai SDK (BATON_OPENAI_BASE_URL), every run submitted at once
 (`pattern.asubmit`, then `baton.await_run`), on:
 
 - local, SQLite: the local runtime, a fresh SQLite file;
 - local, PostgreSQL: the local runtime, a fresh PostgreSQL database;
 - celery: one `baton worker --pool threads --concurrency C` (256), a fresh PostgreSQL database, the Redis
-  broker (DB 10, flushed before and after).
+  broker (DB 10, flushed before and after; the worker's log is left in the temporary directory).
 
 The floor: the same 3 x N calls made by `asyncio.gather` over `openai.AsyncOpenAI` (N chains of 3
 sequential calls, each answer parsed with its contract), with nothing recorded. Every case runs in a fresh
-process of this script (a worker in one more), so that each peak RSS is its own; the floor's process loads
-the contracts' module, and with it baton (about 17 MiB).
+process of this script (and its worker in one more), after W warm-up runs (3), so that each peak RSS is its
+own; the floor's process loads the contracts' module, and with it baton (about 17 MiB).
 
 Prints, per case: the wall time from the first submit to the last run's end, runs/s, the ratio to the
-ideal (3 x latency: every run in flight at once) and to the floor, the peak RSS of the driving process (and
-of the worker), the most model calls the server held at once, the server's CPU seconds, and the runs lost
-(not `succeeded` in the store at the end). Targets: local within 2x the floor, celery within 3x, no run
-lost, peak RSS < 1 GiB.
+ideal (3 x latency: every run in flight at once) and to the floor, the peak RSS and the CPU seconds of the
+driving process (and of the worker), the completions the server answered and the most it held at once,
+its CPU seconds, and the runs lost (not `succeeded` when awaited, or in the store at the end). Targets:
+local within 2x the floor's wall time, celery within 3x, no run lost, peak RSS < 1 GiB.
 
 The machine has 2 cores, shared by the server, the driving process, the worker, PostgreSQL and Redis: the
-server runs apart so that its CPU is not counted against the client, but it still competes for the cores.
-A server CPU time close to the wall time means the server, not baton, was the limit.
+server runs apart so that its CPU is not counted against the client, but it competes for the cores. A
+process whose CPU seconds come close to the wall time was the limit; run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from typing import Any
 
 import psycopg
 import redis
-from overhead import Worker
+from overhead import PgDatabases, Worker
 
 HERE = Path(__file__).resolve().parent
 APP = HERE / "concurrency_app.py"
@@ -353,8 +354,9 @@ async def _gather(jobs: list[Any], timeout: float) -> dict[str, Any]:
 
 
 def _warmup(n: int) -> tuple[range, range]:
-    """The warm-up runs: the first alone (imports, the tokenizer: baton.tokens loads it unlocked, and two
-    threads loading it at once leave the process's stdout and stderr on /dev/null), then the others at once."""
+    """The warm-up runs: the first alone (imports, connections, the tokenizer, which `baton.tokens` loads
+    without a lock: threads that load it at once can leave the process's stdout and stderr on /dev/null),
+    then the others at once."""
     return range(min(n, 1)), range(1, n)
 
 
@@ -434,26 +436,6 @@ def run_case(argv: list[str]) -> None:
 
 
 # The benchmark: the server, a process per case, the table.
-
-
-class PgDatabases:
-    """Fresh PostgreSQL databases, dropped at the end."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.names: list[str] = []
-
-    def new(self) -> str:
-        name = f"baton_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as con:
-            con.execute(f'CREATE DATABASE "{name}"')
-        self.names.append(name)
-        return self.admin_url.rsplit("/", 1)[0] + "/" + name
-
-    def drop_all(self) -> None:
-        with psycopg.connect(self.admin_url, autocommit=True) as con:
-            for name in self.names:
-                con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def recorded(url: str) -> Counter[str]:
