@@ -315,6 +315,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The machine's busy and total CPU time so far, in ticks of all its cores (/proc/stat)."""
+    user, nice, system, idle, iowait, *rest = map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:])
+    busy = user + nice + system + sum(rest[:3])  # irq, softirq, steal
+    return busy, busy + idle + iowait
+
+
 def peak_rss_mib(pid: int) -> float:
     """Process `pid`'s peak resident set (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -335,11 +342,13 @@ def _load_app() -> Any:
 
 async def _gather(jobs: list[Any], timeout: float) -> dict[str, Any]:
     """Start every job at once: the seconds until the last ended (wall), this process's CPU seconds meanwhile,
-    how each ended, and the first errors."""
-    t0, cpu = time.perf_counter(), time.process_time()
+    how many of the machine's cores were busy on average (every process's), how each ended, the first errors."""
+    t0, cpu, machine = time.perf_counter(), time.process_time(), machine_ticks()
     tasks = [asyncio.ensure_future(job) for job in jobs]
     done, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
+    (busy, total), (busy0, total0) = machine_ticks(), machine
+    cores = (busy - busy0) / max(1, total - total0) * (os.cpu_count() or 1)
     for task in pending:
         task.cancel()
     ended: Counter[str] = Counter({"(still going)": len(pending)} if pending else {})
@@ -350,7 +359,7 @@ async def _gather(jobs: list[Any], timeout: float) -> dict[str, Any]:
             errors.append(f"{type(task.exception()).__name__}: {task.exception()}"[:300])
         else:
             ended[task.result()] += 1
-    return {"wall": wall, "cpu": cpu, "ended": ended, "errors": errors[:3]}
+    return {"wall": wall, "cpu": cpu, "cores": cores, "ended": ended, "errors": errors[:3]}
 
 
 def _warmup(n: int) -> tuple[range, range]:
@@ -580,7 +589,7 @@ def print_table(args: argparse.Namespace, server_kind: str, results: dict[str, d
     )
     header = (
         f"{'case':<28} {'wall s':>6} {'runs/s':>6} {'x ideal':>7} {'x floor':>7} {'peak RSS MiB':>13} "
-        f"{'CPU s':>11} {'calls':>5} {'held':>4} {'srv CPU':>7} {'lost':>4}  targets"
+        f"{'CPU s':>11} {'cores':>5} {'calls':>5} {'held':>4} {'srv CPU':>7} {'lost':>4}  targets"
     )
     print(header)
     print("-" * len(header))
@@ -591,10 +600,7 @@ def print_table(args: argparse.Namespace, server_kind: str, results: dict[str, d
         verdict = "ok" if not missed else "MISSED " + ", ".join(missed)
         server = f"{result['server']['served']:>5} {result['server']['peak']:>4} {result['server_cpu']:>7.1f}"
         if "failed" in result:
-            print(
-                f"{CASES[case]:<28} {'FAILED':>6} {'':>6} {'':>7} {'':>7} {'':>13} {'':>11} {server} {lost:>4}  "
-                f"{verdict}"
-            )
+            print(f"{CASES[case]:<28} {'FAILED':>6} {'':>54} {server} {lost:>4}  {verdict}")
             continue
         wall = result["wall"]
         rss = _pair(result["rss"], result.get("worker_rss"), ".0f")
@@ -602,14 +608,15 @@ def print_table(args: argparse.Namespace, server_kind: str, results: dict[str, d
         versus = f"{wall / floor:.2f}" if floor else "-"
         print(
             f"{CASES[case]:<28} {wall:>6.2f} {args.runs / wall:>6.1f} {wall / ideal:>7.2f} {versus:>7} {rss:>13} "
-            f"{cpu:>11} {server} {lost:>4}  {verdict}"
+            f"{cpu:>11} {result['cores']:>5.2f} {server} {lost:>4}  {verdict}"
         )
     print(
         f"targets: local <= {TARGETS['sqlite']:.0f}x the floor's wall time, celery <= {TARGETS['celery']:.0f}x, "
         f"no run lost, peak RSS < {RSS_TARGET_MIB} MiB.\n"
         "peak RSS, CPU s: the driving process (+ the worker); CPU s over the timed runs (the worker's over the case). "
-        "calls: completions the\nserver answered in the case (warm-up runs included); held: the most it held at once; "
-        "srv CPU: its CPU seconds in the case."
+        f"cores: of the\nmachine's {os.cpu_count()}, how many were busy on average over the timed runs (every process: "
+        "the server, the databases...). calls: completions\nthe server answered in the case (warm-up runs included); "
+        "held: the most it held at once; srv CPU: its CPU seconds in the case."
     )
     for case, result in results.items():
         if "failed" in result:
