@@ -16,7 +16,7 @@ block. N runs (--runs, 1,000) of a 3-agent pipeline (extract -> summarise -> cla
 - local, SQLite: the local runtime, a fresh SQLite file;
 - local, PostgreSQL: the local runtime, a fresh PostgreSQL database;
 - celery: one `baton worker --pool threads --concurrency C` (256), a fresh PostgreSQL database, the Redis
-  broker (DB 10, flushed before and after; the worker's log is left in the temporary directory).
+  broker (DB 10, flushed before and after); the worker's log is left in /tmp/baton-bench-concurrency-worker.log.
 
 The floor: the same 3 x N calls made by `asyncio.gather` over `openai.AsyncOpenAI` (N chains of 3
 sequential calls, each answer parsed with its contract), with nothing recorded. Every case runs in a fresh
@@ -503,7 +503,10 @@ def run_one(case: str, args: argparse.Namespace, server: ModelServer, databases:
     result["server"] = server.stats()
     result["server_cpu"] = server.cpu_seconds() - server_cpu
     if store:
-        result["recorded"] = recorded(store)
+        try:
+            result["recorded"] = recorded(store)
+        except (sqlite3.Error, psycopg.Error) as exc:  # a case that failed before baton made its tables
+            result.setdefault("failed", f"the store cannot be read: {exc}")
     return result
 
 
