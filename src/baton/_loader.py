@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,17 @@ def _import(module_name: str) -> Any:
         raise
 
 
+# Loading a file puts its module in sys.modules before running it (so that it can import itself); a thread
+# must not take that half-made module for the loaded one. Re-entrant: a file may load another.
+_file_lock = threading.RLock()
+
+
 def _load_file(path_text: str) -> Any:
+    with _file_lock:
+        return _load_file_locked(path_text)
+
+
+def _load_file_locked(path_text: str) -> Any:
     path = Path(path_text).resolve()
     if not path.is_file():
         raise UserError(f"no such file: {path}")

@@ -1,3 +1,5 @@
+import concurrent.futures
+
 import pytest
 
 from baton import UserError
@@ -17,6 +19,15 @@ def test_a_file_target_loads_once_and_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_target("mod.py:VALUE") is load_target(f"{tmp_path}/mod.py:VALUE")
     assert normalize_target("mod.py:VALUE") == f"{tmp_path}/mod.py:VALUE"
+
+
+def test_a_file_target_loaded_by_many_threads_at_once_is_never_seen_half_made(tmp_path):
+    # A celery worker on the threads pool finds a run's pattern from many threads at the same moment.
+    (tmp_path / "slow_flow.py").write_text("import time\ntime.sleep(0.2)\nflow = 'ready'\n")
+    target = f"{tmp_path / 'slow_flow.py'}:flow"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: load_target(target), range(8)))
+    assert loaded == ["ready"] * 8
 
 
 def test_a_module_target_imports_the_module():
