@@ -37,10 +37,12 @@ class StepContext:
     calls: list[LLMCall] = field(default_factory=list)
     # Events emitted so far: (event id, type, payload JSON), written with the checkpoint (or not at all).
     events: list[tuple[str, str, str]] = field(default_factory=list)
-    # Writes a finished call to the store at once (set by the executor); `arecord` does it without blocking
-    # the event loop an async step runs on.
-    record: Callable[[LLMCall], None] | None = None
-    arecord: Callable[[LLMCall], Awaitable[None]] | None = None
+    # Calls kept but not yet written: each is written before the next model call, or with the attempt's end
+    # (its checkpoint or its failure), so that a step's usual single call costs no write of its own.
+    unwritten: list[LLMCall] = field(default_factory=list)
+    # Writes calls to the store (set by the executor); `arecord` does it without blocking the loop.
+    record: Callable[[list[LLMCall]], None] | None = None
+    arecord: Callable[[list[LLMCall]], Awaitable[None]] | None = None
     # The run store (for `baton.effect`'s ledger) and whether the step declared side effects.
     store: Any = None
     side_effect: bool = False
@@ -48,18 +50,27 @@ class StepContext:
     effects: set[str] = field(default_factory=set)
 
     def keep(self, call: LLMCall) -> None:
-        """Note a call whose outcome is known, and write it."""
+        """Note a call whose outcome is known; it is written before the next call, or with the attempt's end."""
         self.calls.append(call)
-        if self.record is not None:
-            self.record(call)
+        self.unwritten.append(call)
 
     async def akeep(self, call: LLMCall) -> None:
-        """Note a call whose outcome is known, and write it, from async code (the loop is not blocked)."""
-        self.calls.append(call)
-        if self.arecord is not None:
-            await self.arecord(call)
-        elif self.record is not None:
-            self.record(call)
+        """`keep`, from async code."""
+        self.keep(call)
+
+    def flush(self) -> None:
+        """Write the calls kept so far (before spending on another)."""
+        if self.unwritten and self.record is not None:
+            self.record(self.unwritten)
+            self.unwritten = []
+
+    async def aflush(self) -> None:
+        """`flush`, from async code, without blocking the loop."""
+        if self.unwritten and self.arecord is not None:
+            await self.arecord(self.unwritten)
+            self.unwritten = []
+        else:
+            self.flush()
 
 
 _current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("baton_step", default=None)

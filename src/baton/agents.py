@@ -246,6 +246,8 @@ class Agent(Step):
             if not completion.tool_calls:
                 return completion.text or "", call
             await _keep(ctx, call, "tool_calls")
+            if ctx is not None:
+                await ctx.aflush()  # in the store before the tools act on the world
             messages.append(Message("assistant", completion.text or "", tool_calls=completion.tool_calls))
             # One after the other, as the model listed them: plain tools need not be safe to run at once.
             for tool_call in completion.tool_calls:
@@ -271,6 +273,8 @@ class Agent(Step):
     async def _call(
         self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None
     ) -> tuple[Any, LLMCall]:
+        if ctx is not None:
+            await ctx.aflush()  # what was spent so far is in the store before more is
         started = utcnow()
         t0 = time.perf_counter()
         provider_name = getattr(provider, "name", type(provider).__name__)

@@ -195,8 +195,8 @@ def test_an_async_agent_records_its_calls_through_akeep_without_the_sync_writer(
 
     written = []
 
-    async def writer(call):
-        written.append(call.outcome)
+    async def writer(calls):
+        written.extend(c.outcome for c in calls)
 
     from baton.providers import ToolCall
 
@@ -206,15 +206,19 @@ def test_an_async_agent_records_its_calls_through_akeep_without_the_sync_writer(
         """Say it back."""
         return text
 
+    ctx = StepContext("run", "extract", 0, 1, record=sync_writer, arecord=writer)
+
     async def main():
-        token = enter(StepContext("run", "extract", 0, 1, record=sync_writer, arecord=writer))
+        token = enter(ctx)
         try:
             return await agent(model, tools=[echo]).fn(Doc(text="x"))
         finally:
             leave(token)
 
     assert asyncio.run(main()) == Facts(**GOOD)
-    assert written == ["tool_calls", "invalid", "answer"]
+    # Each call is written before the tools run or the next call is made; the last, with the checkpoint.
+    assert written == ["tool_calls", "invalid"]
+    assert [c.outcome for c in ctx.unwritten] == ["answer"]
 
 
 def test_async_tools_are_awaited_on_the_loop_and_plain_ones_run_on_a_thread_in_the_step(store):

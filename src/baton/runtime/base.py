@@ -176,6 +176,10 @@ class _RunningHere:
         for listener in list(self.listeners):
             listener(run_id, run)
 
+    def here(self, run_id: str) -> bool:
+        """Whether `run_id` executes in this process now (its end will be told to the listeners)."""
+        return run_id in self._runs
+
     def pause(self, run_id: str, seconds: float) -> None:
         """Sleep up to `seconds`, less if `run_id` stops here meanwhile."""
         with self._lock:
@@ -261,11 +265,11 @@ class _Watcher:
     async def _watch(self) -> None:
         from baton.runtime.aio import in_store_thread  # aio reads the settings; base is imported before them
 
-        store, reaped_at = self.store, 0.0
+        store, reaped_at, interval = self.store, 0.0, self.poll
         try:
             while self.waiting:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.poll)
+                    await asyncio.wait_for(self.wake.wait(), interval)
                 self.wake.clear()
                 for run_id in [r for r, fs in self.waiting.items() if all(f.done() for f in fs)]:
                     del self.waiting[run_id]  # its waiters were cancelled
@@ -275,12 +279,16 @@ class _Watcher:
                     # A run whose owner died ends interrupted: waiting must not outlive it.
                     await in_store_thread(store, store.runs.reap)
                     reaped_at = time.monotonic()
-                statuses = await in_store_thread(store, store.runs.statuses, list(self.waiting))
-                for run_id, status in statuses.items():
-                    if status.finished:
-                        for future in self.waiting.pop(run_id, ()):
-                            if not future.done():
-                                future.set_result(None)
+                # A run executing here tells its end itself; only the others are read.
+                elsewhere = [r for r in self.waiting if not running_here.here(r)]
+                statuses = await in_store_thread(store, store.runs.statuses, elsewhere) if elsewhere else {}
+                ended = [r for r, status in statuses.items() if status.finished]
+                for run_id in ended:
+                    for future in self.waiting.pop(run_id, ()):
+                        if not future.done():
+                            future.set_result(None)
+                # Quick while runs end, slower (up to half a second) while none does.
+                interval = self.poll if ended else min(max(self.poll, 0.5), interval * 1.5)
         finally:
             running_here.listeners.remove(self.listener)
             self.task = None

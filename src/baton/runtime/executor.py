@@ -30,7 +30,7 @@ from baton.run import ErrorInfo
 from baton.runtime.aio import call_in_background, in_store_thread, in_work_thread
 from baton.runtime.base import hooks
 from baton.steps import Step
-from baton.store import RunStore, RunWriter, StepResult, utcnow
+from baton.store import LostOwnership, RunStore, RunWriter, StepResult, utcnow
 from baton.tokens import count_tokens
 
 __all__ = [
@@ -211,9 +211,9 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
     step, idx, run_id = attempt.step, attempt.idx, attempt.run_id
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
-    ctx.record = lambda call: store.steps.record_calls(run_id, idx, attempt.number, [call])
+    ctx.record = lambda calls: store.steps.record_calls(run_id, idx, attempt.number, calls)
     if mode.on_loop:
-        ctx.arecord = lambda call: mode.db(store.steps.record_calls, run_id, idx, attempt.number, [call])
+        ctx.arecord = lambda calls: mode.write(RunWriter.record_calls, run_id, idx, attempt.number, calls)
     ctx.store = store
     ctx.side_effect = step.side_effect
     token = enter(ctx)
@@ -233,6 +233,8 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
             raise ContractViolation.from_validation_error(exc, contract=exc.title, step=step.name, where=where) from exc
         output, output_json = validate_output(step.output, produced, step=step.name)
     except Exception as exc:
+        if ctx.unwritten:  # paid for, whatever happens to the attempt
+            await mode.write(RunWriter.record_calls, run_id, idx, attempt.number, ctx.unwritten)
         info = error_info(exc)
         retrying = step.retry.should_retry(exc, attempt.this_go)
         failed = StepResult(
@@ -255,7 +257,7 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
         idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(),
         output_json=output_json,
     )  # fmt: skip
-    cancel = await mode.write(
+    checkpoint = mode.write(
         functools.partial(
             RunWriter.checkpoint,
             run_id=run_id,
@@ -271,8 +273,15 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
             boundary_tokens=count_tokens(output_json) if attempt.measure else None,
             lease_owner=attempt.lease_owner,
             events=ctx.events,
+            calls=ctx.unwritten,  # in the checkpoint's transaction: a step's one call costs no write of its own
         )
     )
+    try:
+        cancel = await checkpoint
+    except LostOwnership:
+        if ctx.unwritten:  # the checkpoint was refused, but the calls were made and paid for
+            await mode.write(RunWriter.record_calls, run_id, idx, attempt.number, ctx.unwritten)
+        raise
     emitted = tuple(e[0] for e in ctx.events)
     if emitted:
         if mode.on_loop:

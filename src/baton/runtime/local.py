@@ -196,13 +196,20 @@ class LocalRuntime:
         """
         owner = this_owner()
         with store.writer() as writer:
-            run_id, *_ = create_run(
+            run_id, input_json, now, input_tokens = create_run(
                 writer, store, pattern, value, owner, pending=True,
                 correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
             )  # fmt: skip
         if run_id is None:
             return None
-        return self._start_later(store, pattern, run_id, owner)
+        # What the run starts from is known here: it need not be read back when its turn comes.
+        base = Run(
+            id=run_id, pipeline=pattern.name, status=RunStatus.PENDING, input=json.loads(input_json),
+            created_at=now, steps=(), target=pattern.target, input_boundary_tokens=input_tokens,
+            correlation_id=correlation_id or run_id, trigger_event=trigger_event, kind=pattern.kind,
+        )  # fmt: skip
+        fresh = (base, States(input_json=input_json, input_value=value))
+        return self._start_later(store, pattern, run_id, owner, fresh=fresh)
 
     async def asubmit(
         self,
@@ -251,32 +258,51 @@ class LocalRuntime:
         return self._start_later(store, pattern, run.id, owner, observer)
 
     def _start_later(
-        self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None = None
+        self,
+        store: RunStore,
+        pattern: Any,
+        run_id: str,
+        owner: str,
+        observer: Observer | None = None,
+        *,
+        fresh: tuple[Run, States] | None = None,
     ) -> str:
         # The heartbeat keeps the pending run from looking abandoned while it waits for its turn.
         _heartbeat_for(store).add(run_id, owner)
         running_here.started(run_id, lambda exc: _abandon(store, run_id, owner, exc))
-        self._admission.add(lambda: self._start_pending(store, pattern, run_id, owner, observer))
+        self._admission.add(lambda: self._start_pending(store, pattern, run_id, owner, observer, fresh))
         return run_id
 
     async def _start_pending(
-        self, store: RunStore, pattern: Any, run_id: str, owner: str, observer: Observer | None
+        self,
+        store: RunStore,
+        pattern: Any,
+        run_id: str,
+        owner: str,
+        observer: Observer | None,
+        fresh: tuple[Run, States] | None,
     ) -> None:
+        """Claim a pending run and drive it: a new one from what `submit` knew (`fresh`), any other from the
+        store (a resume's, a retry's, an approval's)."""
         mode = OnLoop(store)
         ended: Run | None = None
         try:
             try:
-                run = await mode.db(store.runs.get, run_id)
-                if run.status is not RunStatus.PENDING:
-                    return  # cancelled while it waited
-                states = resume_states(run, pattern, pending_ok=True)
+                if fresh is not None:
+                    run, states = fresh
+                else:
+                    run = await mode.db(store.runs.get, run_id)
+                    if run.status is not RunStatus.PENDING:
+                        return  # cancelled while it waited
+                    states = resume_states(run, pattern, pending_ok=True)
                 start = pattern.first(states)
                 claim = functools.partial(
                     store.runs.claim, run_id, owner, start_idx=start, attempt=states.attempts(start) + 1,
                     statuses=[RunStatus.PENDING], only_owner=owner,
                 )  # fmt: skip
                 if not await mode.db(claim):
-                    return
+                    return  # cancelled while it waited
+                run.status, run.claims, run.started_at = RunStatus.RUNNING, run.claims + 1, utcnow()
             finally:
                 _heartbeat_for(store).discard(run_id)
             # Not read back when it ends: whoever waits for it reads it (once), or has it from here.

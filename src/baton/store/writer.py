@@ -277,6 +277,11 @@ class RunWriter:
             return False
         return True
 
+    def record_calls(self, run_id: str, idx: int, attempt: int, calls: Sequence[LLMCall]) -> None:
+        """Keep model calls the moment they are made (what `Steps.record_calls` does, on this connection)."""
+        with self._transaction(self.cur):
+            write_calls(self.cur, self.dialect, run_id, idx, attempt, calls)
+
     def checkpoint(
         self,
         run_id: str,
@@ -293,11 +298,12 @@ class RunWriter:
         boundary_tokens: int | None = None,
         lease_owner: str | None = None,
         events: Sequence[tuple[str, str, str]] = (),
+        calls: Sequence[LLMCall] = (),
     ) -> bool:
         """Save a step's output; with `final_output`, the run has succeeded; with `recount`, the step made
         model calls (already recorded) whose totals go on its row; with `lease_owner`, only while that
         worker holds the step's lease; `events` ((id, type, payload JSON) the step emitted) are written in
-        the same transaction, as the outbox.
+        the same transaction, as the outbox, and so are the model `calls` not yet recorded.
 
         Returns whether a cancel was requested. Raises `LostOwnership` (and writes nothing) when `owner` no
         longer owns the run (or `lease_owner` the step).
@@ -311,14 +317,14 @@ class RunWriter:
         checkpoint, final = self._checkpoint, self._final
         if lease_owner is not None:
             checkpoint, final, params = self._leased, self._final_leased, (*params, lease_owner)
-        if final_output is None and not recount and not events:
+        if final_output is None and not recount and not events and not calls:
             cur.execute(checkpoint, params)
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
             return bool(rows[0][0])
         finish = (final_output, ts(finished_at), ts(finished_at), run_id, owner)
-        if final_output is not None and not recount and not events and final is not None:
+        if final_output is not None and not recount and not events and not calls and final is not None:
             cur.execute(final, params + finish)
             inserted, updated = cur.fetchone()
             if not (inserted and updated):
@@ -329,7 +335,9 @@ class RunWriter:
             rows = cur.fetchall()
             if not rows:
                 raise LostOwnership(run_id)
-            if recount:
+            if calls:
+                write_calls(cur, self.dialect, run_id, idx, attempt, calls)  # recounts the step and the run
+            elif recount:
                 recount_step(cur, self.dialect, run_id, idx)
             if events:
                 insert = INSERT_EVENT[self.dialect]
