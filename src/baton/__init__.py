@@ -20,7 +20,7 @@ from baton.api import (
     wait,
     wait_chain,
 )
-from baton.effects import effect
+from baton.effects import aeffect, effect
 from baton.errors import (
     BatonError,
     BrokerUnavailable,
@@ -86,6 +86,7 @@ __all__ = [
     "emit",
     "publish",
     "effect",
+    "aeffect",
     # models
     "ScriptedModel",
     "register_price",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import json
 import time
@@ -18,6 +18,7 @@ from baton.pricing import cost_of
 from baton.providers import Completion, Message, ToolCall, ToolSpec, check_model, get_provider, split_model
 from baton.providers.base import redact
 from baton.retry import Retry
+from baton.runtime.aio import call_in_background, in_work_thread
 from baton.settings import current_settings
 from baton.steps import Step
 from baton.store import utcnow
@@ -61,10 +62,10 @@ class Tool:
     def call(self, arguments: dict[str, Any]) -> str:
         """Validate the model's arguments, call the function, and give back its result as JSON text.
 
-        For sync code with no loop running; agents use `acall`.
+        For sync code (an async tool is awaited on baton's loop); agents use `acall`.
         """
         if self.is_async:
-            return asyncio.run(self.acall(arguments))
+            return call_in_background(self.acall(arguments))
         try:
             args = self.arguments.model_validate(arguments)
         except ValidationError as exc:
@@ -86,7 +87,7 @@ class Tool:
                 result = await self.fn(**dict(args))
             else:
                 # A thread with a copy of this context: the tool still sees the step it runs in.
-                result = await asyncio.to_thread(self.fn, **dict(args))
+                result = await in_work_thread(functools.partial(self.fn, **dict(args)))
         except Exception as exc:  # the model reads the failure and can try otherwise
             return _failed(exc)
         return _dumped(result)
@@ -314,7 +315,7 @@ async def _complete(provider: Any, model: str, messages: list[Message], **option
     if callable(acomplete):
         return await acomplete(model, messages, **options)
     # A provider written before agents were async: on a thread, so that it never blocks the loop.
-    return await asyncio.to_thread(provider.complete, model, messages, **options)
+    return await in_work_thread(functools.partial(provider.complete, model, messages, **options))
 
 
 async def _keep(ctx: StepContext | None, call: LLMCall, outcome: str) -> None:

@@ -18,15 +18,17 @@ baton cannot know whether it happened, so it never acts again on its own; the st
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from baton._context import current_step
 from baton._owner import owner_alive, this_owner
 from baton.errors import DefinitionError, EffectUncertain, TransientError
 
-__all__ = ["EffectNotDone", "effect", "effect_key"]
+__all__ = ["EffectNotDone", "aeffect", "effect", "effect_key"]
 
 T = TypeVar("T")
 
@@ -53,7 +55,45 @@ def effect(name: str, act: Callable[[str], T]) -> T:
     `act`'s return value must be JSON (a dict, a string, ...): it is recorded, and a later attempt that
     reaches the same effect gets it back instead of acting again. `act` raises `EffectNotDone` for a failure
     it knows came before acting; any other error leaves the effect uncertain, never done again on its own.
+    In an async step, `await baton.aeffect(name, act)` does the same with an async `act`.
     """
+    if inspect.iscoroutinefunction(act):
+        raise DefinitionError(f"effect '{name}': its act is async; write `await baton.aeffect(...)`")
+    ctx, key, found = _begin(name)
+    if found is not None:
+        return _recorded(ctx, name, key, found)  # type: ignore[no-any-return]
+    try:
+        result = act(key)
+    except EffectNotDone:
+        ctx.store.effects.abandon(key)
+        raise
+    if inspect.isawaitable(result):
+        # It was never awaited, so it never acted: the claim is dropped before saying so.
+        getattr(result, "close", lambda: None)()
+        ctx.store.effects.abandon(key)
+        raise DefinitionError(f"effect '{name}': its act returned an awaitable; write `await baton.aeffect(...)`")
+    _finish(ctx, name, key, result)
+    return result
+
+
+async def aeffect(name: str, act: Callable[[str], Awaitable[T] | T]) -> T:
+    """`effect` for async steps: `act(key)` may be async (it is awaited); the ledger is written off the loop."""
+    ctx, key, found = await asyncio.to_thread(_begin, name)
+    if found is not None:
+        return _recorded(ctx, name, key, found)  # type: ignore[no-any-return]
+    try:
+        result = act(key)
+        if inspect.isawaitable(result):
+            result = await result
+    except EffectNotDone:
+        await asyncio.to_thread(ctx.store.effects.abandon, key)
+        raise
+    await asyncio.to_thread(_finish, ctx, name, key, result)
+    return result  # type: ignore[return-value]
+
+
+def _begin(name: str) -> tuple[Any, str, Any]:
+    """Claim the effect's key in the ledger: (the step's context, the key, what the ledger had, if anything)."""
     ctx = current_step()
     if ctx is None or ctx.store is None:
         raise DefinitionError(f"effect '{name}': call baton.effect inside a step of a run")
@@ -68,26 +108,29 @@ def effect(name: str, act: Callable[[str], T]) -> T:
     from baton.store import utcnow
 
     key = effect_key(name)
-    me = this_owner()
-    found = ctx.store.effects.begin(key, ctx.run_id, ctx.idx, name, utcnow(), owner=me)
-    if found is not None:
-        if found.status == "done":
-            return found.result  # type: ignore[no-any-return]
-        if found.owner and found.owner != me and owner_alive(found.owner):
-            # Another process on this machine took the step over while the first is still acting (its
-            # heartbeat stalled past the lease): wait for it to finish rather than call the effect lost.
-            raise TransientError(f"the effect '{name}' (key {key}) is in progress in {found.owner}; waiting for it")
-        raise EffectUncertain(
-            f"the effect '{name}' of step '{ctx.step}' (key {key}) was started at {found.started_at:%Y-%m-%d %H:%M:%S} "
-            "UTC and did not record whether it happened (its process died, or it failed part-way). baton does not "
-            f"do it again on its own: check, then run `baton effects mark {key} --done` (it happened) or "
-            "`--not-done`, and resume the run."
-        )
-    try:
-        result = act(key)
-    except EffectNotDone:
-        ctx.store.effects.abandon(key)
-        raise
+    return ctx, key, ctx.store.effects.begin(key, ctx.run_id, ctx.idx, name, utcnow(), owner=this_owner())
+
+
+def _recorded(ctx: Any, name: str, key: str, found: Any) -> Any:
+    """The result of an effect the ledger already had: done, in progress elsewhere, or uncertain."""
+    if found.status == "done":
+        return found.result
+    if found.owner and found.owner != this_owner() and owner_alive(found.owner):
+        # Another process on this machine took the step over while the first is still acting (its
+        # heartbeat stalled past the lease): wait for it to finish rather than call the effect lost.
+        raise TransientError(f"the effect '{name}' (key {key}) is in progress in {found.owner}; waiting for it")
+    raise EffectUncertain(
+        f"the effect '{name}' of step '{ctx.step}' (key {key}) was started at {found.started_at:%Y-%m-%d %H:%M:%S} "
+        "UTC and did not record whether it happened (its process died, or it failed part-way). baton does not "
+        f"do it again on its own: check, then run `baton effects mark {key} --done` (it happened) or "
+        "`--not-done`, and resume the run."
+    )
+
+
+def _finish(ctx: Any, name: str, key: str, result: Any) -> None:
+    """Record that the effect happened, with its result."""
+    from baton.store import utcnow
+
     try:
         json.dumps(result)
     except (TypeError, ValueError):
@@ -97,4 +140,3 @@ def effect(name: str, act: Callable[[str], T]) -> T:
             "it is recorded as done, without its result"
         ) from None
     ctx.store.effects.finish(key, result, utcnow())
-    return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import re
 import typing
@@ -75,12 +74,6 @@ class Step:
 
             return call_in_background(self.fn(value))
         return self.fn(value)
-
-    async def aexecute(self, value: BaseModel) -> Any:
-        """Run the step's work on an already validated input, from async code (a sync step on a thread)."""
-        if self.is_async:
-            return await self.fn(value)
-        return await asyncio.to_thread(self.fn, value)
 
     def __call__(self, value: BaseModel) -> Any:
         """Call the underlying function directly, outside any run (handy in tests)."""

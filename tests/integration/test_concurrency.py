@@ -315,3 +315,76 @@ def test_a_cancel_with_hundreds_in_flight_on_a_celery_worker(celery_here, env, w
     assert {r.status for r in runs} == {RunStatus.CANCELLED}
     assert {r.step("arrive").status.value for r in runs} == {"succeeded"}
     assert executions(folder) == Counter({("arrive", i): 1 for i in ids})
+
+
+EXITS = """
+import os, sys, threading, time
+from pydantic import BaseModel
+from baton import Pipeline, RunStore, step
+
+class N(BaseModel):
+    n: int
+
+threads = set()
+
+@step
+def slow(x: N) -> N:
+    threads.add(threading.current_thread().name)
+    time.sleep(0.1)
+    return N(n=x.n + 1)
+
+flow = Pipeline("exits", [slow])
+store = RunStore(sys.argv[1])
+ids = [flow.submit({"n": i}, store=store) for i in range(20)]
+if sys.argv[2] == "fork":
+    child = os.fork()
+    if child == 0:  # a child that submits a run of its own and ends: it waits for that one only
+        flow.submit({"n": 100}, store=RunStore(sys.argv[1]))  # (a connection is not shared across a fork)
+        sys.exit(0)
+    _, status = os.waitpid(child, 0)
+    assert status == 0, status
+
+import atexit
+atexit.register(lambda: print("threads", len(threads), flush=True))
+print(" ".join(ids), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "fork"])
+def test_a_script_that_submits_runs_and_ends_waits_for_them_on_a_bounded_pool(tmp_path, how):
+    url = f"sqlite:///{tmp_path}/baton.db"
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS, url, how],
+        env={**os.environ, "BATON_MAX_IN_FLIGHT": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    ids = lines[0].split()
+    # The sync steps of 20 runs ran on at most BATON_MAX_IN_FLIGHT threads.
+    assert 1 <= int(lines[1].split()[1]) <= 5
+    store = RunStore(url)
+    try:
+        runs = [store.runs.get(i) for i in ids]
+        assert [(r.status, r.output) for r in runs] == [(RunStatus.SUCCEEDED, {"n": i + 1}) for i in range(20)]
+        if how == "fork":
+            assert len(store.runs.list(limit=100)) == 21
+            assert {r.status for r in store.runs.list(limit=100)} == {RunStatus.SUCCEEDED}
+    finally:
+        store.close()
+
+
+def test_the_sync_api_called_from_an_async_step_on_batons_loop_says_to_await(here):
+    store, _folder = here
+    inner, item = load_target(CROWD), load_target(f"{APP}:Item")
+    from baton import Pipeline, Step
+
+    async def nested(box):
+        return item(value=inner.run({"value": box.value}, store=store).output["value"])
+
+    outer = Pipeline("nests-a-sync-run", [Step("nested", nested, input=item, output=item)])
+    run = baton.wait(outer.submit({"value": 1}, store=store), store=store, timeout=30)
+    assert run.status is RunStatus.FAILED
+    assert "await crowd.arun()" in run.steps[0].error.message

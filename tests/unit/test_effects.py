@@ -1,5 +1,6 @@
 """`baton.effect` on the local runtime: done once per run and step, refused where it does not belong."""
 
+import asyncio
 import subprocess
 
 import pytest
@@ -161,3 +162,47 @@ def test_the_smtp_url_is_parsed_and_a_bad_one_is_named_without_its_password():
         assert "hunter2" not in str(caught.value), bad
     assert SmtpSettings.from_url("smtp://ann:pw@127.0.0.1:1025").user == "ann"  # a local relay, in the clear
     assert SmtpSettings.from_url("smtp://ann:pw@mail.example.com?starttls=1").starttls
+
+
+@step(side_effect=True, retry=Retry(max_attempts=3, backoff=0.0))
+async def acharge(x: N) -> N:
+    async def act(key: str) -> dict:
+        await asyncio.sleep(0)
+        acted.append(key)
+        return {"receipt": len(acted)}
+
+    receipt = await baton.aeffect("charge", act)
+    tries.append(1)
+    if len(tries) == 1:
+        raise TransientError("the network dropped after the charge")
+    return N(n=receipt["receipt"])
+
+
+@step(side_effect=True, retry=Retry(max_attempts=1))
+async def awaits_nothing(x: N) -> N:
+    async def act(key: str) -> dict:
+        acted.append(key)
+        return {}
+
+    effect("send", lambda key: act(key))  # the sync form handed a coroutine: refused, never half-recorded
+    return x
+
+
+@pytest.mark.parametrize("how", ["run", "arun"])
+def test_an_async_steps_effect_is_awaited_and_done_once(store, how):
+    acted.clear()
+    tries.clear()
+    pipeline = Pipeline(f"fx-acharge-{how}", [acharge])
+    run = pipeline.run({"n": 1}, store=store) if how == "run" else asyncio.run(pipeline.arun({"n": 1}, store=store))
+    assert run.status is baton.RunStatus.SUCCEEDED and run.steps[0].attempts == 2
+    assert acted == [f"{run.id}/acharge/charge"]
+    assert store.effects.get(f"{run.id}/acharge/charge").status == "done"
+
+
+def test_the_sync_effect_refuses_an_async_act_before_it_records_anything(store):
+    acted.clear()
+    run = Pipeline("fx-awaits-nothing", [awaits_nothing]).run({"n": 1}, store=store)
+    assert run.status is baton.RunStatus.FAILED
+    assert "await baton.aeffect" in run.steps[0].error.message
+    assert acted == []
+    assert store.effects.get(f"{run.id}/awaits_nothing/send") is None

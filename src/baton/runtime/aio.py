@@ -29,7 +29,10 @@ from baton.settings import current_settings
 if TYPE_CHECKING:
     from baton.store import RunStore
 
-__all__ = ["background", "call_in_background", "in_store_thread", "in_work_thread", "store_threads", "work_threads"]
+__all__ = [
+    "background", "call_in_background", "in_store_thread", "in_work_thread", "refuse_on_own_loop", "store_threads",
+    "work_threads",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -87,6 +90,15 @@ def background() -> _Background:
     return _background
 
 
+def refuse_on_own_loop(what: str, instead: str) -> None:
+    """Raise a clear error when sync code that waits (`what`) is called from baton's own loop, an async
+    step's home: it would stop every run on the loop until it returned."""
+    if _background.here():
+        from baton.errors import UserError
+
+        raise UserError(f"{what} waits, and was called from an async step on baton's loop: use {instead}")
+
+
 def call_in_background(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and block this thread until it ends (for sync callers).
 
@@ -94,7 +106,9 @@ def call_in_background(coro: Coroutine[Any, Any, T]) -> T:
     """
     if _background.here():
         coro.close()
-        raise RuntimeError("call_in_background called from baton's own loop; await the coroutine instead")
+        from baton.errors import UserError
+
+        raise UserError("sync code called an async step (or agent) from an async step on baton's loop: await it")
     future = _background.submit(coro)
     try:
         return future.result()
@@ -107,7 +121,7 @@ class _Pools:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.work: ThreadPoolExecutor | None = None
-        self.stores: dict[int, ThreadPoolExecutor] = {}
+        self.generation = 0
 
 
 _pools = _Pools()
@@ -126,15 +140,17 @@ def work_threads() -> ThreadPoolExecutor:
 
 
 def store_threads(store: RunStore) -> ThreadPoolExecutor:
-    """The threads that make `store`'s calls for code on a loop."""
-    pool = _pools.stores.get(id(store))
-    if pool is None:
+    """The threads that make `store`'s calls for code on a loop (they end when the store closes)."""
+    kept = getattr(store, "_threads", None)
+    # Kept on the store, with the fork generation: a child's inherited pool has no threads behind it.
+    if kept is None or kept[0] != _pools.generation:
         with _pools.lock:
-            pool = _pools.stores.get(id(store))
-            if pool is None:
+            kept = getattr(store, "_threads", None)
+            if kept is None or kept[0] != _pools.generation:
                 size = 1 if store.engine.dialect.name == "sqlite" else _PG_STORE_THREADS
-                pool = _pools.stores[id(store)] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="baton-store")
-    return pool
+                kept = (_pools.generation, ThreadPoolExecutor(max_workers=size, thread_name_prefix="baton-store"))
+                store._threads = kept  # type: ignore[attr-defined]
+    return kept[1]
 
 
 async def in_work_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -153,7 +169,9 @@ async def in_store_thread(store: RunStore, fn: Callable[..., T], *args: Any) -> 
 def _after_fork() -> None:
     _background._reset()
     global _pools
+    generation = _pools.generation + 1
     _pools = _Pools()
+    _pools.generation = generation
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -208,7 +208,9 @@ def wait_for(store: RunStore, run_id: str, *, timeout: float | None = None, poll
     its thread stops at its next checkpoint.
     """
     from baton.errors import RunError
+    from baton.runtime.aio import refuse_on_own_loop
 
+    refuse_on_own_loop("baton.wait()", "await baton.await_run()")
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -239,7 +241,8 @@ class _Watcher:
 
         def stopped(run_id: str, run: Run | None) -> None:
             if run_id in self.waiting:
-                loop.call_soon_threadsafe(self._stopped, run_id, run)
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits there any more
+                    loop.call_soon_threadsafe(self._stopped, run_id, run)
 
         self.listener = stopped
 

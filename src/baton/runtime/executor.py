@@ -212,7 +212,7 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
     ctx.record = lambda calls: store.steps.record_calls(run_id, idx, attempt.number, calls)
-    if mode.on_loop:
+    if mode.on_loop:  # in the Here mode, an async agent on the background loop writes through `record`
         ctx.arecord = lambda calls: mode.write(RunWriter.record_calls, run_id, idx, attempt.number, calls)
     ctx.store = store
     ctx.side_effect = step.side_effect
@@ -284,8 +284,5 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
         raise
     emitted = tuple(e[0] for e in ctx.events)
     if emitted:
-        if mode.on_loop:
-            await mode.db(hooks.emitted, store, attempt.runtime, emitted)
-        else:
-            hooks.emitted(store, attempt.runtime, emitted)
+        await mode.db(hooks.emitted, store, attempt.runtime, emitted)
     return Succeeded(output, cancel, result, bool(ctx.calls), emitted)

@@ -13,12 +13,12 @@ One driver (`_Driver`) interprets a plan in every case; what differs is its mode
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,7 +31,7 @@ from baton._owner import this_owner
 from baton.errors import RunNotResumable
 from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rewind_plan
 from baton.run import Run, StepRecord
-from baton.runtime.aio import background, in_store_thread
+from baton.runtime.aio import background, in_store_thread, refuse_on_own_loop
 from baton.runtime.base import Observer, running_here
 from baton.runtime.executor import Attempt, Failed, Here, Mode, OnLoop, Outcome, RetryLater, Succeeded, aexecute, drive
 from baton.runtime.records import create_run, read_run, resumable
@@ -81,6 +81,16 @@ _heartbeats: dict[int, _Heartbeat] = {}
 _heartbeats_lock = threading.Lock()
 
 
+def _forget_heartbeats() -> None:
+    # A forked child has no heartbeat thread: it starts its own when it first needs one.
+    global _heartbeats_lock
+    _heartbeats.clear()
+    _heartbeats_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_heartbeats)
+
+
 def _heartbeat_for(store: RunStore) -> _Heartbeat:
     with _heartbeats_lock:
         beat = _heartbeats.get(id(store))
@@ -105,8 +115,9 @@ class _Admission:
         with self.lock:
             self.outstanding += 1
             if not self.drain_registered:
-                # A script that submits runs and ends waits for them, as it would for threads it started.
-                atexit.register(self.drain)
+                # A script that submits runs and ends waits for them, as it would for threads it started. It
+                # must wait before the interpreter shuts its thread pools down (which `atexit` is too late for).
+                threading._register_atexit(self.drain)  # type: ignore[attr-defined]
                 self.drain_registered = True
         background().loop().call_soon_threadsafe(self._queue, job)
 
@@ -137,6 +148,12 @@ class _Admission:
         with self.lock:
             return self.lock.wait_for(lambda: self.outstanding == 0, timeout)
 
+    def after_fork(self) -> None:
+        """In a forked child: none of the parent's runs executes here, and its lock may have been held."""
+        self.waiting.clear()
+        self.running = self.outstanding = 0
+        self.lock = threading.Condition()
+
 
 class LocalRuntime:
     """Runs a pattern's steps in this process: in the caller's thread or loop, or on the background loop."""
@@ -146,9 +163,11 @@ class LocalRuntime:
 
     def __init__(self) -> None:
         self._admission = _Admission()
+        os.register_at_fork(after_in_child=self._admission.after_fork)
 
     def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
         """Record a new run of `pattern` on the validated `value`, execute it here to the end, return it."""
+        refuse_on_own_loop(f"{pattern.name}.run()", f"await {pattern.name}.arun()")
         owner = this_owner()
         with store.writer() as writer:
             base, states = self._new(writer, store, pattern, value, owner)
@@ -334,7 +353,11 @@ class LocalRuntime:
             records = None  # another process declared the run interrupted; the store says what happened
         except BaseException as exc:
             # Ctrl-C, a cancelled task, or a dying interpreter: leave the run resumable, not "running" forever.
-            _abandon(store, base.id, owner, exc)
+            if mode.on_loop:
+                with contextlib.suppress(BaseException):  # cancelled again meanwhile: the reaper finds it
+                    await asyncio.shield(mode.db(_abandon, store, base.id, owner, exc))
+            else:
+                _abandon(store, base.id, owner, exc)
             raise
         finally:
             beat.discard(base.id)

@@ -59,7 +59,11 @@ class RunStore:
         self.browse = Browse(ctx)
 
     def close(self) -> None:
-        """Release the store's connections."""
+        """Release the store's connections (and the threads that made its calls for code on a loop)."""
+        kept = getattr(self, "_threads", None)
+        if kept is not None:
+            kept[1].shutdown(wait=False)
+            self._threads = None
         with self._writers_lock:
             for _, writer in self._writers:
                 writer.close()
