@@ -173,6 +173,15 @@ _from_env: tuple[tuple[tuple[str, str], ...], Settings] | None = None
 _lock = threading.Lock()
 
 
+def _after_fork() -> None:
+    # A thread of the parent may have held the lock at the fork; the child's only thread must not wait for it.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def current_settings() -> Settings:
     """This process's settings: the ones `use_settings` installed, else the environment's.
 

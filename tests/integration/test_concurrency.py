@@ -326,16 +326,23 @@ class N(BaseModel):
     n: int
 
 threads = set()
+gate, inside = threading.Event(), threading.Semaphore(0)
 
 @step
 def slow(x: N) -> N:
     threads.add(threading.current_thread().name)
+    if x.n < 100:
+        inside.release()
+        gate.wait()  # holds no lock while it waits: the fork below cannot inherit one held
     time.sleep(0.1)
     return N(n=x.n + 1)
 
 flow = Pipeline("exits", [slow])
 store = RunStore(sys.argv[1])
 ids = [flow.submit({"n": i}, store=store) for i in range(20)]
+for _ in range(5):
+    inside.acquire()  # as many runs in flight as the limit lets, the others pending
+time.sleep(0.2)
 if sys.argv[2] == "fork":
     child = os.fork()
     if child == 0:  # a child that submits a run of its own and ends: it waits for that one only
@@ -343,6 +350,7 @@ if sys.argv[2] == "fork":
         sys.exit(0)
     _, status = os.waitpid(child, 0)
     assert status == 0, status
+gate.set()
 
 import atexit
 atexit.register(lambda: print("threads", len(threads), flush=True))

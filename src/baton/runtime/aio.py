@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "background", "call_in_background", "in_store_thread", "in_work_thread", "refuse_on_own_loop", "store_threads",
-    "work_threads",
+    "submit_off_loop", "work_threads",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -164,6 +164,11 @@ async def in_store_thread(store: RunStore, fn: Callable[..., T], *args: Any) -> 
     """Call `fn(*args)`, a call of `store`, on one of its threads."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(store_threads(store), functools.partial(fn, *args))
+
+
+async def submit_off_loop(runtime: Any, store: RunStore, pattern: Any, value: Any, **where: Any) -> str | None:
+    """A runtime's `asubmit`: its `submit` (recording the run, queueing it) on the store's threads."""
+    return await in_store_thread(store, functools.partial(runtime.submit, store, pattern, value, **where))
 
 
 def _after_fork() -> None:

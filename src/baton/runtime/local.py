@@ -31,7 +31,7 @@ from baton._owner import this_owner
 from baton.errors import RunNotResumable
 from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rewind_plan
 from baton.run import Run, StepRecord
-from baton.runtime.aio import background, in_store_thread, refuse_on_own_loop
+from baton.runtime.aio import background, in_store_thread, refuse_on_own_loop, submit_off_loop
 from baton.runtime.base import Observer, running_here
 from baton.runtime.executor import Attempt, Failed, Here, Mode, OnLoop, Outcome, RetryLater, Succeeded, aexecute, drive
 from baton.runtime.records import create_run, read_run, resumable
@@ -241,11 +241,8 @@ class LocalRuntime:
         delivery: tuple[str, str | None] | None = None,
     ) -> str | None:
         """`submit` for async code: the run is recorded without blocking the caller's loop."""
-        submit = functools.partial(
-            self.submit, store, pattern, value,
-            correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
-        )  # fmt: skip
-        return await in_store_thread(store, submit)
+        where = {"correlation_id": correlation_id, "trigger_event": trigger_event, "delivery": delivery}
+        return await submit_off_loop(self, store, pattern, value, **where)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:
         """Make a failed or interrupted run pending again at once, and continue it on the background loop."""

@@ -3,7 +3,6 @@ every call returns at once, and `baton.wait` follows a run through the store (ne
 
 from __future__ import annotations
 
-import functools
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +11,7 @@ from pydantic import BaseModel
 from baton.errors import RunNotResumable, UserError
 from baton.patterns.plan import States, recorded_states, rewind_plan
 from baton.run import Run
-from baton.runtime.aio import in_store_thread
+from baton.runtime.aio import submit_off_loop
 from baton.runtime.base import Observer, await_for, wait_for
 from baton.runtime.celery._app import celery_app
 from baton.runtime.celery._tasks import send, start
@@ -93,11 +92,8 @@ class CeleryRuntime:
         delivery: tuple[str, str | None] | None = None,
     ) -> str | None:
         """`submit` for async code: recorded and queued without blocking the caller's loop."""
-        submit = functools.partial(
-            self.submit, store, pattern, value,
-            correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
-        )  # fmt: skip
-        return await in_store_thread(store, submit)
+        where = {"correlation_id": correlation_id, "trigger_event": trigger_event, "delivery": delivery}
+        return await submit_off_loop(self, store, pattern, value, **where)
 
     async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
         """`run` for async code: submit, then await the run in the store."""
