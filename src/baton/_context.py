@@ -61,16 +61,25 @@ class StepContext:
     def flush(self) -> None:
         """Write the calls kept so far (before spending on another)."""
         if self.unwritten and self.record is not None:
-            self.record(self.unwritten)
-            self.unwritten = []
+            # Taken before writing: a call kept meanwhile (agents side by side) is written by the next flush.
+            pending, self.unwritten = self.unwritten, []
+            try:
+                self.record(pending)
+            except BaseException:
+                self.unwritten[:0] = pending  # not written: the attempt's end writes them
+                raise
 
     async def aflush(self) -> None:
         """`flush`, from async code, without blocking the loop."""
-        if self.unwritten and self.arecord is not None:
-            await self.arecord(self.unwritten)
-            self.unwritten = []
-        else:
+        if not (self.unwritten and self.arecord is not None):
             self.flush()
+            return
+        pending, self.unwritten = self.unwritten, []
+        try:
+            await self.arecord(pending)
+        except BaseException:
+            self.unwritten[:0] = pending
+            raise
 
 
 _current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("baton_step", default=None)

@@ -18,7 +18,7 @@ from baton.pricing import cost_of
 from baton.providers import Completion, Message, ToolCall, ToolSpec, check_model, get_provider, split_model
 from baton.providers.base import redact
 from baton.retry import Retry
-from baton.runtime.aio import call_in_background, in_work_thread
+from baton.runtime.aio import call_in_background, call_threads, in_work_thread
 from baton.settings import current_settings
 from baton.steps import Step
 from baton.store import utcnow
@@ -87,7 +87,7 @@ class Tool:
                 result = await self.fn(**dict(args))
             else:
                 # A thread with a copy of this context: the tool still sees the step it runs in.
-                result = await in_work_thread(functools.partial(self.fn, **dict(args)))
+                result = await in_work_thread(functools.partial(self.fn, **dict(args)), pool=call_threads())
         except Exception as exc:  # the model reads the failure and can try otherwise
             return _failed(exc)
         return _dumped(result)
@@ -215,6 +215,9 @@ class Agent(Step):
                 ]
                 continue
             await _keep(ctx, call, "answer")
+            if ctx is not None and ctx.step != self.name:
+                # An agent called by another step: its calls are in the store before that step goes on.
+                await ctx.aflush()
             return answer
         raise ContractViolation(
             contract=self.output.__name__,
@@ -315,7 +318,7 @@ async def _complete(provider: Any, model: str, messages: list[Message], **option
     if callable(acomplete):
         return await acomplete(model, messages, **options)
     # A provider written before agents were async: on a thread, so that it never blocks the loop.
-    return await in_work_thread(functools.partial(provider.complete, model, messages, **options))
+    return await in_work_thread(functools.partial(provider.complete, model, messages, **options), pool=call_threads())
 
 
 async def _keep(ctx: StepContext | None, call: LLMCall, outcome: str) -> None:

@@ -11,6 +11,7 @@ from baton.errors import RunError, RunNotResumable
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime import get_runtime
+from baton.runtime.aio import refuse_on_own_loop
 from baton.runtime.base import await_for, wait_for
 from baton.status import RunStatus
 from baton.store import RunStore, open_store
@@ -135,6 +136,7 @@ def wait_chain(
 ) -> None:
     """Wait until every run of a chain (a correlation id) has stopped and none of its events waits to be
     delivered: what an event-driven flow started by one run or one published event has become."""
+    refuse_on_own_loop("baton.wait_chain()", "await baton.await_run() on the chain's runs")
     s = _store(store)
     deadline = None if timeout is None else time.monotonic() + timeout
     while s.events.chain_busy(correlation_id):

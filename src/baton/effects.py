@@ -18,7 +18,7 @@ baton cannot know whether it happened, so it never acts again on its own; the st
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -78,17 +78,23 @@ def effect(name: str, act: Callable[[str], T]) -> T:
 
 async def aeffect(name: str, act: Callable[[str], Awaitable[T] | T]) -> T:
     """`effect` for async steps: `act(key)` may be async (it is awaited); the ledger is written off the loop."""
-    ctx, key, found = await asyncio.to_thread(_begin, name)
+    from baton.runtime.aio import in_store_thread, in_work_thread  # the runtime imports effects' callers
+
+    ctx = current_step()
+    if ctx is None or ctx.store is None:
+        raise DefinitionError(f"effect '{name}': call baton.aeffect inside a step of a run")
+    ctx, key, found = await in_store_thread(ctx.store, contextvars.copy_context().run, _begin, name)
     if found is not None:
         return _recorded(ctx, name, key, found)  # type: ignore[no-any-return]
     try:
-        result = act(key)
+        # A sync act runs on a thread, so that it never blocks the loop.
+        result = act(key) if inspect.iscoroutinefunction(act) else await in_work_thread(act, key)
         if inspect.isawaitable(result):
             result = await result
     except EffectNotDone:
-        await asyncio.to_thread(ctx.store.effects.abandon, key)
+        await in_store_thread(ctx.store, ctx.store.effects.abandon, key)
         raise
-    await asyncio.to_thread(_finish, ctx, name, key, result)
+    await in_store_thread(ctx.store, _finish, ctx, name, key, result)
     return result  # type: ignore[return-value]
 
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from baton.store import RunStore
 
 __all__ = [
-    "background", "call_in_background", "in_store_thread", "in_work_thread", "refuse_on_own_loop", "store_threads",
-    "submit_off_loop", "work_threads",
+    "background", "call_in_background", "call_threads", "in_store_thread", "in_work_thread", "refuse_on_own_loop",
+    "store_threads", "submit_off_loop", "work_threads",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -121,6 +121,7 @@ class _Pools:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.work: ThreadPoolExecutor | None = None
+        self.calls: ThreadPoolExecutor | None = None
         self.generation = 0
 
 
@@ -139,6 +140,19 @@ def work_threads() -> ThreadPoolExecutor:
     return pool
 
 
+def call_threads() -> ThreadPoolExecutor:
+    """The threads an agent's sync tools and sync providers run on: a pool apart from the steps', so that
+    sync steps filling theirs, each waiting for its agent, never wait for their own agents' threads."""
+    pool = _pools.calls
+    if pool is None:
+        with _pools.lock:
+            if _pools.calls is None:
+                size = current_settings().max_in_flight
+                _pools.calls = ThreadPoolExecutor(max_workers=size, thread_name_prefix="baton-call")
+            pool = _pools.calls
+    return pool
+
+
 def store_threads(store: RunStore) -> ThreadPoolExecutor:
     """The threads that make `store`'s calls for code on a loop (they end when the store closes)."""
     kept = getattr(store, "_threads", None)
@@ -153,11 +167,12 @@ def store_threads(store: RunStore) -> ThreadPoolExecutor:
     return kept[1]
 
 
-async def in_work_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Call the sync `fn(*args)` on a work thread, in this task's context (the step being executed)."""
+async def in_work_thread(fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
+    """Call the sync `fn(*args)` on a work thread (or one of `pool`), in this task's context (the step being
+    executed)."""
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
-    return await loop.run_in_executor(work_threads(), functools.partial(ctx.run, fn, *args))
+    return await loop.run_in_executor(pool or work_threads(), functools.partial(ctx.run, fn, *args))
 
 
 async def in_store_thread(store: RunStore, fn: Callable[..., T], *args: Any) -> T:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -200,6 +201,16 @@ class _RunningHere:
 running_here = _RunningHere()
 
 
+def _forget_runs_here() -> None:
+    # A forked child executes none of its parent's runs, and a lock held at the fork must not bind it.
+    running_here._lock = threading.Lock()
+    running_here._runs.clear()
+    running_here.listeners.clear()
+
+
+os.register_at_fork(after_in_child=_forget_runs_here)
+
+
 def wait_for(store: RunStore, run_id: str, *, timeout: float | None = None, poll: float = 0.05) -> Run:
     """Wait until a run stops running and return it (what `baton.wait` does).
 
@@ -278,12 +289,14 @@ class _Watcher:
                     del self.waiting[run_id]  # its waiters were cancelled
                 if not self.waiting:
                     break
-                if time.monotonic() - reaped_at > 1.0:
+                look = time.monotonic() - reaped_at > 1.0
+                if look:
                     # A run whose owner died ends interrupted: waiting must not outlive it.
                     await in_store_thread(store, store.runs.reap)
                     reaped_at = time.monotonic()
-                # A run executing here tells its end itself; only the others are read.
-                elsewhere = [r for r in self.waiting if not running_here.here(r)]
+                # A run executing here tells its end itself; only the others are read, but for a look at every
+                # one each second (a run cancelled while it waited its turn here ends before it starts).
+                elsewhere = [r for r in self.waiting if look or not running_here.here(r)]
                 statuses = await in_store_thread(store, store.runs.statuses, elsewhere) if elsewhere else {}
                 ended = [r for r, status in statuses.items() if status.finished]
                 for run_id in ended:

@@ -30,7 +30,7 @@ from baton.run import ErrorInfo
 from baton.runtime.aio import call_in_background, in_store_thread, in_work_thread
 from baton.runtime.base import hooks
 from baton.steps import Step
-from baton.store import LostOwnership, RunStore, RunWriter, StepResult, utcnow
+from baton.store import RunStore, RunWriter, StepResult, utcnow
 from baton.tokens import count_tokens
 
 __all__ = [
@@ -187,6 +187,15 @@ async def _in_context(coro: Coroutine[Any, Any, T], ctx: contextvars.Context) ->
     return await task
 
 
+async def _write_calls_anyway(mode: Mode, attempt: Attempt, calls: list[Any]) -> None:
+    """Record model calls the attempt made when it cannot checkpoint: never raises, whatever is going wrong."""
+    if not calls:
+        return
+    write = mode.write(RunWriter.record_calls, attempt.run_id, attempt.idx, attempt.number, calls)
+    with contextlib.suppress(BaseException):
+        await (asyncio.shield(write) if mode.on_loop else write)
+
+
 def drive(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine of the core that never suspends (its mode is `Here`) to its end, in this thread."""
     try:
@@ -212,8 +221,10 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
     ctx.record = lambda calls: store.steps.record_calls(run_id, idx, attempt.number, calls)
-    if mode.on_loop:  # in the Here mode, an async agent on the background loop writes through `record`
+    if mode.on_loop:
         ctx.arecord = lambda calls: mode.write(RunWriter.record_calls, run_id, idx, attempt.number, calls)
+    else:  # an async agent of a Here attempt runs on the background loop: it writes off that loop too
+        ctx.arecord = lambda calls: in_store_thread(store, store.steps.record_calls, run_id, idx, attempt.number, calls)
     ctx.store = store
     ctx.side_effect = step.side_effect
     token = enter(ctx)
@@ -232,7 +243,11 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
             where = "output" if exc.title == step.output.__name__ else f"a {exc.title} it built"
             raise ContractViolation.from_validation_error(exc, contract=exc.title, step=step.name, where=where) from exc
         output, output_json = validate_output(step.output, produced, step=step.name)
-    except Exception as exc:
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            # Cancelled, or Ctrl-C: the calls made were paid for all the same.
+            await _write_calls_anyway(mode, attempt, ctx.unwritten)
+            raise
         if ctx.unwritten:  # paid for, whatever happens to the attempt
             await mode.write(RunWriter.record_calls, run_id, idx, attempt.number, ctx.unwritten)
         info = error_info(exc)
@@ -276,12 +291,25 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
             calls=ctx.unwritten,  # in the checkpoint's transaction: a step's one call costs no write of its own
         )
     )
-    try:
-        cancel = await checkpoint
-    except LostOwnership:
-        if ctx.unwritten:  # the checkpoint was refused, but the calls were made and paid for
-            await mode.write(RunWriter.record_calls, run_id, idx, attempt.number, ctx.unwritten)
-        raise
+    if not mode.on_loop:
+        try:
+            cancel = await checkpoint
+        except Exception:
+            # Refused (the run was taken over) or the database failing, rolled back: the calls were paid for.
+            await _write_calls_anyway(mode, attempt, ctx.unwritten)
+            raise
+    else:
+        # Shielded: cancelled while it is written, the checkpoint (with its calls) commits whole or not at all.
+        writing = asyncio.ensure_future(checkpoint)
+        try:
+            cancel = await asyncio.shield(writing)
+        except BaseException:
+            if not writing.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
+            if writing.done() and (writing.cancelled() or writing.exception() is not None):
+                await _write_calls_anyway(mode, attempt, ctx.unwritten)
+            raise
     emitted = tuple(e[0] for e in ctx.events)
     if emitted:
         await mode.db(hooks.emitted, store, attempt.runtime, emitted)

@@ -263,6 +263,7 @@ class LocalRuntime:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every run this process started in the background ended; False if `timeout` passed."""
+        refuse_on_own_loop("drain()", "await baton.await_run() for the runs you need")
         return self._admission.drain(timeout)
 
     def _reopen(self, store: RunStore, pattern: Any, run: Run, rewind: Sequence[int], observer: Observer | None) -> str:
@@ -419,7 +420,8 @@ class _Driver:
                     assert isinstance(outcome, Succeeded)
                     states.succeeded(idx, outcome.value, outcome.result.output_json, number)
                     records[idx] = _record(steps[idx].name, outcome, number)
-                    clean = clean and not retried and not outcome.called_models  # those are read back
+                    # Those are read back: their calls, retries and events are the store's to tell.
+                    clean = clean and not retried and not outcome.called_models and not outcome.emitted
                     cancelled = cancelled or (outcome.cancel_requested and not pattern.final(idx))
             if failed and not parallel:
                 return None  # the step's failure ended the run
