@@ -21,6 +21,7 @@ from baton import (
     TransientProviderError,
     register_price,
 )
+from baton import step as baton_step
 from baton._context import StepContext, current_step, enter, leave
 from baton.providers import Completion
 
@@ -290,3 +291,52 @@ def test_a_provider_with_only_sync_complete_runs_on_threads_off_the_loop(store):
 def test_a_provider_object_needs_complete_or_acomplete():
     with pytest.raises(DefinitionError, match="acomplete or complete"):
         agent(object())
+
+
+# A step's calls are written with its checkpoint, or on the way to the next call: never twice, never lost.
+
+
+class SlowModel(ScriptedModel):
+    """Answers after a pause, on the loop, so that agents in one step are in flight together."""
+
+    async def acomplete(self, *args, **kwargs):
+        await asyncio.sleep(0.05)
+        return await super().acomplete(*args, **kwargs)
+
+
+def test_agents_side_by_side_in_one_step_have_each_call_written_once(store):
+    agents = [
+        Agent(f"side{i}", instructions="Extract.", input=Doc, output=Facts, model=SlowModel([GOOD] * 40))
+        for i in range(4)
+    ]
+
+    @baton_step
+    async def together(doc: Doc) -> Facts:
+        # Two rounds, so that a flush before a call meets another agent's calls kept meanwhile.
+        for _ in range(2):
+            await asyncio.gather(*(a.fn(doc) for a in agents))
+        return Facts(**GOOD)
+
+    flow = Pipeline("side-by-side", [together])
+    runs = [flow.run({"text": f"doc {i}"}, store=store) for i in range(5)]
+    assert [len(store.runs.get(r.id).step("together").calls) for r in runs] == [8] * 5
+
+
+def test_a_cancelled_run_keeps_the_model_call_it_made(store):
+    @baton_step(name="extract")  # the agent's own name: its calls are the step's, written at its end
+    async def ask_then_wait(doc: Doc) -> Facts:
+        facts = await agent(ScriptedModel([GOOD])).fn(doc)
+        await asyncio.sleep(30)  # cancelled here, after the call, before any checkpoint
+        return facts
+
+    flow = Pipeline("cancelled-after-a-call", [ask_then_wait])
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(flow.arun({"text": "x"}, store=store), 1.0)
+
+    asyncio.run(main())
+    (run,) = store.runs.list(pipeline="cancelled-after-a-call")
+    run = store.runs.get(run.id)
+    assert run.status is RunStatus.INTERRUPTED
+    assert [c.outcome for c in run.step("extract").calls] == ["answer"]
