@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from typing import Any
 
 import celery
@@ -25,7 +26,7 @@ from baton.patterns.registry import find_pattern
 from baton.runtime.aio import call_in_background, store_threads
 from baton.runtime.celery._app import QUEUE
 from baton.runtime.celery._worker import holding, worker_store
-from baton.runtime.executor import Attempt, Failed, OnLoop, RetryLater, Succeeded, aexecute, error_info
+from baton.runtime.executor import Attempt, Failed, OnLoop, RetryLater, Succeeded, aexecute, error_info, execute
 from baton.settings import Settings
 from baton.status import ClaimOutcome, RunStatus, StepStatus
 from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepClaim, StepResult, utcnow
@@ -93,6 +94,17 @@ def read_states(store: RunStore, run_id: str, idxs: Any = None) -> States:
 
 
 # -- the tasks ----------------------------------------------------------------------------------------
+
+
+def _many_here() -> bool:
+    """Whether this task shares its process with many others (Celery's threads pool), rather than running
+    alone in a prefork child's (or a solo worker's) main thread."""
+    return threading.current_thread() is not threading.main_thread()
+
+
+def _claiming(store: RunStore, claim: Any) -> StepClaim:
+    """Make a claim: on the store's threads when many tasks share this process, else right here."""
+    return store_threads(store).submit(claim).result() if _many_here() else claim()  # type: ignore[no-any-return]
 
 
 class _Requeued(Exception):
@@ -209,9 +221,8 @@ class _Worker:
 
     def _claim(self, run_id: str, idx: int, source: int | None) -> StepClaim:
         store = self.store
-        # Claims keep a connection per thread that makes them: the store's own few threads, not this task's.
-        threads = store_threads(store)
-        claim = threads.submit(store.steps.claim, run_id, idx, self.me, utcnow(), source=source).result()
+        # Claims keep a connection per thread that makes them: on a threads pool, the store's own few threads.
+        claim = _claiming(store, functools.partial(store.steps.claim, run_id, idx, self.me, utcnow(), source=source))
         if claim.outcome is ClaimOutcome.BUSY and claim.holder is not None:
             dead = owner_alive(claim.holder) is False
             expired = claim.until is not None and claim.until < utcnow()
@@ -219,7 +230,7 @@ class _Worker:
                 take = functools.partial(
                     store.steps.claim, run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead
                 )
-                claim = threads.submit(take).result()
+                claim = _claiming(store, take)
         return claim
 
     def _step(self, run_id: str, idx: int, this_go: int, source: int | None) -> tuple[int | None, int | None]:
@@ -266,9 +277,13 @@ class _Worker:
         )  # fmt: skip
         with holding(store, run_id, idx):
             try:
-                # On the process's loop, so that hundreds of this worker's threads waiting on model calls hold
-                # no database connection each: the store's writes go through its few threads.
-                result = call_in_background(aexecute(OnLoop(store), attempt))
+                if _many_here():
+                    # On the process's loop, so that hundreds of this worker's threads waiting on model calls
+                    # hold no database connection each: the store's writes go through its few threads.
+                    result = call_in_background(aexecute(OnLoop(store), attempt))
+                else:
+                    with store.writer() as writer:  # one task at a time here: this thread's own connection
+                        result = execute(store, writer, attempt)
             except LostOwnership:
                 # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a
                 # new claim tells which, and what to do.
