@@ -138,6 +138,11 @@ class Here:
         """A call of the hot-path writer: `fn(writer, *args)`."""
         return fn(self.writer, *args)
 
+    async def anyway(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A store call that must be tried while something else goes wrong; it never raises."""
+        with contextlib.suppress(Exception):
+            fn(*args)
+
     async def sleep(self, seconds: float) -> None:
         """Wait before a retry."""
         pause(seconds)
@@ -168,6 +173,12 @@ class OnLoop:
         store = self.store
         return await in_store_thread(store, lambda: fn(store.kept_writer(), *args))
 
+    async def anyway(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A store call that must be tried while something else goes wrong (the task being cancelled
+        included: it is shielded); it never raises."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(in_store_thread(self.store, fn, *args))
+
     async def sleep(self, seconds: float) -> None:
         """Wait before a retry, letting every other run go on."""
         await asyncio.sleep(seconds)
@@ -189,11 +200,8 @@ async def _in_context(coro: Coroutine[Any, Any, T], ctx: contextvars.Context) ->
 
 async def _write_calls_anyway(mode: Mode, attempt: Attempt, calls: list[Any]) -> None:
     """Record model calls the attempt made when it cannot checkpoint: never raises, whatever is going wrong."""
-    if not calls:
-        return
-    write = mode.write(RunWriter.record_calls, attempt.run_id, attempt.idx, attempt.number, calls)
-    with contextlib.suppress(BaseException):
-        await (asyncio.shield(write) if mode.on_loop else write)
+    if calls:
+        await mode.anyway(mode.store.steps.record_calls, attempt.run_id, attempt.idx, attempt.number, calls)
 
 
 def drive(coro: Coroutine[Any, Any, T]) -> T:
@@ -244,12 +252,10 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
             raise ContractViolation.from_validation_error(exc, contract=exc.title, step=step.name, where=where) from exc
         output, output_json = validate_output(step.output, produced, step=step.name)
     except BaseException as exc:
+        # The calls made were paid for, whatever happens to the attempt (cancelled, or Ctrl-C, included).
+        await _write_calls_anyway(mode, attempt, ctx.unwritten)
         if not isinstance(exc, Exception):
-            # Cancelled, or Ctrl-C: the calls made were paid for all the same.
-            await _write_calls_anyway(mode, attempt, ctx.unwritten)
             raise
-        if ctx.unwritten:  # paid for, whatever happens to the attempt
-            await mode.write(RunWriter.record_calls, run_id, idx, attempt.number, ctx.unwritten)
         info = error_info(exc)
         retrying = step.retry.should_retry(exc, attempt.this_go)
         failed = StepResult(

@@ -351,11 +351,7 @@ class LocalRuntime:
             records = None  # another process declared the run interrupted; the store says what happened
         except BaseException as exc:
             # Ctrl-C, a cancelled task, or a dying interpreter: leave the run resumable, not "running" forever.
-            if mode.on_loop:
-                with contextlib.suppress(BaseException):  # cancelled again meanwhile: the reaper finds it
-                    await asyncio.shield(mode.db(_abandon, store, base.id, owner, exc))
-            else:
-                _abandon(store, base.id, owner, exc)
+            await mode.anyway(_abandon, store, base.id, owner, exc)
             raise
         finally:
             beat.discard(base.id)
