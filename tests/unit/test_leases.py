@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 
 from baton import RunStatus, StepStatus
+from baton.run import ErrorInfo
 from baton.store import CELERY_OWNER, LostOwnership, StepResult, utcnow
 from baton.store.writer import RunWriter
 
@@ -174,3 +175,78 @@ def _error():
     from baton.run import ErrorInfo
 
     return ErrorInfo(type="TransientError", message="busy")
+
+
+# -- lost work and the fence ----------------------------------------------------------------------------
+
+
+def test_a_message_sent_before_the_run_was_queued_again_claims_nothing(store):
+    run_id = _submit(store)
+    assert store.runs.refence(run_id, 0, utcnow())  # the sweeper queued it again: fence 0 -> 1
+    assert store.steps.claim(run_id, 0, "w1", utcnow(), fence=0).outcome == "gone"
+    assert store.runs.get(run_id).status is RunStatus.PENDING  # the stale claim did not even start it
+    assert store.steps.claim(run_id, 0, "w1", utcnow(), fence=1).outcome == "claimed"
+
+
+def test_a_stale_message_cannot_take_a_step_over_either(store):
+    run_id = _submit(store)
+    store.steps.claim(run_id, 0, ALIVE, utcnow(), fence=0)
+    later = utcnow() + store.lease + timedelta(seconds=1)
+    assert store.runs.refence(run_id, 0, later)
+    stale = store.steps.claim(run_id, 0, "w2", later, take_from=ALIVE, expired=True, fence=0)
+    assert stale.outcome == "gone"
+    assert store.steps.claim(run_id, 0, "w2", later, take_from=ALIVE, expired=True, fence=1).outcome == "claimed"
+
+
+def test_only_one_of_two_sweepers_queues_a_lost_run_again(store):
+    run_id = _submit(store)
+    assert store.runs.refence(run_id, 0, utcnow())
+    assert not store.runs.refence(run_id, 0, utcnow())  # the second found the fence moved
+
+
+def test_a_run_is_lost_when_its_holders_lease_ran_out_and_not_while_it_holds(store):
+    run_id = _submit(store)
+    store.steps.claim(run_id, 0, "w1", utcnow())
+    assert store.runs.lost(utcnow(), quiet=None) == []  # held, its lease live
+    later = utcnow() + store.lease + timedelta(seconds=1)
+    [lost] = store.runs.lost(later, quiet=None)
+    assert (lost.id, lost.claims, lost.why, lost.pipeline, lost.target) == (run_id, 0, "lease", "p", "m:p")
+    assert not store.runs.refence(run_id, 0, utcnow())  # still held right now: not to be taken back
+
+
+def test_a_quiet_run_is_lost_only_past_the_bound_and_a_retrys_countdown(store):
+    run_id = _submit(store)
+    quiet = timedelta(seconds=10)
+    assert store.runs.lost(utcnow(), quiet=quiet) == []  # just queued
+    assert [r.why for r in store.runs.lost(utcnow() + timedelta(seconds=11), quiet=quiet)] == ["quiet"]
+    # Between two steps: the last checkpoint is what it waits from.
+    store.steps.claim(run_id, 0, "w1", utcnow())
+    with store.writer() as writer:
+        _checkpoint(writer, run_id, 0, "w1")
+    assert store.runs.lost(utcnow() + timedelta(seconds=5), quiet=quiet) == []
+    assert len(store.runs.lost(utcnow() + timedelta(seconds=11), quiet=quiet)) == 1
+    # A retry whose countdown runs for a minute is not lost before it is due.
+    claim = store.steps.claim(run_id, 1, "w1", utcnow())
+    now = utcnow()
+    failed = StepResult(idx=1, name="b", attempt=claim.attempt, started_at=now, finished_at=now,
+                        error=ErrorInfo(type="TransientError", message="later"))  # fmt: skip
+    store.steps.record_failure(
+        run_id, CELERY_OWNER, failed, retrying=True, lease_owner="w1", wake_at=now + timedelta(seconds=60)
+    )
+    assert store.runs.lost(now + timedelta(seconds=30), quiet=quiet) == []
+    assert len(store.runs.lost(now + timedelta(seconds=71), quiet=quiet)) == 1
+    # Ended runs are nobody's to queue again.
+    store.runs.cancel(run_id)
+    assert store.runs.lost(now + timedelta(seconds=100), quiet=quiet) == []
+
+
+def test_a_checkpoint_that_committed_is_recognised_as_done(store):
+    run_id = _submit(store)
+    store.steps.claim(run_id, 0, "w1", utcnow())
+    assert not store.steps.checkpointed(run_id, 0, 1)
+    with store.writer() as writer:
+        _checkpoint(writer, run_id, 0, "w1")
+        with pytest.raises(LostOwnership):
+            _checkpoint(writer, run_id, 0, "w1")  # written again after its connection broke: refused...
+    assert store.steps.checkpointed(run_id, 0, 1)  # ...and known to be there
+    assert not store.steps.checkpointed(run_id, 0, 2)

@@ -39,12 +39,13 @@ WITH run AS (
     -- two claims of a pending run would each wait for the other to give up its share to mark it running).
     SELECT pipeline, target, step_names, cancel_requested, input FROM baton_runs
     WHERE id = %(run)s AND owner = 'celery' AND status IN ('pending', 'running')
+        AND (CAST(%(fence)s AS INTEGER) IS NULL OR claims = CAST(%(fence)s AS INTEGER))
     FOR NO KEY UPDATE
 ), started AS (
     -- Only a run's first claim writes its row; the step's lease is what a claim is for.
     UPDATE baton_runs SET status = 'running', started_at = COALESCE(started_at, CAST(%(now)s AS TIMESTAMP)),
         updated_at = CAST(%(now)s AS TIMESTAMP)
-    WHERE id = %(run)s AND owner = 'celery' AND status = 'pending'
+    WHERE id = %(run)s AND owner = 'celery' AND status = 'pending' AND EXISTS (SELECT 1 FROM run)
     RETURNING 1
 ), claimed AS (
     INSERT INTO baton_steps AS s (run_id, idx, name, status, attempts, tokens_in, tokens_out, started_at,
@@ -62,14 +63,16 @@ FROM run
 """
 )
 
+# A message carries the run's fence (its `claims` when the message was sent): a run queued again since (by
+# the sweeper, a resume) has moved it on, and the old message finds no live run (see `Runs.refence`).
 _SQLITE_START = """
 UPDATE baton_runs SET status = 'running', started_at = COALESCE(started_at, ?), updated_at = ?
-WHERE id = ? AND owner = 'celery' AND status = 'pending'
+WHERE id = ? AND owner = 'celery' AND status = 'pending' AND (? IS NULL OR claims = ?)
 """
 
 _SQLITE_RUN = """
 SELECT pipeline, target, step_names, cancel_requested, CASE WHEN ? < 0 THEN input END FROM baton_runs
-WHERE id = ? AND owner = 'celery' AND status IN ('pending', 'running')
+WHERE id = ? AND owner = 'celery' AND status IN ('pending', 'running') AND (? IS NULL OR claims = ?)
 """
 
 _SQLITE_STEP = (
@@ -115,7 +118,11 @@ class LeaseClaimer:
         return self.dialect == "postgresql" and bool(self.conn.closed or self.conn.broken)
 
     def close(self) -> None:
-        """Give the connection back (reset to the pool's defaults)."""
+        """Give the connection back (reset to the pool's defaults); a broken one is dropped from the pool."""
+        if self.broken():
+            with contextlib.suppress(Exception):
+                self._proxied.invalidate()
+            return
         with contextlib.suppress(Exception):
             self.cur.close()
             if self.dialect == "postgresql":
@@ -125,13 +132,15 @@ class LeaseClaimer:
             self._proxied.close()
 
     def claim(
-        self, run_id: str, idx: int, worker: str, now: datetime, lease: timedelta, source: int
+        self, run_id: str, idx: int, worker: str, now: datetime, lease: timedelta, source: int, fence: int | None
     ) -> FastClaim | None:
         """Take step `idx` if nobody holds it, and read its input: the run's when `source` < 0, else the
-        checkpoint of step `source`. None when the run is not live."""
+        checkpoint of step `source`. None when the run is not live (or, with `fence`, was queued again since)."""
         until = now + lease
         if self.dialect == "postgresql":
-            params = {"now": now, "run": run_id, "idx": idx, "me": worker, "until": until, "source": source}
+            params = {
+                "now": now, "run": run_id, "idx": idx, "me": worker, "until": until, "source": source, "fence": fence,
+            }  # fmt: skip
             self.cur.execute(_PG_CLAIM, params, prepare=True)
             row = self.cur.fetchone()
             if row is None:
@@ -144,8 +153,8 @@ class LeaseClaimer:
         cur = self.cur
         cur.execute("BEGIN IMMEDIATE")
         try:
-            cur.execute(_SQLITE_START, (ts_now, ts_now, run_id))
-            row = cur.execute(_SQLITE_RUN, (source, run_id)).fetchone()
+            cur.execute(_SQLITE_START, (ts_now, ts_now, run_id, fence, fence))
+            row = cur.execute(_SQLITE_RUN, (source, run_id, fence, fence)).fetchone()
             if row is None:
                 cur.execute("COMMIT")
                 return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from baton.errors import UserError
 __all__ = ["HEAD_REVISION", "RawJSON", "make_engine", "migrate"]
 
 # The newest migration in migrations/versions; when the database is already there, Alembic is not even loaded.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 class RawJSON(str):
@@ -63,7 +64,17 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "handle_error", functools.partial(_noted, str(engine.url)))
     return engine
+
+
+def _noted(key: str, context: Any) -> None:
+    # Whatever meets the store's trouble (a read, a claim, a heartbeat), the process remembers it: it holds
+    # back from deciding that others are gone while leases may have run out for the same reason.
+    from baton.store.trouble import is_store_trouble, note_trouble
+
+    if context.is_disconnect or is_store_trouble(context.original_exception):
+        note_trouble(key)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -67,15 +67,22 @@ def take_over(
     *,
     take_from: str,
     expired: bool,
+    fence: int | None = None,
 ) -> tuple[StepClaim, bool]:
     """Take step `idx` from `take_from` (dead, or with `expired`, whose lease ran out) inside `c`'s
     transaction, recording the attempt it lost. Returns what was found, and whether that is final (False:
-    the step was not taken, and the caller looks at why)."""
+    the step was not taken, and the caller looks at why). With `fence`, only if the run was not queued again
+    since the message was sent."""
+    live_run = [
+        runs.c.id == run_id,
+        runs.c.owner == CELERY_OWNER,
+        runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]),
+    ]
+    if fence is not None:
+        live_run.append(runs.c.claims == fence)
     row = c.execute(
         update(runs)
-        .where(
-            runs.c.id == run_id, runs.c.owner == CELERY_OWNER, runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING])
-        )
+        .where(*live_run)
         .values(status=RunStatus.RUNNING, started_at=func.coalesce(runs.c.started_at, now), updated_at=now)
         .returning(runs.c.pipeline, runs.c.target, runs.c.step_names, runs.c.cancel_requested)
     ).first()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, func, null, select, update
+from sqlalchemy import Connection, and_, case, func, null, or_, select, update
 
 from baton._ids import RUN_ID_LENGTH
 from baton._owner import owner_alive
@@ -24,9 +24,10 @@ from baton.store.context import StoreContext, utcnow
 from baton.store.reading import current_step, run_from_rows
 from baton.store.rows import StepResult, as_json, attempt_row, ended, error_columns, live_lease_count, names, write_step
 from baton.store.schema import attempts, events, llm_calls, runs, steps
+from baton.store.trouble import calm_for
 from baton.store.writer import LostOwnership
 
-__all__ = ["CELERY_OWNER", "RunBrief", "Runs"]
+__all__ = ["CELERY_OWNER", "LostRun", "RunBrief", "Runs"]
 
 # The owner of a run whose steps the celery runtime executes: the runtime as a whole, not one process.
 CELERY_OWNER = "celery"
@@ -40,6 +41,20 @@ class RunBrief:
     cancel_requested: bool
     pipeline: str
     target: str | None
+    claims: int = 0  # the run's fence: a celery message sent for another value of it is stale
+
+
+@dataclass(frozen=True, slots=True)
+class LostRun:
+    """A celery run that nothing moves: no worker holds a step of it, and no message is taken to be coming."""
+
+    id: str
+    claims: int
+    pipeline: str
+    target: str | None
+    # "lease": a step's holder stopped renewing its lease (its worker died); "quiet": nothing happened for
+    # longer than the bound (its message was lost with the broker's data).
+    why: str
 
 
 class Runs:
@@ -121,9 +136,9 @@ class Runs:
     def brief(self, run_id: str) -> RunBrief | None:
         """The run's status, cancel flag, pipeline and target; None if there is no such run."""
         with self._ctx.engine.connect() as c:
-            columns = (runs.c.status, runs.c.cancel_requested, runs.c.pipeline, runs.c.target)
+            columns = (runs.c.status, runs.c.cancel_requested, runs.c.pipeline, runs.c.target, runs.c.claims)
             row = c.execute(select(*columns).where(runs.c.id == run_id)).first()
-        return None if row is None else RunBrief(RunStatus(row[0]), bool(row[1]), row[2], row[3])
+        return None if row is None else RunBrief(RunStatus(row[0]), bool(row[1]), row[2], row[3], int(row[4] or 0))
 
     def input_json(self, run_id: str) -> str:
         """The run's input, as the JSON it was recorded as."""
@@ -359,6 +374,78 @@ class Runs:
             )
         )
 
+    # -- lost celery work -------------------------------------------------------------------------------
+
+    def lost(
+        self, now: datetime, *, quiet: timedelta | None, limit: int = 500, ids: Sequence[str] | None = None
+    ) -> builtins.list[LostRun]:
+        """Celery runs (pending or running) that nothing moves: no step has a live lease, and either a step's
+        lease ran out (its holder is gone), or, with `quiet`, nothing happened to the run for that long
+        (created, claimed, a step started or ended, a retry's countdown due). `ids`: among those runs only."""
+        live = (
+            select(steps.c.idx)
+            .where(steps.c.run_id == runs.c.id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now)
+            .exists()
+        )
+        expired = (
+            select(steps.c.idx)
+            .where(steps.c.run_id == runs.c.id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at < now)
+            .exists()
+        )
+        why: Any = case((expired, "lease"), else_="quiet")
+        gone: Any = expired
+        if quiet is not None:
+            since = now - quiet
+            last_step = (
+                select(func.max(func.coalesce(steps.c.finished_at, steps.c.started_at)))
+                .where(steps.c.run_id == runs.c.id)
+                .scalar_subquery()
+            )
+            still = and_(
+                runs.c.updated_at < since,
+                or_(runs.c.wake_at.is_(None), runs.c.wake_at < since),
+                or_(last_step.is_(None), last_step < since),
+            )
+            gone = or_(expired, still)
+        query = (
+            select(runs.c.id, runs.c.claims, runs.c.pipeline, runs.c.target, why)
+            .where(
+                runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]),
+                runs.c.status != RunStatus.SUCCEEDED,  # implied; said for SQLite's planner (the partial index)
+                runs.c.owner == CELERY_OWNER,
+                ~live,
+                gone,
+            )
+            .order_by(runs.c.id)
+            .limit(limit)
+        )
+        if ids is not None:
+            query = query.where(runs.c.id.in_(builtins.list(ids)))
+        with self._ctx.engine.connect() as c:
+            return [LostRun(r[0], int(r[1] or 0), r[2], r[3], r[4]) for r in c.execute(query)]
+
+    def refence(self, run_id: str, claims: int, now: datetime) -> bool:
+        """Take a lost celery run back to queue it again: its fence moves on (the messages sent before are
+        stale from now on), provided nothing changed since it was found lost. False: it moved meanwhile."""
+        live = (
+            select(steps.c.idx)
+            .where(steps.c.run_id == run_id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now)
+            .exists()
+        )
+        with self._ctx.engine.begin() as c:
+            moved = c.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.claims == claims,
+                    runs.c.owner == CELERY_OWNER,
+                    runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]),
+                    ~live,
+                )
+                .values(claims=runs.c.claims + 1, updated_at=now, wake_at=None)
+            ).rowcount
+        return moved == 1
+
     # -- reaping ----------------------------------------------------------------------------------------
 
     def reap(self, run_id: str | None = None) -> builtins.list[str]:
@@ -370,6 +457,10 @@ class Runs:
         """
         if run_id is not None:
             run_id = self.resolve_id(run_id)
+        if calm_for(str(self._ctx.engine.url)) < self._ctx.lease.total_seconds():
+            # This process just met the store's trouble: leases ran out for everyone while it was down,
+            # their owners alive. They have a lease's time to renew them before anyone is called gone.
+            return []
         now = utcnow()
         # A celery run belongs to the broker, which redelivers the message of a step whose worker died; its
         # steps' leases say who executes them.

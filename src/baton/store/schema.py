@@ -67,6 +67,9 @@ runs = Table(
     Column("kind", String(20), nullable=True),
     # The step a person approved last (see `approval=True`); a rewind before it asks again.
     Column("approved_step", Integer, nullable=True),
+    # A celery run whose step waits out a retry's countdown: when it is due to move again. Until then (plus
+    # BATON_REQUEUE_AFTER) the sweeper does not take its quiet for a lost message.
+    Column("wake_at", DateTime, nullable=True),
     # Ids begin with the creation time, so (status, id) and (pipeline, id) list newest first without a sort.
     # Partial: most runs end succeeded and are found by id; the index serves the rare statuses (running for
     # the reaper, failed for people) and costs nothing when a run succeeds.

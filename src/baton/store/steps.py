@@ -55,17 +55,19 @@ class Steps:
         take_from: str | None = None,
         expired: bool = False,
         source: int | None = None,
+        fence: int | None = None,
     ) -> StepClaim:
         """Take step `idx` of a celery run for `worker`, marking the run running.
 
         Without `take_from`, only a step nobody holds is taken, and the input is read on the way: the run's
         (step 0), or the checkpoint of step `source` (default: the previous step). With it, the step is taken
         from that holder (found dead, or with `expired`, whose lease ran out), and the attempt it lost is
-        recorded; the caller reads the input.
+        recorded; the caller reads the input. With `fence` (what the message carries), a run queued again since
+        the message was sent is `gone` for it.
         """
         if take_from is None:
             source = idx - 1 if source is None else source
-            fast = self.claimer().claim(run_id, idx, worker, now, self._ctx.lease, source)
+            fast = self.claimer().claim(run_id, idx, worker, now, self._ctx.lease, source, fence)
             if fast is None:
                 return StepClaim(ClaimOutcome.GONE)
             names = fast.step_names
@@ -82,7 +84,9 @@ class Steps:
                 )
             return self._not_claimed(run_id, idx, StepClaim(ClaimOutcome.GONE, fast.pipeline, fast.target, names))
         with self._ctx.engine.begin() as c:
-            found, final = take_over(c, self._ctx, run_id, idx, worker, now, take_from=take_from, expired=expired)
+            found, final = take_over(
+                c, self._ctx, run_id, idx, worker, now, take_from=take_from, expired=expired, fence=fence
+            )
         return found if final else self._not_claimed(run_id, idx, found)
 
     def _not_claimed(self, run_id: str, idx: int, found: StepClaim) -> StepClaim:
@@ -117,6 +121,20 @@ class Steps:
                     .where(steps.c.run_id == run_id, steps.c.idx == idx, steps.c.lease_owner == worker)
                     .values(lease_expires_at=now + self._ctx.lease)
                 )
+
+    def checkpointed(self, run_id: str, idx: int, attempt: int) -> bool:
+        """Whether attempt `attempt` of step `idx` is the step's checkpoint (a write whose connection broke
+        may have committed all the same: it is not to be done again)."""
+        with self._ctx.engine.connect() as c:
+            found = c.execute(
+                select(steps.c.idx).where(
+                    steps.c.run_id == run_id,
+                    steps.c.idx == idx,
+                    steps.c.status == StepStatus.SUCCEEDED,
+                    steps.c.attempts == attempt,
+                )
+            ).first()
+        return found is not None
 
     def release(self, run_id: str, idx: int, worker: str, *, conn: Connection | None = None) -> bool:
         """Give up the lease `worker` holds on a step it could not finish (the step is pending again);
@@ -201,9 +219,13 @@ class Steps:
         recount: bool = False,
         end_run: bool = True,
         lease_owner: str | None = None,
+        wake_at: datetime | None = None,
         conn: Connection | None = None,
     ) -> bool:
         """Keep a failed attempt; unless another attempt follows, the step and the run end failed.
+
+        `wake_at`: when the next attempt is due (a celery run's retry countdown), so that the sweeper does not
+        take the run's quiet until then for a lost message.
 
         Returns whether a cancel was requested; when one was and no attempt follows, the run ends cancelled
         (the step keeps its error). Raises `LostOwnership`, writing nothing, when `owner` lost the run (or
@@ -212,7 +234,8 @@ class Steps:
         """
         ending = not retrying and end_run
         with self._ctx.begin(conn) as c:
-            cancel = self._runs.hold(run_id, owner, conn=c, fail_at=result.name if ending else None)
+            also = {"wake_at": wake_at} if wake_at is not None else None
+            cancel = self._runs.hold(run_id, owner, conn=c, fail_at=result.name if ending else None, also=also)
             # Pending again until the retry claims it; a failure for good is written just below.
             if lease_owner is not None and not self.release(run_id, result.idx, lease_owner, conn=c):
                 raise LostOwnership(run_id)

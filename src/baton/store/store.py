@@ -106,7 +106,8 @@ class RunStore:
         return self._kept("writer", self._new_writer)
 
     def _new_writer(self) -> RunWriter:
-        return RunWriter(self.engine.raw_connection(), self.engine.dialect.name, self.lease.total_seconds())
+        connect = self.engine.raw_connection
+        return RunWriter(connect(), self.engine.dialect.name, self.lease.total_seconds(), connect)
 
     def _kept(self, slot: str, make: Callable[[], _Kept]) -> _Kept:
         """This thread's connection-holding object in `slot`, made anew when missing or broken."""

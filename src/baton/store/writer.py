@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -170,7 +170,10 @@ def _ts_native(value: datetime | None) -> datetime | None:
 class RunWriter:
     """Writes a run's creation and its checkpoints on one driver connection (from the store's pool)."""
 
-    def __init__(self, proxied: Any, dialect: str, lease_seconds: float) -> None:
+    def __init__(
+        self, proxied: Any, dialect: str, lease_seconds: float, connect: Callable[[], Any] | None = None
+    ) -> None:
+        self._connect = connect
         self._proxied = proxied
         self.conn = proxied.dbapi_connection
         self.dialect = dialect
@@ -188,9 +191,20 @@ class RunWriter:
             return bool(self.conn.closed or self.conn.broken)
         return False
 
+    def renew(self) -> None:
+        """Replace a broken connection with a new one from the pool (the database came back)."""
+        if self._connect is None:
+            raise RuntimeError("this writer cannot reconnect")
+        self.close()
+        self.__init__(self._connect(), self.dialect, self.lease_seconds, self._connect)  # type: ignore[misc]
+
     def close(self) -> None:
         """Give the connection back to the pool as the pool lent it."""
-        # A broken connection cannot be reset or closed cleanly; it is gone either way.
+        # A broken connection cannot be reset or closed cleanly: it is dropped from the pool instead.
+        if self.broken():
+            with contextlib.suppress(Exception):
+                self._proxied.invalidate()
+            return
         with contextlib.suppress(Exception):
             self.cur.close()
             self._set_autocommit(self._saved_mode)
