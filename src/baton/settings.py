@@ -43,6 +43,8 @@ class StoreSettings:
     database_url: str = _var("BATON_DATABASE_URL", "")
     # Seconds a running run's claim holds without a heartbeat before another process may call it interrupted.
     lease_seconds: float = _var("BATON_LEASE_SECONDS", 60.0)
+    # Seconds a run waits for a store in trouble (a database restarting) before giving up on the call.
+    retry_seconds: float = _var("BATON_STORE_RETRY_SECONDS", 60.0)
 
     def resolved_url(self) -> str:
         """The database URL, defaulting to a SQLite file under `./.baton/`."""
@@ -65,6 +67,10 @@ class WorkerSettings:
     # How a celery worker goes from one pipeline step to the next: "run" goes on in the same task (each step
     # still claimed and checkpointed on its own), "step" queues each step as a task of its own.
     celery_hop: str = _var("BATON_CELERY_HOP", "run", "run", "step")
+    # Seconds a celery run may sit pending or between steps, no worker holding it and the queue empty, before
+    # the sweeper takes its message for lost and queues it again (past BATON_VISIBILITY_TIMEOUT, even with a
+    # queue that never empties).
+    requeue_after: float = _var("BATON_REQUEUE_AFTER", 15.0)
     # Steps one worker executes at once. 0: BATON_MAX_IN_FLIGHT on the threads pool, one per CPU on prefork.
     concurrency: int = _var("BATON_WORKER_CONCURRENCY", 0)
     # threads: many I/O-bound steps (model calls) in one process; prefork: one CPU-bound step per process.

@@ -15,22 +15,26 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from baton._context import StepContext, enter, leave
 from baton.contracts import validate_output
-from baton.errors import ContractViolation
+from baton.errors import ContractViolation, StoreUnavailable
 from baton.run import ErrorInfo
 from baton.runtime.aio import call_in_background, in_store_thread, in_work_thread
 from baton.runtime.base import hooks
+from baton.settings import current_settings
 from baton.steps import Step
-from baton.store import RunStore, RunWriter, StepResult, utcnow
+from baton.store import LostOwnership, RunStore, RunWriter, StepResult, utcnow
+from baton.store.trouble import is_store_trouble, note_trouble
 from baton.tokens import count_tokens
 
 __all__ = [
@@ -39,6 +43,8 @@ __all__ = [
 ]  # fmt: skip
 
 T = TypeVar("T")
+
+log = logging.getLogger("baton.runtime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +137,26 @@ class Here:
         return step.fn(value)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """A store call."""
-        return fn(*args)
+        """A store call, the store's trouble waited out."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if not is_store_trouble(exc):
+                raise
+            return await _patiently(self, exc, lambda: _now(fn, *args))
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """A call of the hot-path writer: `fn(writer, *args)`."""
+        """A call of the hot-path writer, `fn(writer, *args)`, the store's trouble waited out."""
+        try:
+            return fn(self.writer, *args)
+        except Exception as exc:
+            if not is_store_trouble(exc):
+                raise
+            return await _patiently(self, exc, lambda: _now(self._renewed_write, fn, *args))
+
+    def _renewed_write(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.writer.broken():
+            self.writer.renew()
         return fn(self.writer, *args)
 
     async def anyway(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -165,13 +186,28 @@ class OnLoop:
         return await in_work_thread(step.fn, value)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """A store call."""
-        return await in_store_thread(self.store, fn, *args)
+        """A store call, on the store's threads, the store's trouble waited out."""
+        store = self.store
+        try:
+            return await in_store_thread(store, fn, *args)
+        except Exception as exc:
+            if not is_store_trouble(exc):
+                raise
+            return await _patiently(self, exc, lambda: in_store_thread(store, fn, *args))
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """A call of the hot-path writer of the store thread that makes it."""
+        """A call of the hot-path writer of the store thread that makes it, the store's trouble waited out."""
         store = self.store
-        return await in_store_thread(store, lambda: fn(store.kept_writer(), *args))
+
+        def call() -> T:
+            return fn(store.kept_writer(), *args)  # a broken connection is replaced here
+
+        try:
+            return await in_store_thread(store, call)
+        except Exception as exc:
+            if not is_store_trouble(exc):
+                raise
+            return await _patiently(self, exc, lambda: in_store_thread(store, call))
 
     async def anyway(self, fn: Callable[..., Any], *args: Any) -> None:
         """A store call that must be tried while something else goes wrong (the task being cancelled
@@ -185,6 +221,49 @@ class OnLoop:
 
 
 Mode = Here | OnLoop
+
+
+async def _now(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+async def _patiently(mode: Mode, first: Exception, call: Callable[[], Awaitable[T]]) -> T:
+    """Make a store call again until the store answers, after `first` said it is in trouble (a restart, a
+    lost connection): with backoff, for up to BATON_STORE_RETRY_SECONDS, then `StoreUnavailable`.
+
+    Safe to repeat: every write is fenced on who holds the run or the step, and a checkpoint that did commit
+    before its connection broke is recognised as such (see `_checkpoint`).
+    """
+    store = mode.store
+    key = str(store.engine.url)
+    patience = current_settings().store.retry_seconds
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", _first_line(first), patience)
+    exc: Exception = first
+    while True:
+        note_trouble(key)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreUnavailable(
+                f"the run store did not answer for {patience:.0f} s (BATON_STORE_RETRY_SECONDS): {_first_line(exc)}"
+            ) from exc
+        await mode.sleep(min(delay, left))
+        delay = min(delay * 2, 2.0)
+        try:
+            result = await call()
+        except Exception as again:
+            if not is_store_trouble(again):
+                raise
+            exc = again
+            continue
+        log.warning("the run store answers again")
+        return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pause(seconds: float) -> None:
@@ -256,67 +335,90 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
         await _write_calls_anyway(mode, attempt, ctx.unwritten)
         if not isinstance(exc, Exception):
             raise
-        info = error_info(exc)
-        retrying = step.retry.should_retry(exc, attempt.this_go)
-        failed = StepResult(
-            idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(), error=info
-        )
-        cancel = await mode.db(
-            functools.partial(
-                store.steps.record_failure, run_id, attempt.owner, failed, retrying=retrying,
-                recount=bool(ctx.calls), end_run=attempt.ends_run, lease_owner=attempt.lease_owner,
-            )
-        )  # fmt: skip
-        if retrying:
-            # A provider that says when to come back (Retry-After) is waited for at least that long.
-            delay = max(step.retry.delay(attempt.this_go), getattr(exc, "retry_after", None) or 0.0)
-            return RetryLater(delay, attempt.number + 1, info, cancel)
-        return Failed(info)
+        return await _failed(mode, attempt, exc, started, recount=bool(ctx.calls))
     finally:
         leave(token)
     result = StepResult(
         idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(),
         output_json=output_json,
     )  # fmt: skip
-    checkpoint = mode.write(
-        functools.partial(
-            RunWriter.checkpoint,
-            run_id=run_id,
-            owner=attempt.owner,
-            idx=idx,
-            name=step.name,
-            attempt=attempt.number,
-            output_json=output_json,
-            started_at=result.started_at,
-            finished_at=result.finished_at,
-            final_output=output_json if attempt.final else None,
-            recount=bool(ctx.calls),
-            boundary_tokens=count_tokens(output_json) if attempt.measure else None,
-            lease_owner=attempt.lease_owner,
-            events=ctx.events,
-            calls=ctx.unwritten,  # in the checkpoint's transaction: a step's one call costs no write of its own
-        )
+    write = functools.partial(
+        RunWriter.checkpoint,
+        run_id=run_id,
+        owner=attempt.owner,
+        idx=idx,
+        name=step.name,
+        attempt=attempt.number,
+        output_json=output_json,
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        final_output=output_json if attempt.final else None,
+        recount=bool(ctx.calls),
+        boundary_tokens=count_tokens(output_json) if attempt.measure else None,
+        lease_owner=attempt.lease_owner,
+        events=ctx.events,
+        calls=ctx.unwritten,  # in the checkpoint's transaction: a step's one call costs no write of its own
     )
-    if not mode.on_loop:
-        try:
-            cancel = await checkpoint
-        except Exception:
-            # Refused (the run was taken over) or the database failing, rolled back: the calls were paid for.
-            await _write_calls_anyway(mode, attempt, ctx.unwritten)
+    try:
+        cancel = await _checkpoint(mode, attempt, write, ctx.unwritten)
+    except LostOwnership:
+        if not await mode.db(store.steps.checkpointed, run_id, idx, attempt.number):
             raise
-    else:
-        # Shielded: cancelled while it is written, the checkpoint (with its calls) commits whole or not at all.
-        writing = asyncio.ensure_future(checkpoint)
-        try:
-            cancel = await asyncio.shield(writing)
-        except BaseException:
-            if not writing.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(writing)
-            if writing.done() and (writing.cancelled() or writing.exception() is not None):
-                await _write_calls_anyway(mode, attempt, ctx.unwritten)
+        cancel = False  # it did commit, before its connection broke: the step is done, not to be done again
+    except Exception as exc:
+        if is_store_trouble(exc):
             raise
+        # Not the store's trouble: the database refused the value, or baton has a bug. The step fails with
+        # the error kept, under its Retry policy, rather than going round again and again.
+        return await _failed(mode, attempt, exc, started, recount=bool(ctx.calls))
     emitted = tuple(e[0] for e in ctx.events)
     if emitted:
         await mode.db(hooks.emitted, store, attempt.runtime, emitted)
     return Succeeded(output, cancel, result, bool(ctx.calls), emitted)
+
+
+async def _checkpoint(mode: Mode, attempt: Attempt, write: Callable[..., bool], unwritten: list[Any]) -> bool:
+    """Write the checkpoint (with the calls not yet written); returns whether a cancel was requested."""
+    checkpoint = mode.write(write)
+    if not mode.on_loop:
+        try:
+            return await checkpoint
+        except Exception:
+            # Refused (the run was taken over) or the database failing, rolled back: the calls were paid for.
+            await _write_calls_anyway(mode, attempt, unwritten)
+            raise
+    # Shielded: cancelled while it is written, the checkpoint (with its calls) commits whole or not at all.
+    writing = asyncio.ensure_future(checkpoint)
+    try:
+        return await asyncio.shield(writing)
+    except BaseException:
+        if not writing.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(writing)
+        if writing.done() and (writing.cancelled() or writing.exception() is not None):
+            await _write_calls_anyway(mode, attempt, unwritten)
+        raise
+
+
+async def _failed(mode: Mode, attempt: Attempt, exc: Exception, started: Any, *, recount: bool) -> Outcome:
+    """Record a failed attempt: another follows after a delay (`RetryLater`) or the step failed for good."""
+    step = attempt.step
+    info = error_info(exc)
+    retrying = step.retry.should_retry(exc, attempt.this_go)
+    # A provider that says when to come back (Retry-After) is waited for at least that long.
+    delay = max(step.retry.delay(attempt.this_go), getattr(exc, "retry_after", None) or 0.0) if retrying else 0.0
+    finished = utcnow()
+    failed = StepResult(
+        idx=attempt.idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=finished, error=info
+    )
+    # A worker's retry waits in the broker: the sweeper must not take that quiet for a lost message.
+    wake_at = finished + timedelta(seconds=delay) if retrying and attempt.lease_owner is not None else None
+    cancel = await mode.db(
+        functools.partial(
+            mode.store.steps.record_failure, attempt.run_id, attempt.owner, failed, retrying=retrying,
+            recount=recount, end_run=attempt.ends_run, lease_owner=attempt.lease_owner, wake_at=wake_at,
+        )
+    )  # fmt: skip
+    if retrying:
+        return RetryLater(delay, attempt.number + 1, info, cancel)
+    return Failed(info)
