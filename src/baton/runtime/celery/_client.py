@@ -65,12 +65,13 @@ class CeleryRuntime:
             if delivery is not None and trigger_event is not None:
                 # Handed over before, but perhaps never queued (the broker failed after the commit): a run
                 # still pending is queued again, which is safe (a message delivered twice runs once).
-                existing, status, created = store.events.delivery_run(trigger_event, delivery[0])
+                existing, _status, created = store.events.delivery_run(trigger_event, delivery[0])
                 stale = created is not None and created < utcnow() - timedelta(seconds=LOST_AFTER)
-                if existing is not None and status is RunStatus.PENDING and stale:
-                    self._start(store, pattern, existing, States())
+                brief = store.runs.brief(existing) if existing is not None and stale else None
+                if existing is not None and brief is not None and brief.status is RunStatus.PENDING:
+                    self.requeue(store, pattern, existing, brief.claims)
             return None
-        self._start(store, pattern, run_id, States())
+        self._start(store, pattern, run_id, States(), fence=0)  # a new run's fence: it was never claimed
         return run_id
 
     def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
@@ -117,7 +118,7 @@ class CeleryRuntime:
             run, states = resumable(store, pattern, run.id)
             if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
                 raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
-            self._start(store, pattern, run.id, states)
+            self._start(store, pattern, run.id, states, fence=run.claims + 1)
         if observer is not None:
             observer.run_created(run.id)
         return run.id
@@ -128,7 +129,8 @@ class CeleryRuntime:
         idx = store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
         if idx < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
-        send(self.app, pattern, run_id, idx)
+        brief = store.runs.brief(run_id)
+        send(self.app, pattern, run_id, idx, brief.claims if brief is not None else None)
         return run_id
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
@@ -141,13 +143,24 @@ class CeleryRuntime:
         states = recorded_states(run)
         for idx in rewind:
             states.steps.pop(idx, None)
-        self._start(store, pattern, run.id, states)
+        self._start(store, pattern, run.id, states, fence=run.claims + 1)
         return run.id
 
-    def _start(self, store: RunStore, pattern: Any, run_id: str, states: States) -> None:
-        idx = start(self.app, store, pattern, run_id, pattern.plan(states))
+    def requeue(self, store: RunStore, pattern: Any, run_id: str, claims: int) -> bool:
+        """Queue a pending or running run that nothing moves again at what is unfinished (a step whose holder
+        is gone is taken over), fencing off the messages sent before; False if it moved meanwhile."""
+        if not store.runs.refence(run_id, claims, utcnow()):
+            return False
+        run = store.runs.get(run_id)
+        if [s.name for s in run.steps] != pattern.step_names:
+            raise RunNotResumable(f"run {run.id} recorded steps {[s.name for s in run.steps]}; the code has others")
+        self._start(store, pattern, run.id, recorded_states(run), fence=claims + 1)
+        return True
+
+    def _start(self, store: RunStore, pattern: Any, run_id: str, states: States, *, fence: int) -> None:
+        idx = start(self.app, store, pattern, run_id, pattern.plan(states), fence)
         if idx is not None:
-            send(self.app, pattern, run_id, idx)
+            send(self.app, pattern, run_id, idx, fence)
 
     def _requeue_stuck(self, store: RunStore, pattern: Any, run: Run) -> None:
         if [s.name for s in run.steps] != pattern.step_names:
@@ -165,7 +178,8 @@ class CeleryRuntime:
                 "wait for it, or cancel it"
             )
         # What no live worker holds runs again; what is done is not.
-        self._start(store, pattern, run.id, recorded_states(run))
+        if not self.requeue(store, pattern, run.id, run.claims):
+            raise RunNotResumable(f"run {run.id} moved while it was being queued again; look again")
 
 
 def _require_target(pattern: Any) -> None:

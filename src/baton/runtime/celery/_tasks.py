@@ -4,6 +4,10 @@ comes next. Messages carry ids only (run id, step index, attempts this go, which
 Three tasks: `baton.step` executes a step (on the default `run` hop, then the chain's next steps in the
 same task); `baton.branch` executes a parallel branch, a member of a chord; `baton.join`, the chord's
 callback, asks the pattern's plan again once every branch ended.
+
+Every message carries the run's fence (its `claims` when the message was sent). When a run is queued again
+(the sweeper found its message lost, or a person resumed it), the fence moves on, and an older message that
+turns up late (Redis giving back an unacknowledged one, a chord's join) finds no live run and does nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import celery.exceptions
 from pydantic import BaseModel, ValidationError
 
 from baton._owner import owner_alive, this_owner
-from baton.errors import BatonError, RunError, RunNotResumable
+from baton.errors import BatonError, BrokerUnavailable, RunError, RunNotResumable
 from baton.patterns.plan import Fail, Next, RunSteps, States, StepView, Wait
 from baton.patterns.plan import Stale as _Stale
 from baton.patterns.registry import find_pattern
@@ -30,6 +34,7 @@ from baton.runtime.executor import Attempt, Failed, OnLoop, RetryLater, Succeede
 from baton.settings import Settings
 from baton.status import ClaimOutcome, RunStatus, StepStatus
 from baton.store import CELERY_OWNER, LostOwnership, RunStore, StepClaim, StepResult, utcnow
+from baton.store.trouble import calm_for, is_store_trouble, note_trouble
 
 __all__ = ["BRANCH", "JOIN", "STEP", "read_states", "register_tasks", "start"]
 
@@ -39,6 +44,31 @@ STEP, BRANCH, JOIN = "baton.step", "baton.branch", "baton.join"
 
 # A step whose worker died this many times while running it is failed: it is what kills them.
 MAX_LOST = 3
+
+# Tries of a step around which something other than the store's or the broker's trouble went wrong, when its
+# pattern (and so its Retry policy) could not be found.
+MAX_AROUND = 3
+
+
+def is_trouble(exc: BaseException) -> bool:
+    """Whether `exc` is the store's or the broker's trouble (waited out), rather than an error to record."""
+    if is_store_trouble(exc) or isinstance(exc, BrokerUnavailable):
+        return True
+    import kombu.exceptions
+
+    broker = (kombu.exceptions.OperationalError, ConnectionError, TimeoutError)
+    try:
+        import redis.exceptions
+
+        broker += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    except ImportError:
+        pass
+    return isinstance(exc, broker)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def register_tasks(app: celery.Celery) -> None:
@@ -59,13 +89,15 @@ def source_of(pattern: Any, idx: int) -> int:
     return reads[0] if len(reads) == 1 else -1
 
 
-def send(app: celery.Celery, pattern: Any, run_id: str, idx: int, *, countdown: float | None = None) -> None:
-    """Queue step `idx` of a run as a task of its own."""
-    args = (run_id, idx, 1, source_of(pattern, idx))
+def send(
+    app: celery.Celery, pattern: Any, run_id: str, idx: int, fence: int | None, *, countdown: float | None = None
+) -> None:
+    """Queue step `idx` of a run as a task of its own, fenced with the run's `fence`."""
+    args = (run_id, idx, 1, source_of(pattern, idx), fence)
     app.send_task(STEP, args=args, queue=QUEUE, countdown=countdown)
 
 
-def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: Next) -> int | None:
+def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: Next, fence: int | None) -> int | None:
     """Start what the plan `nxt` says through the broker: skipped steps recorded, parallel branches as a
     chord joined by `baton.join`, a failure recorded. A single step to run is returned, for the caller to
     execute or queue."""
@@ -81,8 +113,8 @@ def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: N
             return None  # the run ended (cancelled) meanwhile
     if not (nxt.branches or len(nxt.steps) > 1):
         return nxt.steps[0]
-    join = app.signature(JOIN, args=(run_id,), queue=QUEUE)
-    members = [app.signature(BRANCH, args=(run_id, i, 1, source_of(pattern, i)), queue=QUEUE) for i in nxt.steps]
+    join = app.signature(JOIN, args=(run_id, fence), queue=QUEUE)
+    members = [app.signature(BRANCH, args=(run_id, i, 1, source_of(pattern, i), fence), queue=QUEUE) for i in nxt.steps]
     celery.chord(members)(join)
     return None
 
@@ -111,10 +143,12 @@ class _Requeued(Exception):
     """The step was put back on the queue, with a countdown, as a task of its own."""
 
 
-def _requeue(task: Any, run_id: str, idx: int, this_go: int, source: int | None, countdown: float) -> Exception:
+def _requeue(
+    task: Any, run_id: str, idx: int, this_go: int, source: int | None, countdown: float, fence: int | None
+) -> Exception:
     """The exception that brings step `idx` back after `countdown` seconds: Celery's retry of this task (a
     chord's member keeps its id that way), or, from a join, a step task of its own that was just sent."""
-    args = (run_id, idx, this_go, source)
+    args = (run_id, idx, this_go, source, fence)
     if task.name == JOIN:
         task.app.send_task(STEP, args=args, countdown=countdown, queue=QUEUE)
         return _Requeued()
@@ -126,12 +160,16 @@ def _backoff(task: Any) -> float:
     return min(60.0, 2.0 * 2 ** (getattr(task.request, "retries", 0) or 0))
 
 
-def _step_body(task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = None) -> None:
-    _worker(task).execute(run_id, idx, this_go, source)
+def _step_body(
+    task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = None, fence: int | None = None
+) -> None:
+    _worker(task).execute(run_id, idx, this_go, source, fence)
 
 
-def _branch_body(task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = 0) -> int:
-    _worker(task).execute(run_id, idx, this_go, source)
+def _branch_body(
+    task: Any, run_id: str, idx: int, this_go: int = 1, source: int | None = 0, fence: int | None = None
+) -> int:
+    _worker(task).execute(run_id, idx, this_go, source, fence)
     return idx
 
 
@@ -145,10 +183,10 @@ def _worker(task: Any) -> _Worker:
         raise task.retry(countdown=_backoff(task), throw=False) from None
 
 
-def _join_body(task: Any, _results: Any, run_id: str) -> None:
+def _join_body(task: Any, _results: Any, run_id: str, fence: int | None = None) -> None:
     """After a chord's branches: ask the plan again (end the run failed, or go on with what joins them)."""
     try:
-        _Worker(task).join(run_id)
+        _Worker(task).join(run_id, fence)
     except (celery.exceptions.Retry, _Requeued):
         raise
     except Exception:
@@ -167,8 +205,12 @@ class _Worker:
         self.me = this_owner()
         # "run" goes on with a chain in this task; "step" sends each step as a task of its own.
         self.hop = self.settings.worker.celery_hop
+        # What the step being worked on is, once known: for an error around it to be told and counted.
+        self._pattern: Any = None
+        self._names: tuple[str, ...] = ()
+        self._attempt = 0
 
-    def execute(self, run_id: str, idx: int, this_go: int, source: int | None) -> None:
+    def execute(self, run_id: str, idx: int, this_go: int, source: int | None, fence: int | None) -> None:
         """Execute step `idx` of a run, then, on the `run` hop, the steps the plan says come next one by one.
 
         Each step is claimed, executed and checkpointed on its own, exactly as when it is a task of its own;
@@ -180,25 +222,63 @@ class _Worker:
         while step_idx is not None:
             current = step_idx
             try:
-                step_idx, source = self._step(run_id, current, this_go, source)
+                step_idx, source = self._step(run_id, current, this_go, source, fence)
             except (celery.exceptions.Retry, _Requeued):
                 raise
-            except Exception:
-                # The database or the broker failed around the step (its own errors are recorded by the
-                # executor): give the step back and come again later, rather than let Celery acknowledge the
-                # message and leave the run running with nobody to finish it.
-                log.exception("run %s, step %d: could not go on; trying again later", run_id, current)
+            except Exception as exc:
                 with contextlib.suppress(Exception):
                     self.store.steps.release(run_id, current, self.me)
-                raise _requeue(self.task, run_id, current, this_go, source, _backoff(self.task)) from None
+                if is_trouble(exc):
+                    # The database or the broker failed around the step (its own errors are recorded by the
+                    # executor): come again later, rather than let Celery acknowledge the message and leave
+                    # the run running with nobody to finish it.
+                    note_trouble(str(self.store.engine.url))
+                    log.warning("run %s, step %d: %s; trying again later", run_id, current, _one_line(exc))
+                    raise _requeue(self.task, run_id, current, this_go, source, _backoff(self.task), fence) from None
+                # Anything else (a value the database refused, a bug in baton) does not go away by waiting:
+                # the step fails with its error kept, after as many tries as its Retry policy allows.
+                log.exception("run %s, step %d: could not go on", run_id, current)
+                if self._try_again(current, this_go, exc):
+                    raise _requeue(
+                        self.task, run_id, current, this_go + 1, source, _backoff(self.task), fence
+                    ) from None
+                self._fail_around(run_id, current, exc)
+                return
             this_go = 1
 
-    def join(self, run_id: str) -> None:
+    def _try_again(self, idx: int, this_go: int, exc: Exception) -> bool:
+        """Whether an error around step `idx` (not the store's or the broker's trouble) is tried again: as
+        the step's Retry policy says, when its pattern is known here; else up to MAX_AROUND times."""
+        pattern = self._pattern
+        if pattern is not None and 0 <= idx < len(pattern.steps):
+            return bool(pattern.steps[idx].retry.should_retry(exc, this_go))
+        return this_go < MAX_AROUND
+
+    def _fail_around(self, run_id: str, idx: int, exc: Exception) -> None:
+        """End the run failed at step `idx` with the error that kept it from going on, visible like any."""
+        now = utcnow()
+        names = self._names
+        name = names[idx] if 0 <= idx < len(names) else f"#{idx}"
+        result = StepResult(
+            idx=idx, name=name, attempt=self._attempt, started_at=now, finished_at=now, error=error_info(exc)
+        )
+        try:
+            self.store.steps.record_failure(run_id, CELERY_OWNER, result, retrying=False, end_run=True)
+        except LostOwnership:
+            pass  # the run ended meanwhile
+        except Exception as again:
+            if not is_trouble(again):
+                raise
+            raise _requeue(self.task, run_id, idx, MAX_AROUND, None, _backoff(self.task), None) from None
+
+    def join(self, run_id: str, fence: int | None) -> None:
         """Plan again after parallel branches: wait for any still in flight, fail, cancel, or go on."""
         store = self.store
         brief = store.runs.brief(run_id)
         if brief is None or brief.status not in (RunStatus.RUNNING, RunStatus.PENDING):
             return
+        if fence is not None and brief.claims != fence:
+            return  # the run was queued again since this fan-out: the new one has a join of its own
         pattern = find_pattern(brief.pipeline, brief.target)
         try:
             nxt = pattern.plan(read_states(store, run_id))
@@ -210,35 +290,45 @@ class _Worker:
         if brief.cancel_requested and not isinstance(nxt, Fail):
             store.runs.end_cancelled(run_id, CELERY_OWNER)
             return
-        idx = start(self.task.app, store, pattern, run_id, nxt)
+        idx = start(self.task.app, store, pattern, run_id, nxt, fence)
         if idx is None:
             return
         if self.hop == "step":
-            send(self.task.app, pattern, run_id, idx)
+            send(self.task.app, pattern, run_id, idx, fence)
             return
         with contextlib.suppress(_Requeued):
-            self.execute(run_id, idx, 1, source_of(pattern, idx))
+            self.execute(run_id, idx, 1, source_of(pattern, idx), fence)
 
-    def _claim(self, run_id: str, idx: int, source: int | None) -> StepClaim:
+    def _claim(self, run_id: str, idx: int, source: int | None, fence: int | None) -> StepClaim:
         store = self.store
         # Claims keep a connection per thread that makes them: on a threads pool, the store's own few threads.
-        claim = _claiming(store, functools.partial(store.steps.claim, run_id, idx, self.me, utcnow(), source=source))
+        claim = _claiming(
+            store, functools.partial(store.steps.claim, run_id, idx, self.me, utcnow(), source=source, fence=fence)
+        )
         if claim.outcome is ClaimOutcome.BUSY and claim.holder is not None:
             dead = owner_alive(claim.holder) is False
-            expired = claim.until is not None and claim.until < utcnow()
+            # A lease that ran out while this process could not reach the store either says nothing of its
+            # holder: it is taken over only once the holder had a lease's time to renew it.
+            calm = calm_for(str(store.engine.url)) >= store.lease.total_seconds()
+            expired = claim.until is not None and claim.until < utcnow() and calm
             if dead or expired:
                 take = functools.partial(
-                    store.steps.claim, run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead
-                )
+                    store.steps.claim, run_id, idx, self.me, utcnow(), take_from=claim.holder, expired=not dead,
+                    fence=fence,
+                )  # fmt: skip
                 claim = _claiming(store, take)
         return claim
 
-    def _step(self, run_id: str, idx: int, this_go: int, source: int | None) -> tuple[int | None, int | None]:
+    def _step(
+        self, run_id: str, idx: int, this_go: int, source: int | None, fence: int | None
+    ) -> tuple[int | None, int | None]:
         """One step; returns the step this task goes on with (and its source), if any."""
         store, me = self.store, self.me
         branch = self.task.name == BRANCH  # a parallel branch: its join ends the run, whatever happens
-        claim = self._claim(run_id, idx, source)
+        self._pattern, self._names, self._attempt = None, (), 0
+        claim = self._claim(run_id, idx, source, fence)
         outcome = claim.outcome
+        self._names, self._attempt = claim.step_names, claim.attempt
         if outcome is ClaimOutcome.GONE or outcome is ClaimOutcome.FAILED:
             return None, None
         if outcome is ClaimOutcome.CANCEL:
@@ -249,13 +339,13 @@ class _Worker:
             # Another live worker holds the step (this message was delivered twice): come back when its lease
             # would have run out; by then it has checkpointed, or it is dead and the step is taken over.
             wait = (claim.until - utcnow()).total_seconds() if claim.until else 1.0
-            raise _requeue(self.task, run_id, idx, this_go, source, max(0.5, wait + 0.5))
+            raise _requeue(self.task, run_id, idx, this_go, source, max(0.5, wait + 0.5), fence)
         if outcome is ClaimOutcome.DONE:
             if branch:
                 return None, None
             pattern = find_pattern(claim.pipeline, claim.target)
             # What follows may not have been started before a crash.
-            return self._go_on(pattern, run_id, idx, None)
+            return self._go_on(pattern, run_id, idx, None, fence)
         try:
             pattern, value = self._prepare(claim, run_id, idx)
         except _Stale as exc:
@@ -266,6 +356,7 @@ class _Worker:
             # The step cannot start here, and would not anywhere: its code, or its input, is wrong.
             self._fail_before_start(run_id, idx, claim, exc, ends_run=not branch)
             return None, None
+        self._pattern = pattern
         step = pattern.steps[idx]
         if step.approval and not store.steps.approved(run_id, idx):
             store.steps.await_approval(run_id, idx, utcnow(), lease_owner=me)
@@ -287,20 +378,20 @@ class _Worker:
             except LostOwnership:
                 # The run ended, or the lease went (taken over; or its claim was lost to a database crash): a
                 # new claim tells which, and what to do.
-                raise _requeue(self.task, run_id, idx, this_go, source, 0.5) from None
+                raise _requeue(self.task, run_id, idx, this_go, source, 0.5, fence) from None
         if isinstance(result, RetryLater):
             if result.cancel_requested:
                 if not branch:
                     store.runs.end_cancelled(run_id, CELERY_OWNER)
                 return None, None
-            raise _requeue(self.task, run_id, idx, this_go + 1, source, result.delay)
+            raise _requeue(self.task, run_id, idx, this_go + 1, source, result.delay, fence)
         if isinstance(result, Failed) or branch:
             return None, None  # a branch's join goes on
         assert isinstance(result, Succeeded)
         if result.cancel_requested and not pattern.final(idx):
             store.runs.end_cancelled(run_id, CELERY_OWNER)
             return None, None
-        return self._go_on(pattern, run_id, idx, result)
+        return self._go_on(pattern, run_id, idx, result, fence)
 
     def _prepare(self, claim: StepClaim, run_id: str, idx: int) -> tuple[Any, BaseModel]:
         """The step's pattern, checked against what the run recorded, and the step's validated input."""
@@ -328,7 +419,9 @@ class _Worker:
         except _Stale as exc:
             raise _Stale(f"run {run_id}: {exc} for step '{pattern.steps[idx].name}'") from None
 
-    def _go_on(self, pattern: Any, run_id: str, idx: int, result: Succeeded | None) -> tuple[int | None, int | None]:
+    def _go_on(
+        self, pattern: Any, run_id: str, idx: int, result: Succeeded | None, fence: int | None
+    ) -> tuple[int | None, int | None]:
         """Start what follows step `idx`: returned to go on with in this task on the `run` hop."""
         nxt = pattern.follows(idx)
         if nxt is None:
@@ -342,11 +435,11 @@ class _Worker:
                     states.prior[j] = states.attempts(j)
                     del states.steps[j]
             nxt = pattern.plan(states)
-        follow = start(self.task.app, self.store, pattern, run_id, nxt)
+        follow = start(self.task.app, self.store, pattern, run_id, nxt, fence)
         if follow is None:
             return None, None
         if self.hop == "step":
-            send(self.task.app, pattern, run_id, follow)
+            send(self.task.app, pattern, run_id, follow, fence)
             return None, None
         return follow, source_of(pattern, follow)
 

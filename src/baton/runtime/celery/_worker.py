@@ -1,5 +1,5 @@
-"""A worker process's lifecycle: its store, the heartbeat of the step leases it holds, the outbox sweep, and
-what a prefork child must not inherit from its parent."""
+"""A worker process's lifecycle: its store, the heartbeat of the step leases it holds, the sweeper (lost runs,
+the outbox), and what a prefork child must not inherit from its parent."""
 
 from __future__ import annotations
 
@@ -81,23 +81,24 @@ def holding(store: RunStore, run_id: str, idx: int) -> Iterator[None]:
         _beat.leave((run_id, idx))
 
 
-def _sweep_outbox(app: Any) -> None:
+def _sweep(app: Any) -> None:
+    from baton.runtime.celery._sweep import Sweeper
+
     settings: Settings = app.baton_settings
-    while True:
-        time.sleep(SWEEP_SECONDS)
-        try:
-            hooks.swept(worker_store(settings), "celery", SWEEP_SECONDS)
-        except Exception:  # the next sweep tries again
-            log.warning("could not sweep the event outbox", exc_info=True)
+    store = worker_store(settings)
+    Sweeper(app, store, settings).forever(
+        also=lambda: hooks.swept(store, "celery", SWEEP_SECONDS), also_every=SWEEP_SECONDS
+    )
 
 
 @signals.worker_ready.connect
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
-    """The worker's main process sweeps the outbox: events whose dispatch a crash interrupted go out."""
+    """The worker's main process sweeps: lost runs are queued again, and events whose dispatch a crash
+    interrupted go out."""
     app = getattr(sender, "app", None)
     if getattr(app, "baton_settings", None) is None:
         return  # a worker of another app in this process
-    threading.Thread(target=_sweep_outbox, args=(app,), name="baton-outbox", daemon=True).start()
+    threading.Thread(target=_sweep, args=(app,), name="baton-sweeper", daemon=True).start()
 
 
 @signals.worker_process_init.connect
