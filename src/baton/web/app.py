@@ -23,10 +23,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from baton.errors import BatonError, ContractViolation, RunNotFound, RunNotResumable, UserError
+from sqlalchemy.exc import DBAPIError
+
+from baton.errors import BatonError, ContractViolation, RunNotFound, RunNotResumable, StoreUnavailable, UserError
 from baton.events import dispatch
 from baton.settings import current_settings
 from baton.store import RunStore
+from baton.store.trouble import is_store_trouble
 
 try:
     from fastapi import FastAPI, Request, Response
@@ -67,6 +70,9 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     app.state.templates = templates()
     app.middleware("http")(_guard)
     app.exception_handler(BatonError)(_baton_error)
+    # The store's errors, wrapped by SQLAlchemy or raised by the driver on the connections baton keeps.
+    for kind in _driver_errors():
+        app.exception_handler(kind)(_store_error)
     # The order of the API's routes is the order of its OpenAPI document.
     for router in (events_router, runs_router, dashboard_router, login_router):
         app.include_router(router)
@@ -101,8 +107,47 @@ async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Resp
     return JSONResponse({"detail": refused}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+# While the store is down, a client is told to come back (how soon, in seconds), never shown a 500.
+RETRY_AFTER_SECONDS = 5
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    if not is_store_trouble(exc):
+        log.error("the store refused a request's query", exc_info=exc)
+        return _problem(request, "the server could not answer: see its log", 500)
+    return _unavailable(request)
+
+
+def _driver_errors() -> list[type[Exception]]:
+    import sqlite3
+
+    kinds: list[type[Exception]] = [DBAPIError, sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:
+        return kinds
+    return [*kinds, psycopg.Error]
+
+
+def _unavailable(request: Request) -> Response:
+    # Says nothing of where the store is: its URL, user and host are the operator's, not the client's.
+    why = "the run store cannot be reached right now; nothing was changed. Try again shortly"
+    response = _problem(request, why, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _problem(request: Request, detail: str, status: int) -> Response:
+    if _wants_page(request):
+        html = request.app.state.templates.get_template("problem.html").render(request=request, problem=detail)
+        return HTMLResponse(html, status_code=status)
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
 async def _baton_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatonError)  # registered for BatonError only
+    if isinstance(exc, StoreUnavailable):
+        return _unavailable(request)
     # The user's mistakes are 4xx with what was wrong (the field, for a contract); never a 500.
     status = 404 if isinstance(exc, RunNotFound) else 409 if isinstance(exc, RunNotResumable) else 422
     if not isinstance(exc, UserError | ContractViolation):
@@ -122,11 +167,51 @@ def _wants_page(request: Request) -> bool:
 
 def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
     older_than: float | None = None  # the first sweep takes everything: nothing of this process is in flight
+
+    def outbox() -> None:
+        nonlocal older_than
+        dispatch(store, runtime, older_than_s=older_than)
+        older_than = SWEEP_SECONDS
+
+    if runtime == "celery":
+        # On the celery runtime the server also queues lost runs again, as every worker does.
+        from baton.runtime.celery._app import celery_app
+        from baton.runtime.celery._sweep import Sweeper
+
+        settings = current_settings()
+        try:
+            outbox()
+        except Exception:
+            log.warning("could not sweep the event outbox", exc_info=True)
+        Sweeper(celery_app(settings), store, settings).forever(stop, also=outbox, also_every=SWEEP_SECONDS)
+        return
+    _adopt(store)
     while True:
         try:
-            dispatch(store, runtime, older_than_s=older_than)
+            outbox()
         except Exception:  # the next sweep tries again
             log.warning("could not sweep the event outbox", exc_info=True)
-        older_than = SWEEP_SECONDS
         if stop.wait(SWEEP_SECONDS):
             return
+
+
+def _adopt(store: RunStore) -> None:
+    """On start, resume the local runs whose process died mid-run (a server killed and started again): those
+    still marked running, whose pattern this server can import. A run stopped on purpose (Ctrl-C, cancel)
+    was marked when it stopped, and is left as it is."""
+    from baton.api import resume_later
+
+    try:
+        orphans = store.runs.reap()
+    except Exception:
+        log.warning("could not look for runs whose process died", exc_info=True)
+        return
+    for run_id in orphans:
+        try:
+            if store.runs.get(run_id).runtime != "local":
+                continue
+            resume_later(run_id, store=store)
+        except Exception as exc:
+            log.warning("run %s: its process died; not resumed here (%s)", run_id, exc)
+            continue
+        log.warning("run %s: its process died mid-run; resumed here", run_id)

@@ -15,7 +15,7 @@ poll the live part of a running run (a <meta> refresh does it without script).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +26,7 @@ from jinja2 import Environment
 
 from baton.errors import BatonError
 from baton.run import Run
+from baton.settings import current_settings
 from baton.status import RunStatus, StepStatus
 from baton.store import RunStore, utcnow
 from baton.store.browse import RunFilter
@@ -106,6 +107,7 @@ def runs_page(
         "runs.html",
         request,
         runs=found,
+        stalled=_stalled(store, [r.id for r in found if r.runtime == "celery" and not r.status.finished]),
         counts=counts,
         total=sum(counts.values()),
         filters=kept,
@@ -116,6 +118,15 @@ def runs_page(
         first_url=f"/ui/runs?{urlencode(kept)}" if before else None,
         status_url=lambda s: "/ui/runs?" + urlencode(unstatused | ({"status": s} if s else {})),
     )
+
+
+def _stalled(store: RunStore, ids: list[str]) -> set[str]:
+    """Of these celery runs, those no worker holds and whose message is presumed lost (the sweepers of the
+    workers queue them again: a run that stays so has no worker, or none that can import its pattern)."""
+    if not ids:
+        return set()
+    quiet = timedelta(seconds=current_settings().worker.requeue_after)
+    return {lost.id for lost in store.runs.lost(utcnow(), quiet=quiet, ids=ids)}
 
 
 def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
@@ -139,6 +150,9 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
         "run_step_waiting": next(
             (i for i, s in enumerate(run.steps) if s.status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED)), None
         ),
+        "stalled": run.id in _stalled(store, [run.id])
+        if run.runtime == "celery" and not run.status.finished
+        else False,
         "resumable": run.status.resumable,
         "retryable": run.status.finished,
     }
