@@ -1,0 +1,231 @@
+"""Runs heal themselves: lost work comes back with no person, outages of the store are waited out, and what
+the database refuses fails the step with its error instead of looping.
+
+Everything is real: `baton worker` processes SIGKILLed whole, Redis losing its messages (its database
+flushed, as a restart without persistence does), and a PostgreSQL database that drops every connection and
+refuses new ones for seconds (`ALLOW_CONNECTIONS false`, which is what a restart looks like to a client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from tests.conftest import POSTGRES_ADMIN_URL
+from tests.integration.commands import baton, control, counts
+from tests.integration.serving import Served
+from tests.integration.workers import wait_for_file
+
+APPS = Path(__file__).parent / "apps"
+CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
+ECHOING = f"{APPS / 'healing.py'}:echoing"
+
+
+def show(env, run_id) -> dict:
+    return json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
+
+
+def wait_until_finished(env, run_id, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = show(env, run_id)
+        if run.get("status") not in ("pending", "running", None):
+            return run
+        assert time.monotonic() < deadline, f"run still {run.get('status')}: {json.dumps(run)[:2000]}"
+        time.sleep(0.1)
+
+
+def submit(env, target: str, data: dict) -> str:
+    result = baton(env, "run", target, "--input", json.dumps(data), "--runtime", "celery", check=0)
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def healing_env(env) -> dict[str, str]:
+    """Redis keeps a lost worker's message for ten minutes (the default): only baton's sweeper can bring
+    the work back within the test."""
+    env.update({"BATON_VISIBILITY_TIMEOUT": "600", "BATON_REQUEUE_AFTER": "2"})  # the workers' env too
+    return env
+
+
+@contextlib.contextmanager
+def outage(database_url: str, seconds: float) -> Iterator[None]:
+    """The database drops every connection and refuses new ones for `seconds`, then comes back."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            yield
+            time.sleep(seconds)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def refuse_poison(database_url: str) -> None:
+    """Make the database refuse any step output holding the word "poison" (a value it cannot store)."""
+    with psycopg.connect(database_url, autocommit=True) as db:
+        db.execute("""
+            CREATE FUNCTION refuse_poison() RETURNS trigger AS $$
+            BEGIN
+                IF NEW.output::text LIKE '%poison%' THEN
+                    RAISE EXCEPTION 'this database does not store poison' USING ERRCODE = '22023';
+                END IF;
+                RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        db.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON baton_steps FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_poison()"
+        )
+
+
+# -- lost work --------------------------------------------------------------------------------------------
+
+
+def test_a_whole_worker_killed_mid_step_is_taken_over_within_the_lease(healing_env, workers):
+    env = healing_env
+    doomed = workers.start(concurrency=1)
+    (control(env) / "transform.block").touch()
+    run_id = submit(env, CONTROLLED, {"value": 1})
+    wait_for_file(control(env) / "transform.started")
+    spare = workers.start(concurrency=1)
+    (control(env) / "transform.block").unlink()
+    workers.kill(doomed)
+    killed = time.monotonic()
+    run = wait_until_finished(env, run_id, timeout=4 + 15)  # BATON_LEASE_SECONDS plus 15 s
+    assert run["status"] == "succeeded", run
+    assert time.monotonic() - killed < 4 + 15
+    assert spare.poll() is None
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+    assert "a step's lease ran out; queued again" in workers.logs()
+
+
+def test_runs_whose_messages_the_broker_lost_finish_without_a_resume(healing_env, workers, broker):
+    env = healing_env
+    run_ids = [submit(env, CONTROLLED, {"value": v}) for v in range(4)]
+    redis.Redis.from_url(broker).flushdb()  # Redis restarted without its data: every message is gone
+    assert {show(env, r)["status"] for r in run_ids} == {"pending"}
+    workers.start()
+    for run_id, value in zip(run_ids, range(4), strict=True):
+        run = wait_until_finished(env, run_id, timeout=30)
+        assert run["status"] == "succeeded", run
+        assert run["output"] == {"value": (value + 1) * 10 + 5}
+    assert counts(env) == {"fetch": 4, "transform": 4, "publish": 4}
+    assert "its message was lost; queued again" in workers.logs()
+
+
+def test_a_run_between_steps_whose_next_message_was_lost_goes_on(healing_env, workers, broker):
+    env = healing_env
+    env["BATON_CELERY_HOP"] = "step"  # each step a message of its own
+    worker = workers.start(concurrency=1)
+    (control(env) / "transform.block").touch()
+    run_id = submit(env, CONTROLLED, {"value": 1})
+    wait_for_file(control(env) / "transform.started")
+    workers.kill(worker)  # its step's lease runs out; its message stays with Redis for ten minutes
+    redis.Redis.from_url(broker).flushdb()  # and then Redis loses it too
+    (control(env) / "transform.block").unlink()
+    workers.start(concurrency=1)
+    run = wait_until_finished(env, run_id, timeout=30)
+    assert run["status"] == "succeeded", run
+    assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+
+
+def test_the_dashboard_shows_a_run_whose_message_is_presumed_lost_as_stalled(healing_env, broker, tmp_path):
+    env = healing_env
+    env["BATON_REQUEUE_AFTER"] = "5"
+    server = Served(env, tmp_path / "serve.log")  # the local runtime: it does not sweep celery runs
+    try:
+        run_id = submit(env, CONTROLLED, {"value": 1})
+        redis.Redis.from_url(broker).flushdb()
+        assert 'id="run-stalled"' not in httpx.get(f"{server.url}/ui/runs/{run_id}/live").text  # just queued
+        deadline = time.monotonic() + 15
+        while 'id="run-stalled"' not in (page := httpx.get(f"{server.url}/ui/runs/{run_id}/live").text):
+            assert time.monotonic() < deadline, page  # past BATON_REQUEUE_AFTER with an empty queue
+            time.sleep(0.5)
+        assert "stalled" in httpx.get(f"{server.url}/ui/runs").text
+    finally:
+        server.stop()
+
+
+# -- errors told apart ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["local", "celery"])
+def test_a_value_the_database_refuses_fails_the_step_with_its_error_not_a_loop(runtime, healing_env, workers):
+    env = healing_env
+    baton(env, "runs", check=0)  # the tables exist
+    refuse_poison(env["BATON_DATABASE_URL"])
+    if runtime == "celery":
+        workers.start()
+        run_id = submit(env, ECHOING, {"text": "a little poison"})
+    else:
+        result = baton(env, "run", ECHOING, "--input", '{"text": "a little poison"}', "--json", check=1)
+        run_id = json.loads(result.stdout)["id"]
+    run = wait_until_finished(env, run_id, timeout=30)
+    assert run["status"] == "failed", run
+    echo = run["steps"][0]
+    assert echo["status"] == "failed" and echo["attempts"] == 1  # not transient: not tried again
+    assert "this database does not store poison" in echo["error"]["message"]
+    time.sleep(2)
+    assert counts(env) == {"echo": 1}  # and nothing runs it again behind the scenes
+
+
+# -- outages waited out -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["local", "celery"])
+def test_a_database_outage_mid_run_is_waited_out_and_no_finished_step_runs_again(runtime, healing_env, workers):
+    env = healing_env
+    (control(env) / "transform.block").touch()
+    if runtime == "celery":
+        workers.start(pool="threads")
+        run_id = submit(env, CONTROLLED, {"value": 1})
+        proc = None
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "baton", "run", CONTROLLED, "--input", '{"value": 1}', "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    wait_for_file(control(env) / "transform.started")
+    with outage(env["BATON_DATABASE_URL"], seconds=5):
+        # The step ends while the database is down: its checkpoint meets a dead connection.
+        (control(env) / "transform.block").unlink()
+    if proc is not None:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        run_id = json.loads(out)["id"]
+        assert "Traceback" not in err, err
+    run = wait_until_finished(env, run_id, timeout=60)
+    assert run["status"] == "succeeded", run
+    assert [s["attempts"] for s in run["steps"]] == [1, 1, 1]
+    assert counts(env) == {"fetch": 1, "transform": 1, "publish": 1}
+
+
+def test_serve_answers_503_while_the_store_is_down_and_recovers_by_itself(env, tmp_path):
+    server = Served(env, tmp_path / "serve.log")
+    try:
+        assert httpx.get(f"{server.url}/runs").status_code == 200
+        with outage(env["BATON_DATABASE_URL"], seconds=0):
+            down = httpx.get(f"{server.url}/runs")
+            assert down.status_code == 503, down.text
+            assert down.headers["Retry-After"].isdigit()
+            name = env["BATON_DATABASE_URL"].rsplit("/", 1)[1]
+            assert name not in down.text and "127.0.0.1" not in down.text and "postgres" not in down.text
+            page = httpx.get(f"{server.url}/ui/runs")
+            assert page.status_code == 503 and name not in page.text
+        deadline = time.monotonic() + 10
+        while (answer := httpx.get(f"{server.url}/runs")).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+    finally:
+        server.stop()
