@@ -232,12 +232,12 @@ def settle(
         raise UserError(f"no side effect with key {key!r}; `baton effects --run RUN_ID` lists a run's")
     if not done:
         if result is not NO_RESULT:
-            raise UserError(f"{given_as} goes with --done: an effect that did not happen returned nothing")
+            raise UserError(f"{given_as} is for an effect that happened: one that did not returned nothing")
         return store.effects.mark(key, done=False, now=utcnow())
     if found.result_schema is not None:
         if result is NO_RESULT:
             raise UserError(
-                f"the step uses what the effect {found.name!r} returned: say it with {given_as} JSON "
+                f"the step uses what the effect {found.name!r} returned: give it as JSON with {given_as} "
                 f"({describe(found.result_schema)}); nothing was recorded"
             )
         problems = misfits(found.result_schema, result)
