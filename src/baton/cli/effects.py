@@ -56,7 +56,10 @@ def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as
 @store_option
 @_errors_to_exit
 def mark(key: str, done: bool, result_text: str | None, database_url: str | None) -> None:
-    """Say whether an uncertain side effect happened (and what it returned); then `baton resume` the run."""
+    """Say whether an uncertain side effect happened (and its result); then resume the run.
+
+    A step that uses the result (it declared `returns=`) needs `--done --result JSON`; `--done` alone is refused.
+    """
     result = NO_RESULT if result_text is None else _read_result(result_text)
     store = _store(cli_settings(database_url=database_url))
     settle(store, key, done=done, result=result)
