@@ -131,7 +131,8 @@ class EffectUncertain(RunError):
     """A side effect was started and its process died before recording whether it happened.
 
     baton never repeats it on its own: a person checks (was the e-mail received?) and says so with
-    `baton effects mark KEY --done` or `--not-done`, then resumes the run.
+    `baton effects mark KEY --done` (with `--result JSON` when the step uses what it returned) or `--not-done`,
+    then resumes the run.
     """
 
 

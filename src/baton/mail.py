@@ -4,6 +4,8 @@ The server comes from BATON_SMTP_URL: `smtp://[user:password@]host[:port]` (plai
 `?starttls=1`), `smtps://...` (TLS from the start), with `?from=sender@example.com` as the default sender.
 Each message carries the effect's idempotency key as its Message-ID (`<KEY@baton>`) and in an
 `X-Baton-Idempotency-Key` header, so that a receiver can drop a copy as well; baton itself never sends one.
+An e-mail whose fate is unknown is settled with what it would have returned:
+`baton effects mark KEY --done --result '{"message_id": "<KEY@baton>", "to": ["..."]}'`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+# pydantic reads a TypedDict from typing_extensions on Python 3.11 (typing's lacks what it needs there).
+from typing_extensions import TypedDict
 
 from baton._net import is_loopback
 from baton.effects import EffectNotDone, effect
 from baton.errors import UserError
 
-__all__ = ["SmtpSettings", "send_email"]
+__all__ = ["EmailSent", "SmtpSettings", "send_email"]
+
+
+class EmailSent(TypedDict):
+    """What `send_email` returns: the message's Message-ID and its recipients."""
+
+    message_id: str
+    to: list[str]
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ def send_email(
     sender: str | None = None,
     url: str | None = None,
     effect_name: str = "email",
-) -> dict[str, Any]:
+) -> EmailSent:
     """Send one e-mail, once per run and step however often the step is attempted; returns its Message-ID
     and recipients (what a later attempt gets back instead of sending). A step sending more than one gives
     each its own `effect_name`."""
@@ -91,7 +102,7 @@ def send_email(
     recipients = [to] if isinstance(to, str) else list(to)
     from_ = sender or settings.sender or "baton@localhost"
 
-    def act(key: str) -> dict[str, Any]:
+    def act(key: str) -> EmailSent:
         message = EmailMessage()
         message["From"] = from_
         message["To"] = ", ".join(recipients)
@@ -117,7 +128,7 @@ def send_email(
                 client.close()
         return {"message_id": message["Message-ID"], "to": recipients}
 
-    return effect(effect_name, act)
+    return effect(effect_name, act, returns=EmailSent)
 
 
 def _connect(settings: SmtpSettings) -> smtplib.SMTP:

@@ -136,6 +136,27 @@ def publish_it(checked: Checked) -> Checked:
 GATED = Pipeline("dash-gated", [load, check, publish_it])
 
 
+class Receipt(BaseModel):
+    id: str
+    amount: int
+
+
+paid: list[str] = []
+
+
+@step(name="dash_pay", side_effect=True, retry=NO_RETRY)
+def pay_it(order: Order) -> Checked:
+    def act(key: str) -> Receipt:
+        paid.append(key)
+        raise BrokenPipeError("the line dropped after the payment went out")  # did it go out? a person knows
+
+    receipt = baton.effect("payment", act, returns=Receipt)
+    return Checked(ok=receipt.amount == order.n)
+
+
+PAYING = Pipeline("dash-paying", [pay_it])
+
+
 @on("dash.pinged")
 @step(name="dash_pong", retry=NO_RETRY)
 def pong(note: Note) -> Checked:
@@ -293,6 +314,62 @@ def test_a_run_awaiting_approval_is_approved_or_rejected_from_its_page(client, a
     assert "Done: rejected" in rejected.text and "not this week" in rejected.text
     assert any_store.runs.get(other.id).status is baton.RunStatus.CANCELLED
     assert client.post(f"/runs/{other.id}/approve").status_code == 409  # the API: nothing to approve
+
+
+def test_an_uncertain_effect_is_settled_from_the_run_page_with_what_it_returned(client, any_store):
+    paid.clear()
+    run = PAYING.run({"n": 5}, store=any_store)
+    key = f"{run.id}/dash_pay/payment"
+    assert run.status is baton.RunStatus.FAILED and any_store.effects.get(key).status == "started"
+    page = client.get(f"/ui/runs/{run.id}").text
+    form = re.search(
+        rf'<form method="post" action="/ui/runs/{run.id}/effects/mark" class="settle">(.*?)</form>', page, re.S
+    )
+    assert form, page
+    assert f'value="{key}"' in form.group(1) and 'name="result"' in form.group(1)
+    assert "Receipt: an object with id, amount" in form.group(1)  # what to give, read from the ledger
+    mark = f"/ui/runs/{run.id}/effects/mark"
+
+    alone = client.post(mark, data={"key": key, "done": "yes"})
+    assert "give it as JSON with the Result field" in alone.text
+    wrong = client.post(mark, data={"key": key, "done": "yes", "result": '{"id": "ch_1"}'})
+    assert "field &#39;amount&#39;: missing" in wrong.text
+    garbled = client.post(mark, data={"key": key, "done": "yes", "result": "{id"})
+    assert "the Result field is not JSON" in garbled.text
+    assert client.post(mark, data={"key": key, "done": "maybe"}).status_code == 422
+    with TestClient(client.app, base_url="http://127.0.0.1") as anonymous:  # no token: to the sign-in page
+        signin = anonymous.post(mark, data={"key": key, "done": "no"}, follow_redirects=False)
+        assert signin.status_code == 303 and signin.headers["location"].startswith("/login?")
+    assert any_store.effects.get(key).status == "started"  # nothing was recorded
+
+    settled = client.post(mark, data={"key": key, "done": "yes", "result": '{"id": "ch_1", "amount": 5}'})
+    assert f"Done: the effect {key} happened" in settled.text
+    assert f'<tr data-key="{key}" data-status="done">' in settled.text
+    client.post(f"/ui/runs/{run.id}/resume")
+    resumed = baton.wait(run.id, store=any_store, timeout=20)
+    assert resumed.status is baton.RunStatus.SUCCEEDED and resumed.output == {"ok": True}
+    assert paid == [key]  # paid once, never again
+
+
+def test_the_api_settles_an_uncertain_effect_under_the_same_checks(client, any_store):
+    paid.clear()
+    run = PAYING.run({"n": 2}, store=any_store)
+    key = f"{run.id}/dash_pay/payment"
+    mark = f"/runs/{run.id}/effects/mark"
+    alone = client.post(mark, json={"key": key, "done": True})
+    assert alone.status_code == 422 and '"result" in the body' in alone.json()["detail"]
+    wrong = client.post(mark, json={"key": key, "done": True, "result": {"id": "ch_2", "amount": "two"}})
+    assert wrong.status_code == 422 and "field 'amount'" in wrong.json()["detail"]
+    other = client.post(
+        f"/runs/{ORDERS.run({'n': 1}, store=any_store).id}/effects/mark", json={"key": key, "done": True}
+    )
+    assert other.status_code == 422 and "has no side effect" in other.json()["detail"]  # not that run's
+    assert any_store.effects.get(key).status == "started"
+    done = client.post(mark, json={"key": key, "done": True, "result": {"id": "ch_2", "amount": 2}})
+    assert done.status_code == 200 and done.json()["status"] == "done" and done.json()["result"]["amount"] == 2
+    assert client.post(f"/runs/{run.id}/resume").status_code == 202
+    assert baton.wait(run.id, store=any_store, timeout=20).output == {"ok": True}
+    assert paid == [key]
 
 
 def test_an_unknown_run_is_a_404_page_that_says_so(client):

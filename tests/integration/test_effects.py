@@ -108,6 +108,45 @@ def test_an_effect_whose_outcome_is_unknown_is_never_repeated_until_a_person_say
     assert done["status"] == "succeeded" and len(inbox.ids()) == 1
 
 
+def test_an_uncertain_email_is_settled_with_what_it_returned_and_the_resumed_step_gets_it(
+    env, inbox, database_url, tmp_path
+):
+    env["BATON_SMTP_URL"] = inbox.url
+    env["BATON_DATABASE_URL"] = database_url  # on SQLite and on PostgreSQL
+    (control(env) / "compose.fail").write_text("not yet")
+    run_id = json.loads(baton(env, "run", MAILER, "--input", REPORT, "--json").stdout)["id"]
+    (control(env) / "compose.fail").unlink()
+    from baton.store import RunStore, utcnow
+
+    key = f"{run_id}/send/email"
+    store = RunStore(database_url)
+    assert store.effects.begin(key, run_id, 1, "email", utcnow()) is None  # a process killed after the "250"
+    store.close()
+    stuck = json.loads(baton(env, "resume", run_id, "--json").stdout)
+    message = stuck["steps"][1]["error"]["message"]
+    assert f"baton effects mark {key} --done --result JSON" in message and "EmailSent" in message
+
+    def ledger() -> dict:
+        return json.loads(baton(env, "effects", "--run", run_id, "--json", check=0).stdout)[0]
+
+    alone = baton(env, "effects", "mark", key, "--done")
+    assert alone.returncode == 2 and "--result" in alone.stderr and "message_id, to" in alone.stderr
+    wrong = baton(env, "effects", "mark", key, "--done", "--result", '{"message_id": "<m@example.com>"}')
+    assert wrong.returncode == 2 and "field 'to': missing" in wrong.stderr, wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    garbled = baton(env, "effects", "mark", key, "--done", "--result", "{message_id")
+    assert garbled.returncode == 2 and "--result" in garbled.stderr and "not valid JSON" in garbled.stderr
+    assert (ledger()["status"], ledger()["result"]) == ("started", None)  # nothing was recorded
+
+    sent = {"message_id": "<checked-by-hand@example.com>", "to": ["team@example.com"]}
+    (tmp_path / "sent.json").write_text(json.dumps(sent))
+    baton(env, "effects", "mark", key, "--done", "--result", f"@{tmp_path / 'sent.json'}", check=0)
+    assert (ledger()["status"], ledger()["result"]) == ("done", sent)
+    done = json.loads(baton(env, "resume", run_id, "--json").stdout)
+    assert done["status"] == "succeeded", done
+    assert done["output"] == sent and inbox.ids() == []  # the step got what the person said; nothing sent again
+
+
 APPROVED_MAILER = f"{Path(__file__).parent / 'apps' / 'mailer.py'}:approved_mailer"
 
 

@@ -206,3 +206,147 @@ def test_the_sync_effect_refuses_an_async_act_before_it_records_anything(store):
     assert "await baton.aeffect" in run.steps[0].error.message
     assert acted == []
     assert store.effects.get(f"{run.id}/awaits_nothing/send") is None
+
+
+# -- what an effect returns, and a person who settles it with that --------------------------------------------
+
+
+class Receipt(BaseModel):
+    id: str
+    amount: int
+
+
+@step(side_effect=True, retry=Retry(max_attempts=2, backoff=0.0))
+def bill(x: N) -> N:
+    got = effect("bill", lambda key: acted.append(key) or Receipt(id=key, amount=x.n), returns=Receipt)
+    assert isinstance(got, Receipt), got  # the model, the first time and from the ledger
+    tries.append(1)
+    if len(tries) == 1:
+        raise TransientError("lost after the bill")
+    return N(n=got.amount)
+
+
+def test_a_declared_result_comes_back_as_its_model_the_first_time_and_from_the_ledger(store):
+    acted.clear()
+    tries.clear()
+    run = Pipeline("fx-bill", [bill]).run({"n": 4}, store=store)
+    assert run.status is baton.RunStatus.SUCCEEDED, run.steps[0].error
+    assert run.steps[0].attempts == 2 and len(acted) == 1 and run.output == {"n": 4}
+    recorded = store.effects.get(f"{run.id}/bill/bill")
+    assert recorded.result == {"id": recorded.key, "amount": 4}  # stored as JSON
+    assert recorded.result_schema["title"] == "Receipt" and recorded.result_schema["required"] == ["id", "amount"]
+
+
+def annotated_act(key: str) -> Receipt:
+    acted.append(key)
+    return Receipt(id=key, amount=7)
+
+
+@step(side_effect=True, retry=Retry(max_attempts=1))
+def bill_annotated(x: N) -> N:
+    return N(n=effect("bill", annotated_act).amount)  # the act's annotation declares the result
+
+
+@step(side_effect=True, retry=Retry(max_attempts=1))
+def bill_wrongly(x: N) -> N:
+    effect("bill", lambda key: acted.append(key) or {"id": key, "amount": "ten"}, returns=Receipt)
+    return x
+
+
+def test_an_annotated_act_declares_its_result_and_one_that_does_not_fit_names_the_field(store):
+    acted.clear()
+    run = Pipeline("fx-bill-annotated", [bill_annotated]).run({"n": 1}, store=store)
+    assert run.status is baton.RunStatus.SUCCEEDED and run.output == {"n": 7}
+    assert store.effects.get(f"{run.id}/bill_annotated/bill").result_schema["title"] == "Receipt"
+
+    wrong = Pipeline("fx-bill-wrongly", [bill_wrongly]).run({"n": 1}, store=store)
+    error = wrong.steps[0].error
+    assert error.type == "ContractViolation" and "field 'amount'" in error.message, error
+    assert "--result" in error.message  # how to put the record right
+    key = f"{wrong.id}/bill_wrongly/bill"
+    # It happened all the same: recorded as done, as returned, and never done again.
+    assert (store.effects.get(key).status, store.effects.get(key).result["amount"]) == ("done", "ten")
+    assert len(acted) == 2
+
+
+@step(side_effect=True, retry=Retry(max_attempts=3, backoff=0.0, on=(BrokenPipeError,)))
+def pay(x: N) -> N:
+    def act(key: str) -> Receipt:
+        acted.append(key)
+        if len(acted) == 1:
+            raise BrokenPipeError("the connection dropped after the payment went out")
+        return Receipt(id="never", amount=0)
+
+    return N(n=effect("pay", act, returns=Receipt).amount)
+
+
+@step(side_effect=True, retry=Retry(max_attempts=3, backoff=0.0, on=(BrokenPipeError,)))
+def notify(x: N) -> N:
+    def act(key: str) -> None:
+        acted.append(key)
+        raise BrokenPipeError("the connection dropped during the notice")
+
+    effect("notify", act)
+    return x
+
+
+def test_an_uncertain_effect_whose_result_is_used_is_settled_only_with_a_result_that_fits(store):
+    from baton.effects import settle
+
+    acted.clear()
+    pipeline = Pipeline("fx-pay", [pay])
+    run = pipeline.run({"n": 1}, store=store)
+    key = f"{run.id}/pay/pay"
+    error = run.steps[0].error
+    assert error.type == "EffectUncertain" and f"baton effects mark {key} --done --result JSON" in error.message
+    assert "a Receipt" in error.message
+
+    with pytest.raises(baton.UserError, match=r"give it as JSON with --result \(Receipt: an object with id, amount\)"):
+        settle(store, key, done=True)
+    with pytest.raises(baton.UserError, match="field 'amount': missing"):
+        settle(store, key, done=True, result={"id": "ch_1"})
+    with pytest.raises(baton.UserError, match="""field 'amount': "ten" is not of type integer"""):
+        settle(store, key, done=True, result={"id": "ch_1", "amount": "ten"})
+    with pytest.raises(baton.UserError, match="--result is for an effect that happened"):
+        settle(store, key, done=False, result={"id": "ch_1", "amount": 5})
+    assert store.effects.get(key).status == "started"  # every refusal recorded nothing
+
+    assert settle(store, key, done=True, result={"id": "ch_1", "amount": 5}).status == "done"
+    resumed = pipeline.resume(run.id, store=store)
+    assert resumed.status is baton.RunStatus.SUCCEEDED and resumed.output == {"n": 5}
+    assert acted == [key]  # paid once, by the first attempt
+
+
+def test_an_uncertain_effect_whose_result_is_not_used_is_settled_with_done_alone(store):
+    from baton.effects import settle
+
+    acted.clear()
+    pipeline = Pipeline("fx-notify", [notify])
+    run = pipeline.run({"n": 1}, store=store)
+    key = f"{run.id}/notify/notify"
+    assert "--result" not in run.steps[0].error.message  # `-> None`: nothing to give
+    assert store.effects.get(key).result_schema is None
+    assert settle(store, key, done=True).status == "done"
+    assert pipeline.resume(run.id, store=store).status is baton.RunStatus.SUCCEEDED and len(acted) == 1
+
+
+@step(side_effect=True, retry=Retry(max_attempts=2, backoff=0.0))
+async def abill(x: N) -> N:
+    async def act(key: str) -> dict:
+        acted.append(key)
+        return {"id": key, "amount": x.n}
+
+    got = await baton.aeffect("bill", act, returns=Receipt)
+    assert isinstance(got, Receipt), got
+    tries.append(1)
+    if len(tries) == 1:
+        raise TransientError("lost after the bill")
+    return N(n=got.amount)
+
+
+def test_an_async_effect_declares_its_result_the_same_way(store):
+    acted.clear()
+    tries.clear()
+    run = asyncio.run(Pipeline("fx-abill", [abill]).arun({"n": 6}, store=store))
+    assert run.status is baton.RunStatus.SUCCEEDED and run.output == {"n": 6} and len(acted) == 1
+    assert store.effects.get(f"{run.id}/abill/bill").result_schema["title"] == "Receipt"

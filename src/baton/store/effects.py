@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Literal
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -13,7 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from baton.store.context import StoreContext
 from baton.store.schema import attempts, effects
 
-__all__ = ["EffectRecord", "Effects"]
+__all__ = ["KEEP", "EffectRecord", "Effects"]
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+# `Effects.mark(..., result=KEEP)`: the recorded result stays as it is (None, a JSON result, is a result).
+KEEP = _Keep.KEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,13 @@ class EffectRecord:
     result: Any
     started_at: datetime
     finished_at: datetime | None
+    # The JSON schema of the result the step uses, or None when it does not use it.
+    result_schema: dict[str, Any] | None = None
+
+    @property
+    def result_used(self) -> bool:
+        """Whether the step uses what the act returned: then a person who says it happened says what it returned."""
+        return self.result_schema is not None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The `baton effects --json` shape."""
@@ -37,6 +53,7 @@ class EffectRecord:
             "status": self.status, "owner": self.owner, "result": self.result,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "result_schema": self.result_schema,
         }  # fmt: skip
 
 
@@ -47,12 +64,22 @@ class Effects:
         self._ctx = ctx
 
     def begin(
-        self, key: str, run_id: str, idx: int, name: str, now: datetime, owner: str | None = None
+        self,
+        key: str,
+        run_id: str,
+        idx: int,
+        name: str,
+        now: datetime,
+        owner: str | None = None,
+        result_schema: dict[str, Any] | None = None,
     ) -> EffectRecord | None:
-        """Claim `key` for `owner` before acting: None when it is new (act now), else the record found."""
+        """Claim `key` for `owner` before acting: None when it is new (act now), else the record found.
+
+        `result_schema` is the JSON schema of the result the step uses (None: it does not use it).
+        """
         row = {
             "key": key, "run_id": run_id, "step_idx": idx, "name": name, "status": "started", "started_at": now,
-            "owner": owner,
+            "owner": owner, "result_schema": result_schema,
         }  # fmt: skip
         try:
             with self._ctx.engine.begin() as c:
@@ -73,11 +100,20 @@ class Effects:
         with self._ctx.begin(conn) as c:
             c.execute(delete(effects).where(effects.c.key == key, effects.c.status == "started"))
 
-    def mark(self, key: str, *, done: bool, now: datetime) -> EffectRecord | None:
-        """A person's word on an uncertain effect: it happened (`done`), or it did not (the key is freed)."""
+    def expect(self, key: str, result_schema: dict[str, Any] | None) -> None:
+        """Note the result the step's code uses now (it may have changed since the effect began)."""
+        with self._ctx.engine.begin() as c:
+            c.execute(update(effects).where(effects.c.key == key).values(result_schema=result_schema))
+
+    def mark(self, key: str, *, done: bool, now: datetime, result: Any = KEEP) -> EffectRecord | None:
+        """A person's word on an uncertain effect: it happened (`done`, with what it returned unless `result`
+        is KEEP), or it did not (the key is freed). `baton.effects.settle` checks the result first."""
         with self._ctx.engine.begin() as c:
             if done:
-                c.execute(update(effects).where(effects.c.key == key).values(status="done", finished_at=now))
+                values: dict[str, Any] = {"status": "done", "finished_at": now}
+                if result is not KEEP:
+                    values["result"] = result
+                c.execute(update(effects).where(effects.c.key == key).values(**values))
             else:
                 c.execute(delete(effects).where(effects.c.key == key))
         return self.get(key)
@@ -114,5 +150,5 @@ def _record(row: Any) -> EffectRecord:
     return EffectRecord(
         key=row["key"], run_id=row["run_id"], step_idx=row["step_idx"], name=row["name"], status=row["status"],
         owner=row["owner"], result=result, started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], result_schema=row["result_schema"],
     )  # fmt: skip

@@ -237,5 +237,8 @@ effects = Table(
     Column("result", Json, nullable=True),
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=True),
+    # The JSON schema of what the act returns, when the step uses it (`returns=`): a person's result is
+    # checked against it without importing the step's code. NULL: the result is not used.
+    Column("result_schema", Json, nullable=True),
     Index("ix_baton_effects_run", "run_id"),
 )

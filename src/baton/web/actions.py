@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from baton import api
+from baton.effects import NO_RESULT, settle
+from baton.errors import UserError
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime import get_runtime
 from baton.status import RunStatus
 from baton.store import RunStore
+from baton.store.effects import EffectRecord
 
 __all__ = ["Actions"]
 
@@ -42,3 +47,13 @@ class Actions:
     def reject(self, run_id: str, reason: str) -> Run:
         """Stop a run awaiting approval, cancelled with `reason`."""
         return api.reject(run_id, reason=reason, store=self.store)
+
+    def settle_effect(
+        self, run_id: str, key: str, *, done: bool, result: Any = NO_RESULT, given_as: str = "result"
+    ) -> EffectRecord | None:
+        """A person's word on an uncertain side effect of the run (see `baton.effects.settle`)."""
+        resolved = self.store.runs.resolve_id(run_id)
+        found = self.store.effects.get(key)
+        if found is None or found.run_id != resolved:
+            raise UserError(f"run {resolved} has no side effect with key {key!r}")
+        return settle(self.store, key, done=done, result=result, given_as=given_as)

@@ -8,6 +8,7 @@ GET  /runs/{id}              one run, as `baton show --json` prints it
 POST /runs/{id}/resume       continue a failed or interrupted run (202)
 POST /runs/{id}/retry        run again from a step: {"from_step": "summarise"} (202)
 POST /runs/{id}/cancel       cancel
+POST /runs/{id}/effects/mark an uncertain side effect happened or not: {"key": "...", "done": true, "result": {...}}
 
 Who may call what is `baton.web.access`'s business: read it before exposing a server.
 The routes are module-level routers (`baton.web.routes`, `baton.web.dashboard`); what they work on (the store,

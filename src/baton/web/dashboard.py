@@ -7,6 +7,7 @@ POST /ui/runs/{id}/resume      resume (a form; answers with the run page)
 POST /ui/runs/{id}/retry       retry from the step in the form's `step`
 POST /ui/runs/{id}/cancel      cancel
 POST /ui/runs/{id}/approve     approve a run awaiting approval; /reject (with a `reason`) stops it
+POST /ui/runs/{id}/effects/mark  an uncertain side effect happened (`done=yes`, with its `result`) or not
 
 No front-end build: Jinja templates, one stylesheet in the base template, and a few lines of script that
 poll the live part of a running run (a <meta> refresh does it without script).
@@ -14,6 +15,7 @@ poll the live part of a running run (a <meta> refresh does it without script).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +26,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment
 
-from baton.errors import BatonError
+from baton.effects import NO_RESULT
+from baton.errors import BatonError, UserError
 from baton.run import Run
 from baton.settings import current_settings
 from baton.status import RunStatus, StepStatus
@@ -216,3 +219,25 @@ async def reject_form(run_id: str, actions: ActionsDep, reason: str = Form("")) 
 async def cancel_form(run_id: str, actions: ActionsDep) -> RedirectResponse:
     """Cancel, then back to the run page."""
     return await _act(actions.store, run_id, "cancel requested", lambda: actions.cancel(run_id))
+
+
+@router.post("/ui/runs/{run_id}/effects/mark")
+async def mark_effect_form(
+    run_id: str, actions: ActionsDep, key: str = Form(...), done: str = Form(...), result: str = Form("")
+) -> RedirectResponse:
+    """Say whether an uncertain side effect happened (`done` yes or no, with its `result` as JSON), then back."""
+
+    if done not in ("yes", "no"):
+        raise HTTPException(422, f"done: {done!r} is not 'yes' (it happened) or 'no' (it did not)")
+
+    def settle() -> None:
+        given: Any = NO_RESULT
+        if result.strip():
+            try:
+                given = json.loads(result)
+            except (ValueError, RecursionError) as exc:
+                raise UserError(f"the Result field is not JSON ({exc}); nothing was recorded") from None
+        actions.settle_effect(run_id, key, done=done == "yes", result=given, given_as="the Result field")
+
+    said = "happened" if done == "yes" else "did not happen: a retry will act"
+    return await _act(actions.store, run_id, f"the effect {key} {said}; resume the run", settle)

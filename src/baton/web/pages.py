@@ -10,6 +10,7 @@ from importlib.resources import files
 
 from jinja2 import Environment, FunctionLoader, select_autoescape
 
+from baton._effect_result import describe
 from baton.patterns.base import parallel_steps
 from baton.run import Run, StepRecord
 from baton.status import StepStatus
@@ -29,6 +30,7 @@ def templates() -> Environment:
     env.filters["duration"] = _duration
     env.filters["cost"] = _cost
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    env.filters["shape"] = describe  # an effect's result schema, in a few words
     return env
 
 

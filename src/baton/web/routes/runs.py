@@ -1,4 +1,4 @@
-"""The runs API: list, start, show, and act on a run (resume, retry, cancel, approve, reject)."""
+"""The runs API: list, start, show, and act on a run (resume, retry, cancel, approve, reject, settle an effect)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from baton.effects import NO_RESULT
 from baton.patterns.registry import registered
 from baton.status import RunStatus
 from baton.web.deps import ActionsDep, RuntimeDep, StoreDep
 
-__all__ = ["RejectRequest", "RetryRequest", "router"]
+__all__ = ["MarkEffectRequest", "RejectRequest", "RetryRequest", "router"]
 
 router = APIRouter()
 
@@ -30,6 +31,16 @@ class RetryRequest(BaseModel):
     """The body of POST /runs/{id}/retry."""
 
     from_step: str = Field(min_length=1, max_length=100, description="The step to run again, with the ones after it")
+
+
+class MarkEffectRequest(BaseModel):
+    """The body of POST /runs/{id}/effects/mark: a person's word on an uncertain side effect."""
+
+    key: str = Field(min_length=1, max_length=300, description="The effect's idempotency key")
+    done: bool = Field(description="It happened (never do it again), or it did not (a retry may act)")
+    result: Any = Field(
+        default=None, description="With done: what the act returned, needed when the step uses it (JSON)"
+    )
 
 
 @router.get("/runs")
@@ -107,6 +118,14 @@ def approve_run(run_id: str, actions: ActionsDep) -> JSONResponse:
     """Approve a run awaiting approval: it goes on, in the background, at the step it waited before."""
     approved = actions.approve(run_id)
     return JSONResponse({"id": approved, "url": f"/runs/{approved}"}, status_code=202)
+
+
+@router.post("/runs/{run_id}/effects/mark")
+def mark_effect(run_id: str, body: MarkEffectRequest, actions: ActionsDep) -> dict[str, Any]:
+    """Say whether an uncertain side effect of the run happened, and what it returned; then resume the run."""
+    result = body.result if "result" in body.model_fields_set else NO_RESULT  # null is a result; absent is none
+    marked = actions.settle_effect(run_id, body.key, done=body.done, result=result, given_as='"result" in the body')
+    return marked.to_json_dict() if marked is not None else {"key": body.key, "status": "not_done"}
 
 
 @router.post("/runs/{run_id}/reject")
