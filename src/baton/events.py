@@ -31,8 +31,8 @@ from pydantic import BaseModel
 
 from baton._context import current_step
 from baton._ids import new_run_id
-from baton.contracts import validate_input, validate_json
-from baton.errors import ContractViolation, DefinitionError, UserError
+from baton.contracts import refuse_nul, validate_input, validate_json
+from baton.errors import ContractViolation, DefinitionError, InvalidInput, UserError
 from baton.patterns import Pipeline
 from baton.patterns.base import Pattern
 from baton.patterns.registry import find_pattern
@@ -109,7 +109,7 @@ def emit(event_type: str, payload: BaseModel) -> str:
     ctx = current_step()
     if ctx is None:
         raise UserError("emit() works inside a step; elsewhere use baton.publish(type, payload)")
-    payload_json = _checked(event_type, payload, where=f"step '{ctx.step}'")
+    payload_json = _checked(event_type, payload, where=f"step '{ctx.step}'", step=ctx.step)
     event_id = new_run_id()
     ctx.events.append((event_id, event_type, payload_json))
     return event_id
@@ -131,7 +131,7 @@ def publish(
         # The payload is the first subscriber's input; all the others are checked against it just below.
         first = subs[0].pattern if subs else None
         payload = validate_input(first.input, payload, step=first.steps[0].name) if first else _Loose(**payload)
-    payload_json = _checked(event_type, payload, where="publish()")
+    payload_json = _checked(event_type, payload, where="publish()", step=None, error=InvalidInput)
     s = store if isinstance(store, RunStore) else open_store(store)
     event_id = new_run_id()
     s.events.add(event_id, event_type, payload_json, correlation_id or event_id, utcnow(), runtime=runtime)
@@ -143,10 +143,21 @@ class _Loose(BaseModel, extra="allow"):
     """A payload for an event type nobody here subscribes to: kept as given."""
 
 
-def _checked(event_type: str, payload: BaseModel, *, where: str) -> str:
+def _checked(
+    event_type: str,
+    payload: BaseModel,
+    *,
+    where: str,
+    step: str | None,
+    error: type[ContractViolation] = ContractViolation,
+) -> str:
     if not isinstance(payload, BaseModel):
         raise UserError(f"{where}: the payload of event '{event_type}' must be a contract (a Pydantic model)")
     payload_json = payload.model_dump_json()
+    # Checked even with no subscriber: the outbox keeps the payload, and a store that cannot must not get it.
+    refuse_nul(
+        payload_json, contract=type(payload).__name__, step=step, where=f"payload of event '{event_type}'", error=error
+    )
     for sub in subscribers(event_type):
         first = sub.pattern.steps[0]
         validate_json(sub.pattern.input, payload_json, step=first.name, where=f"input (event '{event_type}')")
