@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from baton._text import storable
+
 __all__ = ["LLMCall", "StepContext", "current_step"]
 
 
@@ -24,6 +26,9 @@ class LLMCall:
     outcome: str  # answer | invalid | tool_calls | error
     started_at: datetime
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.error = storable(self.error)  # a provider's message may hold NUL, which PostgreSQL refuses
 
 
 @dataclass(slots=True)

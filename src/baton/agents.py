@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 
 from baton._context import LLMCall, StepContext, current_step
-from baton.contracts import is_contract
+from baton.contracts import is_contract, refuse_nul
 from baton.errors import ContractViolation, DefinitionError
 from baton.pricing import cost_of
 from baton.providers import Completion, Message, ToolCall, ToolSpec, check_model, get_provider, split_model
@@ -200,9 +200,17 @@ class Agent(Step):
             raw, call = await self._answer(messages, ctx)
             try:
                 answer = self._parse(raw)
-            except ValidationError as exc:
-                violation = ContractViolation.from_validation_error(
-                    exc, contract=self.output.__name__, step=self.name, where="the model's answer"
+                # A NUL the store cannot keep is an invalid answer like any other: the model is asked again.
+                refuse_nul(
+                    answer.model_dump_json(), contract=self.output.__name__, step=self.name, where="the model's answer"
+                )
+            except (ValidationError, ContractViolation) as exc:
+                violation = (
+                    exc
+                    if isinstance(exc, ContractViolation)
+                    else ContractViolation.from_validation_error(
+                        exc, contract=self.output.__name__, step=self.name, where="the model's answer"
+                    )
                 )
                 errors = violation.errors
                 await _keep(ctx, call, "invalid")

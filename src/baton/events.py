@@ -12,7 +12,9 @@ An emitted event is written with the emitting step's checkpoint (an outbox): if 
 its events are never seen. It is then dispatched: each subscriber gets a run of its own whose input is the
 event's payload, validated against the subscriber's input contract. A subscriber handles an event once
 (one delivery per event and subscriber); a subscriber whose run fails for good dead-letters the event, which
-`baton events --dead` lists and `baton events replay EVENT_ID` delivers again.
+`baton events --dead` lists and `baton events replay EVENT_ID` delivers again. An event that cannot be
+handed over at all (the broker refuses it, the database does, a bug) is tried again by later dispatches,
+`MAX_TRIES` times in all with a growing wait between, then dead-lettered with its last error.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pydantic import BaseModel
 
 from baton._context import current_step
 from baton._ids import new_run_id
-from baton.contracts import validate_input, validate_json
-from baton.errors import ContractViolation, DefinitionError, UserError
+from baton.contracts import refuse_nul, validate_input, validate_json
+from baton.errors import ContractViolation, DefinitionError, InvalidInput, UserError
 from baton.patterns import Pipeline
 from baton.patterns.base import Pattern
 from baton.patterns.registry import find_pattern
@@ -42,9 +44,25 @@ from baton.steps import Step
 from baton.store import RunStore, open_store, utcnow
 from baton.store.events import EventRecord
 
-__all__ = ["Subscription", "dispatch", "emit", "on", "publish", "redeliver", "subscribers"]
+__all__ = [
+    "MAX_TRIES",
+    "RETRY_SECONDS",
+    "Subscription",
+    "dispatch",
+    "emit",
+    "on",
+    "publish",
+    "redeliver",
+    "subscribers",
+]
 
 log = logging.getLogger("baton.events")
+
+# How many dispatches of an event may fail before its subscribers get a dead letter, and the wait after the
+# first failure, doubled after each: tries at about 0 s, 15 s, 45 s, 1 min 45 s and 3 min 45 s (a sweep's pace,
+# so a broker restart is waited out), then the dead letter, which `baton events replay` delivers again.
+MAX_TRIES = 5
+RETRY_SECONDS = 15.0
 
 EVENT_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
 
@@ -109,7 +127,7 @@ def emit(event_type: str, payload: BaseModel) -> str:
     ctx = current_step()
     if ctx is None:
         raise UserError("emit() works inside a step; elsewhere use baton.publish(type, payload)")
-    payload_json = _checked(event_type, payload, where=f"step '{ctx.step}'")
+    payload_json = _checked(event_type, payload, where=f"step '{ctx.step}'", step=ctx.step)
     event_id = new_run_id()
     ctx.events.append((event_id, event_type, payload_json))
     return event_id
@@ -131,7 +149,7 @@ def publish(
         # The payload is the first subscriber's input; all the others are checked against it just below.
         first = subs[0].pattern if subs else None
         payload = validate_input(first.input, payload, step=first.steps[0].name) if first else _Loose(**payload)
-    payload_json = _checked(event_type, payload, where="publish()")
+    payload_json = _checked(event_type, payload, where="publish()", step=None, error=InvalidInput)
     s = store if isinstance(store, RunStore) else open_store(store)
     event_id = new_run_id()
     s.events.add(event_id, event_type, payload_json, correlation_id or event_id, utcnow(), runtime=runtime)
@@ -143,10 +161,21 @@ class _Loose(BaseModel, extra="allow"):
     """A payload for an event type nobody here subscribes to: kept as given."""
 
 
-def _checked(event_type: str, payload: BaseModel, *, where: str) -> str:
+def _checked(
+    event_type: str,
+    payload: BaseModel,
+    *,
+    where: str,
+    step: str | None,
+    error: type[ContractViolation] = ContractViolation,
+) -> str:
     if not isinstance(payload, BaseModel):
         raise UserError(f"{where}: the payload of event '{event_type}' must be a contract (a Pydantic model)")
     payload_json = payload.model_dump_json()
+    # Checked even with no subscriber: the outbox keeps the payload, and a store that cannot must not get it.
+    refuse_nul(
+        payload_json, contract=type(payload).__name__, step=step, where=f"payload of event '{event_type}'", error=error
+    )
     for sub in subscribers(event_type):
         first = sub.pattern.steps[0]
         validate_json(sub.pattern.input, payload_json, step=first.name, where=f"input (event '{event_type}')")
@@ -159,23 +188,27 @@ def dispatch(
     *,
     older_than_s: float | None = None,
     event_ids: Sequence[str] | None = None,
+    now_too: bool = False,
 ) -> int:
     """Hand the events of the outbox to their subscribers; returns how many events were handed over.
 
     Each event goes to its subscribers on its own runtime (the emitting run's, or the one it was published
     for); with `runtime`, only the events of that runtime are dispatched. Its subscribers are the ones this
     process knows and the ones other processes recorded, imported from their targets; one that cannot be
-    imported gets a dead letter saying why. An event that fails to go out stays in the outbox for the next
-    dispatch, and never holds up the others. With `older_than_s`, only events older than that (a sweep
-    after a crash, leaving fresh events to the process that emitted them).
+    imported gets a dead letter saying why. An event that fails to go out stays in the outbox for a later
+    dispatch (see `MAX_TRIES`), and never holds up the others. With `older_than_s`, only events older than
+    that (a sweep after a crash, leaving fresh events to the process that emitted them); with `now_too`,
+    also those a failed try put off (a person asked).
     """
-    older = utcnow() - timedelta(seconds=older_than_s) if older_than_s is not None else None
+    started = utcnow()
+    older = started - timedelta(seconds=older_than_s) if older_than_s is not None else None
+    due = None if now_too else started
     _declare(store)
     handed = 0
     after: str | None = None
     by_type: dict[str, dict[str, Subscription | str]] = {}  # one look at the recorded subscribers per type
     while True:
-        batch = store.events.outbox(older_than=older, after=after, runtime=runtime, ids=event_ids, limit=100)
+        batch = store.events.outbox(older_than=older, after=after, runtime=runtime, ids=event_ids, due=due, limit=100)
         for event in batch:
             after = event.id
             try:
@@ -188,10 +221,32 @@ def dispatch(
                         store.events.undeliverable(event.id, name, sub, utcnow())
                 store.events.mark_dispatched(event.id, utcnow())
                 handed += 1
-            except Exception:  # the broker or the database: this event waits for the next dispatch
-                log.warning("event %s (%s) could not be handed over yet", event.id, event.type, exc_info=True)
+            except Exception as exc:  # the broker, the database, a bug: a later dispatch tries again, or gives up
+                _failed(store, event, by_type.get(event.type), exc)
         if len(batch) < 100:
             return handed
+
+
+def _failed(store: RunStore, event: EventRecord, known: dict[str, Subscription | str] | None, exc: Exception) -> None:
+    """Count a dispatch of `event` that failed; after `MAX_TRIES`, its subscribers get a dead letter with why."""
+    reason = f"{type(exc).__name__}: {exc}"
+    try:
+        now = utcnow()
+        retry_at = now + timedelta(seconds=RETRY_SECONDS * 2**event.tries)
+        tries = store.events.failed_try(event.id, reason, now, retry_at)
+        if 0 < tries < MAX_TRIES:
+            log.warning(
+                "event %s (%s) could not be handed over (try %d of %d), again after %s",
+                event.id, event.type, tries, MAX_TRIES, f"{retry_at:%H:%M:%S}", exc_info=exc,
+            )  # fmt: skip
+        elif tries >= MAX_TRIES:
+            names = list(known) if known else [s.name for s in subscribers(event.type)]
+            names += [n for n in ([] if known else store.events.subscriptions_of(event.type)) if n not in names]
+            why = f"not handed over after {tries} tries; the last failed with {reason}"
+            store.events.dead_letter(event.id, names or ["(dispatch)"], why, now)
+            log.error("event %s (%s) is a dead letter: %s", event.id, event.type, why, exc_info=exc)
+    except Exception:  # the store itself: the event is not to blame, and waits for the next dispatch
+        log.warning("event %s (%s) could not be handed over yet", event.id, event.type, exc_info=exc)
 
 
 def _subscribers_everywhere(store: RunStore, event_type: str) -> dict[str, Subscription | str]:

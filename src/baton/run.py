@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from baton._text import storable, storable_values
 from baton.errors import StepFailed
 from baton.status import RunStatus, StepStatus
 
@@ -22,6 +23,16 @@ class ErrorInfo:
     traceback: str | None = None
     raw_output: str | None = None
     validation_errors: tuple[dict[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        # What is kept of an error must always be storable: a NUL in it (from a message, a traceback, a model's
+        # answer) is written out as `\u0000`, which no store refuses.
+        for name in ("message", "traceback", "raw_output"):
+            text = getattr(self, name)
+            if text is not None and "\x00" in text:
+                object.__setattr__(self, name, storable(text))
+        if self.validation_errors is not None:
+            object.__setattr__(self, "validation_errors", tuple(storable_values(e) for e in self.validation_errors))
 
     def to_json_dict(self) -> dict[str, Any]:
         """As `show --json` prints it."""

@@ -86,7 +86,8 @@ def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], d
 
     settings = cli_settings(database_url=database_url)  # before the modules' agents are declared
     import_modules(imports)
-    count = dispatch_events(_store(settings), runtime, older_than_s=older_than or None)
+    # A person asking: events that a failed try put off go now too (each failure still counts a try).
+    count = dispatch_events(_store(settings), runtime, older_than_s=older_than or None, now_too=True)
     click.echo(f"{count} events handed to their subscribers")
 
 
@@ -109,20 +110,28 @@ def trace(correlation_id: str, database_url: str | None) -> None:
 
 
 def render_events(found: list[EventRecord]) -> Table:
-    """Events as a table: type, when, where they came from and where they went."""
+    """Events as a table: type, when, where they came from, where they went, and why not (a dead letter's
+    reason, or the last failed try of one still in the outbox)."""
     table = Table(title="events", title_justify="left")
     for column in ("event", "type", "created (UTC)", "from run", "subscriber", "run", "status"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("event", "from run", "run"))  # ids are copied whole
+    table.add_column("why", overflow="fold")
     for e in found:
         rows = e.deliveries or ()
         first = True
         for d in rows or [None]:
             when = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            waiting = (
+                f"(not dispatched yet, {e.tries} failed {'try' if e.tries == 1 else 'tries'})"
+                if e.tries
+                else "(not dispatched yet)"
+            )
+            why = (d.error if d else None) or (e.last_error if not e.dispatched_at else None) or ""
             table.add_row(
                 e.id if first else "", e.type if first else "", when if first else "",
                 (e.source_run or "(published)") if first else "",
-                d.subscriber if d else ("-" if e.dispatched_at else "(not dispatched yet)"),
-                (d.run_id or "-") if d else "", _status(d.status) if d else Text(""),
+                d.subscriber if d else ("-" if e.dispatched_at else waiting),
+                (d.run_id or "-") if d else "", _status(d.status) if d else Text(""), why,
             )  # fmt: skip
             first = False
     return table

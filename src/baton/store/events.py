@@ -2,9 +2,11 @@
 
 An event is written in the transaction of the checkpoint of the step that emitted it (see `RunWriter`), or
 on its own by `publish`. Until it is handed to its subscribers it has no `dispatched_at`: a dispatcher that
-crashed leaves it there, and the next dispatch hands it over again. Each (event, subscriber) pair has one
-delivery row, created in the same transaction as the run that handles it, so a subscriber handles an event
-once however often the event is dispatched; the delivery's status is its run's.
+crashed leaves it there, and the next dispatch hands it over again. A dispatch that fails counts a try on
+the event (`tries`, `last_error`) and puts the next one off (`retry_at`); `dead_letter` gives up on it.
+Each (event, subscriber) pair has one delivery row, created in the same transaction as the run that handles
+it, so a subscriber handles an event once however often the event is dispatched; the delivery's status is
+its run's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
 
+from baton._text import storable
 from baton.status import RunStatus
 from baton.store.context import StoreContext
 from baton.store.schema import deliveries, events, runs, subscriptions
@@ -26,6 +29,8 @@ __all__ = ["Delivery", "EventRecord", "Events"]
 
 # A delivery whose run ended in one of these is dead-lettered: its subscriber did not handle the event.
 DEAD = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
+# How much of a failed dispatch's error is kept (a traceback's last line is enough to tell why).
+_ERROR_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,8 @@ class EventRecord:
     dispatched_at: datetime | None
     runtime: str = "local"
     deliveries: tuple[Delivery, ...] = field(default=())
+    tries: int = 0  # dispatches that failed so far
+    last_error: str | None = None  # the last one's error
 
     def to_json_dict(self) -> dict[str, Any]:
         """The `baton events --json` shape."""
@@ -74,7 +81,7 @@ class EventRecord:
                 | ({"error": d.error} if d.error else {})
                 for d in self.deliveries
             ],
-        }
+        } | ({"tries": self.tries, "last_error": self.last_error} if self.tries else {})
 
 
 class Events:
@@ -143,11 +150,15 @@ class Events:
         after: str | None = None,
         runtime: str | None = None,
         ids: Sequence[str] | None = None,
+        due: datetime | None = None,
         limit: int = 100,
     ) -> builtins.list[EventRecord]:
         """Events not yet handed to their subscribers, oldest first (ids are time-ordered): only those
-        written before `older_than`, after the event `after` (a keyset cursor), and for `runtime`."""
+        written before `older_than`, after the event `after` (a keyset cursor), for `runtime`, and (with
+        `due`) not put off past then by a failed try."""
         query = select(events).where(events.c.dispatched_at.is_(None)).order_by(events.c.id).limit(limit)
+        if due is not None:
+            query = query.where(or_(events.c.retry_at.is_(None), events.c.retry_at <= due))
         if runtime is not None:
             query = query.where(events.c.runtime == runtime)
         if ids is not None:
@@ -164,6 +175,26 @@ class Events:
         with self._ctx.begin(conn) as c:
             c.execute(update(events).where(events.c.id == event_id).values(dispatched_at=now))
 
+    def failed_try(self, event_id: str, error: str, now: datetime, retry_at: datetime) -> int:
+        """Count a dispatch of the event that failed with `error`, not to be tried again before `retry_at`;
+        returns its tries so far (0 when it was handed over meanwhile, by another process)."""
+        statement = (
+            update(events)
+            .where(events.c.id == event_id, events.c.dispatched_at.is_(None))
+            .values(tries=events.c.tries + 1, last_error=storable(error[:_ERROR_CHARS]), retry_at=retry_at)
+            .returning(events.c.tries)
+        )
+        with self._ctx.engine.begin() as c:
+            return int(c.execute(statement).scalar() or 0)
+
+    def dead_letter(self, event_id: str, subscribers: Sequence[str], error: str, now: datetime) -> None:
+        """Give up on handing the event over: each of `subscribers` without a run gets a dead letter saying
+        `error`, and the event leaves the outbox, in one transaction."""
+        with self._ctx.engine.begin() as c:
+            for subscriber in subscribers:
+                self.undeliverable(event_id, subscriber, error, now, conn=c)
+            self.mark_dispatched(event_id, now, conn=c)
+
     def undeliverable(
         self, event_id: str, subscriber: str, error: str, now: datetime, *, conn: Connection | None = None
     ) -> None:
@@ -171,6 +202,7 @@ class Events:
 
         A delivery that already has a run keeps it: another process handed the event over meanwhile.
         """
+        error = storable(error) or ""
         key = {"event_id": event_id, "subscriber": subscriber}
         statement = self._ctx.insert(deliveries).values(
             **key, deliveries=0, error=error, created_at=now, updated_at=now
@@ -274,4 +306,6 @@ def _event(row: Any) -> EventRecord:
         created_at=row["created_at"],
         dispatched_at=row["dispatched_at"],
         runtime=row["runtime"],
+        tries=row["tries"],
+        last_error=row["last_error"],
     )

@@ -185,6 +185,11 @@ events = Table(
     Column("dispatched_at", DateTime, nullable=True),
     # Where its subscribers' runs execute: the emitting run's runtime, or the one it was published for.
     Column("runtime", String(50), nullable=False, default="local", server_default="local"),
+    # Dispatches that failed (the broker, the database, a bug), the last one's error, and when the next may
+    # try: after `baton.events.MAX_TRIES` the event's undelivered subscribers get a dead letter instead.
+    Column("tries", Integer, nullable=False, default=0, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("retry_at", DateTime, nullable=True),
     Index("ix_baton_events_correlation", "correlation_id"),
     Index(
         "ix_baton_events_outbox",

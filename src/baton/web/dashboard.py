@@ -139,6 +139,8 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
     kind = _pattern_kind(run)
     rows, span = lanes(run, kind, now)
     received = store.events.get(run.trigger_event) if run.trigger_event else None
+    # Where each emitted event went: a dead letter (and why) or failed tries show beside it.
+    sent = store.events.list(ids=[eid for eid, _ in run.emitted], limit=len(run.emitted)) if run.emitted else []
     effects = store.effects.list(run.id)
     return {
         "run": run,
@@ -148,6 +150,7 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
         "received": received,
         "effects": effects,
         "emitted": run.emitted,
+        "sent": {e.id: e for e in sent},
         "live": not run.status.finished,
         "awaiting": run.status is RunStatus.AWAITING_APPROVAL,
         "run_step_waiting": next(
