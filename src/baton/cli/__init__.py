@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -29,6 +28,7 @@ from baton.cli._common import (
 from baton.cli.effects import effects
 from baton.cli.events import events, trace
 from baton.errors import UserError
+from baton.limits import parse_json, read_bounded
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime import get_runtime
@@ -39,14 +39,22 @@ __all__ = ["main"]
 
 
 def _read_input(text: str) -> Any:
+    """The value `--input` gives: JSON, or @FILE (@- for stdin), within baton's limits on inputs."""
     if text.startswith("@"):
         path = text[1:]
         try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            if path == "-":
+                data = read_bounded(sys.stdin.buffer, what="--input @-")
+            else:
+                with open(path, "rb") as f:
+                    data = read_bounded(f, what=f"--input {text}")
         except OSError as exc:
             raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--input") from None
+    else:
+        # The argument's own bytes: text that was not UTF-8 comes back as it was given, and is refused.
+        data = os.fsencode(text)
     try:
-        return json.loads(text)
+        return parse_json(data, what=f"--input {text}" if text.startswith("@") else "--input")
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--input") from None
 
