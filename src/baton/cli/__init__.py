@@ -25,6 +25,7 @@ from baton.cli._common import (
     setting_option,
     store_option,
 )
+from baton.cli.bulk import BULK_STATUSES, check_options, resume_all
 from baton.cli.effects import effects
 from baton.cli.events import events, trace
 from baton.errors import UserError
@@ -175,7 +176,7 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option(
     "--runtime", default=None, help="Where the rest of the run executes. Default: where it ran (local or celery)."
 )
@@ -187,13 +188,35 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     help="Retry from this step: its checkpoint and the ones after it are discarded and run again "
     "(a finished run too, a succeeded one included).",
 )
+@click.option("--all", "all_runs", is_flag=True, help="Every run in --status instead of one RUN_ID (a dry run).")
+@click.option("--status", type=click.Choice(BULK_STATUSES), help="With --all: the runs in this status.")
+@click.option("--pipeline", help="With --all: only the runs of this pipeline.")
+@click.option(
+    "--older-than", metavar="DURATION",
+    help="With --all: only the runs unchanged for this long (30s, 10m, 2h, 1d), by their last update.",
+)  # fmt: skip
+@click.option("--yes", is_flag=True, help="With --all: resume them; without it they are only listed.")
 @store_option
 @json_option
 @_errors_to_exit
 def resume(
-    run_id: str, runtime: str | None, wait: bool | None, from_step: str | None, database_url: str | None, as_json: bool
-) -> None:
-    """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run."""
+    run_id: str | None, runtime: str | None, wait: bool | None, from_step: str | None, all_runs: bool,
+    status: str | None, pipeline: str | None, older_than: str | None, yes: bool, database_url: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run.
+
+    With --all --status S (interrupted, failed or pending), every run in that status (of --pipeline, unchanged
+    for --older-than) is listed; with --yes each is resumed on its own runtime, one line a run, and the
+    command exits 1 if any could not be. Runs of the local runtime go on in this process, which waits for them.
+    """
+    given = {"--runtime": runtime, "--wait": wait, "--from": from_step, "--status": status, "--pipeline": pipeline}
+    check_options(run_id, all_runs, given | {"--older-than": older_than, "--yes": yes})
+    if all_runs:
+        store = _store(cli_settings(database_url=database_url))
+        bulk = {"pipeline": pipeline, "older_than": older_than, "yes": yes, "as_json": as_json}
+        sys.exit(resume_all(store, status=status or "", **bulk))
+    assert run_id is not None  # check_options refused the rest
     from baton.cli.render import LiveProgress
 
     store = _store(cli_settings(database_url=database_url))
