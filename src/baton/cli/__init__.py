@@ -29,7 +29,7 @@ from baton.cli.bulk import BULK_STATUSES, check_options, resume_all
 from baton.cli.effects import effects
 from baton.cli.events import events, trace
 from baton.errors import UserError
-from baton.limits import parse_json, read_bounded
+from baton.limits import MAX_DEPTH, MAX_INPUT_BYTES, parse_json, read_bounded
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime import get_runtime
@@ -89,7 +89,11 @@ def main() -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--input", "input_text", required=True, help="The run's input: JSON, or @FILE (@- for stdin).")
+@click.option(
+    "--input", "input_text", required=True,
+    help=f"The run's input: JSON, or @FILE (@- for stdin); at most {MAX_INPUT_BYTES // 2**20} MiB, nested at most "
+    f"{MAX_DEPTH} deep.",
+)  # fmt: skip
 @setting_option(
     "--runtime", variable="BATON_RUNTIME", show_default=True,
     help="Where the steps execute: local (this process) or celery (`baton worker` processes).",
