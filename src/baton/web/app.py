@@ -71,9 +71,9 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     # Inside the guard (added first): a body is counted only for who may send it, and a body past the limit
     # is answered from within the app, not through the guard's own reading of the request.
     app.add_middleware(BodyLimit)
+    app.exception_handler(RequestValidationError)(validation_problem)  # without echoing large inputs
     app.middleware("http")(_guard)
     app.exception_handler(BatonError)(_baton_error)
-    app.exception_handler(RequestValidationError)(validation_problem)
     # The order of the API's routes is the order of its OpenAPI document.
     for router in (events_router, runs_router, dashboard_router, login_router):
         app.include_router(router)
