@@ -305,7 +305,7 @@ def redeliver(
     runs. A delivery that succeeded, or whose run still goes on, is never handed over again."""
     event = store.events.get(event_id)
     if event is None:
-        raise UserError(f"no event with id {event_id!r} in {store.describe()}")
+        raise UserError(f"no event with id {event_id!r} in this store")
     started = []
     for delivery in event.deliveries:
         if (subscriber and delivery.subscriber != subscriber) or not delivery.dead:

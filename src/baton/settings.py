@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from baton._urls import mask_url
 from baton.errors import UserError
 
 __all__ = [
@@ -36,8 +37,21 @@ def _var(name: str, default: Any, *choices: str, minimum: float = 0, secret: boo
     return field(default=default, repr=not secret, metadata={"env": name, "choices": choices, "minimum": minimum})
 
 
-@dataclass(frozen=True)
-class StoreSettings:
+class _Section:
+    """A section's repr: URLs without their secrets (`mask_url`), secret fields left out."""
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):  # type: ignore[arg-type]
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={mask_url(value)!r}" if isinstance(value, str) else f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
+class StoreSettings(_Section):
     """The run store."""
 
     database_url: str = _var("BATON_DATABASE_URL", "")
@@ -53,8 +67,8 @@ class StoreSettings:
         return f"sqlite:///{Path.cwd() / '.baton' / 'baton.db'}"
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
+@dataclass(frozen=True, repr=False)
+class WorkerSettings(_Section):
     """The celery runtime and `baton worker`."""
 
     broker_url: str = _var("BATON_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -77,8 +91,8 @@ class WorkerSettings:
     pool: str = _var("BATON_WORKER_POOL", "threads", "threads", "prefork", "solo")
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+@dataclass(frozen=True, repr=False)
+class ServerSettings(_Section):
     """`baton serve`."""
 
     host: str = _var("BATON_HOST", "127.0.0.1")
@@ -87,8 +101,8 @@ class ServerSettings:
     dashboard_token: str = _var("BATON_DASHBOARD_TOKEN", "", secret=True)
 
 
-@dataclass(frozen=True)
-class ProviderSettings:
+@dataclass(frozen=True, repr=False)
+class ProviderSettings(_Section):
     """The model providers. API keys are not here: they stay in the vendors' own variables, never stored."""
 
     # The model of agents that name none.
@@ -103,8 +117,8 @@ class ProviderSettings:
     local_threads: int = _var("BATON_LOCAL_THREADS", 0)
 
 
-@dataclass(frozen=True)
-class MailSettings:
+@dataclass(frozen=True, repr=False)
+class MailSettings(_Section):
     """`baton.mail.send_email`."""
 
     # smtp://[user:password@]host[:port][?from=...&starttls=1], or smtps://...; empty: no server.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -26,9 +25,11 @@ from baton.cli._common import (
     setting_option,
     store_option,
 )
+from baton.cli.bulk import BULK_STATUSES, check_options, resume_all
 from baton.cli.effects import effects
 from baton.cli.events import events, trace
 from baton.errors import UserError
+from baton.limits import MAX_DEPTH, MAX_INPUT_BYTES, parse_json, read_bounded
 from baton.patterns.registry import find_pattern
 from baton.run import Run
 from baton.runtime import get_runtime
@@ -39,14 +40,22 @@ __all__ = ["main"]
 
 
 def _read_input(text: str) -> Any:
+    """The value `--input` gives: JSON, or @FILE (@- for stdin), within baton's limits on inputs."""
     if text.startswith("@"):
         path = text[1:]
         try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            if path == "-":
+                data = read_bounded(sys.stdin.buffer, what="--input @-")
+            else:
+                with open(path, "rb") as f:
+                    data = read_bounded(f, what=f"--input {text}")
         except OSError as exc:
             raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--input") from None
+    else:
+        # The argument's own bytes: text that was not UTF-8 comes back as it was given, and is refused.
+        data = os.fsencode(text)
     try:
-        return json.loads(text)
+        return parse_json(data, what=f"--input {text}" if text.startswith("@") else "--input")
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--input") from None
 
@@ -80,7 +89,11 @@ def main() -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--input", "input_text", required=True, help="The run's input: JSON, or @FILE (@- for stdin).")
+@click.option(
+    "--input", "input_text", required=True,
+    help=f"The run's input: JSON, or @FILE (@- for stdin); at most {MAX_INPUT_BYTES // 2**20} MiB, nested at most "
+    f"{MAX_DEPTH} deep.",
+)  # fmt: skip
 @setting_option(
     "--runtime", variable="BATON_RUNTIME", show_default=True,
     help="Where the steps execute: local (this process) or celery (`baton worker` processes).",
@@ -167,7 +180,7 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option(
     "--runtime", default=None, help="Where the rest of the run executes. Default: where it ran (local or celery)."
 )
@@ -179,13 +192,35 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     help="Retry from this step: its checkpoint and the ones after it are discarded and run again "
     "(a finished run too, a succeeded one included).",
 )
+@click.option("--all", "all_runs", is_flag=True, help="Every run in --status instead of one RUN_ID (a dry run).")
+@click.option("--status", type=click.Choice(BULK_STATUSES), help="With --all: the runs in this status.")
+@click.option("--pipeline", help="With --all: only the runs of this pipeline.")
+@click.option(
+    "--older-than", metavar="DURATION",
+    help="With --all: only the runs unchanged for this long (30s, 10m, 2h, 1d), by their last update.",
+)  # fmt: skip
+@click.option("--yes", is_flag=True, help="With --all: resume them; without it they are only listed.")
 @store_option
 @json_option
 @_errors_to_exit
 def resume(
-    run_id: str, runtime: str | None, wait: bool | None, from_step: str | None, database_url: str | None, as_json: bool
-) -> None:
-    """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run."""
+    run_id: str | None, runtime: str | None, wait: bool | None, from_step: str | None, all_runs: bool,
+    status: str | None, pipeline: str | None, older_than: str | None, yes: bool, database_url: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run.
+
+    With --all --status S (interrupted, failed or pending), every run in that status (of --pipeline, unchanged
+    for --older-than) is listed; with --yes each is resumed on its own runtime, one line a run, and the
+    command exits 1 if any could not be. Runs of the local runtime go on in this process, which waits for them.
+    """
+    given = {"--runtime": runtime, "--wait": wait, "--from": from_step, "--status": status, "--pipeline": pipeline}
+    check_options(run_id, all_runs, given | {"--older-than": older_than, "--yes": yes})
+    if all_runs:
+        store = _store(cli_settings(database_url=database_url))
+        bulk = {"pipeline": pipeline, "older_than": older_than, "yes": yes, "as_json": as_json}
+        sys.exit(resume_all(store, status=status or "", **bulk))
+    assert run_id is not None  # check_options refused the rest
     from baton.cli.render import LiveProgress
 
     store = _store(cli_settings(database_url=database_url))

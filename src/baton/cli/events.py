@@ -64,7 +64,7 @@ def replay(
     store: RunStore = _store(settings)
     event = store.events.get(event_id)
     if event is None:
-        raise UserError(f"no event with id {event_id!r} in {store.describe()}")
+        raise UserError(f"no event with id {event_id!r} in this store")
     started = redeliver(store, event.id, runtime=runtime, subscriber=subscriber)
     if not started:
         raise UserError(f"event {event.id} has no dead-lettered delivery to replay (see: baton events --dead)")

@@ -8,7 +8,7 @@ as on the thousandth, whatever the store holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,7 @@ from baton.status import RunStatus
 from baton.store.context import StoreContext
 from baton.store.schema import runs
 
-__all__ = ["Browse", "RunFilter", "id_at"]
+__all__ = ["Browse", "RunFilter", "RunRef", "id_at"]
 
 
 def id_at(when: datetime) -> str:
@@ -71,8 +71,20 @@ def _bound(when: datetime, field: str) -> str:
         raise UserError(f"{field}: {when.isoformat()} is out of range in UTC") from None
 
 
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """A run as an action on many runs sees it: what finds its pattern, where it runs, when it last changed."""
+
+    id: str
+    pipeline: str
+    target: str | None
+    status: RunStatus
+    runtime: str
+    updated_at: datetime
+
+
 class Browse:
-    """Counting and faceting runs, for the dashboard's filters."""
+    """Counting and faceting runs, for the dashboard's filters, and walking them, for actions on many."""
 
     def __init__(self, ctx: StoreContext) -> None:
         self._ctx = ctx
@@ -96,6 +108,34 @@ class Browse:
             counts[status] = n
         counts[RunStatus.SUCCEEDED.value] = total - sum(n for _, n in rare)
         return counts
+
+    def each(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        changed_before: datetime | None = None,
+        page: int = 500,
+    ) -> Iterator[RunRef]:
+        """Every run with `status` (of `pipeline`, last changed before `changed_before`), oldest first.
+
+        Read `page` runs at a time on a keyset (the id), with no connection held between pages: a walk over
+        100,000 runs holds 500 in memory, and runs the caller changes as it goes are not met twice.
+        """
+        cond = RunFilter(status=status, pipeline=pipeline).conditions()
+        if changed_before is not None:
+            cond.append(runs.c.updated_at < changed_before)
+        columns = (runs.c.id, runs.c.pipeline, runs.c.target, runs.c.status, runs.c.runtime, runs.c.updated_at)
+        after = ""
+        while True:
+            query = select(*columns).where(*cond, runs.c.id > after).order_by(runs.c.id).limit(page)
+            with self._ctx.engine.connect() as c:
+                rows = c.execute(query).all()
+            for rid, name, target, found, runtime, updated in rows:
+                yield RunRef(rid, name, target, RunStatus(found), runtime, updated)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def facets(self) -> tuple[list[str], list[str]]:
         """The pipelines that have runs, and the steps runs failed at: the choices of the dashboard's filters."""

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
+from baton._urls import mask_url
+
 __all__ = ["StoreContext", "utcnow"]
 
 
@@ -34,8 +36,8 @@ class StoreContext:
         return self.engine.dialect.name
 
     def describe(self) -> str:
-        """The store's URL, without a password, for messages."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The store's URL without its secrets (a password in its user part or its query), for messages."""
+        return mask_url(self.engine.url.render_as_string(hide_password=False))
 
     def insert(self, table: Table) -> Any:
         """An INSERT of the dialect's own construct, which spells ON CONFLICT."""

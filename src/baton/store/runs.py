@@ -76,7 +76,7 @@ class Runs:
                     return found[0]
                 if len(found) > 1:
                     raise RunNotFound(f"run id prefix {run_id!r} is ambiguous; give more of the id")
-        raise RunNotFound(f"no run with id {run_id!r} in {self._ctx.describe()}")
+        raise RunNotFound(f"no run with id {run_id!r} in this store")
 
     def get(self, run_id: str, *, conn: Connection | None = None) -> Run:
         """The run `run_id` (or a unique prefix) with every step, as recorded (see `reap`)."""
@@ -85,7 +85,7 @@ class Runs:
         with self._ctx.read(conn) as c:
             row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
             if row is None:
-                raise RunNotFound(f"no run with id {run_id!r} in {self._ctx.describe()}")
+                raise RunNotFound(f"no run with id {run_id!r} in this store")
             step_rows = c.execute(select(steps).where(steps.c.run_id == run_id)).mappings().all()
             attempt_rows = (
                 c.execute(select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)).mappings().all()

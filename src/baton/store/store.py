@@ -11,6 +11,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from baton._urls import mask_url
 from baton.errors import StoreUnavailable
 from baton.store.browse import Browse
 from baton.store.claims import LeaseClaimer
@@ -72,8 +73,8 @@ class RunStore:
         self.engine.dispose()
 
     def describe(self) -> str:
-        """The store's URL, without a password, for messages."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The store's URL without its secrets (a password in its user part or its query), for messages."""
+        return mask_url(self.url)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:

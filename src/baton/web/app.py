@@ -34,11 +34,14 @@ from baton.store.trouble import is_store_trouble
 
 try:
     from fastapi import FastAPI, Request, Response
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
     from baton.web.access import Access
+    from baton.web.bodies import BodyLimit
     from baton.web.dashboard import router as dashboard_router
     from baton.web.pages import templates
+    from baton.web.problems import public_message, validation_problem
     from baton.web.routes import events_router, login_router, runs_router
     from baton.web.routes.runs import RejectRequest, RetryRequest
 except ImportError as exc:  # pragma: no cover - exercised by the install hint in a bare venv
@@ -69,6 +72,10 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     app.state.sweep = sweep
     app.state.access = access or Access.from_setting(current_settings().server.dashboard_token)
     app.state.templates = templates()
+    # Inside the guard (added first): a body is counted only for who may send it, and a body past the limit
+    # is answered from within the app, not through the guard's own reading of the request.
+    app.add_middleware(BodyLimit)
+    app.exception_handler(RequestValidationError)(validation_problem)  # without echoing large inputs
     app.middleware("http")(_guard)
     app.exception_handler(BatonError)(_baton_error)
     # The store's errors, wrapped by SQLAlchemy or raised by the driver on the connections baton keeps.
@@ -153,10 +160,11 @@ async def _baton_error(request: Request, exc: Exception) -> Response:
     status = 404 if isinstance(exc, RunNotFound) else 409 if isinstance(exc, RunNotResumable) else 422
     if not isinstance(exc, UserError | ContractViolation):
         status = 500
+    problem = public_message(exc, request.app.state.store)
     if _wants_page(request):
-        html = request.app.state.templates.get_template("problem.html").render(request=request, problem=str(exc))
+        html = request.app.state.templates.get_template("problem.html").render(request=request, problem=problem)
         return HTMLResponse(html, status_code=status)
-    body: dict[str, Any] = {"detail": str(exc), "type": type(exc).__name__}
+    body: dict[str, Any] = {"detail": problem, "type": type(exc).__name__}
     if isinstance(exc, ContractViolation):
         body["errors"] = exc.errors
     return JSONResponse(body, status_code=status)

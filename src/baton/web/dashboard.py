@@ -35,6 +35,7 @@ from baton.store import RunStore, utcnow
 from baton.store.browse import RunFilter
 from baton.web.deps import ActionsDep, StoreDep, TemplatesDep
 from baton.web.pages import lanes
+from baton.web.problems import public_message
 
 __all__ = ["PAGE_SIZE", "router"]
 
@@ -190,7 +191,7 @@ async def _act(store: RunStore, run_id: str, what: str, action: Callable[[], Any
         query = {"done": what}
     except BatonError as exc:
         # Shown on the run page, which the person is looking at; nothing is lost by a refused action.
-        query = {"problem": str(exc)}
+        query = {"problem": public_message(exc, store)}
     return RedirectResponse(f"/ui/runs/{resolved}?{urlencode(query)}", status_code=303)
 
 

@@ -6,6 +6,7 @@ import functools
 
 import celery
 
+from baton._urls import mask_url
 from baton.errors import BrokerUnavailable
 from baton.settings import Settings, current_settings
 
@@ -75,11 +76,7 @@ def worker_argv(*, concurrency: int, pool: str, loglevel: str) -> list[str]:
 
 def broker_display(app: celery.Celery) -> str:
     """The broker's URL with its password masked, for messages and logs."""
-    conn = app.connection_for_write()
-    try:
-        return str(conn.as_uri())
-    finally:
-        conn.release()
+    return mask_url(str(app.conf.broker_url or ""))
 
 
 def check_broker(app: celery.Celery) -> None:

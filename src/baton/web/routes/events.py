@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -12,11 +11,12 @@ from fastapi.responses import JSONResponse
 from baton.errors import ContractViolation, InvalidInput, UserError
 from baton.events import publish, subscribers
 from baton.store import RunStore
+from baton.web.bodies import LimitedRoute, read_json
 from baton.web.deps import RuntimeDep, StoreDep
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=LimitedRoute)
 
 
 @router.post("/events/{event_type}", status_code=202)
@@ -27,10 +27,7 @@ async def post_event(event_type: str, request: Request, store: StoreDep, runtime
     """
     if not subscribers(event_type):
         raise HTTPException(404, f"nobody here subscribes to '{event_type}'")
-    try:
-        payload = json.loads(await request.body() or b"null")
-    except ValueError as exc:
-        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    payload = await read_json(request)
     if not isinstance(payload, dict):
         raise HTTPException(422, "the body must be a JSON object: the event's payload")
     return await run_in_threadpool(_publish, store, runtime, event_type, payload)

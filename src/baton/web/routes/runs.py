@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -14,11 +13,12 @@ from pydantic import BaseModel, Field
 from baton.effects import NO_RESULT
 from baton.patterns.registry import registered
 from baton.status import RunStatus
+from baton.web.bodies import LimitedRoute, read_json
 from baton.web.deps import ActionsDep, RuntimeDep, StoreDep
 
 __all__ = ["MarkEffectRequest", "RejectRequest", "RetryRequest", "router"]
 
-router = APIRouter()
+router = APIRouter(route_class=LimitedRoute)
 
 
 class RejectRequest(BaseModel):
@@ -77,10 +77,7 @@ async def submit_run(pipeline: str, request: Request, store: StoreDep, runtime: 
     pattern = registered(pipeline)
     if pattern is None:
         raise HTTPException(404, f"no pattern '{pipeline}' here; start the server with --import its module")
-    try:
-        data = json.loads(await request.body() or b"null")
-    except ValueError as exc:
-        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    data = await read_json(request)
     run_id = await run_in_threadpool(pattern.submit, data, store=store, runtime=runtime)
     return JSONResponse({"id": run_id, "url": f"/runs/{run_id}"}, status_code=202)
 

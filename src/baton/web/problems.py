@@ -1,0 +1,64 @@
+"""What a client is told when something goes wrong: what it can act on, never the server's internals.
+
+A user's mistake is told as it is; any other error only by its kind (the server's log has the rest). No
+answer names the store's URL, user, host or database, and a 422 never echoes a large input back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from baton._urls import mask_url
+from baton.errors import ContractViolation, UserError
+from baton.store import RunStore
+
+__all__ = ["MAX_ECHO_CHARS", "public_message", "validation_problem"]
+
+log = logging.getLogger("baton.web")
+
+# The JSON of a refused value longer than this is not sent back: the client has it, and it may be huge.
+MAX_ECHO_CHARS = 200
+
+
+def public_message(exc: BaseException, store: RunStore) -> str:
+    """What a client may read of `exc`: a user's mistake as it is (the store's URL taken out), else its kind."""
+    if isinstance(exc, UserError | ContractViolation):
+        return _without_store(str(exc), store)
+    log.error("answered a request with a server error", exc_info=exc)
+    return f"{type(exc).__name__}: the server could not do this; its log says why"
+
+
+def _without_store(text: str, store: RunStore) -> str:
+    # Baton's own messages do not name the store; a user's mistake that quotes it (a setting, a path) must not
+    # carry it to a client either.
+    url = str(store.url)
+    for shown in {url, mask_url(url), store.engine.url.render_as_string(hide_password=True)}:
+        if shown:
+            text = text.replace(shown, "the store")
+    return text
+
+
+async def validation_problem(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for a request that does not fit its route, without the inputs too large to echo."""
+    assert isinstance(exc, RequestValidationError)  # registered for it only
+    errors = []
+    for error in exc.errors():
+        error = dict(error)
+        if "input" in error and _too_long(error["input"]):
+            del error["input"]
+        errors.append(error)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def _too_long(value: Any) -> bool:
+    try:
+        return len(json.dumps(jsonable_encoder(value))) > MAX_ECHO_CHARS
+    except (TypeError, ValueError, RecursionError):
+        return True
