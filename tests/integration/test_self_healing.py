@@ -229,3 +229,29 @@ def test_serve_answers_503_while_the_store_is_down_and_recovers_by_itself(env, t
             time.sleep(0.2)
     finally:
         server.stop()
+
+
+def test_a_killed_server_started_again_resumes_the_local_runs_it_was_running(env, tmp_path):
+    token = "healing-test-token"
+    env = env | {"BATON_DASHBOARD_TOKEN": token}
+    auth = {"Authorization": f"Bearer {token}"}
+    serve_args = ("--import", str(APPS / "controlled.py"))
+    (control(env) / "transform.block").touch()
+    server = Served(env, tmp_path / "serve-1.log", *serve_args)
+    try:
+        answer = httpx.post(f"{server.url}/runs/controlled", json={"value": 1}, headers=auth, timeout=10)
+        assert answer.status_code == 202, answer.text
+        run_id = answer.json()["id"]
+        wait_for_file(control(env) / "transform.started")
+    finally:
+        server.kill()  # mid-step, the whole process group
+    (control(env) / "transform.block").unlink()
+    again = Served(env, tmp_path / "serve-2.log", *serve_args)
+    try:
+        run = wait_until_finished(env, run_id, timeout=30)
+        assert run["status"] == "succeeded", run
+        assert run["output"] == {"value": 25}
+        assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}  # the lost attempt, and nothing else
+        assert "its process died mid-run; resumed here" in (tmp_path / "serve-2.log").read_text()
+    finally:
+        again.stop()

@@ -17,6 +17,7 @@ the runtime, the access, the templates) is the app's state, which their dependen
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -90,6 +91,9 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
+    if app.state.sweep and app.state.runtime != "celery":
+        # Before the first request: nothing else may call these runs interrupted and leave them so first.
+        await asyncio.to_thread(_adopt, app.state.store)
     if app.state.sweep:
         args = (app.state.store, app.state.runtime, stop)
         threading.Thread(target=_sweeper, args=args, name="baton-outbox", daemon=True).start()
@@ -194,7 +198,6 @@ def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
             log.warning("could not sweep the event outbox", exc_info=True)
         Sweeper(celery_app(settings), store, settings).forever(stop, also=outbox, also_every=SWEEP_SECONDS)
         return
-    _adopt(store)
     while True:
         try:
             outbox()
