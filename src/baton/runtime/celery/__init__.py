@@ -1,12 +1,12 @@
-"""The celery runtime: steps execute on `baton worker` processes, with Redis as the broker.
+"""The celery runtime: steps execute on `baton worker` processes, with Redis or RabbitMQ as the broker.
 
 Messages carry ids only (run id, step index, attempts since the step was started, which checkpoint to
 read); a run's input and every checkpoint live in the store. Each step goes through the same executor as
 on the local runtime, and what comes next is the pattern's plan. Reliability comes from three places:
 
 - the broker: tasks are acknowledged late and rejected when their worker process is lost, so a killed
-  worker's step is delivered again (at once for a killed prefork child; after `visibility_timeout` on
-  Redis when the whole machine vanished);
+  worker's step is delivered again (at once for a killed prefork child; when the whole worker is gone, after
+  `visibility_timeout` on Redis, as soon as its connection drops on RabbitMQ);
 - the store: a worker takes a step through a lease on its row, so two workers never run it at once, and a
   step whose checkpoint was committed is never run again, however often its message is delivered;
 - Celery's countdown: a transient failure is retried by re-queueing the task with exponential backoff and

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import functools
+import os
+from typing import Any
 
 import celery
 
 from baton._urls import mask_url
-from baton.errors import BrokerUnavailable
-from baton.settings import Settings, current_settings
+from baton.errors import BrokerUnavailable, UserError
+from baton.settings import Settings, WorkerSettings, current_settings
 
 __all__ = ["QUEUE", "broker_display", "celery_app", "check_broker", "worker_argv"]
 
 QUEUE = "baton"
+
+# Brokers whose URL also serves as the result backend (Celery's Redis backend counts a chord's members).
+_REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
 
 
 def celery_app(settings: Settings | None = None) -> celery.Celery:
@@ -26,21 +31,17 @@ def _app_for(settings: Settings) -> celery.Celery:
 
     app = celery.Celery("baton", set_as_current=False)
     worker = settings.worker
-    transport = {
-        "visibility_timeout": worker.visibility_timeout,
-        # Kombu looks for messages past their visibility timeout every interval x throttle seconds (100 s by
-        # default); a sweep every quarter of the timeout (at most 10 s) brings a lost worker's step back in
-        # about the timeout, not minutes after it.
-        "unacked_restore_interval": max(1.0, min(10.0, worker.visibility_timeout / 4)),
-        "unacked_restore_throttle": 1,
-    }
     app.conf.update(
         broker_url=worker.broker_url,
         # Chords count their finished members in the result backend; baton never waits on results.
-        result_backend=worker.result_backend or worker.broker_url,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
+        result_backend=_result_backend(settings),
+        broker_transport_options=_transport_options(worker),
+        result_backend_transport_options=_redis_options(worker),
         broker_connection_retry_on_startup=True,
+        # RabbitMQ closes the connection of a worker silent for this long (its machine vanished) and gives its
+        # messages to others; the worker's loop also wakes this often, so a stopping worker stops within
+        # seconds (Celery's 120, negotiated down to RabbitMQ's 60, left both at a minute). Redis ignores it.
+        broker_heartbeat=10,
         task_default_queue=QUEUE,
         task_serializer="json",
         result_serializer="json",
@@ -62,6 +63,56 @@ def _app_for(settings: Settings) -> celery.Celery:
     return app
 
 
+def _result_backend(settings: Settings) -> str:
+    """Where chords count their members: BATON_RESULT_BACKEND, else a Redis broker's own URL."""
+    worker = settings.worker
+    chosen = worker.result_backend
+    if chosen:
+        if _scheme(chosen) in ("rpc", "amqp", "amqps", "pyamqp"):
+            # Celery 5's rpc:// backend refuses chords, and the amqp:// one is gone.
+            raise UserError(
+                f"BATON_RESULT_BACKEND={_scheme(chosen)}://... cannot count a supervisor's parallel branches; "
+                "set it to a Redis URL (redis://HOST:6379/0)"
+            )
+        return chosen
+    if _scheme(worker.broker_url) in _REDIS_SCHEMES:
+        return worker.broker_url
+    raise UserError(
+        f"BATON_RESULT_BACKEND must be set when the broker is not Redis (BATON_BROKER_URL="
+        f"{_scheme(worker.broker_url)}://...): a supervisor's parallel branches are counted there; set it to a "
+        "Redis URL (redis://HOST:6379/0)"
+    )
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower()
+
+
+def _redis_options(worker: WorkerSettings) -> dict[str, float]:
+    """Kombu's Redis transport options: when a lost worker's unacknowledged message is given back."""
+    return {
+        "visibility_timeout": worker.visibility_timeout,
+        # Kombu looks for messages past their visibility timeout every interval x throttle seconds (100 s by
+        # default); a sweep every quarter of the timeout (at most 10 s) brings a lost worker's step back in
+        # about the timeout, not minutes after it.
+        "unacked_restore_interval": max(1.0, min(10.0, worker.visibility_timeout / 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
+def _transport_options(worker: WorkerSettings) -> dict[str, Any]:
+    """The broker's transport options: Redis's redelivery timers, or RabbitMQ's publisher confirms."""
+    if _scheme(worker.broker_url) in _REDIS_SCHEMES:
+        return _redis_options(worker)
+    if _scheme(worker.broker_url) in ("amqp", "amqps", "pyamqp"):
+        # RabbitMQ has no visibility timeout: an unacknowledged message comes back when its consumer's
+        # connection closes. Confirms make a send return only once RabbitMQ holds the message (written to
+        # disk: the queue is durable and the message persistent, Celery's defaults), so a run that `submit`
+        # recorded is never left without its message by a broker that failed in between.
+        return {"confirm_publish": True}
+    return {}
+
+
 # Forgets every app made so far (tests that change the broker between runs).
 celery_app.cache_clear = _app_for.cache_clear  # type: ignore[attr-defined]
 
@@ -71,6 +122,9 @@ def worker_argv(*, concurrency: int, pool: str, loglevel: str) -> list[str]:
     return [
         "worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}", f"--queues={QUEUE}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
+        # A node name of its own: RabbitMQ gives a node's remote-control queue to one connection only, so a
+        # second worker on this machine under Celery's default name (celery@host) would fail to start.
+        f"--hostname=baton.{os.getpid()}@%h",
     ]  # fmt: skip
 
 

@@ -55,7 +55,7 @@ class CeleryRuntime:
         A run that handles an event's `delivery` (see `baton.events`) is not created, and None is returned,
         when the event was already handed to that subscriber.
         """
-        _require_target(pattern)
+        self._require_ready(pattern)
         with store.writer() as writer:
             run_id, *_ = create_run(
                 writer, store, pattern, value, CELERY_OWNER, pending=True, runtime=self.name,
@@ -110,7 +110,7 @@ class CeleryRuntime:
         A celery run still pending or running that no worker holds (its message was lost with the broker's
         data, say) is queued again as it is: a message delivered twice is safe.
         """
-        _require_target(pattern)
+        self._require_ready(pattern)
         run = read_run(store, pattern, run_id)
         if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
             self._requeue_stuck(store, pattern, run)
@@ -125,7 +125,7 @@ class CeleryRuntime:
 
     def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
         """Approve a run awaiting approval: the step it waited before is queued again for the workers."""
-        _require_target(pattern)
+        self._require_ready(pattern)
         idx = store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
         if idx < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
@@ -135,7 +135,7 @@ class CeleryRuntime:
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
         """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
-        _require_target(pattern)
+        self._require_ready(pattern)
         run = read_run(store, pattern, run_id)
         rewind = rewind_plan(run, pattern, step)
         if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
@@ -145,6 +145,11 @@ class CeleryRuntime:
             states.steps.pop(idx, None)
         self._start(store, pattern, run.id, states, fence=run.claims + 1)
         return run.id
+
+    def _require_ready(self, pattern: Any) -> None:
+        """Refuse, before anything is recorded, a pattern that workers cannot import or a misconfigured broker."""
+        _require_target(pattern)
+        celery_app(self.settings)
 
     def requeue(self, store: RunStore, pattern: Any, run_id: str, claims: int) -> bool:
         """Queue a pending or running run that nothing moves again at what is unfinished (a step whose holder
