@@ -1,4 +1,5 @@
-"""Fixtures of the tests that start worker processes: a Redis database of their own, their environment."""
+"""Fixtures of the tests that start worker processes: a broker of their own (a Redis database, or a RabbitMQ
+virtual host), their environment."""
 
 from __future__ import annotations
 
@@ -12,20 +13,33 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.conftest import _services_optional
 from tests.integration.serving import free_port
-from tests.integration.workers import Workers
-
-REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+from tests.integration.workers import REDIS_URL, Workers, empty_rabbitmq, use_broker
 
 
 @pytest.fixture
-def broker() -> Iterator[str]:
-    """A Redis database of the tests' own, emptied before and after."""
+def broker(request) -> Iterator[str]:
+    """The workers' broker: a Redis database of the tests' own, emptied before and after; or, for a test
+    parametrized with `broker="rabbitmq"` (indirect), the tests' RabbitMQ virtual host (chords count in Redis)."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
-    yield REDIS_URL
+    yield request.getfixturevalue("rabbitmq") if getattr(request, "param", "redis") == "rabbitmq" else REDIS_URL
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def rabbitmq() -> Iterator[str]:
+    """A RabbitMQ virtual host of the tests' own (made when missing), its queue deleted before and after."""
+    try:
+        url = empty_rabbitmq()
+    except OSError as exc:
+        if _services_optional():
+            pytest.skip(f"RabbitMQ is not reachable: {exc}")
+        raise
+    yield url
+    empty_rabbitmq()
 
 
 @pytest.fixture
@@ -35,7 +49,6 @@ def env(postgres_url, broker, tmp_path) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     environment |= {
         "BATON_DATABASE_URL": postgres_url,
-        "BATON_BROKER_URL": broker,
         "BATON_TEST_DIR": str(control),
         # Short, so that a message whose whole worker vanished comes back within the test, and a duplicate
         # delivery waits out a lease in seconds.
@@ -43,6 +56,7 @@ def env(postgres_url, broker, tmp_path) -> dict[str, str]:
         "BATON_LEASE_SECONDS": "4",
         "BATON_TEST_NETGUARD_LOG": os.environ["BATON_TEST_NETGUARD_LOG"],
     }
+    use_broker(environment, broker)
     return environment
 
 

@@ -25,6 +25,7 @@ from baton._loader import load_target
 from baton.runtime import get_runtime
 from baton.settings import Settings, current_settings, use_settings
 from tests.integration.commands import control
+from tests.integration.workers import on_both_brokers
 
 APP = Path(__file__).parent / "apps" / "crowd.py"
 CROWD, FANOUT, ANNOUNCER = (f"{APP}:{name}" for name in ("crowd", "fanout", "announcer"))
@@ -282,6 +283,7 @@ def _wait_for_ledger(folder: Path, name: str, n: int, timeout: float = 60) -> No
         time.sleep(0.05)
 
 
+@on_both_brokers
 def test_a_celery_worker_sigkilled_with_hundreds_in_flight_loses_nothing(celery_here, env, workers):
     store, folder = celery_here
     (folder / "leave.block").touch()

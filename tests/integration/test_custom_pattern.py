@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.commands import control, counts
-from tests.integration.test_runtimes import RUNTIMES, Driver
+from tests.integration.test_runtimes import RUNTIMES, Driver, make_driver
 
 MAPPED = f"{Path(__file__).parent / 'apps' / 'mapped.py'}:mapped"
 
 
 @pytest.fixture(params=RUNTIMES)
 def driver(request, env, workers) -> Driver:
-    return Driver(request.param, env, workers)
+    return make_driver(request, env, workers)
 
 
 def test_a_map_runs_one_lane_per_item_in_parallel_and_skips_the_lanes_it_does_not_need(driver, env):

@@ -60,7 +60,11 @@ def inbox():
     box.controller.stop()
 
 
-@pytest.mark.parametrize("runtime", ["local", "celery", "celery-step"])
+@pytest.mark.parametrize(
+    ("runtime", "broker"),
+    [("local", "redis"), ("celery", "redis"), ("celery-step", "redis"), ("celery", "rabbitmq")],
+    indirect=["broker"],
+)
 def test_an_email_sent_just_before_the_process_died_is_not_sent_again(env, workers, inbox, runtime):
     env["BATON_SMTP_URL"] = inbox.url
     (control(env) / "send.crash_once").touch()

@@ -1,6 +1,7 @@
 """Event-driven chains as a user runs them: `baton serve` takes a request over HTTP and answers at once;
 the chain intake -> triage -> respond runs on the local runtime (in the server) or on real `baton worker`
-processes (celery), with Redis and PostgreSQL; workers are killed mid-chain and a subscriber always fails.
+processes (celery, on Redis and on RabbitMQ), with PostgreSQL; workers are killed mid-chain and a subscriber
+always fails.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from tests.integration.commands import baton, control, counts
 from tests.integration.serving import Served
-from tests.integration.workers import Workers, wait_for_file
+from tests.integration.workers import Workers, use_broker, wait_for_file
 
 APPS = Path(__file__).parent / "apps"
 TICKETS = str(APPS / "tickets.py")
@@ -38,12 +39,15 @@ class Server(Served):
         return httpx.get(f"{self.url}/events/{event_id}", headers=AUTH, timeout=10).json()
 
 
-@pytest.fixture(params=["local", "celery"])
+@pytest.fixture(params=["local", "celery", "celery-rabbitmq"])
 def chain(request, env, workers, tmp_path) -> Iterator[tuple[str, Server, Workers]]:
-    if request.param == "celery":
+    runtime = request.param.split("-")[0]
+    if request.param == "celery-rabbitmq":
+        use_broker(env, request.getfixturevalue("rabbitmq"))
+    if runtime == "celery":
         workers.start()
-    server = Server(env, request.param, tmp_path / "serve.log")
-    yield request.param, server, workers
+    server = Server(env, runtime, tmp_path / "serve.log")
+    yield runtime, server, workers
     server.kill()
 
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.integration.commands import baton, control, counts
-from tests.integration.workers import Workers, wait_for_file
+from tests.integration.workers import Workers, on_both_brokers, use_broker, wait_for_file
 
 APPS = Path(__file__).parent / "apps"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
@@ -25,8 +25,9 @@ RESEARCH = f"{APPS / 'research.py'}:research"
 SLOW_RETRY = f"{APPS / 'research.py'}:slow_retry"
 SLOW_TAIL = f"{APPS / 'research.py'}:slow_tail"
 
-# celery-step: the celery runtime with each pipeline step a task of its own (BATON_CELERY_HOP=step).
-RUNTIMES = ["local", "celery", "celery-step"]
+# celery-step: the celery runtime with each pipeline step a task of its own (BATON_CELERY_HOP=step);
+# celery-rabbitmq: the celery runtime with RabbitMQ as its broker.
+RUNTIMES = ["local", "celery", "celery-step", "celery-rabbitmq"]
 
 
 def show(env, run_id) -> dict:
@@ -94,9 +95,16 @@ class Driver:
         return wait_until_finished(self.env, run_id)
 
 
+def make_driver(request, env, workers) -> Driver:
+    """The driver of the fixture's variant; on celery-rabbitmq, the tests' RabbitMQ is the broker."""
+    if request.param.endswith("-rabbitmq"):
+        use_broker(env, request.getfixturevalue("rabbitmq"))
+    return Driver(request.param, env, workers)
+
+
 @pytest.fixture(params=RUNTIMES)
 def driver(request, env, workers) -> Driver:
-    return Driver(request.param, env, workers)
+    return make_driver(request, env, workers)
 
 
 def test_a_pipeline_runs_to_the_end_each_step_once(driver, env):
@@ -210,6 +218,7 @@ def test_a_merge_that_fails_transiently_is_retried_after_the_workers(driver, env
 # -- what only the celery runtime has -------------------------------------------------------------------
 
 
+@on_both_brokers
 def test_celery_run_returns_the_id_at_once_and_waits_in_the_queue_for_a_worker(env, workers):
     started = time.monotonic()
     result = baton(env, "run", CONTROLLED, "--input", '{"value": 2}', "--runtime", "celery", check=0)
@@ -245,6 +254,7 @@ def test_resume_refuses_a_celery_run_a_worker_is_executing(env, workers):
     assert wait_until_finished(env, run_id)["status"] == "succeeded"
 
 
+@on_both_brokers
 def test_a_killed_prefork_child_is_replaced_and_its_step_runs_again_at_once(env, workers):
     worker = workers.start(concurrency=1)
     (control(env) / "transform.block").touch()
@@ -294,6 +304,7 @@ def test_a_step_delivered_twice_runs_once(env, workers):
     assert show(env, run_id)["steps"][0]["attempts"] == 1
 
 
+@on_both_brokers
 def test_a_retry_waits_in_the_broker_while_the_worker_serves_other_runs(env, workers):
     workers.start(concurrency=1, pool="solo")  # one step at a time: a sleeping retry would block the rest
     (control(env) / "flaky_fetch.transient").write_text("1")
@@ -311,6 +322,7 @@ def test_a_retry_waits_in_the_broker_while_the_worker_serves_other_runs(env, wor
     assert slow["steps"][0]["attempts"] == 2
 
 
+@on_both_brokers
 def test_cancel_stops_a_celery_run_after_its_current_step(env, workers):
     workers.start()
     (control(env) / "transform.block").touch()
@@ -324,14 +336,16 @@ def test_cancel_stops_a_celery_run_after_its_current_step(env, workers):
     assert "publish" not in counts(env)
 
 
+@on_both_brokers
 def test_the_python_api_submits_to_celery_and_waits_on_the_store(env, workers, monkeypatch):
     import baton
     from baton._loader import load_target
     from baton.runtime.celery import celery_app
 
     workers.start()
-    monkeypatch.setenv("BATON_BROKER_URL", env["BATON_BROKER_URL"])
-    monkeypatch.setenv("BATON_TEST_DIR", env["BATON_TEST_DIR"])
+    for key in ("BATON_BROKER_URL", "BATON_RESULT_BACKEND", "BATON_TEST_DIR"):
+        if key in env:
+            monkeypatch.setenv(key, env[key])
     celery_app.cache_clear()
     try:
         research = load_target(RESEARCH)
@@ -347,10 +361,12 @@ def test_the_python_api_submits_to_celery_and_waits_on_the_store(env, workers, m
         celery_app.cache_clear()
 
 
-def test_a_worker_whose_broker_is_unreachable_says_so_and_exits_1_without_its_password(env):
-    env = env | {"BATON_BROKER_URL": "redis://:s3cret@127.0.0.1:1/0"}
+@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:1/0", "amqp://baton:s3cret@127.0.0.1:1/0"])
+def test_a_worker_whose_broker_is_unreachable_says_so_and_exits_1_without_its_password(env, url):
+    env = env | {"BATON_BROKER_URL": url, "BATON_RESULT_BACKEND": "redis://127.0.0.1:1/0"}
     result = baton(env, "worker", check=1)
-    assert "cannot reach the Celery broker at redis://" in result.stderr and "127.0.0.1:1/0" in result.stderr
+    scheme = url.split(":")[0]
+    assert f"cannot reach the Celery broker at {scheme}://" in result.stderr and "127.0.0.1:1/0" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
 
 
@@ -376,6 +392,7 @@ def test_a_step_that_kills_its_worker_every_time_fails_after_three_deaths(env, w
     assert counts(env) == {"fetch": 1, "transform": 3}
 
 
+@on_both_brokers
 def test_cancelling_a_supervisor_keeps_the_workers_in_flight_and_skips_the_merge(env, workers):
     workers.start()
     (control(env) / "news.block").touch()
@@ -390,7 +407,9 @@ def test_cancelling_a_supervisor_keeps_the_workers_in_flight_and_skips_the_merge
     assert "draft" not in counts(env)
 
 
-@pytest.mark.parametrize("hop", ["run", "step"])
+@pytest.mark.parametrize(
+    ("hop", "broker"), [("run", "redis"), ("step", "redis"), ("run", "rabbitmq")], indirect=["broker"]
+)
 def test_a_retry_of_a_cancelled_run_drops_the_old_countdowns_message(env, workers, hop):
     env["BATON_CELERY_HOP"] = hop
     workers.start()

@@ -1,4 +1,4 @@
-"""Real `baton worker` processes for the tests, and waiting for what they do."""
+"""Real `baton worker` processes for the tests, their brokers, and waiting for what they do."""
 
 from __future__ import annotations
 
@@ -8,8 +8,63 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
-__all__ = ["Workers", "wait_for_file"]
+import amqp
+import pytest
+from kombu.utils.url import url_to_parts
+
+from baton.runtime.celery import QUEUE
+
+__all__ = [
+    "BROKERS", "RABBITMQ_URL", "REDIS_URL", "Workers", "on_both_brokers", "empty_rabbitmq", "use_broker",
+    "wait_for_file",
+]  # fmt: skip
+
+REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+# A virtual host of the tests' own on the machine's RabbitMQ (guest/guest), made when missing.
+RABBITMQ_URL = os.environ.get("BATON_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/baton_test")
+
+BROKERS = ["redis", "rabbitmq"]
+# A test that takes `env` (or `broker`) runs once on each broker.
+on_both_brokers = pytest.mark.parametrize("broker", BROKERS, indirect=True)
+
+
+def use_broker(env: dict[str, str], url: str) -> None:
+    """Point the processes started with `env` at the broker `url` (chords count in Redis on RabbitMQ)."""
+    env["BATON_BROKER_URL"] = url
+    if url.startswith("amqp"):
+        env["BATON_RESULT_BACKEND"] = REDIS_URL
+    else:
+        env.pop("BATON_RESULT_BACKEND", None)
+
+
+def empty_rabbitmq() -> str:
+    """The tests' RabbitMQ virtual host, made if missing, with baton's queue (and its messages) deleted."""
+    parts = url_to_parts(RABBITMQ_URL)
+    vhost = unquote(parts.path or "/")
+    options = {
+        "host": f"{parts.hostname}:{parts.port or 5672}", "userid": parts.username, "password": parts.password,
+        "virtual_host": vhost, "connect_timeout": 5,
+    }  # fmt: skip
+    try:
+        conn = _amqp_connect(options)
+    except amqp.exceptions.NotAllowed:  # no such virtual host yet
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+        grant = ["rabbitmqctl", "set_permissions", "-p", vhost, str(parts.username), ".*", ".*", ".*"]
+        subprocess.run(grant, check=True, capture_output=True)
+        conn = _amqp_connect(options)
+    try:
+        conn.channel().queue_delete(QUEUE)
+    finally:
+        conn.close()
+    return RABBITMQ_URL
+
+
+def _amqp_connect(options: dict) -> amqp.Connection:
+    conn = amqp.Connection(**options)
+    conn.connect()
+    return conn
 
 
 class Workers:
