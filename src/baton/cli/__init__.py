@@ -346,8 +346,10 @@ def demo(file_path: str | None, model: str | None, database_url: str | None, as_
 )  # fmt: skip
 @click.option("--loglevel", default="info", show_default=True, help="Celery's log level.")
 @setting_option(
-    "--broker-url", variable="BATON_BROKER_URL", help="The Celery broker. Default: redis://127.0.0.1:6379/0."
-)
+    "--broker-url", variable="BATON_BROKER_URL",
+    help="The Celery broker: Redis, or RabbitMQ (amqp://..., with BATON_RESULT_BACKEND set to a Redis URL). "
+    "Default: redis://127.0.0.1:6379/0.",
+)  # fmt: skip
 @store_option
 @_errors_to_exit
 def worker(

@@ -38,9 +38,9 @@ def _app_for(settings: Settings) -> celery.Celery:
         broker_transport_options=_transport_options(worker),
         result_backend_transport_options=_redis_options(worker),
         broker_connection_retry_on_startup=True,
-        # RabbitMQ closes the connection of a worker silent for this long (its machine vanished) and gives its
-        # messages to others; the worker's loop also wakes this often, so a stopping worker stops within
-        # seconds (Celery's 120, negotiated down to RabbitMQ's 60, left both at a minute). Redis ignores it.
+        # RabbitMQ closes the connection of a worker that missed two of these (its machine vanished: ~20 s) and
+        # gives its messages to others; the worker's loop also wakes twice as often, so a stopping worker stops
+        # within seconds (Celery's 120, negotiated down to RabbitMQ's 60, made both minutes). Redis ignores it.
         broker_heartbeat=10,
         task_default_queue=QUEUE,
         task_serializer="json",
