@@ -26,6 +26,7 @@ lambda, an act annotated `-> None`) is settled with `--done` alone.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -60,7 +61,7 @@ def effect_key(name: str) -> str:
         raise DefinitionError(f"effect '{name}': call baton.effect inside a step of a run")
     key = f"{ctx.run_id}/{ctx.step}/{name}"
     # A person who retried the run from this step (or an earlier one) asked for it to be done again.
-    generation = ctx.store.effects.rewinds(ctx.run_id, ctx.idx)
+    generation = ctx.store.patiently(ctx.store.effects.rewinds, ctx.run_id, ctx.idx)
     return f"{key}/{generation + 1}" if generation else key
 
 
@@ -88,12 +89,12 @@ def effect(name: str, act: Callable[[str], Any], *, returns: Any = None) -> Any:
     try:
         result = act(key)
     except EffectNotDone:
-        ctx.store.effects.abandon(key)
+        ctx.store.patiently(ctx.store.effects.abandon, key)
         raise
     if inspect.isawaitable(result):
         # It was never awaited, so it never acted: the claim is dropped before saying so.
         getattr(result, "close", lambda: None)()
-        ctx.store.effects.abandon(key)
+        ctx.store.patiently(ctx.store.effects.abandon, key)
         raise DefinitionError(f"effect '{name}': its act returned an awaitable; write `await baton.aeffect(...)`")
     return _finish(ctx, name, key, result, shape)
 
@@ -119,7 +120,7 @@ async def aeffect(name: str, act: Callable[[str], Any], *, returns: Any = None) 
         if inspect.isawaitable(result):
             result = await result
     except EffectNotDone:
-        await in_store_thread(ctx.store, ctx.store.effects.abandon, key)
+        await in_store_thread(ctx.store, ctx.store.patiently, ctx.store.effects.abandon, key)
         raise
     return await in_store_thread(ctx.store, _finish, ctx, name, key, result, shape)
 
@@ -141,10 +142,12 @@ def _begin(name: str, shape: ResultShape | None) -> tuple[Any, str, Any]:
 
     key = effect_key(name)
     schema = shape.schema if shape is not None else None
-    found = ctx.store.effects.begin(key, ctx.run_id, ctx.idx, name, utcnow(), owner=this_owner(), result_schema=schema)
+    # The ledger's writes wait out the store's trouble: failing here would leave an effect uncertain for nothing.
+    begin = functools.partial(ctx.store.effects.begin, owner=this_owner(), result_schema=schema)
+    found = ctx.store.patiently(begin, key, ctx.run_id, ctx.idx, name, utcnow())
     if found is not None and found.result_schema != schema:
         # The step's code changed since the effect began: a person's result is checked against what it needs now.
-        ctx.store.effects.expect(key, schema)
+        ctx.store.patiently(ctx.store.effects.expect, key, schema)
     return ctx, key, found
 
 
@@ -185,18 +188,19 @@ def _finish(ctx: Any, name: str, key: str, result: Any, shape: ResultShape | Non
         try:
             value = shape.accept(result, step=ctx.step, where=_where(name, key, "result"))
         except Exception:
-            ctx.store.effects.finish(key, result if _is_json(result) else None, utcnow())  # it happened all the same
+            kept = result if _is_json(result) else None
+            ctx.store.patiently(ctx.store.effects.finish, key, kept, utcnow())  # it happened all the same
             raise
-        ctx.store.effects.finish(key, shape.dump(value), utcnow())
+        ctx.store.patiently(ctx.store.effects.finish, key, shape.dump(value), utcnow())
         return value
     if not _is_json(result):
-        ctx.store.effects.finish(key, None, utcnow())  # it happened all the same
+        ctx.store.patiently(ctx.store.effects.finish, key, None, utcnow())  # it happened all the same
         hint = f"; declare returns={type(result).__name__}" if isinstance(result, BaseModel) else ""
         raise DefinitionError(
             f"effect '{name}' of step '{ctx.step}' happened, but returned {type(result).__name__}, not JSON; "
             f"it is recorded as done, without its result{hint}"
         )
-    ctx.store.effects.finish(key, result, utcnow())
+    ctx.store.patiently(ctx.store.effects.finish, key, result, utcnow())
     return result
 
 

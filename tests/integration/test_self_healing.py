@@ -29,6 +29,8 @@ from tests.integration.workers import wait_for_file
 APPS = Path(__file__).parent / "apps"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
 ECHOING = f"{APPS / 'healing.py'}:echoing"
+RETRYING = f"{APPS / 'healing.py'}:retrying"
+FRAGILE = f"{APPS / 'healing.py'}:fragile"
 
 
 def show(env, run_id) -> dict:
@@ -99,9 +101,9 @@ def test_a_whole_worker_killed_mid_step_is_taken_over_within_the_lease(healing_e
     run_id = submit(env, CONTROLLED, {"value": 1})
     wait_for_file(control(env) / "transform.started")
     spare = workers.start(concurrency=1)
-    (control(env) / "transform.block").unlink()
     workers.kill(doomed)
     killed = time.monotonic()
+    (control(env) / "transform.block").unlink()
     run = wait_until_finished(env, run_id, timeout=4 + 15)  # BATON_LEASE_SECONDS plus 15 s
     assert run["status"] == "succeeded", run
     assert time.monotonic() - killed < 4 + 15
@@ -138,6 +140,42 @@ def test_a_run_between_steps_whose_next_message_was_lost_goes_on(healing_env, wo
     run = wait_until_finished(env, run_id, timeout=30)
     assert run["status"] == "succeeded", run
     assert counts(env) == {"fetch": 1, "transform": 2, "publish": 1}
+
+
+def test_a_redis_restart_is_noticed_and_its_lost_messages_sent_again_at_once(healing_env, workers, broker):
+    env = healing_env
+    env["BATON_REQUEUE_AFTER"] = "600"  # only noticing that Redis lost its data can heal within the test
+    workers.start(concurrency=1)
+    time.sleep(2)  # the sweeper has seen the broker's epoch key
+    (control(env) / "fetch.block").touch()
+    run_ids = [submit(env, CONTROLLED, {"value": v}) for v in range(3)]
+    wait_for_file(control(env) / "fetch.started")  # the first holds the worker; the others wait in Redis
+    redis.Redis.from_url(broker).flushdb()
+    (control(env) / "fetch.block").unlink()
+    for run_id in run_ids:
+        assert wait_until_finished(env, run_id, timeout=30)["status"] == "succeeded"
+    assert counts(env) == {"fetch": 3, "transform": 3, "publish": 3}
+    assert "its message was lost; queued again" in workers.logs()
+
+
+def test_a_run_waiting_out_a_retry_whose_message_was_lost_goes_on_after_its_countdown(healing_env, workers, broker):
+    env = healing_env
+    env["BATON_CELERY_HOP"] = "step"  # each step a message of its own
+    (control(env) / "flaky.transient").write_text("1")
+    doomed = workers.start(concurrency=1)
+    run_id = submit(env, RETRYING, {"text": "hi"})
+    deadline = time.monotonic() + 20
+    while counts(env).get("flaky") != 1:  # its first attempt failed; the next waits two seconds in Redis
+        assert time.monotonic() < deadline, counts(env)
+        time.sleep(0.05)
+    workers.kill(doomed)  # the countdown's message goes with the worker (Redis keeps it ten minutes)...
+    redis.Redis.from_url(broker).flushdb()  # ...and then with Redis: no lease ran out, the run is just quiet
+    workers.start(concurrency=1)
+    run = wait_until_finished(env, run_id, timeout=30)
+    assert run["status"] == "succeeded", run
+    assert run["output"] == {"text": "HI!"}
+    assert counts(env) == {"echo": 1, "flaky": 2, "shout": 1}
+    assert [s["attempts"] for s in run["steps"]] == [1, 2, 1]
 
 
 def test_the_dashboard_shows_a_run_whose_message_is_presumed_lost_as_stalled(healing_env, broker, tmp_path):
@@ -180,15 +218,28 @@ def test_a_value_the_database_refuses_fails_the_step_with_its_error_not_a_loop(r
     assert counts(env) == {"echo": 1}  # and nothing runs it again behind the scenes
 
 
+def test_a_bug_in_a_patterns_plan_fails_the_run_with_the_error_instead_of_looping(healing_env, workers):
+    env = healing_env
+    (control(env) / "plan.bug").touch()
+    workers.start()
+    run_id = submit(env, FRAGILE, {"text": "hello"})
+    run = wait_until_finished(env, run_id, timeout=30)
+    assert run["status"] == "failed", run
+    shown = baton(env, "show", run_id, check=0).stdout
+    assert "a bug in this pattern's plan" in shown
+    time.sleep(2)
+    assert counts(env) == {"echo": 1}  # its checkpoint stands; nothing goes round again
+
+
 # -- outages waited out -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("runtime", ["local", "celery"])
+@pytest.mark.parametrize("runtime", ["local", "celery-threads", "celery-prefork"])
 def test_a_database_outage_mid_run_is_waited_out_and_no_finished_step_runs_again(runtime, healing_env, workers):
     env = healing_env
     (control(env) / "transform.block").touch()
-    if runtime == "celery":
-        workers.start(pool="threads")
+    if runtime.startswith("celery"):
+        workers.start(pool=runtime.split("-")[1])
         run_id = submit(env, CONTROLLED, {"value": 1})
         proc = None
     else:

@@ -135,6 +135,11 @@ def render_run(run: Run) -> Group:
         if retried:
             lines = "\n".join(f"attempt {a.attempt}: {a.error.type}: {a.error.message}" for a in retried)
             parts.append(Panel(lines, title=f"step '{s.name}': attempts that were retried", border_style="yellow"))
+        # What went wrong after the step's checkpoint (what follows it could not be planned) ended the run.
+        after = [a for a in s.attempt_errors if not a.retried and s.status.value == "succeeded"]
+        if after:
+            lines = "\n".join(f"{a.error.type}: {a.error.message}" for a in after)
+            parts.append(Panel(lines, title=f"step '{s.name}': what failed after its checkpoint", border_style="red"))
     if run.output is not None:
         parts.append(Panel(Syntax(json.dumps(run.output, indent=2), "json", word_wrap=True), title="output"))
     return Group(*parts)

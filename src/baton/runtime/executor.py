@@ -34,7 +34,7 @@ from baton.runtime.base import hooks
 from baton.settings import current_settings
 from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, StepResult, utcnow
-from baton.store.trouble import is_store_trouble, note_trouble
+from baton.store.trouble import first_line, is_store_trouble, note_trouble
 from baton.tokens import count_tokens
 
 __all__ = [
@@ -239,14 +239,14 @@ async def _patiently(mode: Mode, first: Exception, call: Callable[[], Awaitable[
     patience = current_settings().store.retry_seconds
     deadline = time.monotonic() + patience
     delay = 0.05
-    log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", _first_line(first), patience)
+    log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", first_line(first), patience)
     exc: Exception = first
     while True:
         note_trouble(key)
         left = deadline - time.monotonic()
         if left <= 0:
             raise StoreUnavailable(
-                f"the run store did not answer for {patience:.0f} s (BATON_STORE_RETRY_SECONDS): {_first_line(exc)}"
+                f"the run store did not answer for {patience:.0f} s (BATON_STORE_RETRY_SECONDS): {first_line(exc)}"
             ) from exc
         await mode.sleep(min(delay, left))
         delay = min(delay * 2, 2.0)
@@ -259,11 +259,6 @@ async def _patiently(mode: Mode, first: Exception, call: Callable[[], Awaitable[
             continue
         log.warning("the run store answers again")
         return result
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pause(seconds: float) -> None:
@@ -307,11 +302,14 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
     step, idx, run_id = attempt.step, attempt.idx, attempt.run_id
     started = utcnow()
     ctx = StepContext(run_id=run_id, step=step.name, idx=idx, attempt=attempt.number)
-    ctx.record = lambda calls: store.steps.record_calls(run_id, idx, attempt.number, calls)
+    # Calls a step's agents write before its checkpoint wait out the store's trouble, as the checkpoint does.
+    ctx.record = lambda calls: store.patiently(store.steps.record_calls, run_id, idx, attempt.number, calls)
     if mode.on_loop:
         ctx.arecord = lambda calls: mode.write(RunWriter.record_calls, run_id, idx, attempt.number, calls)
     else:  # an async agent of a Here attempt runs on the background loop: it writes off that loop too
-        ctx.arecord = lambda calls: in_store_thread(store, store.steps.record_calls, run_id, idx, attempt.number, calls)
+        ctx.arecord = lambda calls: in_store_thread(
+            store, store.patiently, store.steps.record_calls, run_id, idx, attempt.number, calls
+        )
     ctx.store = store
     ctx.side_effect = step.side_effect
     token = enter(ctx)
@@ -342,7 +340,7 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
         idx=idx, name=step.name, attempt=attempt.number, started_at=started, finished_at=utcnow(),
         output_json=output_json,
     )  # fmt: skip
-    write = functools.partial(
+    written = functools.partial(
         RunWriter.checkpoint,
         run_id=run_id,
         owner=attempt.owner,
@@ -359,10 +357,22 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
         events=ctx.events,
         calls=ctx.unwritten,  # in the checkpoint's transaction: a step's one call costs no write of its own
     )
+    tries = 0
+
+    def write(writer: RunWriter) -> bool:
+        nonlocal tries
+        tries += 1
+        # Made again after the store's trouble: the first may have committed before its connection broke,
+        # and must not be written twice (its calls, its events).
+        if tries > 1 and store.steps.checkpointed(run_id, idx, attempt.number):
+            return False
+        return written(writer)
+
     try:
         cancel = await _checkpoint(mode, attempt, write, ctx.unwritten)
     except LostOwnership:
         if not await mode.db(store.steps.checkpointed, run_id, idx, attempt.number):
+            await _write_calls_anyway(mode, attempt, ctx.unwritten)
             raise
         cancel = False  # it did commit, before its connection broke: the step is done, not to be done again
     except Exception as exc:
@@ -383,8 +393,10 @@ async def _checkpoint(mode: Mode, attempt: Attempt, write: Callable[..., bool], 
     if not mode.on_loop:
         try:
             return await checkpoint
+        except LostOwnership:
+            raise  # the caller looks whether it committed before it writes the calls
         except Exception:
-            # Refused (the run was taken over) or the database failing, rolled back: the calls were paid for.
+            # The database failing, rolled back: the calls were paid for.
             await _write_calls_anyway(mode, attempt, unwritten)
             raise
     # Shielded: cancelled while it is written, the checkpoint (with its calls) commits whole or not at all.
@@ -395,7 +407,8 @@ async def _checkpoint(mode: Mode, attempt: Attempt, write: Callable[..., bool], 
         if not writing.done():
             with contextlib.suppress(BaseException):
                 await asyncio.shield(writing)
-        if writing.done() and (writing.cancelled() or writing.exception() is not None):
+        failed = writing.done() and (writing.cancelled() or writing.exception() is not None)
+        if failed and not (not writing.cancelled() and isinstance(writing.exception(), LostOwnership)):
             await _write_calls_anyway(mode, attempt, unwritten)
         raise
 

@@ -377,11 +377,18 @@ class Runs:
     # -- lost celery work -------------------------------------------------------------------------------
 
     def lost(
-        self, now: datetime, *, quiet: timedelta | None, limit: int = 500, ids: Sequence[str] | None = None
+        self,
+        now: datetime,
+        *,
+        quiet: timedelta | None,
+        reset_at: datetime | None = None,
+        limit: int = 500,
+        ids: Sequence[str] | None = None,
     ) -> builtins.list[LostRun]:
         """Celery runs (pending or running) that nothing moves: no step has a live lease, and either a step's
         lease ran out (its holder is gone), or, with `quiet`, nothing happened to the run for that long
-        (created, claimed, a step started or ended, a retry's countdown due). `ids`: among those runs only."""
+        (created, claimed, a step started or ended, a retry's countdown due), or, with `reset_at` (when the
+        broker lost its messages), nothing happened to it since then. `ids`: among those runs only."""
         live = (
             select(steps.c.idx)
             .where(steps.c.run_id == runs.c.id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now)
@@ -394,19 +401,23 @@ class Runs:
         )
         why: Any = case((expired, "lease"), else_="quiet")
         gone: Any = expired
-        if quiet is not None:
-            since = now - quiet
-            last_step = (
-                select(func.max(func.coalesce(steps.c.finished_at, steps.c.started_at)))
-                .where(steps.c.run_id == runs.c.id)
-                .scalar_subquery()
-            )
-            still = and_(
+        last_step = (
+            select(func.max(func.coalesce(steps.c.finished_at, steps.c.started_at)))
+            .where(steps.c.run_id == runs.c.id)
+            .scalar_subquery()
+        )
+
+        def still_since(since: datetime) -> Any:
+            return and_(
                 runs.c.updated_at < since,
                 or_(runs.c.wake_at.is_(None), runs.c.wake_at < since),
                 or_(last_step.is_(None), last_step < since),
             )
-            gone = or_(expired, still)
+
+        if quiet is not None:
+            gone = or_(gone, still_since(now - quiet))
+        if reset_at is not None:
+            gone = or_(gone, still_since(reset_at))
         query = (
             select(runs.c.id, runs.c.claims, runs.c.pipeline, runs.c.target, why)
             .where(
@@ -427,24 +438,20 @@ class Runs:
     def refence(self, run_id: str, claims: int, now: datetime) -> bool:
         """Take a lost celery run back to queue it again: its fence moves on (the messages sent before are
         stale from now on), provided nothing changed since it was found lost. False: it moved meanwhile."""
-        live = (
-            select(steps.c.idx)
-            .where(steps.c.run_id == run_id, steps.c.lease_owner.is_not(None), steps.c.lease_expires_at >= now)
-            .exists()
-        )
         with self._ctx.engine.begin() as c:
-            moved = c.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.claims == claims,
-                    runs.c.owner == CELERY_OWNER,
-                    runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING]),
-                    ~live,
-                )
-                .values(claims=runs.c.claims + 1, updated_at=now, wake_at=None)
-            ).rowcount
-        return moved == 1
+            # Locked first: a claim holds the run's row until it commits its lease, so the leases read next
+            # (a statement of its own, with a snapshot taken after the lock) include any claim made meanwhile.
+            found = c.execute(self._locked(c, run_id, runs)).mappings().first()
+            if (
+                found is None
+                or found["claims"] != claims
+                or found["owner"] != CELERY_OWNER
+                or found["status"] not in (RunStatus.PENDING, RunStatus.RUNNING)
+                or live_lease_count(c, run_id, now)
+            ):
+                return False
+            c.execute(update(runs).where(runs.c.id == run_id).values(claims=claims + 1, updated_at=now, wake_at=None))
+        return True
 
     # -- reaping ----------------------------------------------------------------------------------------
 

@@ -234,7 +234,10 @@ class Steps:
         """
         ending = not retrying and end_run
         with self._ctx.begin(conn) as c:
-            also = {"wake_at": wake_at} if wake_at is not None else None
+            # The latest countdown of the run's steps (parallel branches may each wait out their own).
+            also = None
+            if wake_at is not None:
+                also = {"wake_at": case((runs.c.wake_at > wake_at, runs.c.wake_at), else_=wake_at)}
             cancel = self._runs.hold(run_id, owner, conn=c, fail_at=result.name if ending else None, also=also)
             # Pending again until the retry claims it; a failure for good is written just below.
             if lease_owner is not None and not self.release(run_id, result.idx, lease_owner, conn=c):
@@ -245,6 +248,15 @@ class Steps:
                 if recount:
                     self.recount(run_id, result.idx, conn=c)
             return cancel
+
+    def fail_unstarted(self, run_id: str, owner: str, result: StepResult, *, end_run: bool = True) -> None:
+        """Keep the error that kept step `result.idx` from running (or from going on after it), ending the
+        run failed there (`end_run`), whether it had started or was still pending. The step keeps a
+        checkpoint it already had; the error is kept among its attempts either way."""
+        with self._ctx.begin(None) as c:
+            self._runs.hold(run_id, owner, conn=c, fail_at=result.name if end_run else None, pending_ok=True)
+            self.add_attempt(run_id, result, retried=False, conn=c)
+            self.write(run_id, result, StepStatus.FAILED, conn=c)
 
     def mark_skipped(
         self, run_id: str, owner: str, skipped: Sequence[tuple[int, str]], *, conn: Connection | None = None

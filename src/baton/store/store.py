@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -22,11 +22,13 @@ from baton.store.events import Events
 from baton.store.rows import StepResult
 from baton.store.runs import CELERY_OWNER, Runs
 from baton.store.steps import Steps
+from baton.store.trouble import wait_out
 from baton.store.writer import RunWriter
 
 __all__ = ["CELERY_OWNER", "RunStore", "StepResult", "utcnow"]
 
 _Kept = TypeVar("_Kept", RunWriter, LeaseClaimer)
+_T = TypeVar("_T")
 
 
 class RunStore:
@@ -71,6 +73,10 @@ class RunStore:
             self._writers.clear()
         self._local = threading.local()
         self.engine.dispose()
+
+    def patiently(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)`, the store's trouble waited out (from a plain thread; see `baton.store.trouble`)."""
+        return wait_out(str(self.engine.url), fn, *args)
 
     def describe(self) -> str:
         """The store's URL without its secrets (a password in its user part or its query), for messages."""

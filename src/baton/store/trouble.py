@@ -8,13 +8,20 @@ database was down says nothing about its holder), for one lease.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["calm_for", "is_store_trouble", "note_trouble"]
+__all__ = ["calm_for", "is_store_trouble", "note_trouble", "wait_out"]
+
+T = TypeVar("T")
+log = logging.getLogger("baton.store")
+
+_PASSING = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 
 # When this process last met trouble with a store, by the store's URL (monotonic seconds).
 _trouble: dict[str, float] = {}
@@ -36,9 +43,13 @@ def is_store_trouble(exc: BaseException) -> bool:
         text = str(exc).lower()
         return "locked" in text or "busy" in text or "disk i/o" in text
     psycopg = _psycopg()
-    # Connection lost or refused, the server shutting down or starting up, a deadlock or a serialization
-    # failure: all are OperationalError in psycopg; a value it cannot store is a DataError.
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    if psycopg is None or not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return False  # a value it cannot store is a DataError, a bug a ProgrammingError: not trouble
+    # No SQLSTATE: the connection itself failed (refused, lost). Otherwise only the states that pass: a
+    # connection exception, the server shutting down or starting, too many connections, a deadlock or a
+    # serialization failure. A cancelled statement, a full disk or a limit exceeded are not waited out.
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _PASSING
 
 
 def note_trouble(url: str) -> None:
@@ -50,6 +61,45 @@ def calm_for(url: str) -> float:
     """Seconds since this process last met trouble with the store at `url` (infinite: never)."""
     since = _trouble.get(url)
     return float("inf") if since is None else time.monotonic() - since
+
+
+def wait_out(key: str, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` from a plain thread (never an event loop's), made again while the store at `key` is in
+    trouble, with backoff, for up to BATON_STORE_RETRY_SECONDS; then `StoreUnavailable`. For calls that are
+    safe to repeat (the effect ledger's, a step's model calls before its checkpoint)."""
+    from baton.errors import StoreUnavailable
+    from baton.settings import current_settings
+
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if not is_store_trouble(exc):
+            raise
+        first: Exception = exc
+    patience = current_settings().store.retry_seconds
+    deadline, delay = time.monotonic() + patience, 0.05
+    log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", first_line(first), patience)
+    while True:
+        note_trouble(key)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreUnavailable(
+                f"the run store did not answer for {patience:.0f} s (BATON_STORE_RETRY_SECONDS): {first_line(first)}"
+            ) from first
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 2.0)
+        try:
+            return fn(*args)
+        except Exception as again:
+            if not is_store_trouble(again):
+                raise
+            first = again
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what the database said (no traceback, no URL)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _psycopg() -> Any:

@@ -91,11 +91,12 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
+    adopted = True
     if app.state.sweep and app.state.runtime != "celery":
         # Before the first request: nothing else may call these runs interrupted and leave them so first.
-        await asyncio.to_thread(_adopt, app.state.store)
+        adopted = await asyncio.to_thread(_adopt, app.state.store)
     if app.state.sweep:
-        args = (app.state.store, app.state.runtime, stop)
+        args = (app.state.store, app.state.runtime, stop, adopted)
         threading.Thread(target=_sweeper, args=args, name="baton-outbox", daemon=True).start()
     yield
     stop.set()
@@ -178,7 +179,7 @@ def _wants_page(request: Request) -> bool:
     return request.url.path == "/" or request.url.path.startswith("/ui/")
 
 
-def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
+def _sweeper(store: RunStore, runtime: str, stop: threading.Event, adopted: bool = True) -> None:
     older_than: float | None = None  # the first sweep takes everything: nothing of this process is in flight
 
     def outbox() -> None:
@@ -199,6 +200,8 @@ def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
         Sweeper(celery_app(settings), store, settings).forever(stop, also=outbox, also_every=SWEEP_SECONDS)
         return
     while True:
+        if not adopted:  # the store was down when the server started
+            adopted = _adopt(store)
         try:
             outbox()
         except Exception:  # the next sweep tries again
@@ -207,7 +210,7 @@ def _sweeper(store: RunStore, runtime: str, stop: threading.Event) -> None:
             return
 
 
-def _adopt(store: RunStore) -> None:
+def _adopt(store: RunStore) -> bool:
     """On start, resume the local runs whose process died mid-run (a server killed and started again): those
     still marked running, whose pattern this server can import. A run stopped on purpose (Ctrl-C, cancel)
     was marked when it stopped, and is left as it is."""
@@ -215,9 +218,9 @@ def _adopt(store: RunStore) -> None:
 
     try:
         orphans = store.runs.reap()
-    except Exception:
-        log.warning("could not look for runs whose process died", exc_info=True)
-        return
+    except Exception as exc:
+        log.warning("could not look for runs whose process died (%s); trying again", exc)
+        return False
     for run_id in orphans:
         try:
             if store.runs.get(run_id).runtime != "local":
@@ -227,3 +230,4 @@ def _adopt(store: RunStore) -> None:
             log.warning("run %s: its process died; not resumed here (%s)", run_id, exc)
             continue
         log.warning("run %s: its process died mid-run; resumed here", run_id)
+    return True

@@ -154,12 +154,18 @@ class CeleryRuntime:
     def requeue(self, store: RunStore, pattern: Any, run_id: str, claims: int) -> bool:
         """Queue a pending or running run that nothing moves again at what is unfinished (a step whose holder
         is gone is taken over), fencing off the messages sent before; False if it moved meanwhile."""
-        if not store.runs.refence(run_id, claims, utcnow()):
-            return False
         run = store.runs.get(run_id)
+        if run.claims != claims:
+            return False
         if [s.name for s in run.steps] != pattern.step_names:
             raise RunNotResumable(f"run {run.id} recorded steps {[s.name for s in run.steps]}; the code has others")
-        self._start(store, pattern, run.id, recorded_states(run), fence=claims + 1)
+        # Planned before the fence moves: a plan that cannot be made moves nothing, so nothing loops.
+        nxt = pattern.plan(recorded_states(run))
+        if not store.runs.refence(run_id, claims, utcnow()):
+            return False
+        idx = start(self.app, store, pattern, run_id, nxt, claims + 1)
+        if idx is not None:
+            send(self.app, pattern, run_id, idx, claims + 1)
         return True
 
     def _start(self, store: RunStore, pattern: Any, run_id: str, states: States, *, fence: int) -> None:

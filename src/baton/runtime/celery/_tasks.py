@@ -186,13 +186,23 @@ def _worker(task: Any) -> _Worker:
 def _join_body(task: Any, _results: Any, run_id: str, fence: int | None = None) -> None:
     """After a chord's branches: ask the plan again (end the run failed, or go on with what joins them)."""
     try:
-        _Worker(task).join(run_id, fence)
+        worker = _Worker(task)
+        worker.join(run_id, fence)
     except (celery.exceptions.Retry, _Requeued):
         raise
-    except Exception:
-        # As in `execute`: never let Celery acknowledge a join that did not happen.
-        log.exception("run %s: could not join its branches; trying again later", run_id)
-        raise task.retry(countdown=_backoff(task), throw=False) from None
+    except Exception as exc:
+        if is_trouble(exc):
+            # As in `execute`: never let Celery acknowledge a join that did not happen.
+            log.warning("run %s: could not join its branches (%s); trying again later", run_id, _one_line(exc))
+            raise task.retry(countdown=_backoff(task), throw=False) from None
+        # A bug (in the pattern's plan, say) does not go away by waiting: the run fails with it, visibly.
+        log.exception("run %s: could not join its branches", run_id)
+        try:
+            worker._fail_join(run_id, exc)
+        except Exception as again:
+            if not is_trouble(again):
+                raise
+            raise task.retry(countdown=_backoff(task), throw=False) from None
 
 
 class _Worker:
@@ -242,7 +252,12 @@ class _Worker:
                     raise _requeue(
                         self.task, run_id, current, this_go + 1, source, _backoff(self.task), fence
                     ) from None
-                self._fail_around(run_id, current, exc)
+                try:
+                    self._fail_around(run_id, current, exc)
+                except Exception as again:
+                    if not is_trouble(again):
+                        raise
+                    raise _requeue(self.task, run_id, current, this_go, source, _backoff(self.task), fence) from None
                 return
             this_go = 1
 
@@ -255,21 +270,25 @@ class _Worker:
         return this_go < MAX_AROUND
 
     def _fail_around(self, run_id: str, idx: int, exc: Exception) -> None:
-        """End the run failed at step `idx` with the error that kept it from going on, visible like any."""
+        """Keep the error that kept step `idx` from going on, visible like any step's; the run ends failed
+        there (a parallel branch's failure is its join's to judge)."""
         now = utcnow()
         names = self._names
         name = names[idx] if 0 <= idx < len(names) else f"#{idx}"
-        result = StepResult(
-            idx=idx, name=name, attempt=self._attempt, started_at=now, finished_at=now, error=error_info(exc)
-        )
-        try:
-            self.store.steps.record_failure(run_id, CELERY_OWNER, result, retrying=False, end_run=True)
-        except LostOwnership:
-            pass  # the run ended meanwhile
-        except Exception as again:
-            if not is_trouble(again):
-                raise
-            raise _requeue(self.task, run_id, idx, MAX_AROUND, None, _backoff(self.task), None) from None
+        error = error_info(exc)
+        result = StepResult(idx=idx, name=name, attempt=self._attempt, started_at=now, finished_at=now, error=error)
+        with contextlib.suppress(LostOwnership):  # the run ended meanwhile
+            self.store.steps.fail_unstarted(run_id, CELERY_OWNER, result, end_run=self.task.name != BRANCH)
+
+    def _fail_join(self, run_id: str, exc: Exception) -> None:
+        """End the run failed, with the error that kept its join from planning what follows its branches."""
+        run = self.store.runs.get(run_id)
+        if run.status.finished:
+            return
+        done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+        idx = next((i for i, s in enumerate(run.steps) if s.status not in done), len(run.steps) - 1)
+        self._names, self._attempt = tuple(s.name for s in run.steps), run.steps[idx].attempts
+        self._fail_around(run_id, idx, exc)
 
     def join(self, run_id: str, fence: int | None) -> None:
         """Plan again after parallel branches: wait for any still in flight, fail, cancel, or go on."""
