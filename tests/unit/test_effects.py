@@ -350,3 +350,57 @@ def test_an_async_effect_declares_its_result_the_same_way(store):
     run = asyncio.run(Pipeline("fx-abill", [abill]).arun({"n": 6}, store=store))
     assert run.status is baton.RunStatus.SUCCEEDED and run.output == {"n": 6} and len(acted) == 1
     assert store.effects.get(f"{run.id}/abill/bill").result_schema["title"] == "Receipt"
+
+
+# -- the store in trouble around an effect ---------------------------------------------------------------
+
+
+def _trouble() -> Exception:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("UPDATE baton_effects", {}, sqlite3.OperationalError("database is locked"))
+
+
+@step(side_effect=True, retry=Retry(max_attempts=1))
+def send_once(x: N) -> N:
+    effect("send", lambda key: acted.append(key) or "sent")
+    return x
+
+
+def test_a_ledger_write_that_meets_the_stores_trouble_waits_it_out_instead_of_failing_the_step(store, monkeypatch):
+    # A database restarting right after the act: the record of what happened waits for it, as a checkpoint
+    # does, instead of failing the step and leaving an effect that happened uncertain.
+    acted.clear()
+    finish, failures = store.effects.finish, [_trouble(), _trouble()]
+
+    def restarting(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(store.effects, "finish", restarting)
+    run = Pipeline("fx-restarting", [send_once]).run({"n": 1}, store=store)
+    assert run.status is baton.RunStatus.SUCCEEDED, run.steps[0].error
+    assert len(acted) == 1 and not failures
+    assert store.effects.get(f"{run.id}/send_once/send").status == "done"
+
+
+def test_a_claim_that_committed_before_its_connection_broke_is_this_attempts_own(store, monkeypatch):
+    # The claim's commit went through but its answer was lost: made again, it finds its own claim, not an
+    # uncertain effect of some earlier attempt, and acts (once).
+    acted.clear()
+    begin, broke = store.effects.begin, []
+
+    def answer_lost(*args, **kwargs):
+        found = begin(*args, **kwargs)
+        if not broke:
+            broke.append(1)
+            raise _trouble()
+        return found
+
+    monkeypatch.setattr(store.effects, "begin", answer_lost)
+    run = Pipeline("fx-answer-lost", [send_once]).run({"n": 1}, store=store)
+    assert run.status is baton.RunStatus.SUCCEEDED, run.steps[0].error
+    assert broke and len(acted) == 1

@@ -88,6 +88,9 @@ class Effects:
         except IntegrityError:
             found = self.get(key)
             assert found is not None
+            if found.status == "started" and found.owner == owner and found.started_at == now:
+                # This very claim, made again because its connection broke after the commit: still new.
+                return None
             return found
 
     def finish(self, key: str, result: Any, now: datetime, *, conn: Connection | None = None) -> None:
