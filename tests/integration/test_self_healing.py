@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,7 @@ import redis
 
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.integration.commands import baton, control, counts
-from tests.integration.serving import Served
+from tests.integration.serving import Served, free_port
 from tests.integration.workers import wait_for_file
 
 APPS = Path(__file__).parent / "apps"
@@ -306,3 +306,56 @@ def test_a_killed_server_started_again_resumes_the_local_runs_it_was_running(env
         assert "its process died mid-run; resumed here" in (tmp_path / "serve-2.log").read_text()
     finally:
         again.stop()
+
+
+@pytest.fixture
+def own_redis(env, tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A Redis of the test's own, without persistence, and a way to restart it (losing every message)."""
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path)]  # fmt: skip
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def ready() -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "the test's Redis did not start"
+                time.sleep(0.05)
+
+    def restart() -> None:
+        procs[-1].kill()
+        procs[-1].wait(10)
+        time.sleep(1)
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ready()
+
+    ready()
+    env["BATON_BROKER_URL"] = url
+    yield url, restart
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_redis_restart_with_a_step_in_flight_leaves_the_worker_up_and_the_run_finishes(
+    healing_env, own_redis, workers
+):
+    env = healing_env
+    _, restart = own_redis
+    worker = workers.start(pool="threads")
+    (control(env) / "transform.block").touch()
+    run_id = submit(env, CONTROLLED, {"value": 1})
+    wait_for_file(control(env) / "transform.started")
+    restart()  # every message gone, every connection cut
+    (control(env) / "transform.block").unlink()
+    run = wait_until_finished(env, run_id, timeout=40)
+    assert run["status"] == "succeeded", run
+    assert worker.poll() is None, workers.logs()[-3000:]  # still serving
+    later = submit(env, CONTROLLED, {"value": 2})
+    assert wait_until_finished(env, later, timeout=40)["status"] == "succeeded"
+    assert counts(env) == {"fetch": 2, "transform": 2, "publish": 2}  # each step of each run once
