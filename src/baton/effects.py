@@ -238,6 +238,15 @@ def settle(
         if result is not NO_RESULT:
             raise UserError(f"{given_as} is for an effect that happened: one that did not returned nothing")
         return store.effects.mark(key, done=False, now=utcnow())
+    if result is not NO_RESULT:
+        # What the store cannot keep (NUL in a string) is refused here, like any value crossing a boundary.
+        from baton.contracts import refuse_nul
+        from baton.errors import InvalidInput
+
+        try:
+            refuse_nul(json.dumps(result), contract=given_as, step=found.name, where="result", error=InvalidInput)
+        except InvalidInput as exc:
+            raise UserError(f"{given_as}: {exc}; nothing was recorded") from None
     if found.result_schema is not None:
         if result is NO_RESULT:
             raise UserError(

@@ -87,3 +87,35 @@ def test_a_password_in_the_query_is_masked_where_baton_shows_the_url(postgres_ur
     printed = served.stop()
     assert f"store {postgres_url}?password=***" in printed
     assert "s3cret-in-query" not in printed
+
+
+def test_a_nul_in_an_id_or_a_filter_is_refused_not_a_server_error(client):
+    asked = [
+        client.get("/runs/abcdef%00"),
+        client.get("/events/ab%00c"),
+        client.get("/runs", params={"pipeline": "a\x00b"}),
+        client.get("/runs", params={"failed_step": "a\x00b"}),
+        client.post("/runs/abcdef%00/resume"),
+        client.post("/runs/abcdef%00/cancel"),
+        client.get("/ui/runs", params={"pipeline": "a\x00b"}),
+    ]
+    for answer in asked:
+        assert answer.status_code == 422, (answer.request.url, answer.status_code, answer.text)
+        assert "NUL" in answer.text
+
+
+def test_no_answer_echoes_a_huge_value_back(client):
+    huge = "x" * 5000
+    asked = [
+        client.get("/runs", params={"status": huge}),
+        client.get("/ui/runs", params={"status": huge}),
+        client.get("/ui/runs", params={"since": huge}),
+        client.get(f"/runs/{huge}"),
+        client.get(f"/events/{huge}"),
+        client.get(f"/ui/runs/{huge}"),
+        client.post(f"/runs/{huge}/cancel"),
+    ]
+    for answer in asked:
+        assert answer.status_code in (404, 422), (answer.request.url, answer.status_code)
+        assert huge[:300] not in answer.text, (answer.request.url, len(answer.text))
+        assert len(answer.text) < 4000 or answer.headers["content-type"].startswith("text/html")

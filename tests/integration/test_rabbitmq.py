@@ -72,7 +72,8 @@ def test_a_restart_of_rabbitmq_loses_no_queued_run_and_runs_no_step_twice(env, w
 def test_without_a_result_backend_worker_and_run_refuse_at_once_naming_the_setting(env, rabbitmq):
     env = env | {"BATON_BROKER_URL": rabbitmq}
     env.pop("BATON_RESULT_BACKEND", None)
-    for args in (["worker"], ["run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery"]):
+    run = ["run", CONTROLLED, "--input", '{"value": 1}', "--runtime", "celery"]
+    for args in (["worker"], run, ["serve", "--runtime", "celery", "--port", "1"]):
         refused = baton(env, *args, check=2)
         assert refused.stderr.count("\n") == 1, refused.stderr
         assert "BATON_RESULT_BACKEND must be set when the broker is not Redis" in refused.stderr

@@ -191,6 +191,10 @@ def test_the_dashboard_shows_a_run_whose_message_is_presumed_lost_as_stalled(hea
             assert time.monotonic() < deadline, page  # past BATON_REQUEUE_AFTER with an empty queue
             time.sleep(0.5)
         assert "stalled" in httpx.get(f"{server.url}/ui/runs").text
+        # A run whose message waits in the queue (no worker runs yet) is queued, not stalled.
+        queued = submit(env, CONTROLLED, {"value": 2})
+        time.sleep(6)  # past BATON_REQUEUE_AFTER
+        assert 'id="run-stalled"' not in httpx.get(f"{server.url}/ui/runs/{queued}/live").text
     finally:
         server.stop()
 

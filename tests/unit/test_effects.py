@@ -309,6 +309,8 @@ def test_an_uncertain_effect_whose_result_is_used_is_settled_only_with_a_result_
         settle(store, key, done=True, result={"id": "ch_1", "amount": "ten"})
     with pytest.raises(baton.UserError, match="--result is for an effect that happened"):
         settle(store, key, done=False, result={"id": "ch_1", "amount": 5})
+    with pytest.raises(baton.UserError, match=r"id.*NUL|NUL.*id"):  # what no store can keep
+        settle(store, key, done=True, result={"id": "ch_\x001", "amount": 5})
     assert store.effects.get(key).status == "started"  # every refusal recorded nothing
 
     assert settle(store, key, done=True, result={"id": "ch_1", "amount": 5}).status == "done"

@@ -409,6 +409,9 @@ def serve(
             f"baton serve will not listen on {host} without a token: anyone who can reach it could act on your "
             "runs. Set BATON_DASHBOARD_TOKEN (a long random string), or serve on 127.0.0.1."
         )
+    if settings.runtime == "celery":
+        # Its broker settings are refused now, in one line, not by the first request or its sweeper.
+        get_runtime("celery").app  # noqa: B018 - made to be refused, if it is
     import_modules(imports)
     store = _store(settings)
     shown = f"[{host}]" if ":" in host else host

@@ -37,12 +37,13 @@ try:
     from fastapi import FastAPI, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from baton.web.access import Access
     from baton.web.bodies import BodyLimit
     from baton.web.dashboard import router as dashboard_router
     from baton.web.pages import templates
-    from baton.web.problems import public_message, validation_problem
+    from baton.web.problems import http_problem, public_message, validation_problem
     from baton.web.routes import events_router, login_router, runs_router
     from baton.web.routes.runs import RejectRequest, RetryRequest
 except ImportError as exc:  # pragma: no cover - exercised by the install hint in a bare venv
@@ -79,6 +80,7 @@ def create_app(store: RunStore, *, runtime: str = "local", sweep: bool = True, a
     app.exception_handler(RequestValidationError)(validation_problem)  # without echoing large inputs
     app.middleware("http")(_guard)
     app.exception_handler(BatonError)(_baton_error)
+    app.exception_handler(StarletteHTTPException)(http_problem)
     # The store's errors, wrapped by SQLAlchemy or raised by the driver on the connections baton keeps.
     for kind in _driver_errors():
         app.exception_handler(kind)(_store_error)
@@ -103,6 +105,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    if "\x00" in request.scope.get("path", "") or any("\x00" in k + v for k, v in request.query_params.multi_items()):
+        # No id, name or filter holds NUL; PostgreSQL could not even look one up.
+        return JSONResponse({"detail": "the request's path or query holds a NUL character"}, status_code=422)
     access: Access = request.app.state.access
     if access.foreign_host(request):
         why = "without BATON_DASHBOARD_TOKEN this server answers to localhost, 127.0.0.1 and [::1] only"
@@ -125,10 +130,17 @@ RETRY_AFTER_SECONDS = 5
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
-    if not is_store_trouble(exc):
-        log.error("the store refused a request's query", exc_info=exc)
-        return _problem(request, "the server could not answer: see its log", 500)
-    return _unavailable(request)
+    if is_store_trouble(exc):
+        return _unavailable(request)
+    log.error("the store refused a request's query", exc_info=exc)
+    if _refused_value(exc):
+        return _problem(request, "a value in the request cannot be stored or looked up", 422)
+    return _problem(request, "the server could not answer: see its log", 500)
+
+
+def _refused_value(exc: Exception) -> bool:
+    original = getattr(exc, "orig", None) or exc
+    return type(original).__name__ == "DataError" or type(exc).__name__ == "DataError"
 
 
 def _driver_errors() -> list[type[Exception]]:

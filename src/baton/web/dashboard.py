@@ -16,6 +16,7 @@ poll the live part of a running run (a <meta> refresh does it without script).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,12 +126,33 @@ def runs_page(
 
 
 def _stalled(store: RunStore, ids: list[str]) -> set[str]:
-    """Of these celery runs, those no worker holds and whose message is presumed lost (the sweepers of the
-    workers queue them again: a run that stays so has no worker, or none that can import its pattern)."""
+    """Of these celery runs, those that no worker holds and nothing will move: a step's lease ran out, or the
+    run sat quiet for BATON_REQUEUE_AFTER seconds with the queue empty (its message lost). The workers'
+    sweepers queue them again; a run that stays so has no worker, or none that can import its pattern. A run
+    queued behind others is not stalled."""
     if not ids:
         return set()
-    quiet = timedelta(seconds=current_settings().worker.requeue_after)
+    quiet = timedelta(seconds=current_settings().worker.requeue_after) if _queue_empty() else None
     return {lost.id for lost in store.runs.lost(utcnow(), quiet=quiet, ids=ids)}
+
+
+_queue_seen: list[Any] = [float("-inf"), False]
+
+
+def _queue_empty() -> bool:
+    """Whether baton's celery queue is known to be empty (asked at most every few seconds); False when the
+    broker cannot say (or Celery is not installed here)."""
+    now = time.monotonic()
+    if now - _queue_seen[0] >= 5.0:
+        try:
+            from baton.runtime.celery._app import celery_app
+            from baton.runtime.celery._sweep import queued
+
+            empty = queued(celery_app(current_settings())) == 0
+        except Exception:
+            empty = False
+        _queue_seen[:] = [now, empty]
+    return bool(_queue_seen[1])
 
 
 def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from baton._urls import mask_url
 from baton.errors import ContractViolation, UserError
 from baton.store import RunStore
 
-__all__ = ["MAX_ECHO_CHARS", "public_message", "validation_problem"]
+__all__ = ["MAX_ECHO_CHARS", "http_problem", "public_message", "short", "validation_problem"]
 
 log = logging.getLogger("baton.web")
 
@@ -27,10 +29,26 @@ log = logging.getLogger("baton.web")
 MAX_ECHO_CHARS = 200
 
 
+_LONG = re.compile(rf"\S{{{MAX_ECHO_CHARS},}}")
+
+
+def short(text: str) -> str:
+    """`text` with any word longer than MAX_ECHO_CHARS (a value the client sent, echoed) cut to its start."""
+    return _LONG.sub(lambda m: f"{m.group()[:40]}... ({len(m.group())} characters)", text)
+
+
+async def http_problem(request: Request, exc: Exception) -> JSONResponse:
+    """An HTTP error a route raised (a 404, a filter's 422), its detail without huge echoed values."""
+    assert isinstance(exc, HTTPException)  # registered for it only
+    detail = short(exc.detail) if isinstance(exc.detail, str) else exc.detail
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 def public_message(exc: BaseException, store: RunStore) -> str:
-    """What a client may read of `exc`: a user's mistake as it is (the store's URL taken out), else its kind."""
+    """What a client may read of `exc`: a user's mistake as it is (the store's URL taken out, huge values it
+    echoes cut), else its kind."""
     if isinstance(exc, UserError | ContractViolation):
-        return _without_store(str(exc), store)
+        return short(_without_store(str(exc), store))
     log.error("answered a request with a server error", exc_info=exc)
     return f"{type(exc).__name__}: the server could not do this; its log says why"
 

@@ -29,7 +29,7 @@ from baton.settings import Settings
 from baton.store import RunStore, utcnow
 from baton.store.trouble import calm_for
 
-__all__ = ["Sweeper", "sweep_seconds"]
+__all__ = ["Sweeper", "queued", "sweep_seconds"]
 
 log = logging.getLogger("baton.celery")
 
@@ -40,6 +40,23 @@ EPOCH_KEY = "baton:epoch"
 def sweep_seconds(settings: Settings) -> float:
     """How often a sweeper looks: often enough that a lease's end is found within a few seconds."""
     return max(0.5, min(5.0, settings.store.lease_seconds / 4, settings.worker.requeue_after / 3))
+
+
+def queued(app: Any) -> int | None:
+    """Messages waiting in baton's queue on `app`'s broker (None: it cannot say right now)."""
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            try:
+                return int(conn.default_channel.queue_declare(queue=QUEUE, passive=True).message_count)
+            except Exception as exc:
+                # Redis drops an empty list, and kombu then says the queue does not exist.
+                if "not_found" in str(exc).lower() or "no queue" in str(exc).lower():
+                    return 0
+                raise
+    except Exception:
+        log.debug("could not count the messages in the queue", exc_info=True)
+        return None
 
 
 class Sweeper:
@@ -102,19 +119,7 @@ class Sweeper:
 
     def queued(self) -> int | None:
         """Messages waiting in baton's queue (None: the broker cannot say right now)."""
-        try:
-            with self.app.connection_for_read() as conn:
-                channel = conn.default_channel
-                try:
-                    return int(channel.queue_declare(queue=QUEUE, passive=True).message_count)
-                except Exception as exc:
-                    # Redis drops an empty list, and kombu then says the queue does not exist.
-                    if "not_found" in str(exc).lower() or "no queue" in str(exc).lower():
-                        return 0
-                    raise
-        except Exception:
-            log.debug("could not count the messages in the queue", exc_info=True)
-            return None
+        return queued(self.app)
 
     def forever(self, stop: threading.Event | None = None, *, also: Any = None, also_every: float = 15.0) -> None:
         """Sweep every few seconds until `stop` is set; `also()` (the outbox's sweep) every `also_every`."""
