@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -25,3 +27,19 @@ def control(env) -> Path:
 def counts(env) -> dict[str, int]:
     """How many times each step of the test apps started."""
     return {p.stem: len(p.read_text().splitlines()) for p in control(env).glob("*.count")}
+
+
+def show(env, run_id) -> dict:
+    """`baton show RUN_ID --json`, read."""
+    return json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
+
+
+def wait_until_finished(env, run_id, timeout: float = 60) -> dict:
+    """The run as `baton show` reads it once it no longer runs (a failed assertion after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = show(env, run_id)
+        if run.get("status") not in ("pending", "running", None):
+            return run
+        assert time.monotonic() < deadline, f"run still {run.get('status')}: {json.dumps(run, indent=1)[:3000]}"
+        time.sleep(0.1)

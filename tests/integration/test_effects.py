@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.commands import baton, control, counts
+from tests.integration.commands import baton, control, counts, wait_until_finished
 from tests.integration.serving import free_port
-from tests.integration.test_runtimes import wait_until_finished
 
 MAILER = f"{Path(__file__).parent / 'apps' / 'mailer.py'}:mailer"
 REPORT = json.dumps({"subject": "ACME, Q3", "body": "Revenue is up; two risks need a decision."})

@@ -10,8 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.commands import baton, control, counts
-from tests.integration.test_runtimes import show, wait_until_finished
+from tests.integration.commands import baton, control, counts, show, wait_until_finished
 from tests.integration.workers import use_broker, wait_for_file
 
 APPS = Path(__file__).parent / "apps"

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.commands import baton, control
+from tests.integration.commands import baton, control, wait_until_finished
 from tests.integration.test_demo import minimal_pdf
 from tests.integration.test_effects import Inbox
-from tests.integration.test_runtimes import wait_until_finished
 
 APPS = Path(__file__).parent / "apps"
 RESEARCH = f"{APPS / 'research_app.py'}:research"

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.commands import baton, control, counts
+from tests.integration.commands import baton, control, counts, wait_until_finished
 from tests.integration.test_cli_process import start_blocked_run
-from tests.integration.test_runtimes import wait_until_finished
 
 APPS = Path(__file__).parent / "apps"
 CONTROLLED = f"{APPS / 'controlled.py'}:controlled"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.commands import baton, control, counts
+from tests.integration.commands import baton, control, counts, show, wait_until_finished
 from tests.integration.workers import Workers, on_both_brokers, use_broker, wait_for_file
 
 APPS = Path(__file__).parent / "apps"
@@ -28,20 +28,6 @@ SLOW_TAIL = f"{APPS / 'research.py'}:slow_tail"
 # celery-step: the celery runtime with each pipeline step a task of its own (BATON_CELERY_HOP=step);
 # celery-rabbitmq: the celery runtime with RabbitMQ as its broker.
 RUNTIMES = ["local", "celery", "celery-step", "celery-rabbitmq"]
-
-
-def show(env, run_id) -> dict:
-    return json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
-
-
-def wait_until_finished(env, run_id, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = show(env, run_id)
-        if run["status"] not in ("pending", "running"):
-            return run
-        assert time.monotonic() < deadline, f"run still {run['status']}: {json.dumps(run, indent=1)[:3000]}"
-        time.sleep(0.1)
 
 
 class Driver:

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.conftest import POSTGRES_ADMIN_URL
-from tests.integration.commands import baton, control, counts
+from tests.integration.commands import baton, control, counts, show, wait_until_finished
 from tests.integration.serving import Served, free_port
 from tests.integration.workers import wait_for_file
 
@@ -31,20 +31,6 @@ CONTROLLED = f"{APPS / 'controlled.py'}:controlled"
 ECHOING = f"{APPS / 'healing.py'}:echoing"
 RETRYING = f"{APPS / 'healing.py'}:retrying"
 FRAGILE = f"{APPS / 'healing.py'}:fragile"
-
-
-def show(env, run_id) -> dict:
-    return json.loads(baton(env, "show", run_id, "--json", check=0).stdout)
-
-
-def wait_until_finished(env, run_id, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = show(env, run_id)
-        if run.get("status") not in ("pending", "running", None):
-            return run
-        assert time.monotonic() < deadline, f"run still {run.get('status')}: {json.dumps(run)[:2000]}"
-        time.sleep(0.1)
 
 
 def submit(env, target: str, data: dict) -> str:

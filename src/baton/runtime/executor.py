@@ -27,14 +27,13 @@ from pydantic import BaseModel, ValidationError
 
 from baton._context import StepContext, enter, leave
 from baton.contracts import validate_output
-from baton.errors import ContractViolation, StoreUnavailable
+from baton.errors import ContractViolation
 from baton.run import ErrorInfo
 from baton.runtime.aio import call_in_background, in_store_thread, in_work_thread
 from baton.runtime.base import hooks
-from baton.settings import current_settings
 from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, StepResult, utcnow
-from baton.store.trouble import first_line, is_store_trouble, note_trouble
+from baton.store.trouble import Patience, is_store_trouble
 from baton.tokens import count_tokens
 
 __all__ = [
@@ -229,35 +228,22 @@ async def _now(fn: Callable[..., T], *args: Any) -> T:
 
 async def _patiently(mode: Mode, first: Exception, call: Callable[[], Awaitable[T]]) -> T:
     """Make a store call again until the store answers, after `first` said it is in trouble (a restart, a
-    lost connection): with backoff, for up to BATON_STORE_RETRY_SECONDS, then `StoreUnavailable`.
+    lost connection), as `Patience` schedules it; waiting in the mode's way (a loop goes on meanwhile).
 
     Safe to repeat: every write is fenced on who holds the run or the step, and a checkpoint that did commit
-    before its connection broke is recognised as such (see `_checkpoint`).
+    before its connection broke is recognised as such (see `aexecute`).
     """
-    store = mode.store
-    key = str(store.engine.url)
-    patience = current_settings().store.retry_seconds
-    deadline = time.monotonic() + patience
-    delay = 0.05
-    log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", first_line(first), patience)
-    exc: Exception = first
+    patience = Patience(str(mode.store.engine.url), first)
     while True:
-        note_trouble(key)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise StoreUnavailable(
-                f"the run store did not answer for {patience:.0f} s (BATON_STORE_RETRY_SECONDS): {first_line(exc)}"
-            ) from exc
-        await mode.sleep(min(delay, left))
-        delay = min(delay * 2, 2.0)
+        await mode.sleep(patience.wait())
         try:
             result = await call()
         except Exception as again:
             if not is_store_trouble(again):
                 raise
-            exc = again
+            patience.failed(again)
             continue
-        log.warning("the run store answers again")
+        patience.recovered()
         return result
 
 

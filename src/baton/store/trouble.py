@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["calm_for", "is_store_trouble", "note_trouble", "wait_out"]
+__all__ = ["Patience", "calm_for", "first_line", "is_store_trouble", "note_trouble", "wait_out"]
 
 T = TypeVar("T")
 log = logging.getLogger("baton.store")
@@ -63,37 +63,62 @@ def calm_for(url: str) -> float:
     return float("inf") if since is None else time.monotonic() - since
 
 
+class Patience:
+    """The schedule of waiting out the store's trouble, shared by every caller: backoff from 50 ms to 2 s, for
+    up to BATON_STORE_RETRY_SECONDS from the first failure, then `StoreUnavailable`."""
+
+    def __init__(self, key: str, first: Exception) -> None:
+        from baton.settings import current_settings
+
+        self.key, self.last = key, first
+        self.seconds = current_settings().store.retry_seconds
+        self.deadline, self.delay = time.monotonic() + self.seconds, 0.05
+        log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", first_line(first), self.seconds)
+
+    def failed(self, exc: Exception) -> None:
+        """Another try met the trouble (`exc`); anything else is raised by the caller."""
+        self.last = exc
+
+    def wait(self) -> float:
+        """Seconds to wait before the next try (the trouble is remembered); `StoreUnavailable` when done."""
+        from baton.errors import StoreUnavailable
+
+        note_trouble(self.key)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StoreUnavailable(
+                f"the run store did not answer for {self.seconds:.0f} s (BATON_STORE_RETRY_SECONDS): "
+                f"{first_line(self.last)}"
+            ) from self.last
+        wait, self.delay = min(self.delay, left), min(self.delay * 2, 2.0)
+        return wait
+
+    def recovered(self) -> None:
+        """The store answered again."""
+        log.warning("the run store answers again")
+
+
 def wait_out(key: str, fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` from a plain thread (never an event loop's), made again while the store at `key` is in
-    trouble, with backoff, for up to BATON_STORE_RETRY_SECONDS; then `StoreUnavailable`. For calls that are
-    safe to repeat (the effect ledger's, a step's model calls before its checkpoint)."""
-    from baton.errors import StoreUnavailable
-    from baton.settings import current_settings
-
+    trouble (see `Patience`). For calls that are safe to repeat (the effect ledger's, a step's model calls
+    before its checkpoint)."""
     try:
         return fn(*args)
     except Exception as exc:
         if not is_store_trouble(exc):
             raise
-        first: Exception = exc
-    patience = current_settings().store.retry_seconds
-    deadline, delay = time.monotonic() + patience, 0.05
-    log.warning("the run store is in trouble (%s); waiting up to %.0f s for it", first_line(first), patience)
+        patience = Patience(key, exc)
     while True:
-        note_trouble(key)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise StoreUnavailable(
-                f"the run store did not answer for {patience:.0f} s (BATON_STORE_RETRY_SECONDS): {first_line(first)}"
-            ) from first
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, 2.0)
+        time.sleep(patience.wait())
         try:
-            return fn(*args)
+            result = fn(*args)
         except Exception as again:
             if not is_store_trouble(again):
                 raise
-            first = again
+            patience.failed(again)
+            continue
+        patience.recovered()
+        return result
 
 
 def first_line(exc: BaseException) -> str:
