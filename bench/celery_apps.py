@@ -125,7 +125,8 @@ def _signal_end(task: Any = None, args: Any = None, retval: Any = None, state: s
     if state != "SUCCESS":
         return  # a task that asked to be retried has not ended the run
     name = getattr(task, "name", "")
-    run_id = args[-1] if name == "baton.join" else args[0] if name == "baton.step" else None
+    # A join's arguments are (the chord's results, run id, fence); a step's begin with the run id.
+    run_id = args[1] if name == "baton.join" else args[0] if name == "baton.step" else None
     if run_id is not None and _run_succeeded(run_id):
         _done(run_id)
     elif name in ("bench.last", "bench.join"):
