@@ -26,6 +26,7 @@ from baton.cli._common import (
     store_option,
 )
 from baton.cli.bulk import BULK_STATUSES, check_options, resume_all
+from baton.cli.chain import follow_chain, hints, show_chain
 from baton.cli.effects import effects
 from baton.cli.events import events, trace
 from baton.errors import UserError
@@ -72,12 +73,8 @@ def _finish(run: Run, as_json: bool) -> None:
         _print_json(run.to_json_dict())
     else:
         _out().print(render_run(run))
-        if run.status.resumable:
-            _err().print(f"resume with: baton resume {run.id}", highlight=False, markup=False)
-        if run.status is RunStatus.AWAITING_APPROVAL:
-            _err().print(
-                f"awaiting approval: baton approve {run.id} (or baton reject {run.id})", highlight=False, markup=False
-            )
+        for hint in hints(run):
+            _err().print(hint, highlight=False, markup=False)
     sys.exit(_exit_for(run))
 
 
@@ -102,13 +99,27 @@ def main() -> None:
     "--wait/--no-wait", default=None,
     help="Wait for the run to end. Default: wait on the local runtime; on celery, print the run id at once.",
 )  # fmt: skip
+@click.option(
+    "--follow/--no-follow", default=True, show_default=True,
+    help="When waiting: also wait for the runs its events start (its chain), print the chain as `baton trace` "
+    "does, and exit 1 if any run of it failed. --no-follow: the started run's result alone.",
+)  # fmt: skip
+@click.option(
+    "--follow-timeout", default=600.0, show_default=True, type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+    help="On celery, stop following a chain still going after this long (exit 1, naming what still runs).",
+)  # fmt: skip
 @store_option
 @json_option
 @_errors_to_exit
 def run(
-    target: str, input_text: str, runtime: str | None, wait: bool | None, database_url: str | None, as_json: bool
-) -> None:
-    """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not."""
+    target: str, input_text: str, runtime: str | None, wait: bool | None, follow: bool, follow_timeout: float,
+    database_url: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not.
+
+    When it waits (the default on the local runtime, --wait on celery) and the run's events started other runs,
+    it follows that chain to its end and exits 0 only if every run of it succeeded or awaits approval.
+    """
     from baton.cli.render import LiveProgress
 
     data = _read_input(input_text)
@@ -124,8 +135,15 @@ def run(
         return
     with LiveProgress(_err(), pattern.step_names, pattern.name) as progress:
         result = pattern.run(data, store=store, runtime=runtime, observer=progress)
-    # Runs started by the events it emitted may execute in this process: let them end before it does.
-    api.wait_chain(result.correlation_id or result.id, store=store)
+    here = get_runtime(runtime).executes_here
+    if follow:
+        # Runs that execute in this process must end before it does: no time limit on those.
+        end = follow_chain(store, result, timeout=None if here else follow_timeout)
+        if end.more_than_one:
+            sys.exit(show_chain(store, store.runs.get(result.id), end, as_json=as_json))
+    elif here:
+        # Runs started by the events it emitted execute in this process: let them end before it does.
+        api.wait_chain(result.correlation_id or result.id, store=store)
     _finish(store.runs.get(result.id), as_json)
 
 
