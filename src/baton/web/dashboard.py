@@ -38,9 +38,11 @@ from baton.web.deps import ActionsDep, StoreDep, TemplatesDep
 from baton.web.pages import lanes
 from baton.web.problems import public_message
 
-__all__ = ["PAGE_SIZE", "router"]
+__all__ = ["CHAIN_ROWS", "PAGE_SIZE", "router"]
 
 PAGE_SIZE = 50
+# The runs of a chain the run page lists; the rest are a click away, on the runs page filtered by the chain.
+CHAIN_ROWS = 50
 
 router = APIRouter(include_in_schema=False)
 
@@ -86,9 +88,10 @@ def runs_page(
     failed_step: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    correlation_id: str | None = None,
     before: str | None = None,
 ) -> HTMLResponse:
-    """Runs newest first: filters, counts per status, keyset pages."""
+    """Runs newest first: filters (a chain's correlation id among them), counts per status, keyset pages."""
     if status and status not in {s.value for s in RunStatus}:
         raise HTTPException(422, f"status: {status!r} is not one of {[s.value for s in RunStatus]}")
     chosen = {
@@ -97,12 +100,16 @@ def runs_page(
         "failed_step": failed_step or None,
         "since": _parse_time(since, "since"),
         "until": _parse_time(until, "until"),
+        "correlation_id": correlation_id or None,
     }
     store.runs.reap()  # runs whose owner is gone show interrupted
     found = store.runs.list(limit=PAGE_SIZE + 1, before=before or None, **chosen)
     more = len(found) > PAGE_SIZE
     found = found[:PAGE_SIZE]
-    given = {"status": status, "pipeline": pipeline, "failed_step": failed_step, "since": since, "until": until}
+    given = {
+        "status": status, "pipeline": pipeline, "failed_step": failed_step, "since": since, "until": until,
+        "correlation_id": correlation_id,
+    }  # fmt: skip
     kept = {k: v for k, v in given.items() if v}
     unstatused = {k: v for k, v in kept.items() if k != "status"}
     counts = store.browse.count(RunFilter(**{k: v for k, v in chosen.items() if k != "status"}))
@@ -165,8 +172,15 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
     # Where each emitted event went: a dead letter (and why) or failed tries show beside it.
     sent = store.events.list(ids=[eid for eid, _ in run.emitted], limit=len(run.emitted)) if run.emitted else []
     effects = store.effects.list(run.id)
+    chain_id = run.correlation_id or run.id
+    # The emitter and every run its events started, transitively: one correlation id. Oldest first.
+    chain = store.runs.list(correlation_id=chain_id, limit=CHAIN_ROWS + 1)
     return {
         "run": run,
+        "chain_id": chain_id,
+        "chain": sorted(chain[:CHAIN_ROWS], key=lambda r: r.id) if len(chain) > 1 else [],
+        "chain_more": len(chain) > CHAIN_ROWS,
+        "chain_url": "/ui/runs?" + urlencode({"correlation_id": chain_id}),
         "lanes": rows,
         "span_ms": span,
         "kind": kind,

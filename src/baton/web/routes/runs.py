@@ -51,19 +51,21 @@ def list_runs(
     failed_step: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    correlation_id: str | None = None,
     limit: int = Query(50, ge=1, le=1000),
     before: str | None = None,
 ) -> dict[str, Any]:
     """Runs newest first, without their steps; `next` is the cursor of the following page.
 
-    `since` and `until` bound the creation time (ISO 8601; UTC unless it says otherwise).
+    `since` and `until` bound the creation time (ISO 8601; UTC unless it says otherwise); `correlation_id`
+    keeps the runs of one chain (a run that emitted events, and the runs those started).
     """
     if status is not None and status not in {s.value for s in RunStatus}:
         raise HTTPException(422, f"status {status!r} is not one of {[s.value for s in RunStatus]}")
     store.runs.reap()  # runs whose owner is gone show interrupted
     found = store.runs.list(
         status=status, pipeline=pipeline, failed_step=failed_step, since=since, until=until,
-        limit=limit, before=before,
+        correlation_id=correlation_id or None, limit=limit, before=before,
     )  # fmt: skip
     return {
         "runs": [r.to_json_dict(with_steps=False) for r in found],
