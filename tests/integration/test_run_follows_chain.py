@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.commands import baton, control, counts, wait_until_finished
+from tests.integration.test_research_example import RESEARCH, inbox, sources  # noqa: F401 - fixtures
 
 APPS = Path(__file__).parent / "apps"
 ORDERS = f"{APPS / 'orders.py'}:orders"
@@ -104,3 +105,20 @@ def test_following_a_chain_on_celery_ends_when_it_takes_too_long(env, workers):
     runs = _runs(env)
     assert f"is still going after 2 s (run {runs['ship']['id']} (ship) running)" in done.stderr
     assert f"follow it with: baton trace {runs['orders']['id']}" in done.stderr
+
+
+def test_the_research_examples_report_that_failed_fails_baton_run(env, sources, inbox):  # noqa: F811
+    # What the user met: research succeeded, the report it triggered failed, and the run said 0.
+    env |= {"BATON_MODEL": "research:script", "BATON_SMTP_URL": inbox.url}
+    (control(env) / "draft.invent").write_text("9")  # every draft makes a claim no source states
+    ask = {"topic": "ACME in Q3", "sources": str(sources), "email_to": "board@example.com", "max_revisions": 1}
+    done = baton(env, "run", RESEARCH, "--input", json.dumps(ask))
+    assert done.returncode == 1, done.stdout + done.stderr
+    runs = _runs(env)
+    report = runs["research-report"]["id"]
+    assert runs["research"]["status"] == "succeeded" and runs["research-report"]["status"] == "failed"
+    assert "research.gathered" in done.stdout and report in done.stdout
+    assert f"run {report} (research-report) failed at step write: UnsupportedClaims: after 1 revision(s)" in (
+        done.stderr
+    )
+    assert inbox.messages == []
