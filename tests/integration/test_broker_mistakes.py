@@ -199,3 +199,28 @@ def test_a_broker_lost_after_the_run_was_recorded_reports_it_not_queued_and_resu
     workers.start(concurrency=1)
     run = wait_until_finished(env, run_id, timeout=30)
     assert (run["status"], run["output"]) == ("succeeded", {"value": 35})
+
+
+def test_a_pipeline_run_is_queued_while_a_result_backend_of_its_own_is_down(env, own_redis, tmp_path, monkeypatch):
+    # A pipeline's steps need no result backend (only a supervisor's fan-out counts there): sending one must not
+    # wait on it, as Celery's subscription to every sent task's result did, for 20 s of retries.
+    backend = OwnRedis(tmp_path / "backend")
+    (tmp_path / "backend").mkdir()
+    backend.start()
+    monkeypatch.setenv("BATON_BROKER_URL", own_redis.url())
+    monkeypatch.setenv("BATON_RESULT_BACKEND", backend.url())
+    monkeypatch.setenv("BATON_TEST_DIR", env["BATON_TEST_DIR"])
+    celery_app.cache_clear()
+    store = baton.RunStore(env["BATON_DATABASE_URL"])
+    try:
+        controlled = load_target(CONTROLLED)
+        controlled.submit({"value": 1}, store=store, runtime="celery")  # both looked at, and trusted
+        backend.stop()
+        started = time.monotonic()
+        controlled.submit({"value": 2}, store=store, runtime="celery")
+        assert time.monotonic() - started < 2
+        assert redis.Redis.from_url(own_redis.url()).llen("baton") == 2
+    finally:
+        store.close()
+        celery_app.cache_clear()
+        backend.stop()
