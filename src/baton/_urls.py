@@ -31,8 +31,9 @@ def _mask_one(url: str) -> str:
     # The user part ends at the last '@' before the query: a password may hold an unencoded '@' or '/'.
     user, at, place = before_query.rpartition("@")
     if at:
-        name, colon, _password = user.partition(":")
-        if colon and "/" not in name:  # a path with a ':' in it (sqlite:///C:/...) has no password
+        name, colon, password = user.partition(":")
+        # A path with a ':' in it (sqlite:///C:/...) has no password; an empty one has nothing to hide.
+        if colon and password and "/" not in name:
             user = f"{name}:{MASK}"
     masked = f"{scheme}://{user}{at}{place}"
     if q:

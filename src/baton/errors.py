@@ -17,6 +17,7 @@ __all__ = [
     "InvalidInput",
     "RunError",
     "RunNotFound",
+    "RunNotQueued",
     "RunNotResumable",
     "StepFailed",
     "StoreUnavailable",
@@ -114,6 +115,14 @@ class StoreUnavailable(BatonError):
 
 class BrokerUnavailable(BatonError):
     """The Celery broker cannot be reached (Redis is down, or BATON_BROKER_URL points nowhere)."""
+
+
+class RunNotQueued(BrokerUnavailable):
+    """A run was recorded, then the broker refused its message: it waits, pending, for `baton resume RUN_ID`."""
+
+    def __init__(self, run_id: str, why: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} is recorded but not queued: {why}; queue it with: baton resume {run_id}")
 
 
 class StepFailed(RunError):

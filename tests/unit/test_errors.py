@@ -3,7 +3,7 @@ import pickle
 import pytest
 from pydantic import BaseModel, Field
 
-from baton import Cancelled, ContractViolation, InvalidInput, StepFailed, UserError
+from baton import Cancelled, ContractViolation, InvalidInput, RunNotQueued, StepFailed, UserError
 from baton.contracts import validate_input, validate_output
 
 
@@ -46,6 +46,7 @@ def test_bad_input_is_the_users_mistake():
         ContractViolation(contract="C", errors=[{"field": "f", "message": "m", "type": "t"}], step="s", where="output"),
         InvalidInput(contract="C", errors=[{"field": "f", "message": "m", "type": "t"}], step="s", where="input"),
         StepFailed("run1", "s", "ValueError", "boom"),
+        RunNotQueued("run1", "cannot reach the Celery broker at redis://h:6379/0 (BATON_BROKER_URL): refused"),
         Cancelled("run1"),
     ],
 )

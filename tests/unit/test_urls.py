@@ -20,6 +20,11 @@ from baton.settings import Settings
         ("sqlite:////tmp/runs@2026/baton.db", "sqlite:////tmp/runs@2026/baton.db"),
         ("sqlite:///C:/data@x/baton.db", "sqlite:///C:/data@x/baton.db"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        # No password, nothing masked: a ':***' would say there was one (kombu shows 'redis://:**@' here).
+        ("redis://user@host", "redis://user@host"),
+        ("redis://:@host:6379/0", "redis://:@host:6379/0"),
+        ("redis://:secret@host", "redis://:***@host"),
+        ("amqp://guest:guest@host//", "amqp://guest:***@host//"),
         ("not a url", "not a url"),
     ],
 )

@@ -428,8 +428,10 @@ def serve(
             "runs. Set BATON_DASHBOARD_TOKEN (a long random string), or serve on 127.0.0.1."
         )
     if settings.runtime == "celery":
-        # Its broker settings are refused now, in one line, not by the first request or its sweeper.
-        get_runtime("celery").app  # noqa: B018 - made to be refused, if it is
+        from baton.runtime.celery import check_broker
+
+        # A broker it cannot use or reach is refused now, in one line, not by the first request or its sweeper.
+        check_broker(get_runtime("celery").app)
     import_modules(imports)
     store = _store(settings)
     shown = f"[{host}]" if ":" in host else host

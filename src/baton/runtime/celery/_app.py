@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import time
 from typing import Any
 
 import celery
@@ -11,10 +13,21 @@ import celery
 from baton._urls import mask_url
 from baton.errors import BrokerUnavailable, UserError
 from baton.settings import Settings, WorkerSettings, current_settings
+from baton.store.trouble import is_store_trouble
 
-__all__ = ["QUEUE", "broker_display", "celery_app", "check_broker", "worker_argv"]
+__all__ = [
+    "QUEUE", "broker_display", "celery_app", "check_broker", "is_broker_trouble", "not_sent", "unreachable",
+    "worker_argv",
+]  # fmt: skip
 
 QUEUE = "baton"
+
+# Seconds one connection attempt to the broker or the result backend may take: a host that never answers is
+# reported, not waited on for minutes.
+CONNECT_TIMEOUT = 3.0
+# Seconds a broker found reachable is taken to be so by `check_broker(..., recent=True)`: a loop of submits
+# does not connect afresh for every run; one lost meanwhile is caught when the message is sent.
+TRUSTED_FOR = 5.0
 
 # Brokers whose URL also serves as the result backend (Celery's Redis backend counts a chord's members).
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
@@ -38,6 +51,9 @@ def _app_for(settings: Settings) -> celery.Celery:
         broker_transport_options=_transport_options(worker),
         result_backend_transport_options=_redis_options(worker),
         broker_connection_retry_on_startup=True,
+        # RabbitMQ's connect timeout (Redis's is in its transport options); the result backend's, on Redis.
+        broker_connection_timeout=CONNECT_TIMEOUT,
+        redis_socket_connect_timeout=CONNECT_TIMEOUT,
         # RabbitMQ closes the connection of a worker that missed two of these (its machine vanished: ~20 s) and
         # gives its messages to others; the worker's loop also wakes twice as often, so a stopping worker stops
         # within seconds (Celery's 120, negotiated down to RabbitMQ's 60, made both minutes). Redis ignores it.
@@ -103,7 +119,7 @@ def _redis_options(worker: WorkerSettings) -> dict[str, float]:
 def _transport_options(worker: WorkerSettings) -> dict[str, Any]:
     """The broker's transport options: Redis's redelivery timers, or RabbitMQ's publisher confirms."""
     if _scheme(worker.broker_url) in _REDIS_SCHEMES:
-        return _redis_options(worker)
+        return _redis_options(worker) | {"socket_connect_timeout": CONNECT_TIMEOUT}
     if _scheme(worker.broker_url) in ("amqp", "amqps", "pyamqp"):
         # RabbitMQ has no visibility timeout: an unacknowledged message comes back when its consumer's
         # connection closes. Confirms make a send return only once RabbitMQ holds the message (written to
@@ -133,12 +149,70 @@ def broker_display(app: celery.Celery) -> str:
     return mask_url(str(app.conf.broker_url or ""))
 
 
-def check_broker(app: celery.Celery) -> None:
-    """Fail with a clear message when the broker cannot be reached."""
-    conn = app.connection_for_write()
+def check_broker(app: celery.Celery, *, recent: bool = False) -> None:
+    """Fail, within a second or so and in one line, when the broker or the result backend cannot be reached
+    (nothing listens, a wrong password, RabbitMQ login or virtual host, a Redis database out of range).
+
+    With `recent`, a broker found reachable in the last `TRUSTED_FOR` seconds is not looked at again.
+    """
+    reached = getattr(app, "_baton_reached", None)
+    if recent and reached is not None and time.monotonic() - reached < TRUSTED_FOR:
+        return
+    _reach(app, str(app.conf.broker_url), "BATON_BROKER_URL", "broker")
+    backend = str(app.conf.result_backend or "")
+    if backend and backend != app.conf.broker_url:
+        _reach(app, backend, "BATON_RESULT_BACKEND", "result backend")
+    app._baton_reached = time.monotonic()  # type: ignore[attr-defined]
+
+
+def _reach(app: celery.Celery, url: str, variable: str, what: str) -> None:
+    # One retry after 0.2 s, not Celery's loop of many seconds: a blip passes, a mistake is told at once.
+    conn = app.connection_for_write(url) if what == "broker" else _backend_connection(url)
     try:
-        conn.ensure_connection(max_retries=1, timeout=5)
+        conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2, interval_max=0.2)
     except Exception as exc:
-        raise BrokerUnavailable(f"cannot reach the Celery broker at {broker_display(app)}: {exc}") from None
+        raise BrokerUnavailable(unreachable(url, variable, exc, what=what)) from None
     finally:
         conn.release()
+
+
+def _backend_connection(url: str) -> Any:
+    """A connection to a Redis result backend through kombu, which knows its every scheme (sentinel too)."""
+    import kombu
+
+    return kombu.Connection(url, transport_options={"socket_connect_timeout": CONNECT_TIMEOUT})
+
+
+def unreachable(url: str, variable: str, exc: BaseException, *, what: str = "broker") -> str:
+    """'cannot reach the Celery broker at URL (VARIABLE): why', the URL masked and the why on one line."""
+    text = str(exc).strip()
+    # amqp prefixes its reasons with a "(class, method): " of zeros; redis-py ends them with a full stop.
+    why = re.sub(r"^\(\d+, \d+\): ", "", text.splitlines()[0]).rstrip(".") if text else type(exc).__name__
+    return f"cannot reach the Celery {what} at {mask_url(url)} ({variable}): {why}"
+
+
+def not_sent(app: celery.Celery, exc: BaseException) -> str:
+    """Why a message was not sent, in one line naming the broker (or the result backend, for a fan-out), and
+    the next `check_broker(app, recent=True)` looks again."""
+    app._baton_reached = None  # type: ignore[attr-defined]
+    backend = str(app.conf.result_backend or "")
+    if backend and backend != app.conf.broker_url and type(exc).__module__.startswith("redis"):
+        return unreachable(backend, "BATON_RESULT_BACKEND", exc, what="result backend")
+    return unreachable(str(app.conf.broker_url), "BATON_BROKER_URL", exc)
+
+
+def is_broker_trouble(exc: BaseException) -> bool:
+    """Whether `exc` says the broker or the result backend could not take a message (not a bug, not the store)."""
+    import amqp.exceptions
+    import kombu.exceptions
+
+    kinds: tuple[type[BaseException], ...] = (
+        kombu.exceptions.OperationalError, amqp.exceptions.AMQPError, ConnectionError, TimeoutError,
+    )  # fmt: skip
+    try:
+        import redis.exceptions
+
+        kinds += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    except ImportError:
+        pass
+    return isinstance(exc, kinds) and not is_store_trouble(exc)

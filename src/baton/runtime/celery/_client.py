@@ -3,17 +3,19 @@ every call returns at once, and `baton.wait` follows a run through the store (ne
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
-from baton.errors import RunNotResumable, UserError
+from baton.errors import RunNotQueued, RunNotResumable, UserError
 from baton.patterns.plan import States, recorded_states, rewind_plan
 from baton.run import Run
 from baton.runtime.aio import submit_off_loop
 from baton.runtime.base import Observer, await_for, wait_for
-from baton.runtime.celery._app import celery_app
+from baton.runtime.celery._app import celery_app, check_broker, is_broker_trouble, not_sent
 from baton.runtime.celery._tasks import send, start
 from baton.runtime.records import create_run, read_run, resumable
 from baton.settings import Settings
@@ -53,7 +55,9 @@ class CeleryRuntime:
         """Record a pending run and queue what its plan starts with; returns the run id at once.
 
         A run that handles an event's `delivery` (see `baton.events`) is not created, and None is returned,
-        when the event was already handed to that subscriber.
+        when the event was already handed to that subscriber. A broker that cannot be reached raises
+        `BrokerUnavailable` before anything is recorded; one lost between that look and the send raises
+        `RunNotQueued`, carrying the id of the run that waits, pending, for `baton resume`.
         """
         self._require_ready(pattern)
         with store.writer() as writer:
@@ -71,7 +75,8 @@ class CeleryRuntime:
                 if existing is not None and brief is not None and brief.status is RunStatus.PENDING:
                     self.requeue(store, pattern, existing, brief.claims)
             return None
-        self._start(store, pattern, run_id, States(), fence=0)  # a new run's fence: it was never claimed
+        with self._queueing(run_id):
+            self._start(store, pattern, run_id, States(), fence=0)  # a new run's fence: it was never claimed
         return run_id
 
     def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
@@ -113,12 +118,14 @@ class CeleryRuntime:
         self._require_ready(pattern)
         run = read_run(store, pattern, run_id)
         if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
-            self._requeue_stuck(store, pattern, run)
+            with self._queueing(run.id):
+                self._requeue_stuck(store, pattern, run)
         else:
             run, states = resumable(store, pattern, run.id)
             if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow()):
                 raise RunNotResumable(f"run {run.id} changed while resuming (another process resumed it); look again")
-            self._start(store, pattern, run.id, states, fence=run.claims + 1)
+            with self._queueing(run.id):
+                self._start(store, pattern, run.id, states, fence=run.claims + 1)
         if observer is not None:
             observer.run_created(run.id)
         return run.id
@@ -130,7 +137,8 @@ class CeleryRuntime:
         if idx < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
         brief = store.runs.brief(run_id)
-        send(self.app, pattern, run_id, idx, brief.claims if brief is not None else None)
+        with self._queueing(run_id):
+            send(self.app, pattern, run_id, idx, brief.claims if brief is not None else None)
         return run_id
 
     def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
@@ -143,13 +151,25 @@ class CeleryRuntime:
         states = recorded_states(run)
         for idx in rewind:
             states.steps.pop(idx, None)
-        self._start(store, pattern, run.id, states, fence=run.claims + 1)
+        with self._queueing(run.id):
+            self._start(store, pattern, run.id, states, fence=run.claims + 1)
         return run.id
 
     def _require_ready(self, pattern: Any) -> None:
-        """Refuse, before anything is recorded, a pattern that workers cannot import or a misconfigured broker."""
+        """Refuse, before anything is recorded, a pattern that workers cannot import, a misconfigured broker,
+        or one that cannot be reached (looked at again only every few seconds)."""
         _require_target(pattern)
-        celery_app(self.settings)
+        check_broker(celery_app(self.settings), recent=True)
+
+    @contextlib.contextmanager
+    def _queueing(self, run_id: str) -> Iterator[None]:
+        """Around a send after the run was recorded: the broker's refusal becomes `RunNotQueued`, naming it."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_broker_trouble(exc):
+                raise
+            raise RunNotQueued(run_id, not_sent(self.app, exc)) from None
 
     def requeue(self, store: RunStore, pattern: Any, run_id: str, claims: int) -> bool:
         """Queue a pending or running run that nothing moves again at what is unfinished (a step whose holder

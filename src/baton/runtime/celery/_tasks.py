@@ -94,7 +94,9 @@ def send(
 ) -> None:
     """Queue step `idx` of a run as a task of its own, fenced with the run's `fence`."""
     args = (run_id, idx, 1, source_of(pattern, idx), fence)
-    app.send_task(STEP, args=args, queue=QUEUE, countdown=countdown)
+    # No result to wait on (baton waits on its store): without this, Celery also subscribes the sender to the
+    # task's result in the result backend, and a backend that is down costs the sender 20 s of retries.
+    app.send_task(STEP, args=args, queue=QUEUE, countdown=countdown, ignore_result=True)
 
 
 def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: Next, fence: int | None) -> int | None:
@@ -150,7 +152,7 @@ def _requeue(
     chord's member keeps its id that way), or, from a join, a step task of its own that was just sent."""
     args = (run_id, idx, this_go, source, fence)
     if task.name == JOIN:
-        task.app.send_task(STEP, args=args, countdown=countdown, queue=QUEUE)
+        task.app.send_task(STEP, args=args, countdown=countdown, queue=QUEUE, ignore_result=True)
         return _Requeued()
     return task.retry(args=args, countdown=countdown, throw=False)
 
