@@ -7,6 +7,7 @@ the command are `baton`.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from baton.errors import MissingExtra
 
@@ -32,5 +33,7 @@ def require(extra: str, what: str) -> None:
 
 
 def _installed(name: str) -> bool:
+    if name in sys.modules:  # imported already (None: blocked, as `sys.modules[name] = None` does)
+        return sys.modules[name] is not None
     # Found, not imported: the check is cheap, and the import that follows reports a broken install as it is.
     return importlib.util.find_spec(name) is not None
