@@ -15,6 +15,7 @@ __all__ = [
     "ContractViolation",
     "DefinitionError",
     "InvalidInput",
+    "MissingExtra",
     "RunError",
     "RunNotFound",
     "RunNotQueued",
@@ -59,6 +60,16 @@ class RunNotFound(UserError):
 
 class RunNotResumable(UserError):
     """A run cannot be resumed: it already succeeded, is live elsewhere, or its code changed."""
+
+
+class MissingExtra(UserError, ModuleNotFoundError):
+    """A part of baton needs an optional dependency that is not installed; the message says which extra."""
+
+    # Also a ModuleNotFoundError, so that `import baton.web` without the extra fails as imports fail, and code
+    # that probes for an optional part (`except ImportError`) keeps working.
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        self.what, self.extra, self.module = what, extra, module
+        super().__init__(f'{what} needs the {extra} extra (no module {module!r}): pip install "baton-llm[{extra}]"')
 
 
 # -- failures during a run -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def test_without_celery_installed_the_runtime_says_what_to_install():
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert 'pip install "baton[celery]"' in out
+    assert 'pip install "baton-llm[celery]"' in out
 
 
 def test_the_broker_is_shown_without_its_password():

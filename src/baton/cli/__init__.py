@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from baton import api
+from baton._extras import DISTRIBUTION, require
 from baton._loader import load_target, normalize_target
 from baton.cli._common import (
     EXIT_FAILED,
@@ -79,7 +80,7 @@ def _finish(run: Run, as_json: bool) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="baton")
+@click.version_option(package_name=DISTRIBUTION)
 def main() -> None:
     """baton: typed, durable multi-agent pipelines."""
 
@@ -375,6 +376,7 @@ def worker(
     database_url: str | None,
 ) -> None:  # fmt: skip
     """Start a Celery worker that executes the steps of runs submitted with --runtime celery."""
+    require("celery", "baton worker")
     from baton.runtime.celery import broker_display, celery_app, check_broker, worker_argv
 
     # Installed in this process: the worker's tasks run here, or in children forked from it, and find them.
@@ -412,13 +414,12 @@ def serve(
     With BATON_DASHBOARD_TOKEN set, everything needs the token. Without it the server only binds to
     loopback, anyone there may read, and changes need a token made for this server's lifetime, printed once.
     """
+    require("serve", "baton serve")
+    import uvicorn
+
     from baton.web.access import Access, is_loopback
     from baton.web.app import create_app
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from None
     settings = cli_settings(database_url=database_url, runtime=runtime, host=host, port=port)
     host, port = settings.server.host, settings.server.port
     access = Access.from_setting(settings.server.dashboard_token)

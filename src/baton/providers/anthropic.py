@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from baton._extras import require
 from baton.errors import UserError
 from baton.providers._http import AsyncSDKClients, SDKClients, classify_status
 from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
@@ -26,13 +27,13 @@ class AnthropicProvider:
     """
 
     name = "anthropic"
+    extra = "anthropic"  # the extra that installs its SDK; `check_model` asks for it when an agent is declared
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         """`settings` fixed for this provider; without them, this process's current settings at each call."""
-        try:
-            import anthropic
-        except ImportError:
-            raise UserError('the anthropic provider needs the anthropic SDK: pip install "baton[anthropic]"') from None
+        require("anthropic", "the anthropic provider")
+        import anthropic
+
         self._sdk = anthropic
         hint = "the anthropic provider needs ANTHROPIC_API_KEY (or BATON_ANTHROPIC_BASE_URL for a local server)"
         self._clients = SDKClients(anthropic.Anthropic, key_env="ANTHROPIC_API_KEY", hint=hint)

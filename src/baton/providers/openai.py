@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from baton._extras import require
 from baton.errors import UserError
 from baton.providers._http import AsyncSDKClients, SDKClients, classify_status
 from baton.providers.base import Completion, Message, ToolCall, ToolSpec, TransientProviderError
@@ -27,13 +28,13 @@ class OpenAIProvider:
     """
 
     name = "openai"
+    extra = "openai"  # the extra that installs its SDK; `check_model` asks for it when an agent is declared
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         """`settings` fixed for this provider; without them, this process's current settings at each call."""
-        try:
-            import openai
-        except ImportError:
-            raise UserError('the openai provider needs the openai SDK: pip install "baton[openai]"') from None
+        require("openai", "the openai provider")
+        import openai
+
         self._sdk = openai
         hint = "the openai provider needs OPENAI_API_KEY (or BATON_OPENAI_BASE_URL for a local server)"
         self._clients = SDKClients(openai.OpenAI, key_env="OPENAI_API_KEY", hint=hint)

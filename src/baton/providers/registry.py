@@ -7,6 +7,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from baton._extras import require
 from baton.errors import DefinitionError
 
 __all__ = ["check_model", "get_provider", "provider_names", "register_provider", "split_model"]
@@ -17,12 +18,16 @@ _factories: dict[str, Callable[[], Any]] = {}
 _instances: dict[str, Any] = {}
 _lock = threading.Lock()
 _scanned = False
+# The built-in providers' names: loading one's class imports only baton's module, not its SDK (a plugin's
+# module is imported when first used, as before).
+_builtins: set[str] = set()
 
 
 def register_provider(name: str, factory: Callable[[], Any]) -> None:
     """Make a provider available under `name` in this process (plugins use the entry point instead)."""
     with _lock:
         _factories[name] = factory
+        _builtins.discard(name)
         _instances.pop(name, None)
 
 
@@ -31,7 +36,10 @@ def _scan() -> None:
     if _scanned:
         return
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _factories.setdefault(ep.name, ep.load)
+        if ep.name not in _factories:
+            _factories[ep.name] = ep.load
+            if ep.module.startswith("baton."):
+                _builtins.add(ep.name)
     _scanned = True
 
 
@@ -57,6 +65,11 @@ def check_model(model: str) -> None:
             f"unknown model {model!r}: no provider {provider!r}; valid providers: {', '.join(names)} "
             "(write e.g. 'local', 'openai:gpt-4o-mini' or 'anthropic:claude-3-5-haiku-latest')"
         )
+    # A provider whose SDK is an extra says so when the agent is declared, not when its first step runs.
+    declared = _factories[provider]() if provider in _builtins else None
+    extra = getattr(declared, "extra", None)
+    if isinstance(extra, str):
+        require(extra, f"model {model!r}")
 
 
 def get_provider(name: str) -> Any:

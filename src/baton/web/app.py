@@ -25,29 +25,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from baton.errors import BatonError, ContractViolation, RunNotFound, RunNotResumable, StoreUnavailable, UserError
 from baton.events import dispatch
 from baton.settings import current_settings
 from baton.store import RunStore
 from baton.store.trouble import is_store_trouble
-
-try:
-    from fastapi import FastAPI, Request, Response
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from baton.web.access import Access
-    from baton.web.bodies import BodyLimit
-    from baton.web.dashboard import router as dashboard_router
-    from baton.web.pages import templates
-    from baton.web.problems import http_problem, public_message, validation_problem
-    from baton.web.routes import events_router, login_router, runs_router
-    from baton.web.routes.runs import RejectRequest, RetryRequest
-except ImportError as exc:  # pragma: no cover - exercised by the install hint in a bare venv
-    raise UserError('baton serve needs FastAPI and uvicorn: pip install "baton[serve]"') from exc
+from baton.web.access import Access
+from baton.web.bodies import BodyLimit
+from baton.web.dashboard import router as dashboard_router
+from baton.web.pages import templates
+from baton.web.problems import http_problem, public_message, validation_problem
+from baton.web.routes import events_router, login_router, runs_router
+from baton.web.routes.runs import RejectRequest, RetryRequest
 
 __all__ = ["RejectRequest", "RetryRequest", "create_app"]
 

@@ -18,14 +18,12 @@ app's configuration), `_tasks` (the tasks and the step state machine), `_worker`
 lifecycle).
 """
 
-from baton.errors import UserError
+from baton._extras import require
 
-try:
-    import celery  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised by the install hint test in a bare venv
-    raise UserError('the celery runtime needs Celery and Redis\'s client: pip install "baton[celery]"') from exc
+# Before the modules below import Celery: without the extra, one error that names it.
+require("celery", "the celery runtime")
 
-from baton.runtime.celery._app import QUEUE, broker_display, celery_app, check_broker, worker_argv
-from baton.runtime.celery._client import CeleryRuntime
+from baton.runtime.celery._app import QUEUE, broker_display, celery_app, check_broker, worker_argv  # noqa: E402
+from baton.runtime.celery._client import CeleryRuntime  # noqa: E402
 
 __all__ = ["QUEUE", "CeleryRuntime", "broker_display", "celery_app", "check_broker", "worker_argv"]
