@@ -54,7 +54,7 @@ class DefinitionError(UserError):
 
 
 class RunNotFound(UserError):
-    """No run has the given id (or the prefix is ambiguous)."""
+    """No run has the given id (or the prefix is ambiguous, or too short to name one)."""
 
 
 class RunNotResumable(UserError):
