@@ -7,11 +7,14 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from baton.errors import BatonError, UserError
 from baton.settings import Settings, use_settings
@@ -147,8 +150,29 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def _store(settings: Settings) -> RunStore:
+def _store(settings: Settings, *, create: bool = False) -> RunStore:
+    """The run store; unless `create` (a command that records new runs), a SQLite file that is not there is
+    refused in one line, not made: reading or acting on runs in the wrong folder must not leave an empty store."""
+    if not create:
+        _check_store_exists(settings)
     return open_store(settings=settings)
+
+
+def _check_store_exists(settings: Settings) -> None:
+    url = settings.store.resolved_url()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # not a URL: opening the store says so
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database).expanduser()
+    if path.exists():
+        return
+    if not settings.store.database_url:
+        shown = f"./{path.relative_to(Path.cwd())}" if path.is_relative_to(Path.cwd()) else str(path)
+        raise UserError(f"no run store here ({shown} does not exist); run a pipeline first, or set BATON_DATABASE_URL")
+    raise UserError(f"no run store at {path} (the file BATON_DATABASE_URL names does not exist); run a pipeline first")
 
 
 def _print_json(data: Any) -> None:
