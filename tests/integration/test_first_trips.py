@@ -53,10 +53,6 @@ def test_commands_that_read_runs_say_there_is_no_store_and_leave_none_behind(tmp
         expected = "error: no run store here (./.baton/baton.db does not exist); run a pipeline first, or set"
         assert result.stderr.startswith(expected) and len(result.stderr.splitlines()) == 1, (args, result.stderr)
         assert list(tmp_path.iterdir()) == [], args  # no empty database, no folder for it
-    named = clean_env() | {"BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'runs' / 'b.db'}"}
-    result = baton(named, "runs", check=2, cwd=tmp_path)
-    assert f"no run store at {tmp_path / 'runs' / 'b.db'}" in result.stderr and "BATON_DATABASE_URL" in result.stderr
-    assert list(tmp_path.iterdir()) == []
     # A command that records a run makes the store; then the readers find it.
     run_id = json.loads(baton(env, "run", BILLING, "--input", INVOICE, "--json", check=0, cwd=tmp_path).stdout)["id"]
     assert (tmp_path / ".baton" / "baton.db").is_file()
@@ -107,3 +103,10 @@ def test_show_of_a_rejected_run_says_who_stopped_it_before_which_step_and_why(en
     other = json.loads(baton(env, "run", target, "--input", '{"text": "ho"}', "--json", check=0).stdout)["id"]
     baton(env, "reject", other, check=0)
     assert "UTC: (no reason given)" in baton(env, "show", other, check=0).stdout
+
+
+def test_a_mistyped_target_suggests_the_closest_name_in_one_line(env):
+    result = baton(env, "run", "baton.examples.triage:triag", "--input", "{}", check=2)
+    assert result.stderr == "error: baton.examples.triage has no attribute 'triag'; did you mean 'triage'?\n"
+    result = baton(env, "run", "baton.exampels.triage:triage", "--input", "{}", check=2)
+    assert result.stderr.endswith("; did you mean 'baton.examples.triage'?\n") and len(result.stderr.splitlines()) == 1

@@ -14,7 +14,6 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from baton.errors import BatonError, UserError
 from baton.settings import Settings, use_settings
@@ -151,28 +150,19 @@ def json_option(fn: F) -> F:
 
 
 def _store(settings: Settings, *, create: bool = False) -> RunStore:
-    """The run store; unless `create` (a command that records new runs), a SQLite file that is not there is
-    refused in one line, not made: reading or acting on runs in the wrong folder must not leave an empty store."""
-    if not create:
-        _check_store_exists(settings)
+    """The run store; unless `create` (a command that records new runs), the default SQLite file is refused in
+    one line when it is not there, not made: reading runs in the wrong folder must not leave an empty store.
+    A store the settings name is opened (made) as asked."""
+    if not create and not settings.store.database_url:
+        _check_default_store(settings)
     return open_store(settings=settings)
 
 
-def _check_store_exists(settings: Settings) -> None:
-    url = settings.store.resolved_url()
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # not a URL: opening the store says so
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return
-    path = Path(parsed.database).expanduser()
-    if path.exists():
-        return
-    if not settings.store.database_url:
+def _check_default_store(settings: Settings) -> None:
+    path = Path(make_url(settings.store.resolved_url()).database or "")
+    if not path.exists():
         shown = f"./{path.relative_to(Path.cwd())}" if path.is_relative_to(Path.cwd()) else str(path)
         raise UserError(f"no run store here ({shown} does not exist); run a pipeline first, or set BATON_DATABASE_URL")
-    raise UserError(f"no run store at {path} (the file BATON_DATABASE_URL names does not exist); run a pipeline first")
 
 
 def _print_json(data: Any) -> None:
