@@ -6,7 +6,9 @@ import os
 import threading
 import time
 
-__all__ = ["RUN_ID_LENGTH", "new_run_id"]
+from baton.errors import UserError
+
+__all__ = ["MIN_PREFIX_LENGTH", "RUN_ID_LENGTH", "check_prefix", "is_prefix", "new_run_id"]
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -15,6 +17,23 @@ _seq = 0
 
 # Every run id has this many hex digits; a shorter one names a run by prefix.
 RUN_ID_LENGTH = 32
+
+# An id begins with its creation time: its first 6 hex digits are the same for every run of the same 4.7 hours,
+# its first 8 for those of the same minute. A prefix names a run by the digits after those.
+MIN_PREFIX_LENGTH = 8
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_prefix(text: str) -> bool:
+    """True when `text` may be the start of an id (hex digits, shorter than a whole id)."""
+    return len(text) < RUN_ID_LENGTH and set(text) <= _HEX
+
+
+def check_prefix(text: str, what: str = "run", error: type[UserError] = UserError) -> None:
+    """Refuse a prefix too short to name one id (`what`: "run" or "event"), saying how long it must be."""
+    if len(text) < MIN_PREFIX_LENGTH and set(text) <= _HEX:
+        raise error(f"{what} id prefix {text!r} is too short: give at least {MIN_PREFIX_LENGTH} characters")
 
 
 def new_run_id() -> str:

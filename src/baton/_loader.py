@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,29 @@ def load_target(target: str) -> Any:
     try:
         return getattr(module, name)
     except AttributeError:
-        raise UserError(f"target {target!r}: {where} has no attribute {name!r}") from None
+        names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        raise UserError(f"{where} has no attribute {name!r}{_did_you_mean(name, names)}") from None
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """ "; did you mean 'X'?" for the choice closest to `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _close_module(module_name: str, missing: str) -> str:
+    """The hint for a mistyped module: its missing part's closest sibling (in its parent package, or at the
+    top level), in the whole name the user gave."""
+    parent, _, last = missing.rpartition(".")
+    try:
+        where = importlib.import_module(parent).__path__ if parent else None
+    except (ImportError, AttributeError):  # the parent is no package: nothing to look through
+        return ""
+    siblings = (m.name for m in pkgutil.iter_modules(where))
+    close = difflib.get_close_matches(last, sorted(set(siblings)), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {(parent + '.' if parent else '') + close[0] + module_name[len(missing) :]!r}?"
 
 
 def _import(module_name: str) -> Any:
@@ -52,7 +77,8 @@ def _import(module_name: str) -> Any:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise UserError(f"cannot import module {module_name!r}: {exc}") from None
+            hint = _close_module(module_name, exc.name)
+            raise UserError(f"cannot import module {module_name!r}: {exc}{hint}") from None
         raise
 
 
@@ -69,7 +95,10 @@ def _load_file(path_text: str) -> Any:
 def _load_file_locked(path_text: str) -> Any:
     path = Path(path_text).resolve()
     if not path.is_file():
-        raise UserError(f"no such file: {path}")
+        files = [p.name for p in path.parent.glob("*.py")] if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, sorted(files), n=1, cutoff=0.6)
+        hint = f"; did you mean {str(Path(path_text).with_name(close[0]))!r}?" if close else ""
+        raise UserError(f"no such file: {path}{hint}")
     # A stable module name per file, so that loading it twice gives the same module (and the same classes).
     module_name = f"baton_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     if module_name in sys.modules:

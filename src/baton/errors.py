@@ -55,7 +55,7 @@ class DefinitionError(UserError):
 
 
 class RunNotFound(UserError):
-    """No run has the given id (or the prefix is ambiguous)."""
+    """No run has the given id (or the prefix is ambiguous, or too short to name one)."""
 
 
 class RunNotResumable(UserError):

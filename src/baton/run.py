@@ -11,7 +11,7 @@ from baton._text import storable, storable_values
 from baton.errors import StepFailed
 from baton.status import RunStatus, StepStatus
 
-__all__ = ["AttemptError", "CallRecord", "ErrorInfo", "Run", "StepRecord", "Tokens"]
+__all__ = ["AttemptError", "CallRecord", "ErrorInfo", "Rejection", "Run", "StepRecord", "Tokens", "rejected_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,25 @@ class AttemptError:
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
         }
+
+
+# A person's rejection is kept in the history of the step the run waited before, as an error of this type.
+_REJECTED = "Rejected"
+_REJECTED_MESSAGE = "a person rejected the run before this step"
+
+
+def rejected_error(why: str) -> ErrorInfo:
+    """How a rejection is recorded on the step the run waited before (`why`: the reason given, or "")."""
+    return ErrorInfo(type=_REJECTED, message=f"{_REJECTED_MESSAGE}: {why}" if why else _REJECTED_MESSAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Who stopped a run awaiting approval, in effect: the step it waited before, the reason and when."""
+
+    step: str
+    reason: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +201,18 @@ class Run:
             if record.name == name:
                 return record
         raise KeyError(f"run {self.id} has no step {name!r}; its steps: {[s.name for s in self.steps]}")
+
+    @property
+    def rejection(self) -> Rejection | None:
+        """The person's rejection that ended this run (cancelled before a step awaiting approval), if one did."""
+        if self.status is not RunStatus.CANCELLED:
+            return None
+        for record in self.steps:
+            for a in reversed(record.attempt_errors):
+                if a.error.type == _REJECTED:
+                    reason = a.error.message.removeprefix(_REJECTED_MESSAGE).removeprefix(": ")
+                    return Rejection(step=record.name, reason=reason, at=a.finished_at)
+        return None
 
     def replace(self, **changes: Any) -> Run:
         """A copy with some fields changed."""

@@ -312,6 +312,9 @@ def test_a_run_awaiting_approval_is_approved_or_rejected_from_its_page(client, a
     other = GATED.run({"n": 4}, store=any_store)
     rejected = client.post(f"/ui/runs/{other.id}/reject", data={"reason": "not this week"})
     assert "Done: rejected" in rejected.text and "not this week" in rejected.text
+    shown = client.get(f"/ui/runs/{other.id}").text  # the reason, where the run's status is, not in a fold
+    assert '<dt>Rejected</dt><dd id="rejection">before step <a href="#step-dash_publish">dash_publish</a>' in shown
+    assert "UTC: not this week</dd>" in shown
     assert any_store.runs.get(other.id).status is baton.RunStatus.CANCELLED
     assert client.post(f"/runs/{other.id}/approve").status_code == 409  # the API: nothing to approve
 
@@ -440,6 +443,20 @@ def test_without_a_token_reading_is_open_but_every_change_needs_the_servers_own_
             assert rebound.status_code == 403 and "127.0.0.1" in rebound.json()["detail"], host
         assert anonymous.get("/runs", headers={"Host": "localhost:8000"}).status_code == 200
         assert anonymous.get("/runs", headers={"Host": "[::1]:8000"}).status_code == 200
+
+
+def test_sign_out_is_offered_only_to_a_browser_that_signed_in(any_store):
+    access = Access.from_setting(None)
+    with TestClient(create_app(any_store, sweep=False, access=access), base_url="http://127.0.0.1:8000") as browser:
+        assert browser.get("/ui/runs").status_code == 200
+        assert "sign out" not in browser.get("/ui/runs").text  # no token asked, none given: nothing to sign out of
+        browser.post("/login", data={"token": access.token})
+        assert "sign out" in browser.get("/ui/runs").text
+        browser.post("/logout")
+        assert "sign out" not in browser.get("/ui/runs").text
+    app = create_app(any_store, sweep=False, access=Access.from_setting(TOKEN))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as program:
+        assert "sign out" not in program.get("/ui/runs").text  # a token sent with each call is no session
 
 
 def test_a_run_page_never_imports_the_runs_code(tmp_path, any_store):

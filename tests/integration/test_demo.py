@@ -50,6 +50,7 @@ def test_the_demo_prints_progress_the_result_tokens_and_the_run_id(env, tmp_path
     # run fails at that step, visibly. Either way the user sees the progress, the tokens and the run id.
     assert result.returncode in (0, 1), result.stderr
     assert "▶ extract" in result.stderr
+    assert "n_ctx" not in result.stderr + result.stdout and "llama_" not in result.stderr  # llama.cpp kept quiet
     runs = subprocess.run(
         [sys.executable, "-m", "baton", "runs", "--json"], env=env, capture_output=True, text=True, check=True
     )

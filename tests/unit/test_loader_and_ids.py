@@ -52,3 +52,30 @@ def test_settings_are_read_from_the_environment_when_asked():
     settings = Settings.from_env({"BATON_DATABASE_URL": "sqlite:///x.db", "BATON_LEASE_SECONDS": "5"})
     assert settings.store.database_url == "sqlite:///x.db" and settings.store.lease_seconds == 5.0
     assert Settings.from_env({}).store.resolved_url().endswith("/.baton/baton.db")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("baton.examples.triage:triag", "baton.examples.triage has no attribute 'triag'; did you mean 'triage'?"),
+        ("baton.exampels.triage:triage", "No module named 'baton.exampels'; did you mean 'baton.examples.triage'?"),
+        ("bton.examples.triage:triage", "did you mean 'baton.examples.triage'?"),
+        ("baton.examples.triag:triage", "did you mean 'baton.examples.triage'?"),
+    ],
+)
+def test_a_mistyped_target_suggests_the_closest_name(target, message):
+    with pytest.raises(UserError) as raised:
+        load_target(target)
+    assert str(raised.value).endswith(message)
+
+
+def test_a_mistyped_file_or_name_in_it_suggests_the_closest_one(tmp_path, monkeypatch):
+    (tmp_path / "billing.py").write_text("billing = 'the pipeline'\nhelper = 1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"no such file: .*billng\.py; did you mean 'billing\.py'\?$"):
+        load_target("billng.py:billing")
+    with pytest.raises(UserError, match=r"billing\.py has no attribute 'biling'; did you mean 'billing'\?$"):
+        load_target("billing.py:biling")
+    with pytest.raises(UserError) as raised:  # nothing close: no guess
+        load_target("billing.py:zzzz")
+    assert "did you mean" not in str(raised.value)

@@ -110,3 +110,23 @@ def test_the_tokenizer_loaded_by_many_threads_at_once_leaves_the_process_its_out
         assert done.returncode == 0, done.stderr
         assert "still heard" in done.stdout
         assert "still heard" in done.stderr
+
+
+def test_loading_the_embedded_model_prints_nothing_of_llama_cpp():
+    # llama.cpp warns on every load that the context is shorter than the model's training one; that line is
+    # for whoever debugs (the logger at debug level), not in the middle of a user's progress.
+    script = (
+        "import logging, sys\n"
+        "from baton.providers.local import LocalProvider\n"
+        "caught = []\n"
+        "handler = logging.Handler(logging.DEBUG)\n"
+        "handler.emit = lambda record: caught.append(record.getMessage())\n"
+        "logging.getLogger('baton.providers.local').addHandler(handler)\n"
+        "logging.getLogger('baton.providers.local').setLevel(logging.DEBUG)\n"
+        "LocalProvider().count_tokens('three small words')\n"
+        "print(sum('n_ctx' in line for line in caught))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "llama" not in done.stderr and "n_ctx" not in done.stderr, done.stderr
+    assert int(done.stdout.strip()) >= 1  # the line went to the debug log instead

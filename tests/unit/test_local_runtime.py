@@ -203,6 +203,18 @@ def test_a_unique_prefix_finds_a_run(store):
         store.runs.get("ffffffffffff")
 
 
+def test_a_prefix_too_short_to_name_a_run_says_so(store):
+    run = make(Calls(), name="prefixed").run({"n": 1}, store=store)
+    assert store.runs.get(run.id[:8]).id == run.id  # the shortest prefix that may name a run
+    for short in (run.id[:7], run.id[:2], ""):
+        with pytest.raises(baton.RunNotFound, match=f"run id prefix '{short}' is too short: give at least 8"):
+            store.runs.get(short)
+    with pytest.raises(baton.UserError, match=f"event id prefix '{run.id[:5]}' is too short"):
+        store.events.get(run.id[:5])
+    with pytest.raises(baton.RunNotFound, match="no run with id 'nope'"):  # not an id's start: not a prefix
+        store.runs.get("nope")
+
+
 def test_a_cancel_during_retries_stops_the_retrying(store):
     attempts = []
 

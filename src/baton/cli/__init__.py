@@ -129,7 +129,7 @@ def run(
     if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
         raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
     pattern.target = normalize_target(target)
-    store, runtime = _store(settings), settings.runtime
+    store, runtime = _store(settings, create=True), settings.runtime
     if not (get_runtime(runtime).executes_here or wait):
         run_id = pattern.submit(data, store=store, runtime=runtime)
         _submitted(store, run_id, f"submitted to the {runtime} runtime", wait, as_json)
@@ -337,7 +337,7 @@ def demo(file_path: str | None, model: str | None, database_url: str | None, as_
     for warning in warnings:
         _err().print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
     settings = cli_settings(database_url=database_url, model=model)
-    store = _store(settings)
+    store = _store(settings, create=True)
     pipeline = document_pipeline(settings.providers.model)
     with LiveProgress(_err(), pipeline.step_names, pipeline.name) as progress:
         result = pipeline.run(doc, store=store, observer=progress)
@@ -381,7 +381,7 @@ def worker(
 
     # Installed in this process: the worker's tasks run here, or in children forked from it, and find them.
     settings = cli_settings(database_url=database_url, broker_url=broker_url, concurrency=concurrency, pool=pool)
-    store = _store(settings)  # migrates, and fails early with a clear message when unreachable
+    store = _store(settings, create=True)  # migrates, and fails early with a clear message when unreachable
     described = store.describe()
     store.close()
     import_modules(imports)
@@ -434,7 +434,7 @@ def serve(
         # A broker it cannot use or reach is refused now, in one line, not by the first request or its sweeper.
         check_broker(get_runtime("celery").app)
     import_modules(imports)
-    store = _store(settings)
+    store = _store(settings, create=True)
     shown = f"[{host}]" if ":" in host else host
     say = _err().print
     say(f"baton serve: http://{shown}:{port}/ui/runs, store {store.describe()}", highlight=False, markup=False)

@@ -7,11 +7,13 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from baton.errors import BatonError, UserError
 from baton.settings import Settings, use_settings
@@ -147,8 +149,20 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def _store(settings: Settings) -> RunStore:
+def _store(settings: Settings, *, create: bool = False) -> RunStore:
+    """The run store; unless `create` (a command that records new runs), the default SQLite file is refused in
+    one line when it is not there, not made: reading runs in the wrong folder must not leave an empty store.
+    A store the settings name is opened (made) as asked."""
+    if not create and not settings.store.database_url:
+        _check_default_store(settings)
     return open_store(settings=settings)
+
+
+def _check_default_store(settings: Settings) -> None:
+    path = Path(make_url(settings.store.resolved_url()).database or "")
+    if not path.exists():
+        shown = f"./{path.relative_to(Path.cwd())}" if path.is_relative_to(Path.cwd()) else str(path)
+        raise UserError(f"no run store here ({shown} does not exist); run a pipeline first, or set BATON_DATABASE_URL")
 
 
 def _print_json(data: Any) -> None:

@@ -24,6 +24,7 @@ MAX_RESULT_BYTES = 1 << 20
 @store_option
 @json_option
 @click.pass_context
+@_errors_to_exit
 def effects(ctx: click.Context, run_id: str | None, database_url: str | None, as_json: bool) -> None:
     """List side effects (of one run, or all), newest first: done, or started and uncertain."""
     if ctx.invoked_subcommand is not None:

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from baton._ids import check_prefix
 from baton.cli._common import _errors_to_exit, _out, _print_json, _store, cli_settings, import_modules, setting_option
 from baton.cli.render import _status
 from baton.errors import RunNotFound, UserError
@@ -30,6 +31,7 @@ __all__ = ["events", "render_events", "render_trace", "trace"]
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
+@_errors_to_exit
 def events(
     ctx: click.Context, dead: bool, correlation_id: str | None, limit: int, database_url: str | None, as_json: bool
 ) -> None:
@@ -97,6 +99,7 @@ def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], d
 @_errors_to_exit
 def trace(correlation_id: str, database_url: str | None) -> None:
     """Print a chain of runs and events (a correlation id, or any of its runs' ids) as a tree."""
+    check_prefix(correlation_id)  # a chain's id is its first run's
     store = _store(cli_settings(database_url=database_url))
     store.runs.reap()  # runs whose owner is gone show interrupted
     chain = correlation_id

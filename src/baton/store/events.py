@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
 
+from baton._ids import check_prefix, is_prefix
 from baton._text import storable
 from baton.status import RunStatus
 from baton.store.context import StoreContext
@@ -217,10 +218,12 @@ class Events:
             )
 
     def get(self, event_id: str) -> EventRecord | None:
-        """One event with its deliveries; a unique prefix of its id will do."""
+        """One event with its deliveries; a unique prefix of its id will do (a too short one is refused)."""
         with self._ctx.engine.connect() as c:
             row = c.execute(select(events).where(events.c.id == event_id)).mappings().first()
-            if row is None and len(event_id) >= 6:
+            if row is None:
+                check_prefix(event_id, "event")
+            if row is None and is_prefix(event_id):
                 found = c.execute(select(events).where(events.c.id.startswith(event_id)).limit(2)).mappings().all()
                 row = found[0] if len(found) == 1 else None
             if row is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, null, or_, select, update
 
-from baton._ids import RUN_ID_LENGTH
+from baton._ids import RUN_ID_LENGTH, check_prefix, is_prefix
 from baton._owner import owner_alive
 from baton.errors import RunNotFound, UserError
 from baton.run import ErrorInfo, Run
@@ -66,11 +66,12 @@ class Runs:
     # -- reading ----------------------------------------------------------------------------------------
 
     def resolve_id(self, run_id: str) -> str:
-        """The full id of the run `run_id` names (a unique prefix of at least 6 characters is enough)."""
+        """The full id of the run `run_id` names (a unique prefix of MIN_PREFIX_LENGTH characters is enough)."""
         with self._ctx.engine.connect() as c:
             if c.execute(select(runs.c.id).where(runs.c.id == run_id)).first():
                 return run_id
-            if len(run_id) >= 6 and all(ch in "0123456789abcdef" for ch in run_id):
+            check_prefix(run_id, "run", RunNotFound)
+            if is_prefix(run_id):
                 found = c.execute(select(runs.c.id).where(runs.c.id.startswith(run_id)).limit(2)).scalars().all()
                 if len(found) == 1:
                     return found[0]

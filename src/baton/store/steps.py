@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, case, select, update
 
 from baton._context import LLMCall
-from baton.run import ErrorInfo
+from baton.run import rejected_error
 from baton.status import ClaimOutcome, RunStatus, StepStatus
 from baton.store.claims import LeaseClaimer
 from baton.store.context import StoreContext, utcnow
@@ -344,9 +344,7 @@ class Steps:
             if not decided:
                 return -1
             if not approve:
-                error = ErrorInfo(
-                    type="Rejected", message=f"a person rejected the run before this step{': ' + why if why else ''}"
-                )
+                error = rejected_error(why)
                 c.execute(
                     attempts.insert(),
                     attempt_row(run_id, idx, 0, error, retried=False, started_at=now, finished_at=now),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -12,7 +13,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from baton._urls import mask_url
-from baton.errors import StoreUnavailable
+from baton.errors import StoreUnavailable, UserError
 from baton.store.browse import Browse
 from baton.store.claims import LeaseClaimer
 from baton.store.context import StoreContext, utcnow
@@ -26,6 +27,9 @@ from baton.store.trouble import wait_out
 from baton.store.writer import RunWriter
 
 __all__ = ["CELERY_OWNER", "RunStore", "StepResult", "utcnow"]
+
+# PostgreSQL's answer to a connection naming a database it does not have (libpq gives no SQLSTATE for it).
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
 
 _Kept = TypeVar("_Kept", RunWriter, LeaseClaimer)
 _T = TypeVar("_T")
@@ -53,6 +57,15 @@ class RunStore:
         except OperationalError as exc:
             self.engine.dispose()
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            if self.engine.dialect.name == "postgresql" and _NO_DATABASE.search(reason):
+                # Not the store's trouble to wait out: nothing makes the database but a person.
+                parsed = self.engine.url
+                where = f"-h {parsed.host or '127.0.0.1'}" + (f" -p {parsed.port}" if parsed.port else "")
+                who = f" -U {parsed.username}" if parsed.username else ""
+                raise UserError(
+                    f"the database of BATON_DATABASE_URL ({self.describe()}) does not exist; create it first: "
+                    f"createdb {where}{who} {parsed.database}"
+                ) from None
             raise StoreUnavailable(f"cannot reach the run store at {self.describe()}: {reason}") from None
         ctx = StoreContext(self.engine, self.lease, self._kept)
         self.runs = Runs(ctx)

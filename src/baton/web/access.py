@@ -57,6 +57,11 @@ class Access:
         """True when `given` is the token (compared in constant time)."""
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
+    def signed_in(self, request: Request) -> bool:
+        """True when the browser carries this server's session cookie: then, and only then, it may sign out."""
+        cookie = request.cookies.get(COOKIE)
+        return cookie is not None and hmac.compare_digest(cookie.encode(), self.session.encode())
+
     def foreign_host(self, request: Request) -> bool:
         """True when a server without a token is asked for another host than this machine's loopback names:
         a page elsewhere whose name was made to point here (DNS rebinding) must not read the runs."""
@@ -75,8 +80,7 @@ class Access:
             if self.check_token(header[7:].strip()):
                 return None
             return "the token given is not the dashboard token"
-        cookie = request.cookies.get(COOKIE)
-        if cookie is not None and hmac.compare_digest(cookie.encode(), self.session.encode()):
+        if self.signed_in(request):
             if method in SAFE_METHODS or _same_origin(request):
                 return None
             return "this request came from another site's page; it was refused"
