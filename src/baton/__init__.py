@@ -27,6 +27,7 @@ from baton.errors import (
     Cancelled,
     ContractViolation,
     DefinitionError,
+    EffectsWouldRepeat,
     EffectUncertain,
     InvalidInput,
     RunError,
@@ -111,6 +112,7 @@ __all__ = [
     "BrokerUnavailable",
     "TransientError",
     "EffectUncertain",
+    "EffectsWouldRepeat",
     "TransientProviderError",
     "UserError",
 ]

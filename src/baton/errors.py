@@ -18,6 +18,7 @@ __all__ = [
     "RunError",
     "RunNotFound",
     "RunNotResumable",
+    "EffectsWouldRepeat",
     "StepFailed",
     "StoreUnavailable",
     "BrokerUnavailable",
@@ -58,6 +59,10 @@ class RunNotFound(UserError):
 
 class RunNotResumable(UserError):
     """A run cannot be resumed: it already succeeded, is live elsewhere, or its code changed."""
+
+
+class EffectsWouldRepeat(RunNotResumable):
+    """A retry from a step would do again side effects already done (an e-mail sent): it needs a person's yes."""
 
 
 # -- failures during a run -------------------------------------------------------------------------------

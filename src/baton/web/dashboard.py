@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment
 
+from baton._redo import latest_effects
 from baton.effects import NO_RESULT
 from baton.errors import BatonError, UserError
 from baton.run import Run
@@ -166,6 +167,7 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
     sent = store.events.list(ids=[eid for eid, _ in run.emitted], limit=len(run.emitted)) if run.emitted else []
     effects = store.effects.list(run.id)
     return {
+        "redo": latest_effects(store, run.id) if run.status.finished else [],
         "run": run,
         "lanes": rows,
         "span_ms": span,
@@ -224,9 +226,18 @@ async def resume_form(run_id: str, actions: ActionsDep) -> RedirectResponse:
 
 
 @router.post("/ui/runs/{run_id}/retry")
-async def retry_form(run_id: str, actions: ActionsDep, step: str = Form(...)) -> RedirectResponse:
-    """Retry from the form's `step`, then back to the run page."""
-    return await _act(actions.store, run_id, f"retried from step {step}", lambda: actions.retry(run_id, step))
+async def retry_form(
+    run_id: str, actions: ActionsDep, step: str = Form(...), confirm: str = Form("")
+) -> RedirectResponse:
+    """Retry from the form's `step` (side effects done again only with `confirm` ticked), then back to the run
+    page."""
+    ticked = confirm == "yes"
+    how = 'tick "do again its side effects"'
+
+    def retry() -> None:
+        actions.retry(run_id, step, confirm=ticked, confirm_with=how)
+
+    return await _act(actions.store, run_id, f"retried from step {step}", retry)
 
 
 @router.post("/ui/runs/{run_id}/approve")
