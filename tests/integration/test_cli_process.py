@@ -189,6 +189,20 @@ def test_run_shows_live_progress_per_step(env):
     assert "succeeded" in result.stdout
 
 
+def test_resume_and_resume_from_a_step_show_live_progress_of_the_steps_they_run(env):
+    (control(env) / "publish.fail").write_text("no")
+    run = json.loads(baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--json", check=1).stdout)
+    (control(env) / "publish.fail").unlink()
+    resumed = baton(env, "resume", run["id"], check=0).stderr.splitlines()
+    retried = baton(env, "resume", run["id"], "--from", "transform", check=0).stderr.splitlines()
+    for lines, ran in ((resumed, ["publish"]), (retried, ["transform", "publish"])):
+        for name in ran:
+            assert any(line.startswith(f"▶ {name} (attempt ") for line in lines), lines
+            assert any(line.startswith(f"✓ {name} ") for line in lines), lines
+    assert not any(line.startswith(("▶ fetch", "▶ transform")) for line in resumed)
+    assert not any(line.startswith("▶ fetch") for line in retried)  # replayed from its checkpoint, not run
+
+
 def test_an_unreachable_store_is_a_clear_error_that_hides_the_password(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env["BATON_DATABASE_URL"] = "postgresql://postgres:s3cret-pw@127.0.0.1:1/test"

@@ -236,10 +236,16 @@ def resume(
     here = get_runtime(runtime).executes_here
     if from_step is not None:
         _confirm_redo(store, recorded, pattern, from_step, yes)
-        pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
+        if not here:
+            pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
+            _submitted(store, recorded.id, f"retried from step {from_step}", wait, as_json)
+            return
         # A run retried in this process runs on a thread of it, which must stay until the run ends.
-        _submitted(store, recorded.id, f"retried from step {from_step}", wait or here, as_json)
-        return
+        with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
+            pattern.retry(recorded.id, from_step, store=store, runtime=runtime, observer=progress)
+            api.wait(recorded.id, store=store)
+        api.wait_chain(recorded.correlation_id or recorded.id, store=store)  # the runs its events started, here
+        _finish(store.runs.get(recorded.id), as_json)
     if not here:
         api.resume_later(recorded.id, store=store, runtime=runtime)
         _submitted(store, recorded.id, f"resumed on the {runtime} runtime", wait, as_json)
