@@ -27,6 +27,7 @@ from baton.errors import (
     Cancelled,
     ContractViolation,
     DefinitionError,
+    EffectsWouldRepeat,
     EffectUncertain,
     InvalidInput,
     MissingExtra,
@@ -115,6 +116,7 @@ __all__ = [
     "BrokerUnavailable",
     "TransientError",
     "EffectUncertain",
+    "EffectsWouldRepeat",
     "TransientProviderError",
     "UserError",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "RunNotFound",
     "RunNotQueued",
     "RunNotResumable",
+    "EffectsWouldRepeat",
     "StepFailed",
     "StoreUnavailable",
     "BrokerUnavailable",
@@ -70,6 +71,10 @@ class MissingExtra(UserError, ModuleNotFoundError):
     def __init__(self, what: str, extra: str, module: str) -> None:
         self.what, self.extra, self.module = what, extra, module
         super().__init__(f'{what} needs the {extra} extra (no module {module!r}): pip install "baton-llm[{extra}]"')
+
+
+class EffectsWouldRepeat(RunNotResumable):
+    """A retry from a step would do again side effects already done (an e-mail sent): it needs a person's yes."""
 
 
 # -- failures during a run -------------------------------------------------------------------------------

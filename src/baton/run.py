@@ -187,6 +187,8 @@ class Run:
     input_boundary_tokens: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # When a person last resumed or retried it; None if never.
+    resumed_at: datetime | None = None
     # The pattern's kind (`Pattern.kind`); None for runs recorded before baton kept it.
     kind: str | None = None
 
@@ -194,6 +196,15 @@ class Run:
     def succeeded(self) -> bool:
         """True when the run finished successfully."""
         return self.status is RunStatus.SUCCEEDED
+
+    @property
+    def duration_ms(self) -> float | None:
+        """How long its last go took: from its latest resume or retry (else its start) to its end; None while
+        it has not ended. The time before a resume (a failed first try, a pause) is not counted twice."""
+        began = self.resumed_at or self.started_at
+        if began is None or self.finished_at is None:
+            return None
+        return max((self.finished_at - began).total_seconds() * 1000, 0.0)
 
     def step(self, name: str) -> StepRecord:
         """The record of the step called `name`."""
@@ -241,6 +252,11 @@ class Run:
             "input_boundary_tokens": self.input_boundary_tokens,
             "correlation_id": self.correlation_id or self.id,
             "trigger_event": self.trigger_event,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "resumed_at": self.resumed_at.isoformat() if self.resumed_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_ms": self.duration_ms,
         }
         if with_steps:
             data["emitted_events"] = [{"id": i, "type": t} for i, t in self.emitted]

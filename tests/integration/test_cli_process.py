@@ -189,6 +189,47 @@ def test_run_shows_live_progress_per_step(env):
     assert "succeeded" in result.stdout
 
 
+def test_resume_and_resume_from_a_step_show_live_progress_of_the_steps_they_run(env):
+    (control(env) / "publish.fail").write_text("no")
+    run = json.loads(baton(env, "run", CONTROLLED, "--input", '{"value": 1}', "--json", check=1).stdout)
+    (control(env) / "publish.fail").unlink()
+    resumed = baton(env, "resume", run["id"], check=0).stderr.splitlines()
+    retried = baton(env, "resume", run["id"], "--from", "transform", check=0).stderr.splitlines()
+    for lines, ran in ((resumed, ["publish"]), (retried, ["transform", "publish"])):
+        for name in ran:
+            assert any(line.startswith(f"▶ {name} (attempt ") for line in lines), lines
+            assert any(line.startswith(f"✓ {name} ") for line in lines), lines
+    assert not any(line.startswith(("▶ fetch", "▶ transform")) for line in resumed)
+    assert not any(line.startswith("▶ fetch") for line in retried)  # replayed from its checkpoint, not run
+
+
+def test_a_resumed_or_retried_run_reports_the_duration_of_its_last_go_and_keeps_its_first_start(env, tmp_path):
+    app = tmp_path / "slow_first.py"
+    switch = tmp_path / "fail"
+    app.write_text(
+        "import time\nfrom pathlib import Path\nfrom pydantic import BaseModel\n"
+        "from baton import Pipeline, Retry, step\n"
+        "class N(BaseModel):\n    n: int\n"
+        "@step(retry=Retry(max_attempts=1))\ndef slow(x: N) -> N:\n"
+        f"    if Path({str(switch)!r}).exists():\n"
+        "        time.sleep(2)\n        raise ValueError('slow, then failed')\n"
+        "    return x\n"
+        "slow_first = Pipeline('slow-first', [slow])\n"
+    )
+    switch.touch()
+    failed = json.loads(baton(env, "run", f"{app}:slow_first", "--input", '{"n": 1}', "--json", check=1).stdout)
+    assert failed["duration_ms"] >= 2000 and failed["resumed_at"] is None
+    switch.unlink()
+    for how in (["resume", failed["id"]], ["resume", failed["id"], "--from", "slow"]):
+        again = json.loads(baton(env, *how, "--json", check=0).stdout)
+        assert again["status"] == "succeeded" and again["started_at"] == failed["started_at"]
+        assert again["resumed_at"] > failed["finished_at"] and again["duration_ms"] < 1500, (how, again)
+    (listed,) = json.loads(baton(env, "runs", "--json", check=0).stdout)
+    assert listed["duration_ms"] == again["duration_ms"]
+    shown = baton(env, "show", failed["id"], check=0).stdout
+    assert "resumed (UTC)" in shown and "(since resumed)" in shown
+
+
 def test_an_unreachable_store_is_a_clear_error_that_hides_the_password(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env["BATON_DATABASE_URL"] = "postgresql://postgres:s3cret-pw@127.0.0.1:1/test"

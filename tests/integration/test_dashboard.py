@@ -319,6 +319,46 @@ def test_a_run_awaiting_approval_is_approved_or_rejected_from_its_page(client, a
     assert client.post(f"/runs/{other.id}/approve").status_code == 409  # the API: nothing to approve
 
 
+def test_a_retry_that_would_do_a_side_effect_again_warns_and_acts_only_when_confirmed(client, any_store):
+    run = GATED.run({"n": 6}, store=any_store)
+    client.post(f"/ui/runs/{run.id}/approve")
+    done = baton.wait(run.id, store=any_store, timeout=20)
+    assert done.status is baton.RunStatus.SUCCEEDED
+    page = client.get(f"/ui/runs/{run.id}").text
+    warning = re.search(r'<p class="muted" id="retry-warning">(.*?)</p>', page, re.S)
+    assert warning and "receipt of step dash_publish" in warning.group(1), page
+    assert 'name="confirm" value="yes"' in page
+
+    refused = client.post(f"/ui/runs/{run.id}/retry", data={"step": "dash_check"})  # the box not ticked
+    assert refused.status_code == 200 and 'id="problem"' in refused.text
+    assert f"the effect &#39;receipt&#39; of step &#39;dash_publish&#39; (key {run.id}/dash_publish/receipt" in (
+        refused.text
+    )
+    after = any_store.runs.get(run.id)
+    assert after.status is baton.RunStatus.SUCCEEDED and [s.attempts for s in after.steps] == [
+        s.attempts for s in done.steps
+    ]
+    api = client.post(f"/runs/{run.id}/retry", json={"from_step": "dash_check"})
+    assert api.status_code == 409 and api.json()["type"] == "EffectsWouldRepeat", api.text
+    assert "receipt" in api.json()["detail"] and '"confirm": true' in api.json()["detail"]
+    assert any_store.runs.get(run.id).status is baton.RunStatus.SUCCEEDED
+
+    retried = client.post(f"/ui/runs/{run.id}/retry", data={"step": "dash_check", "confirm": "yes"})
+    assert "Done: retried from step dash_check" in retried.text
+    again = baton.wait(run.id, store=any_store, timeout=20)
+    assert again.status is baton.RunStatus.AWAITING_APPROVAL and again.steps[1].attempts == 2  # it asks again
+
+
+def test_a_retry_with_no_side_effect_at_stake_needs_no_confirmation(client, any_store):
+    # Rejected before its side effect: a retry does nothing a second time, so it is not asked about.
+    other = GATED.run({"n": 10}, store=any_store)
+    client.post(f"/ui/runs/{other.id}/reject")
+    assert "retry-warning" not in client.get(f"/ui/runs/{other.id}").text
+    retried = client.post(f"/runs/{other.id}/retry", json={"from_step": "dash_check"})
+    assert retried.status_code == 202, retried.text
+    assert baton.wait(other.id, store=any_store, timeout=20).status is baton.RunStatus.AWAITING_APPROVAL
+
+
 def test_an_uncertain_effect_is_settled_from_the_run_page_with_what_it_returned(client, any_store):
     paid.clear()
     run = PAYING.run({"n": 5}, store=any_store)

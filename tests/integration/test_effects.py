@@ -194,12 +194,23 @@ def test_a_person_who_retries_from_the_email_step_gets_a_new_email_with_a_new_ke
     env["BATON_SMTP_URL"] = inbox.url
     run = json.loads(baton(env, "run", MAILER, "--input", REPORT, "--json").stdout)
     assert run["status"] == "succeeded" and inbox.ids() == [f"<{run['id']}.send.email@baton>"]
-    again = json.loads(baton(env, "resume", run["id"], "--from", "compose", "--json").stdout)
+    again = json.loads(baton(env, "resume", run["id"], "--from", "compose", "--yes", "--json").stdout)
     assert again["status"] == "succeeded"
     # Asked for again, the e-mail is a new effect (generation 2): sent once more, under its own key.
     assert inbox.ids() == [f"<{run['id']}.send.email@baton>", f"<{run['id']}.send.email.2@baton>"]
     keys = {e["key"] for e in json.loads(baton(env, "effects", "--run", run["id"], "--json").stdout)}
     assert keys == {f"{run['id']}/send/email", f"{run['id']}/send/email/2"}
+
+
+def test_a_retry_whose_steps_did_no_side_effect_yet_asks_nothing(env, inbox):
+    env["BATON_SMTP_URL"] = inbox.url
+    (control(env) / "compose.fail").touch()
+    run = json.loads(baton(env, "run", MAILER, "--input", REPORT, "--json", check=1).stdout)
+    assert run["steps"][0]["status"] == "failed" and inbox.ids() == []
+    (control(env) / "compose.fail").unlink()
+    retried = baton(env, "resume", run["id"], "--from", "compose", "--json")  # no terminal, no --yes
+    assert retried.returncode == 0 and "--yes" not in retried.stderr, retried.stderr
+    assert json.loads(retried.stdout)["status"] == "succeeded" and len(inbox.ids()) == 1
 
 
 def test_a_run_awaiting_approval_can_be_cancelled_and_is_not_resumed(env, inbox):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.commands import baton, control, wait_until_finished
+from tests.integration.commands import baton, control, show, wait_until_finished
 from tests.integration.test_demo import minimal_pdf
 from tests.integration.test_effects import Inbox
 
@@ -110,6 +110,32 @@ def test_with_approval_the_email_waits_for_a_person(research_env, sources, inbox
     baton(env, "approve", reported["id"], "--import", str(APPS / "research_model.py"), check=0)
     assert wait_until_finished(env, reported["id"])["status"] == "succeeded"
     assert len(inbox.messages) == 1
+
+
+@pytest.fixture
+def local_research(env, inbox):
+    return env | {"BATON_MODEL": "research:script", "BATON_SMTP_URL": inbox.url}
+
+
+def test_retrying_from_the_email_step_names_the_email_and_sends_it_again_only_with_yes(local_research, sources, inbox):
+    env = local_research
+    ask = {"topic": "ACME in Q3", "sources": str(sources), "email_to": "board@example.com"}
+    _, reported = _chain(env, _start("local", env, ask))
+    assert reported["status"] == "succeeded" and len(inbox.messages) == 1
+    # The report's pattern is the shipped one, imported without the scripted model's provider: `send` calls
+    # no model, and a refused retry none either.
+    env = env | {"BATON_MODEL": "local"}
+    refused = baton(env, "resume", reported["id"], "--from", "send")  # no terminal to ask on
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert f"the effect 'email' of step 'send' (key {reported['id']}/send/email, done 20" in line, line
+    assert line.endswith("add --yes to do it again"), line
+    assert len(inbox.messages) == 1 and show(env, reported["id"])["steps"][1]["attempts"] == 1
+    again = json.loads(baton(env, "resume", reported["id"], "--from", "send", "--yes", "--json", check=0).stdout)
+    assert again["status"] == "succeeded" and len(inbox.messages) == 2
+    # Asked again, the latest e-mail (the second, under its own key) is the one named.
+    line = baton(env, "resume", reported["id"], "--from", "write", check=2).stderr
+    assert f"key {reported['id']}/send/email/2," in line and f"key {reported['id']}/send/email," not in line
 
 
 def test_a_bad_request_names_the_field_before_anything_runs(env, tmp_path):

@@ -218,7 +218,12 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     "--older-than", metavar="DURATION",
     help="With --all: only the runs unchanged for this long (30s, 10m, 2h, 1d), by their last update.",
 )  # fmt: skip
-@click.option("--yes", is_flag=True, help="With --all: resume them; without it they are only listed.")
+@click.option(
+    "--yes", is_flag=True,
+    help="With --all: resume them; without it they are only listed. With --from: do again the side effects "
+    "(an e-mail sent) of the steps that run again without asking; without it baton asks on a terminal, and "
+    "elsewhere refuses.",
+)  # fmt: skip
 @store_option
 @json_option
 @_errors_to_exit
@@ -249,10 +254,17 @@ def resume(
     runtime = runtime or recorded.runtime
     here = get_runtime(runtime).executes_here
     if from_step is not None:
-        pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
+        _confirm_redo(store, recorded, pattern, from_step, yes)
+        if not here:
+            pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
+            _submitted(store, recorded.id, f"retried from step {from_step}", wait, as_json)
+            return
         # A run retried in this process runs on a thread of it, which must stay until the run ends.
-        _submitted(store, recorded.id, f"retried from step {from_step}", wait or here, as_json)
-        return
+        with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
+            pattern.retry(recorded.id, from_step, store=store, runtime=runtime, observer=progress)
+            api.wait(recorded.id, store=store)
+        api.wait_chain(recorded.correlation_id or recorded.id, store=store)  # the runs its events started, here
+        _finish(store.runs.get(recorded.id), as_json)
     if not here:
         api.resume_later(recorded.id, store=store, runtime=runtime)
         _submitted(store, recorded.id, f"resumed on the {runtime} runtime", wait, as_json)
@@ -261,6 +273,23 @@ def resume(
         result = pattern.resume(recorded.id, store=store, runtime=runtime, observer=progress)
     api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
     _finish(store.runs.get(result.id), as_json)
+
+
+def _confirm_redo(store: RunStore, run: Run, pattern: Any, step: str, yes: bool) -> None:
+    """Before a retry from `step` does side effects again (the e-mail sent again), name them and ask: on a
+    terminal interactively, elsewhere only `--yes` says yes."""
+    from baton._redo import describe_effects, effects_redone, refuse_redo
+
+    if yes or not effects_redone(store, run, pattern, step):
+        return
+    if not sys.stdin.isatty():
+        refuse_redo(store, run, pattern, step, confirm_with="add --yes")
+    say = _err().print
+    say(f"retrying run {run.id} from step '{step}' does again what it already did:", highlight=False, markup=False)
+    for effect in effects_redone(store, run, pattern, step):
+        say(f"  {describe_effects(run, [effect])}", highlight=False, markup=False)
+    if not click.confirm("Do it again?", default=False, err=True):
+        raise UserError(f"run {run.id} not retried: nothing was done")
 
 
 @main.command()

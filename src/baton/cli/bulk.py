@@ -53,9 +53,11 @@ def check_options(run_id: str | None, all_runs: bool, given: dict[str, Any]) -> 
         if given.get("--older-than"):
             parse_duration(given["--older-than"])  # refused before the store is opened
         return
-    with_all = [name for name in ("--status", "--pipeline", "--older-than", "--yes") if given.get(name)]
+    with_all = [name for name in ("--status", "--pipeline", "--older-than") if given.get(name)]
     if with_all:
         raise UserError(f"{with_all[0]} goes with --all (baton resume --all --status S); for one run give its id")
+    if given.get("--yes") and not given.get("--from"):
+        raise UserError("--yes goes with --all (baton resume --all --status S) or with --from STEP")
     if run_id is None:
         raise UserError("give the RUN_ID to resume, or --all --status S for every run in a status")
 

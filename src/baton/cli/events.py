@@ -151,9 +151,7 @@ def render_trace(chain: str, runs: list[Run], found: list[EventRecord]) -> Tree:
     tree = Tree(Text(f"chain {chain}", style="bold"))
 
     def add_run(node: Tree, run: Run) -> None:
-        took = ""
-        if run.finished_at and run.started_at:
-            took = f" {(run.finished_at - run.started_at).total_seconds() * 1000:.1f} ms"
+        took = f" {run.duration_ms:.1f} ms" if run.duration_ms is not None else ""
         label = Text.assemble(
             ("run ", "bold"), run.id, f" {run.pipeline} ", _status(run.status.value),
             f" {run.created_at:%H:%M:%S}{took}",

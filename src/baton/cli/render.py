@@ -65,16 +65,13 @@ def render_runs(runs: list[Run]) -> Table:
     for column in ("id", "pipeline", "status", "failed step", "created (UTC)", "duration"):
         table.add_column(column, no_wrap=column in ("id", "created (UTC)"))
     for run in runs:
-        duration = None
-        if run.started_at and run.finished_at:
-            duration = (run.finished_at - run.started_at).total_seconds() * 1000
         table.add_row(
             run.id,
             run.pipeline,
             _status(run.status.value),
             run.failed_step or "",
             _when(run.created_at),
-            _ms(duration),
+            _ms(run.duration_ms),
         )
     return table
 
@@ -86,8 +83,10 @@ def render_run(run: Run) -> Group:
     head.add_row("pipeline", run.pipeline)
     head.add_row("status", _status(run.status.value))
     head.add_row("created (UTC)", _when(run.created_at))
-    if run.finished_at and run.started_at:
-        head.add_row("duration", _ms((run.finished_at - run.started_at).total_seconds() * 1000))
+    if run.resumed_at:
+        head.add_row("resumed (UTC)", _when(run.resumed_at))
+    if run.duration_ms is not None:
+        head.add_row("duration", _ms(run.duration_ms) + (" (since resumed)" if run.resumed_at else ""))
     head.add_row("tokens", f"{run.tokens.input} in / {run.tokens.output} out")
     head.add_row("cost", _usd(run.cost_usd))
     if run.correlation_id and run.correlation_id != run.id:

@@ -198,14 +198,16 @@ class Pattern:
         *,
         store: RunStore | str | None = None,
         runtime: str | None = None,
+        observer: Observer | None = None,
     ) -> str:
         """Run a finished run again from `from_step`: its checkpoint and those after it are discarded and the
         steps re-run in the background (on the run's own runtime unless `runtime` says); returns the run id.
+        `observer` hears of the steps as they go, as a resume's does.
         """
         s = store_of(store)
         run_id = s.runs.resolve_id(run_id)
         where = runtime or s.runs.get(run_id).runtime
-        return get_runtime(where).retry_from(s, self, run_id, from_step)
+        return get_runtime(where).retry_from(s, self, run_id, from_step, observer)
 
     def rerun_from(self, idx: int) -> list[int]:
         """The steps that run again when a run is retried from step `idx`, that one first: it and those after."""

@@ -92,7 +92,9 @@ class Runtime(Protocol):
         """Continue a failed or interrupted run at what its pattern says is unfinished; returns at once."""
         ...
 
-    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+    def retry_from(
+        self, store: RunStore, pattern: Any, run_id: str, step: str, observer: Observer | None = None
+    ) -> str:
         """Discard the checkpoints of `step` and of what its pattern re-runs after it, and run them again."""
         ...
 

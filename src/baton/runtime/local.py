@@ -249,10 +249,12 @@ class LocalRuntime:
         run, _ = resumable(store, pattern, run_id)
         return self._reopen(store, pattern, run, (), observer)
 
-    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+    def retry_from(
+        self, store: RunStore, pattern: Any, run_id: str, step: str, observer: Observer | None = None
+    ) -> str:
         """Discard the checkpoints of `step` and of what follows it, and run them again in the background."""
         run = read_run(store, pattern, run_id)
-        return self._reopen(store, pattern, run, rewind_plan(run, pattern, step), None)
+        return self._reopen(store, pattern, run, rewind_plan(run, pattern, step), observer)
 
     def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
         """Approve a run awaiting approval: it goes on, in the background, at the step it waited before."""

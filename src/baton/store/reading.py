@@ -141,5 +141,6 @@ def run_from_rows(
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        resumed_at=row["resumed_at"],
         kind=row["kind"],
     )

@@ -321,6 +321,7 @@ class Runs:
             "lease_expires_at": None if owner == CELERY_OWNER else now + self._ctx.lease, "current_step": None,
             "failed_step": None, "output": null(),  # SQL NULL, not JSON null: no checkpoint
             "finished_at": None, "cancel_requested": False, "claims": runs.c.claims + 1, "updated_at": now,
+            "resumed_at": now,
         }  # fmt: skip
         with self._ctx.begin(conn) as c:
             where = (runs.c.id == run_id, runs.c.claims == claims, runs.c.status.in_(allowed))

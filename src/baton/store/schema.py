@@ -54,6 +54,8 @@ runs = Table(
     Column("started_at", DateTime, nullable=True),
     Column("finished_at", DateTime, nullable=True),
     Column("updated_at", DateTime, nullable=False),
+    # When a person last resumed or retried it (started_at stays its first start): its duration counts from here.
+    Column("resumed_at", DateTime, nullable=True),
     Column("cost_usd", Float, nullable=True, default=0.0, server_default="0"),
     # Tokens of the input's JSON, when a model reads it (the first step is an agent).
     Column("input_boundary_tokens", Integer, nullable=True),

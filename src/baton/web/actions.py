@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from baton import api
+from baton._redo import refuse_redo
 from baton.effects import NO_RESULT, settle
 from baton.errors import UserError
 from baton.patterns.registry import find_pattern
@@ -30,10 +31,13 @@ class Actions:
         # Pending at once (a run that cannot resume answers 409), then continued on its own runtime.
         return get_runtime(recorded.runtime).resume(self.store, pattern, recorded.id)
 
-    def retry(self, run_id: str, from_step: str) -> str:
-        """Run a finished run again from `from_step`; its id."""
+    def retry(self, run_id: str, from_step: str, *, confirm: bool = False, confirm_with: str = "confirm") -> str:
+        """Run a finished run again from `from_step`; its id. Side effects that the steps it re-runs already did
+        are done again only with `confirm` (else `EffectsWouldRepeat` names them; `confirm_with` says how)."""
         recorded = self.store.runs.get(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
+        if not confirm:
+            refuse_redo(self.store, recorded, pattern, from_step, confirm_with=confirm_with)
         return pattern.retry(recorded.id, from_step, store=self.store, runtime=recorded.runtime)
 
     def cancel(self, run_id: str) -> RunStatus:

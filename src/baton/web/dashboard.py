@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment
 
+from baton._redo import latest_effects
 from baton.effects import NO_RESULT
 from baton.errors import BatonError, UserError
 from baton.run import Run
@@ -176,6 +177,7 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
     # The emitter and every run its events started, transitively: one correlation id. Oldest first.
     chain = store.runs.list(correlation_id=chain_id, limit=CHAIN_ROWS + 1)
     return {
+        "redo": latest_effects(store, run.id) if run.status.finished else [],
         "run": run,
         "chain_id": chain_id,
         "chain": sorted(chain[:CHAIN_ROWS], key=lambda r: r.id) if len(chain) > 1 else [],
@@ -238,9 +240,18 @@ async def resume_form(run_id: str, actions: ActionsDep) -> RedirectResponse:
 
 
 @router.post("/ui/runs/{run_id}/retry")
-async def retry_form(run_id: str, actions: ActionsDep, step: str = Form(...)) -> RedirectResponse:
-    """Retry from the form's `step`, then back to the run page."""
-    return await _act(actions.store, run_id, f"retried from step {step}", lambda: actions.retry(run_id, step))
+async def retry_form(
+    run_id: str, actions: ActionsDep, step: str = Form(...), confirm: str = Form("")
+) -> RedirectResponse:
+    """Retry from the form's `step` (side effects done again only with `confirm` ticked), then back to the run
+    page."""
+    ticked = confirm == "yes"
+    how = 'tick "do again its side effects"'
+
+    def retry() -> None:
+        actions.retry(run_id, step, confirm=ticked, confirm_with=how)
+
+    return await _act(actions.store, run_id, f"retried from step {step}", retry)
 
 
 @router.post("/ui/runs/{run_id}/approve")

@@ -141,7 +141,9 @@ class CeleryRuntime:
             send(self.app, pattern, run_id, idx, brief.claims if brief is not None else None)
         return run_id
 
-    def retry_from(self, store: RunStore, pattern: Any, run_id: str, step: str) -> str:
+    def retry_from(
+        self, store: RunStore, pattern: Any, run_id: str, step: str, observer: Observer | None = None
+    ) -> str:
         """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
         self._require_ready(pattern)
         run = read_run(store, pattern, run_id)
@@ -153,6 +155,8 @@ class CeleryRuntime:
             states.steps.pop(idx, None)
         with self._queueing(run.id):
             self._start(store, pattern, run.id, states, fence=run.claims + 1)
+        if observer is not None:
+            observer.run_created(run.id)
         return run.id
 
     def _require_ready(self, pattern: Any) -> None:

@@ -31,6 +31,11 @@ class RetryRequest(BaseModel):
     """The body of POST /runs/{id}/retry."""
 
     from_step: str = Field(min_length=1, max_length=100, description="The step to run again, with the ones after it")
+    confirm: bool = Field(
+        default=False,
+        description="Do again the side effects (an e-mail sent) that the steps run again already did; without "
+        "it such a retry is refused (409, naming them)",
+    )
 
 
 class MarkEffectRequest(BaseModel):
@@ -101,7 +106,7 @@ def resume_run(run_id: str, actions: ActionsDep) -> JSONResponse:
 @router.post("/runs/{run_id}/retry", status_code=202)
 def retry_run(run_id: str, body: RetryRequest, actions: ActionsDep) -> JSONResponse:
     """Run a finished run again from `from_step`: its checkpoint and the later ones are discarded."""
-    retried = actions.retry(run_id, body.from_step)
+    retried = actions.retry(run_id, body.from_step, confirm=body.confirm, confirm_with='send "confirm": true')
     return JSONResponse({"id": retried, "url": f"/runs/{retried}"}, status_code=202)
 
 
