@@ -65,13 +65,14 @@ def test_the_same_pipeline_runs_on_a_scripted_model(store):
                 "raw_data_summary": "Q3 report.",
                 "confidence_score": 0.9,
             },
-            {"summaries": ["Revenue grew."], "overall": "A good quarter."},
-            {"label": "finance", "confidence": 0.8},
+            {"summaries": ["Revenue grew."], "overall": "Revenue was 48.2 million euros."},
+            {"evidence": "Revenue grew", "label": "finance", "confidence": 0.8},
         ]
     )
     doc, _ = load_document()
     run = document_pipeline(model).run(doc, store=store)
-    assert run.output == {"label": "finance", "confidence": 0.8}
+    # The label comes with the words of the summaries that show it (a label with no evidence is refused).
+    assert run.output == {"evidence": "Revenue grew", "label": "finance", "confidence": 0.8}
     assert json.loads(model.requests[1][1].content) == {
         "chunks": [{"index": 0, "facts": ["Revenue was 48.2 million euros."]}],
     }

@@ -145,4 +145,4 @@ def grounded(text: str, source: str, *, what: str, least: int = 1) -> None:
     own = content_words(text)
     shared = own & content_words(source)
     if len(shared) < min(least, len(own)) or not shared:
-        raise ValueError(f"shares no words with {what}: use the words of {what}, not new ones")
+        raise ValueError(f"{text[:60]!r} shares no words with {what}: use the words of {what}, not new ones")

@@ -40,7 +40,7 @@ def answer(schema_name: str, request: dict[str, Any]) -> dict[str, Any]:
         claims = ["ACME revenue grew 12% in Q3.", "ACME lost its largest customer."]
         if _invent():
             claims.append(INVENTED)
-        return {"title": "ACME in Q3", "summary": "Growth with a concentration risk.", "claims": claims}
+        return {"title": "ACME in Q3", "summary": "ACME revenue grew; it lost its largest customer.", "claims": claims}
     if schema_name == "Check":
         return {
             "verdicts": [
