@@ -62,7 +62,7 @@ def test_the_same_pipeline_runs_on_a_scripted_model(store):
         [
             {
                 "key_facts": ["Revenue was 48.2 million euros."],
-                "raw_data_summary": "Q3 report.",
+                "raw_data_summary": "The Q3 report of Northwind Logistics.",
                 "confidence_score": 0.9,
             },
             {"summaries": ["Revenue grew."], "overall": "Revenue was 48.2 million euros."},
