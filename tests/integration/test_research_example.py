@@ -160,3 +160,26 @@ def test_end_to_end_on_the_embedded_model(env, tmp_path, inbox):
 def test_end_to_end_on_an_openai_compatible_server(env, tmp_path, inbox, llama_server):
     env |= {"BATON_MODEL": "openai:smollm2", "BATON_OPENAI_BASE_URL": llama_server, "OPENAI_API_KEY": "sk-loopback"}
     _end_to_end(env, tmp_path, inbox, "smollm2")
+
+
+def test_a_misspelt_field_of_the_request_is_refused_naming_it_and_nothing_is_recorded(env, sources):
+    ask = {"topic": "x", "sources": str(sources), "email_to": "a@b.c", "aproval": True}
+    refused = baton(env, "run", RESEARCH, "--input", json.dumps(ask))
+    assert refused.returncode == 2 and "field 'aproval': Extra inputs are not permitted" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert json.loads(baton(env, "runs", "--json").stdout) == []
+
+
+def test_junk_analysis_fails_at_analyse_and_no_email_is_sent(research_env, sources, inbox):
+    runtime, env = research_env
+    (control(env) / "analysis.junk").write_text("1")  # the analyst answers "105348769" as a risk flag, always
+    run_id = _start(runtime, env, {"topic": "ACME in Q3", "sources": str(sources), "email_to": "board@example.com"})
+    shown = wait_until_finished(env, run_id)
+    assert shown["status"] == "failed"
+    analyse = next(s for s in shown["steps"] if s["name"] == "analyse")
+    assert analyse["error"]["type"] == "ContractViolation" and "AnalysisResult" in analyse["error"]["message"]
+    assert "105348769" in analyse["error"]["raw_output"]
+    assert "risk_flags.0" in analyse["error"]["message"]
+    time.sleep(1)
+    assert [r for r in json.loads(baton(env, "runs", "--json").stdout) if r["pipeline"] != "research"] == []
+    assert inbox.messages == []
