@@ -6,6 +6,8 @@ a person's approval when asked. On both runtimes with a scripted model, and once
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,8 +136,21 @@ def _end_to_end(env, tmp_path, inbox, model: str) -> None:
     (folder / "q3.txt").write_text("ACME revenue grew 12% in Q3 to 4.1 million euros. ACME lost its largest customer.")
     env |= {"BATON_SMTP_URL": inbox.url}
     ask = {"topic": "ACME in Q3", "sources": str(folder), "email_to": "board@example.com", "max_revisions": 1}
-    started = baton(env, "run", "baton.examples.research:research", "--input", json.dumps(ask), "--json")
+    # Up to three answers per agent (two re-asks of junk), one at a time on two shared cores: minutes, at worst.
+    args = ["run", "baton.examples.research:research", "--input", json.dumps(ask), "--json"]
+    started = subprocess.run(
+        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     first = json.loads(started.stdout)
+    if first["status"] == "failed":
+        # Junk in the contract's shape (a fact of no words, a risk flag of digits) is refused at the agent that
+        # wrote it: that worker fails with the raw answer kept, no report is written and nothing is sent.
+        failed = [s for s in first["steps"] if s["status"] == "failed"]
+        assert failed and {s["name"] for s in failed} <= {"extract", "analyse"}, first["steps"]
+        assert all(s["error"]["type"] == "ContractViolation" and s["error"]["raw_output"] for s in failed), failed
+        time.sleep(1)
+        assert len(json.loads(baton(env, "runs", "--json").stdout)) == 1 and inbox.messages == []
+        return
     gathered, reported = _chain(env, first["id"])
     assert gathered["status"] == "succeeded", gathered
     shown = json.loads(baton(env, "show", gathered["id"], "--json").stdout)
