@@ -199,7 +199,7 @@ class Agent(Step):
         for _ in range(self.reasks + 1):
             raw, call = await self._answer(messages, ctx)
             try:
-                answer = self._parse(raw)
+                answer = self._parse(raw, value)
                 # A NUL the store cannot keep is an invalid answer like any other: the model is asked again.
                 refuse_nul(
                     answer.model_dump_json(), contract=self.output.__name__, step=self.name, where="the model's answer"
@@ -235,9 +235,12 @@ class Agent(Step):
             raw_output=raw,
         )
 
-    def _parse(self, raw: str) -> BaseModel:
+    def _parse(self, raw: str, value: BaseModel) -> BaseModel:
+        # The input rides along as validation context, so a contract can hold the answer to what was asked
+        # (a summary that shares no word with its source); validated anywhere else, the context is absent.
+        context = {"input": value}
         try:
-            return self.output.model_validate_json(raw)
+            return self.output.model_validate_json(raw, context=context)
         except ValidationError as exc:
             if not any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise
@@ -247,7 +250,7 @@ class Agent(Step):
                 data = json.loads(raw, strict=False)
             except ValueError:
                 raise exc from None
-            return self.output.model_validate(data)
+            return self.output.model_validate(data, context=context)
 
     async def _answer(self, messages: list[Message], ctx: StepContext | None) -> tuple[str, LLMCall]:
         """Ask until the model answers (running the tools it calls in between): the answer's text and the

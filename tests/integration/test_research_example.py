@@ -6,6 +6,8 @@ a person's approval when asked. On both runtimes with a scripted model, and once
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,8 +162,21 @@ def _end_to_end(env, tmp_path, inbox, model: str) -> None:
     (folder / "q3.txt").write_text("ACME revenue grew 12% in Q3 to 4.1 million euros. ACME lost its largest customer.")
     env |= {"BATON_SMTP_URL": inbox.url}
     ask = {"topic": "ACME in Q3", "sources": str(folder), "email_to": "board@example.com", "max_revisions": 1}
-    started = baton(env, "run", "baton.examples.research:research", "--input", json.dumps(ask), "--json")
+    # Up to three answers per agent (two re-asks of junk), one at a time on two shared cores: minutes, at worst.
+    args = ["run", "baton.examples.research:research", "--input", json.dumps(ask), "--json"]
+    started = subprocess.run(
+        [sys.executable, "-m", "baton", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     first = json.loads(started.stdout)
+    if first["status"] == "failed":
+        # Junk in the contract's shape (a fact of no words, a risk flag of digits) is refused at the agent that
+        # wrote it: that worker fails with the raw answer kept, no report is written and nothing is sent.
+        failed = [s for s in first["steps"] if s["status"] == "failed"]
+        assert failed and {s["name"] for s in failed} <= {"extract", "analyse"}, first["steps"]
+        assert all(s["error"]["type"] == "ContractViolation" and s["error"]["raw_output"] for s in failed), failed
+        time.sleep(1)
+        assert len(json.loads(baton(env, "runs", "--json").stdout)) == 1 and inbox.messages == []
+        return
     gathered, reported = _chain(env, first["id"])
     assert gathered["status"] == "succeeded", gathered
     shown = json.loads(baton(env, "show", gathered["id"], "--json").stdout)
@@ -186,3 +201,26 @@ def test_end_to_end_on_the_embedded_model(env, tmp_path, inbox):
 def test_end_to_end_on_an_openai_compatible_server(env, tmp_path, inbox, llama_server):
     env |= {"BATON_MODEL": "openai:smollm2", "BATON_OPENAI_BASE_URL": llama_server, "OPENAI_API_KEY": "sk-loopback"}
     _end_to_end(env, tmp_path, inbox, "smollm2")
+
+
+def test_a_misspelt_field_of_the_request_is_refused_naming_it_and_nothing_is_recorded(env, sources):
+    ask = {"topic": "x", "sources": str(sources), "email_to": "a@b.c", "aproval": True}
+    refused = baton(env, "run", RESEARCH, "--input", json.dumps(ask))
+    assert refused.returncode == 2 and "field 'aproval': Extra inputs are not permitted" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert json.loads(baton(env, "runs", "--json").stdout) == []
+
+
+def test_junk_analysis_fails_at_analyse_and_no_email_is_sent(research_env, sources, inbox):
+    runtime, env = research_env
+    (control(env) / "analysis.junk").write_text("1")  # the analyst answers "105348769" as a risk flag, always
+    run_id = _start(runtime, env, {"topic": "ACME in Q3", "sources": str(sources), "email_to": "board@example.com"})
+    shown = wait_until_finished(env, run_id)
+    assert shown["status"] == "failed"
+    analyse = next(s for s in shown["steps"] if s["name"] == "analyse")
+    assert analyse["error"]["type"] == "ContractViolation" and "AnalysisResult" in analyse["error"]["message"]
+    assert "105348769" in analyse["error"]["raw_output"]
+    assert "risk_flags.0" in analyse["error"]["message"]
+    time.sleep(1)
+    assert [r for r in json.loads(baton(env, "runs", "--json").stdout) if r["pipeline"] != "research"] == []
+    assert inbox.messages == []

@@ -232,5 +232,5 @@ def render_demo(run: Run) -> Panel:
     lines.append(f"  {summaries.get('overall', '')}\n")
     if label:
         lines.append("label  ", style="bold")
-        lines.append(f"{label.get('label')} (confidence {label.get('confidence')})")
+        lines.append(f"{label.get('label')} (confidence {label.get('confidence')}), shown by {label.get('evidence')!r}")
     return Panel(lines, title=f"demo result, run {run.id}", border_style="green")

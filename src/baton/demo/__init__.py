@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from baton.agents import Agent
 from baton.errors import UserError
+from baton.examples._checks import Words, content_words, grounded, source_of, words_of
 from baton.patterns import Pipeline
 from baton.steps import step
 
@@ -35,21 +36,47 @@ MAX_TEXT = 6_000
 Label = Literal["finance", "operations", "legal", "technology", "other"]
 
 # Bounds on every string: the grammar that forces the model's JSON also caps each string, so even a tiny
-# model that starts repeating itself ends its answer inside the contract.
+# model that starts repeating itself ends its answer inside the contract. Beyond the shape, each string must
+# be words (baton.examples._checks): a fact of "]\n{" or "name=" is re-asked, never handed on.
+Fact = Words(3, 80)
+Line = Words(2, 150)
+Summary = Words(3, 500)
+Overall = Words(3, 300)
+Evidence = Words(1, 120)
 
+# Unknown fields are refused, not dropped: {"txt": ...} names the misspelt field instead of losing it.
+STRICT = ConfigDict(extra="forbid")
 
-def _one_line(value: object) -> object:
-    # Small models break lines inside a fact; a fact is one line of prose, so runs of whitespace become one space.
-    return " ".join(value.split()) if isinstance(value, str) else value
-
-
-# A fact or a line is a short sentence: at least 8 characters, so stray JSON ("]", "{") is refused.
-Fact = Annotated[str, BeforeValidator(_one_line), StringConstraints(min_length=8, max_length=80)]
-Line = Annotated[str, BeforeValidator(_one_line), StringConstraints(min_length=8, max_length=150)]
+# Words that mark each label: a label's evidence must hold one, so a label is shown, not guessed ("other" needs
+# none). Stems, matched at the start of a word of the evidence.
+CUES: dict[str, tuple[str, ...]] = {
+    "finance": (
+        "revenue", "profit", "cost", "price", "money", "euro", "dollar", "budget", "cash", "debt", "margin",
+        "invoice", "payment", "tax", "financ", "fund", "invest", "bank", "loan", "earning", "sales", "income",
+        "expens", "million", "billion", "pay", "spend", "fee",
+    ),
+    "operations": (
+        "operat", "logistic", "warehouse", "deliver", "shipping", "supply", "route", "capacity", "staff",
+        "driver", "customer", "process", "production", "inventory", "stock", "facilit", "fleet", "schedul",
+        "site", "truck", "workforce", "employee", "team", "plan",
+    ),
+    "legal": (
+        "legal", "law", "court", "contract", "licen", "agreement", "regulat", "complian", "right", "liabil",
+        "clause", "patent", "copyright", "warrant", "lawsuit", "attorney", "terms", "permission", "damages",
+        "ruling", "ruled", "void",
+    ),
+    "technology": (
+        "software", "code", "python", "system", "data", "comput", "network", "api", "librar", "package",
+        "program", "test", "cyber", "digital", "server", "model", "version", "install", "platform", "tech",
+        "app", "web", "internet", "algorithm", "database", "portal", "tool", "valid", "json", "type", "module",
+    ),
+}  # fmt: skip
 
 
 class Document(BaseModel):
     """A document to process."""
+
+    model_config = STRICT
 
     title: str = Field(max_length=200)
     text: str = Field(min_length=1, max_length=MAX_TEXT)
@@ -58,18 +85,39 @@ class Document(BaseModel):
 class ExtractionResult(BaseModel):
     """What extraction keeps of a document: at most 10 key facts and a summary under 500 characters."""
 
+    model_config = STRICT
+
     key_facts: list[Fact] = Field(
-        min_length=1, max_length=10, description="the document's key facts (figures, names, decisions), each short"
+        min_length=1, max_length=10, description="sentences of the document, each a key fact with its figures or names"
     )
-    raw_data_summary: str = Field(max_length=500, description="what the document is about, in two sentences")
+    raw_data_summary: Summary = Field(description="what the document is about, in two sentences")
     confidence_score: float = Field(ge=0, le=1, description="0 to 1: how sure the extraction is")
     extraction_warnings: list[Line] = Field(
         default_factory=list, max_length=3, description="anything unclear in the document; often empty"
     )
 
+    @field_validator("key_facts")
+    @classmethod
+    def _facts_from_the_document(cls, facts: list[str], info: ValidationInfo) -> list[str]:
+        source = source_of(info, ("title", "text"))
+        if source is not None:
+            for fact in facts:
+                grounded(fact, source, what="the document")
+        return facts
+
+    @field_validator("raw_data_summary")
+    @classmethod
+    def _summary_of_the_document(cls, summary: str, info: ValidationInfo) -> str:
+        source = source_of(info, ("title", "text"))
+        if source is not None:
+            grounded(summary, source, what="the document", least=2)
+        return summary
+
 
 class Chunk(BaseModel):
     """A few facts, small enough for one model call."""
+
+    model_config = STRICT
 
     index: int = Field(ge=0)
     facts: list[Fact] = Field(min_length=1, max_length=3, description="up to three key facts")
@@ -78,31 +126,74 @@ class Chunk(BaseModel):
 class Chunks(BaseModel):
     """The key facts cut into chunks: all the summariser needs, and nothing else."""
 
+    model_config = STRICT
+
     chunks: list[Chunk] = Field(min_length=1, max_length=4)
 
 
 class Summaries(BaseModel):
     """One short summary line per chunk, and an overall summary under 500 characters."""
 
+    model_config = STRICT
+
     summaries: list[Line] = Field(min_length=1, max_length=4, description="one short sentence per chunk of facts")
-    overall: str = Field(max_length=300, description="the whole document in at most two sentences")
+    overall: Overall = Field(description="the whole document in at most two sentences")
+
+    @field_validator("summaries")
+    @classmethod
+    def _lines_from_the_facts(cls, lines: list[str], info: ValidationInfo) -> list[str]:
+        source = source_of(info, ("chunks",))
+        if source is not None:
+            for line in lines:
+                grounded(line, source, what="the facts")
+        return lines
+
+    @field_validator("overall")
+    @classmethod
+    def _overall_from_the_facts(cls, overall: str, info: ValidationInfo) -> str:
+        source = source_of(info, ("chunks",))
+        if source is not None:
+            grounded(overall, source, what="the facts", least=2)
+        return overall
 
 
 class Classification(BaseModel):
-    """The document's label, from a fixed set, with a confidence."""
+    """The document's label, from a fixed set, with the words that show it and a confidence."""
 
+    model_config = STRICT
+
+    # First, so that a model writing its answer in order picks the label after quoting what shows it.
+    evidence: Evidence = Field(description="a few words quoted from the summaries that show the label")
     label: Label = Field(description="one of finance, operations, legal, technology, other")
     confidence: float = Field(ge=0, le=1, description="0 to 1: how sure the label is")
+
+    @model_validator(mode="after")
+    def _evidence_shows_the_label(self, info: ValidationInfo) -> Classification:
+        cues = CUES.get(self.label, ())
+        if cues and not any(w.startswith(cues) for w in words_of(self.evidence)):
+            raise ValueError(
+                f"the evidence {self.evidence!r} has no word that marks {self.label!r} (such as "
+                f"{', '.join(cues[:4])}): quote words that show the label, or choose another label"
+            )
+        source = source_of(info, ("summaries", "overall"))
+        if source is not None:
+            missing = sorted(content_words(self.evidence) - content_words(source))
+            if missing or not content_words(self.evidence):
+                raise ValueError(
+                    f"the evidence {self.evidence!r} must be words quoted from the summaries "
+                    f"(not found: {', '.join(missing) or 'any word'})"
+                )
+        return self
 
 
 def _agents(model: str | Any | None) -> tuple[Agent, Agent, Agent]:
     extract = Agent(
         "extract",
         instructions=(
-            "You are a data extraction specialist. Read the document's text and return its key facts: one "
-            "short sentence each, with the figures, names and decisions, at most 10. Example of a key fact: "
-            "'Revenue was 10.5 million euros, up 4 percent.' Also give a summary of at most two sentences, a "
-            "confidence_score between 0 and 1, and warnings about anything unclear. Reply with JSON only."
+            "You are a data extraction specialist. Read the document's text and copy its key facts: each one "
+            "short sentence of the document, with its figures, names and decisions, at most 10. Also give a "
+            "summary of at most two sentences in the document's words, a confidence_score between 0 and 1, "
+            "and warnings about anything unclear. Reply with JSON only."
         ),
         input=Document,
         output=ExtractionResult,
@@ -125,14 +216,15 @@ def _agents(model: str | Any | None) -> tuple[Agent, Agent, Agent]:
     classify = Agent(
         "classify",
         instructions=(
-            "Classify the document from its summaries. label is one of: finance, operations, legal, "
-            "technology, other. confidence is between 0 and 1. Reply with JSON only."
+            "Classify the document from its summaries. First quote a few words of the summaries as evidence, "
+            "then give the label those words show: finance, operations, legal, technology, or other. "
+            "confidence is between 0 and 1. Reply with JSON only."
         ),
         input=Summaries,
         output=Classification,
         model=model,
         reasks=2,
-        max_tokens=40,
+        max_tokens=100,
     )
     return extract, summarise, classify
 

@@ -24,11 +24,11 @@ The agents use BATON_MODEL (the embedded model by default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from baton import Agent, Pipeline, Retry, RunError, Supervisor, emit, on, step
+from baton.examples._checks import Words, grounded, source_of
 from baton.mail import send_email
 
 __all__ = [
@@ -48,12 +48,19 @@ MAX_SOURCES = 10
 MAX_CHARS = 6000
 EXCERPT_CHARS = 1500
 
-# One sentence: never empty, never an essay.
-Sentence = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=300)]
+# One sentence of words: never empty, never an essay, never JSON or markup debris ("]\n{", "105348769").
+Sentence = Words(3, 300)
+Title = Words(1, 120)
+Summary = Words(3, 500)
+
+# Unknown fields are refused, not dropped: {"emial_to": ...} names the misspelt field instead of losing it.
+STRICT = ConfigDict(extra="forbid")
 
 
 class ResearchRequest(BaseModel):
     """What to research, from which sources, and whom to tell."""
+
+    model_config = STRICT
 
     topic: str = Field(min_length=1, max_length=200)
     sources: str = Field(min_length=1, max_length=500, description="a folder of .txt, .md and .pdf files")
@@ -75,6 +82,8 @@ class ResearchRequest(BaseModel):
 class Brief(BaseModel):
     """What the report needs of the request, handed along (the sources stay where `gather` read them)."""
 
+    model_config = STRICT
+
     topic: str = Field(min_length=1, max_length=200)
     email_to: str = Field(min_length=3, max_length=200, pattern=r"^[^@\s]+@[^@\s]+$")
     approval: bool = False
@@ -84,12 +93,16 @@ class Brief(BaseModel):
 class Document(BaseModel):
     """One source, as read (cut at its limit)."""
 
+    model_config = STRICT
+
     name: str = Field(max_length=200)
     text: str = Field(max_length=MAX_CHARS)
 
 
 class Sources(BaseModel):
     """The extractor's worklist."""
+
+    model_config = STRICT
 
     request: Brief
     documents: list[Document] = Field(min_length=1, max_length=MAX_SOURCES)
@@ -98,12 +111,16 @@ class Sources(BaseModel):
 class Excerpts(BaseModel):
     """What the analyst reads: the topic, and the start of each source."""
 
+    model_config = STRICT
+
     topic: str = Field(max_length=200)
     excerpts: list[Document] = Field(min_length=1, max_length=MAX_SOURCES)
 
 
 class Route(BaseModel):
     """The router's decision: both workers, each with its input."""
+
+    model_config = STRICT
 
     extract: Sources | None = None
     analyse: Excerpts | None = None
@@ -112,11 +129,24 @@ class Route(BaseModel):
 class SourceFacts(BaseModel):
     """The extraction agent's answer for one source."""
 
+    model_config = STRICT
+
     facts: list[Sentence] = Field(min_length=1, max_length=8, description="short facts stated in the source")
+
+    @field_validator("facts")
+    @classmethod
+    def _stated_in_the_source(cls, facts: list[str], info: ValidationInfo) -> list[str]:
+        source = source_of(info, ("name", "text"))
+        if source is not None:
+            for fact in facts:
+                grounded(fact, source, what="the source")
+        return facts
 
 
 class Fact(BaseModel):
     """A fact, numbered, with the source it comes from."""
+
+    model_config = STRICT
 
     id: int = Field(ge=1)
     source: str = Field(max_length=200)
@@ -126,12 +156,16 @@ class Fact(BaseModel):
 class Facts(BaseModel):
     """Every source's facts."""
 
+    model_config = STRICT
+
     request: Brief
     facts: list[Fact] = Field(max_length=MAX_SOURCES * 8)
 
 
 class AnalysisResult(BaseModel):
     """The seed's analysis: findings, risk flags and recommended actions, a few of each."""
+
+    model_config = STRICT
 
     findings: list[Sentence] = Field(min_length=1, max_length=5)
     risk_flags: list[Sentence] = Field(max_length=5)
@@ -141,12 +175,16 @@ class AnalysisResult(BaseModel):
 class Gathered(BaseModel):
     """What the workers produced (the merge's input)."""
 
+    model_config = STRICT
+
     extract: Facts | None = None
     analyse: AnalysisResult | None = None
 
 
 class ResearchBundle(BaseModel):
     """What the report is written from, and nothing else."""
+
+    model_config = STRICT
 
     request: Brief
     facts: list[Fact] = Field(min_length=1, max_length=MAX_SOURCES * 8)
@@ -155,6 +193,8 @@ class ResearchBundle(BaseModel):
 
 class DraftBrief(BaseModel):
     """The drafter's input: the topic, the numbered facts, the analysis, and what was wrong last time."""
+
+    model_config = STRICT
 
     topic: str = Field(max_length=200)
     facts: list[Fact]
@@ -165,13 +205,25 @@ class DraftBrief(BaseModel):
 class Draft(BaseModel):
     """The drafter's answer."""
 
-    title: str = Field(min_length=1, max_length=120)
-    summary: str = Field(min_length=1, max_length=500)
+    model_config = STRICT
+
+    title: Title
+    summary: Summary
     claims: list[Sentence] = Field(min_length=1, max_length=8, description="each claim one sentence, from the facts")
+
+    @field_validator("summary")
+    @classmethod
+    def _summary_of_the_facts(cls, summary: str, info: ValidationInfo) -> str:
+        source = source_of(info, ("topic", "facts", "analysis"))
+        if source is not None:
+            grounded(summary, source, what="the facts", least=2)
+        return summary
 
 
 class CheckBrief(BaseModel):
     """The checker's input: the claims, numbered from 1, and the numbered facts."""
+
+    model_config = STRICT
 
     claims: list[Sentence] = Field(max_length=8)
     facts: list[Fact]
@@ -180,6 +232,8 @@ class CheckBrief(BaseModel):
 class Verdict(BaseModel):
     """The checker's verdict on one claim."""
 
+    model_config = STRICT
+
     claim: int = Field(ge=1, le=8, description="the claim's number")
     fact_ids: list[int] = Field(max_length=5, description="the numbers of the facts that state it; empty if none")
 
@@ -187,11 +241,15 @@ class Verdict(BaseModel):
 class Check(BaseModel):
     """The checker's answer."""
 
+    model_config = STRICT
+
     verdicts: list[Verdict] = Field(max_length=8)
 
 
 class CheckedClaim(BaseModel):
     """A claim of the report, with the facts behind it."""
+
+    model_config = STRICT
 
     text: str = Field(max_length=300)
     fact_ids: list[int] = Field(min_length=1, max_length=5)
@@ -199,6 +257,8 @@ class CheckedClaim(BaseModel):
 
 class Report(BaseModel):
     """The checked report."""
+
+    model_config = STRICT
 
     request: Brief
     title: str = Field(max_length=120)
@@ -211,6 +271,8 @@ class Report(BaseModel):
 
 class Sent(BaseModel):
     """The summary e-mail that went out."""
+
+    model_config = STRICT
 
     message_id: str
     to: list[str]

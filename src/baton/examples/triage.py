@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from baton import Agent, Retry, emit, on, step
+from baton.examples._checks import Words, grounded, source_of
 
 __all__ = [
     "CustomerRequest",
@@ -34,9 +35,19 @@ Category = Literal["billing", "technical", "account", "shipping", "other"]
 Priority = Literal["low", "normal", "high", "urgent"]
 Sentiment = Literal["negative", "neutral", "positive"]
 
+# A model's text must be words (no JSON or markup debris), and the summary must use the customer's words.
+OneSentence = Words(3, 300)
+Subject = Words(2, 120)
+Body = Words(5, 1200)
+
+# Unknown fields are refused, not dropped: {"txt": ...} names the misspelt field instead of losing it.
+STRICT = ConfigDict(extra="forbid")
+
 
 class CustomerRequest(BaseModel):
     """What a customer wrote."""
+
+    model_config = STRICT
 
     customer: str = Field(min_length=1, max_length=100)
     text: str = Field(min_length=1, max_length=2000)
@@ -45,11 +56,23 @@ class CustomerRequest(BaseModel):
 class Summary(BaseModel):
     """The intake agent's answer."""
 
-    summary: str = Field(min_length=1, max_length=300, description="the customer's request in one sentence")
+    model_config = STRICT
+
+    summary: OneSentence = Field(description="the customer's request in one sentence")
+
+    @field_validator("summary")
+    @classmethod
+    def _in_the_customers_words(cls, summary: str, info: ValidationInfo) -> str:
+        source = source_of(info, ("text",))
+        if source is not None:
+            grounded(summary, source, what="the customer's request")
+        return summary
 
 
 class Ticket(BaseModel):
     """A request on its way through support: who, what in one sentence, and their words."""
+
+    model_config = STRICT
 
     customer: str = Field(max_length=100)
     summary: str = Field(max_length=300)
@@ -59,6 +82,8 @@ class Ticket(BaseModel):
 class Triage(BaseModel):
     """The triage agent's answer: only values from fixed sets."""
 
+    model_config = STRICT
+
     category: Category = Field(description="billing, technical, account, shipping or other")
     priority: Priority = Field(description="low, normal, high or urgent")
     sentiment: Sentiment = Field(description="how the customer feels: negative, neutral or positive")
@@ -67,6 +92,8 @@ class Triage(BaseModel):
 class TriagedTicket(BaseModel):
     """A ticket with its triage."""
 
+    model_config = STRICT
+
     ticket: Ticket
     triage: Triage
 
@@ -74,12 +101,16 @@ class TriagedTicket(BaseModel):
 class Reply(BaseModel):
     """The response agent's answer."""
 
-    subject: str = Field(min_length=1, max_length=120, description="the reply's subject line")
-    body: str = Field(min_length=1, max_length=1200, description="a short, polite reply to the customer")
+    model_config = STRICT
+
+    subject: Subject = Field(description="the reply's subject line")
+    body: Body = Field(description="a short, polite reply to the customer")
 
 
 class ReplyDraft(BaseModel):
     """The reply, ready for a person to check and send."""
+
+    model_config = STRICT
 
     customer: str = Field(max_length=100)
     category: Category

@@ -30,6 +30,9 @@ def answer(schema_name: str, request: dict[str, Any]) -> dict[str, Any]:
     """A valid answer to the agent whose output contract is `schema_name`, given its input."""
     if schema_name == "SourceFacts":
         return {"facts": [f"{request['name']} says ACME revenue grew 12% in Q3.", "ACME lost its largest customer."]}
+    if schema_name == "AnalysisResult" and (Path(os.environ["BATON_TEST_DIR"]) / "analysis.junk").exists():
+        # Recorded from the embedded model on a real document: the contract's shape, and nothing in it.
+        return {"findings": ["Revenue grew."], "risk_flags": ["105348769"], "recommended_actions": []}
     if schema_name == "AnalysisResult":
         return {
             "findings": ["Revenue grew while the customer base shrank."],
@@ -40,7 +43,7 @@ def answer(schema_name: str, request: dict[str, Any]) -> dict[str, Any]:
         claims = ["ACME revenue grew 12% in Q3.", "ACME lost its largest customer."]
         if _invent():
             claims.append(INVENTED)
-        return {"title": "ACME in Q3", "summary": "Growth with a concentration risk.", "claims": claims}
+        return {"title": "ACME in Q3", "summary": "ACME revenue grew; it lost its largest customer.", "claims": claims}
     if schema_name == "Check":
         return {
             "verdicts": [
