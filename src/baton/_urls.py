@@ -18,7 +18,8 @@ def mask_url(url: str) -> str:
     """`url` with the password of its user part and the secrets of its query string replaced by ***.
 
     It reads the URL as written, without parsing it strictly: a password with an unencoded '@' or '/' is
-    masked whole, and text that is not a URL comes back as it is.
+    masked whole. Text that is not a URL comes back as it is, but for what stands before an '@' in it (a
+    mistyped `user:password@host` may still hold the password).
     """
     return ";".join(_mask_one(part) for part in _NEXT_URL.split(url))
 
@@ -26,7 +27,8 @@ def mask_url(url: str) -> str:
 def _mask_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        _user, at, place = url.rpartition("@")
+        return f"{MASK}@{place}" if at else url
     before_query, q, query = rest.partition("?")
     # The user part ends at the last '@' before the query: a password may hold an unencoded '@' or '/'.
     user, at, place = before_query.rpartition("@")

@@ -26,6 +26,10 @@ from baton.settings import Settings
         ("redis://:secret@host", "redis://:***@host"),
         ("amqp://guest:guest@host//", "amqp://guest:***@host//"),
         ("not a url", "not a url"),
+        # A mistyped URL (no scheme, or a scheme without its '://') may still carry a password before its '@'.
+        ("guest:s3cret@127.0.0.1:6379/0", "***@127.0.0.1:6379/0"),
+        ("redis//:s3cret@h/0", "***@h/0"),
+        ("redis:/:s3cret@h/0", "***@h/0"),
     ],
 )
 def test_a_url_is_shown_without_its_secrets(url, shown):
