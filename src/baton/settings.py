@@ -9,7 +9,6 @@ the environment's, parsed again only when a `BATON_` variable changed.
 
 from __future__ import annotations
 
-import difflib
 import os
 import threading
 from collections.abc import Mapping
@@ -68,29 +67,6 @@ class StoreSettings(_Section):
         return f"sqlite:///{Path.cwd() / '.baton' / 'baton.db'}"
 
 
-# The brokers baton runs on, by the schemes kombu knows them by: kombu's other transports have neither a
-# visibility timeout nor a queue that the sweeper can measure.
-_BROKER_SCHEMES = {"Redis": ("redis", "rediss", "redis+socket", "sentinel"), "RabbitMQ": ("amqp", "amqps", "pyamqp")}
-# RabbitMQ's result backends pass here, for `baton.runtime.celery` to refuse with the reason (chords).
-_RESULT_SCHEMES = {"Redis": _BROKER_SCHEMES["Redis"]}
-_RABBITMQ_RESULTS = ("rpc", *_BROKER_SCHEMES["RabbitMQ"])
-
-
-def _check_schemes(name: str, url: str, known: dict[str, tuple[str, ...]], also: tuple[str, ...] = ()) -> None:
-    """Refuse a URL (or `;`-separated failover list) whose scheme is none of `known`'s (or `also`), naming
-    `name` and the schemes to use."""
-    allowed = [scheme for schemes in known.values() for scheme in schemes]
-    for part in url.split(";"):
-        scheme, sep, _rest = part.strip().partition("://")
-        if sep and scheme.lower() in (*allowed, *also):
-            continue
-        listed = "; ".join(f"{', '.join(s + '://' for s in schemes)} ({what})" for what, schemes in known.items())
-        close = difflib.get_close_matches(scheme.lower(), allowed, n=1) if sep else []
-        hint = f"did you mean {close[0]}://? " if close else ""
-        what = f"unknown scheme {scheme + '://'!r}" if sep else "not a URL"
-        raise UserError(f"{name}={mask_url(url)!r}: {what}; {hint}use one of {listed}")
-
-
 @dataclass(frozen=True, repr=False)
 class WorkerSettings(_Section):
     """The celery runtime and `baton worker`."""
@@ -113,12 +89,6 @@ class WorkerSettings(_Section):
     concurrency: int = _var("BATON_WORKER_CONCURRENCY", 0)
     # threads: many I/O-bound steps (model calls) in one process; prefork: one CPU-bound step per process.
     pool: str = _var("BATON_WORKER_POOL", "threads", "threads", "prefork", "solo")
-
-    def __post_init__(self) -> None:
-        # Here, not when Celery first connects: kombu answers a misspelt scheme with a KeyError traceback.
-        _check_schemes("BATON_BROKER_URL", self.broker_url, _BROKER_SCHEMES)
-        if self.result_backend:
-            _check_schemes("BATON_RESULT_BACKEND", self.result_backend, _RESULT_SCHEMES, also=_RABBITMQ_RESULTS)
 
 
 @dataclass(frozen=True, repr=False)

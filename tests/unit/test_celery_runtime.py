@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+from baton import UserError
+from baton.cli._common import cli_settings
+from baton.settings import Settings, use_settings
+
 
 def test_without_celery_installed_the_runtime_says_what_to_install():
     code = (
@@ -78,3 +82,43 @@ def test_on_redis_the_broker_counts_the_fan_outs_and_gives_lost_messages_back_af
     assert app.conf.result_backend == "redis://127.0.0.1:6379/4"
     assert app.conf.broker_transport_options["visibility_timeout"] == 20.0
     assert app.conf.broker_transport_options["unacked_restore_interval"] == 5.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("BATON_BROKER_URL", "reddis://:pw@h:6379/0", "BATON_BROKER_URL='reddis://:***@h:6379/0': unknown scheme "
+         "'reddis://'; did you mean redis://? use one of redis://, rediss://, redis+socket://, sentinel:// (Redis); "
+         "amqp://, amqps://, pyamqp:// (RabbitMQ)"),
+        ("BATON_BROKER_URL", "http://h:6379", "BATON_BROKER_URL='http://h:6379': unknown scheme 'http://'; use one"),
+        ("BATON_BROKER_URL", "127.0.0.1:6379", "BATON_BROKER_URL='127.0.0.1:6379': not a URL; use one of redis://"),
+        ("BATON_BROKER_URL", "redis://a:6379;redi://b:6379", "unknown scheme 'redi://'"),
+        ("BATON_RESULT_BACKEND", "db+sqlite:///r.db", "BATON_RESULT_BACKEND='db+sqlite:///r.db': unknown scheme"),
+        ("BATON_BROKER_URL", "guest:s3cret@h:6379/0", "BATON_BROKER_URL='***@h:6379/0': not a URL"),
+    ],
+)  # fmt: skip
+def test_a_broker_url_baton_cannot_use_fails_naming_its_variable_and_the_schemes_to_use(variable, value, says):
+    from baton.runtime.celery import celery_app
+
+    with pytest.raises(UserError, match=re.escape(says)) as refused:
+        celery_app(Settings.from_env({variable: value}))
+    assert "pw" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["rediss://h:6380/0", "amqp://guest:guest@h:5672//", "sentinel://h:26379;sentinel://i"])
+def test_every_broker_baton_runs_on_is_accepted(url):
+    from baton.runtime.celery import celery_app
+
+    app = celery_app(Settings.from_env({"BATON_BROKER_URL": url, "BATON_RESULT_BACKEND": "redis://h"}))
+    assert app.conf.broker_url == url
+
+
+def test_a_broker_given_as_a_flag_is_checked_as_well(monkeypatch):
+    monkeypatch.delenv("BATON_BROKER_URL", raising=False)
+    try:
+        from baton.runtime.celery import celery_app
+
+        with pytest.raises(UserError, match=re.escape("BATON_BROKER_URL='reddis://h': unknown scheme")):
+            celery_app(cli_settings(broker_url="reddis://h"))
+    finally:
+        use_settings(None)

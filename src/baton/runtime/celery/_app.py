@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -29,8 +30,14 @@ CONNECT_TIMEOUT = 3.0
 # does not connect afresh for every run; one lost meanwhile is caught when the message is sent.
 TRUSTED_FOR = 5.0
 
-# Brokers whose URL also serves as the result backend (Celery's Redis backend counts a chord's members).
+# The brokers baton runs on, by the schemes kombu knows them by: kombu's other transports have neither a
+# visibility timeout nor a queue that the sweeper can measure. A Redis broker's URL also serves as the result
+# backend (Celery's Redis backend counts a chord's members).
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
+_RABBITMQ_SCHEMES = ("amqp", "amqps", "pyamqp")
+_BROKER_SCHEMES = {"Redis": _REDIS_SCHEMES, "RabbitMQ": _RABBITMQ_SCHEMES}
+# RabbitMQ's result backends pass the scheme check, for `_result_backend` to refuse with the reason (chords).
+_RABBITMQ_RESULTS = ("rpc", *_RABBITMQ_SCHEMES)
 
 
 def celery_app(settings: Settings | None = None) -> celery.Celery:
@@ -42,8 +49,13 @@ def celery_app(settings: Settings | None = None) -> celery.Celery:
 def _app_for(settings: Settings) -> celery.Celery:
     from baton.runtime.celery._tasks import register_tasks  # the tasks need the app; the app, its tasks
 
-    app = celery.Celery("baton", set_as_current=False)
     worker = settings.worker
+    # Before Celery sees them (kombu answers a misspelt scheme with a KeyError traceback), and only here: a
+    # process that never uses the celery runtime does not care what its broker setting says.
+    _check_schemes("BATON_BROKER_URL", worker.broker_url, _BROKER_SCHEMES)
+    if worker.result_backend:
+        _check_schemes("BATON_RESULT_BACKEND", worker.result_backend, {"Redis": _REDIS_SCHEMES}, _RABBITMQ_RESULTS)
+    app = celery.Celery("baton", set_as_current=False)
     app.conf.update(
         broker_url=worker.broker_url,
         # Chords count their finished members in the result backend; baton never waits on results.
@@ -84,7 +96,7 @@ def _result_backend(settings: Settings) -> str:
     worker = settings.worker
     chosen = worker.result_backend
     if chosen:
-        if _scheme(chosen) in ("rpc", "amqp", "amqps", "pyamqp"):
+        if _scheme(chosen) in _RABBITMQ_RESULTS:
             # Celery 5's rpc:// backend refuses chords, and the amqp:// one is gone.
             raise UserError(
                 f"BATON_RESULT_BACKEND={_scheme(chosen)}://... cannot count a supervisor's parallel branches; "
@@ -104,6 +116,21 @@ def _scheme(url: str) -> str:
     return url.partition("://")[0].lower()
 
 
+def _check_schemes(name: str, url: str, known: dict[str, tuple[str, ...]], also: tuple[str, ...] = ()) -> None:
+    """Refuse a URL (or `;`-separated failover list) whose scheme is none of `known`'s (or `also`), naming
+    `name` and the schemes to use."""
+    allowed = [scheme for schemes in known.values() for scheme in schemes]
+    for part in url.split(";"):
+        scheme, sep, _rest = part.strip().partition("://")
+        if sep and scheme.lower() in (*allowed, *also):
+            continue
+        listed = "; ".join(f"{', '.join(s + '://' for s in schemes)} ({what})" for what, schemes in known.items())
+        close = difflib.get_close_matches(scheme.lower(), allowed, n=1) if sep else []
+        hint = f"did you mean {close[0]}://? " if close else ""
+        what = f"unknown scheme {scheme + '://'!r}" if sep else "not a URL"
+        raise UserError(f"{name}={mask_url(url)!r}: {what}; {hint}use one of {listed}")
+
+
 def _redis_options(worker: WorkerSettings) -> dict[str, float]:
     """Kombu's Redis transport options: when a lost worker's unacknowledged message is given back."""
     return {
@@ -120,7 +147,7 @@ def _transport_options(worker: WorkerSettings) -> dict[str, Any]:
     """The broker's transport options: Redis's redelivery timers, or RabbitMQ's publisher confirms."""
     if _scheme(worker.broker_url) in _REDIS_SCHEMES:
         return _redis_options(worker) | {"socket_connect_timeout": CONNECT_TIMEOUT}
-    if _scheme(worker.broker_url) in ("amqp", "amqps", "pyamqp"):
+    if _scheme(worker.broker_url) in _RABBITMQ_SCHEMES:
         # RabbitMQ has no visibility timeout: an unacknowledged message comes back when its consumer's
         # connection closes. Confirms make a send return only once RabbitMQ holds the message (written to
         # disk: the queue is durable and the message persistent, Celery's defaults), so a run that `submit`
