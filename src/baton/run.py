@@ -220,7 +220,9 @@ class Run:
             return None
         for record in self.steps:
             for a in reversed(record.attempt_errors):
-                if a.error.type == _REJECTED:
+                # One from before a person resumed or retried the run is history: this go ended otherwise.
+                stale = self.resumed_at is not None and a.finished_at is not None and a.finished_at < self.resumed_at
+                if a.error.type == _REJECTED and not stale:
                     reason = a.error.message.removeprefix(_REJECTED_MESSAGE).removeprefix(": ")
                     return Rejection(step=record.name, reason=reason, at=a.finished_at)
         return None

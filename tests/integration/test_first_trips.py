@@ -90,6 +90,19 @@ def test_a_run_id_prefix_too_short_says_how_long_it_must_be_wherever_ids_are_tak
     assert json.loads(baton(env, "show", run_id[:8], "--json", check=0).stdout)["id"] == run_id
 
 
+def test_a_chain_named_by_a_short_correlation_id_of_its_own_is_traced_not_refused_as_a_prefix(env, sqlite_url):
+    import baton as api
+
+    store = api.RunStore(sqlite_url)
+    try:
+        api.publish("order.noticed", {"order": 1}, store=store, correlation_id="4711")
+    finally:
+        store.close()
+    tree = baton(env, "trace", "4711", check=0).stdout
+    assert "4711" in tree and "order.noticed" in tree
+    assert baton(env, "trace", "4712", check=2).stderr.startswith("error: run id prefix '4712' is too short")
+
+
 def test_show_of_a_rejected_run_says_who_stopped_it_before_which_step_and_why(env, tmp_path):
     (tmp_path / "gated.py").write_text(GATED_APP)
     target = f"{tmp_path / 'gated.py'}:gated"
@@ -103,6 +116,10 @@ def test_show_of_a_rejected_run_says_who_stopped_it_before_which_step_and_why(en
     other = json.loads(baton(env, "run", target, "--input", '{"text": "ho"}', "--json", check=0).stdout)["id"]
     baton(env, "reject", other, check=0)
     assert "UTC: (no reason given)" in baton(env, "show", other, check=0).stdout
+    # Retried, then cancelled: the rejection is history, not what stopped it.
+    baton(env, "resume", run_id, "--from", "draft", check=0)
+    baton(env, "cancel", run_id, check=0)
+    assert not [line for line in baton(env, "show", run_id, check=0).stdout.splitlines() if "rejected" in line]
 
 
 def test_a_mistyped_target_suggests_the_closest_name_in_one_line(env):

@@ -99,14 +99,18 @@ def dispatch(runtime: str | None, older_than: float, imports: tuple[str, ...], d
 @_errors_to_exit
 def trace(correlation_id: str, database_url: str | None) -> None:
     """Print a chain of runs and events (a correlation id, or any of its runs' ids) as a tree."""
-    check_prefix(correlation_id)  # a chain's id is its first run's
     store = _store(cli_settings(database_url=database_url))
     store.runs.reap()  # runs whose owner is gone show interrupted
+    # A chain's id as given first: `publish(correlation_id="4711")` names a chain by any text, however short.
     chain = correlation_id
-    with contextlib.suppress(RunNotFound):  # a run's id names its chain too
-        chain = store.runs.get(correlation_id).correlation_id or correlation_id
     runs = store.runs.list(correlation_id=chain, limit=10_000)
     found = store.events.list(correlation_id=chain, limit=10_000)
+    if not runs and not found:
+        check_prefix(correlation_id)  # else a run's id (or a prefix of it) names its chain too
+        with contextlib.suppress(RunNotFound):
+            chain = store.runs.get(correlation_id).correlation_id or correlation_id
+            runs = store.runs.list(correlation_id=chain, limit=10_000)
+            found = store.events.list(correlation_id=chain, limit=10_000)
     if not runs and not found:
         raise UserError(f"no run or event belongs to chain {correlation_id!r}")
     _out().print(render_trace(chain, runs, found))
