@@ -207,7 +207,9 @@ class Pattern:
         s = store_of(store)
         run_id = s.runs.resolve_id(run_id)
         where = runtime or s.runs.get(run_id).runtime
-        return get_runtime(where).retry_from(s, self, run_id, from_step, observer)
+        if observer is None:  # a runtime from a plugin, written before observers, still retries
+            return get_runtime(where).retry_from(s, self, run_id, from_step)
+        return get_runtime(where).retry_from(s, self, run_id, from_step, observer=observer)
 
     def rerun_from(self, idx: int) -> list[int]:
         """The steps that run again when a run is retried from step `idx`, that one first: it and those after."""
