@@ -129,7 +129,12 @@ def run(
     if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
         raise UserError(f"target {target!r} is {pattern!r}, not a baton pattern such as a Pipeline")
     pattern.target = normalize_target(target)
-    store, runtime = _store(settings, create=True), settings.runtime
+    runtime = settings.runtime
+    # A runtime that cannot take the run now (its broker down) says so before the store is made, if need be.
+    check_ready = getattr(get_runtime(runtime), "check_ready", None)
+    if check_ready is not None:
+        check_ready()
+    store = _store(settings, create=True)
     if not (get_runtime(runtime).executes_here or wait):
         run_id = pattern.submit(data, store=store, runtime=runtime)
         _submitted(store, run_id, f"submitted to the {runtime} runtime", wait, as_json)
@@ -410,12 +415,12 @@ def worker(
 
     # Installed in this process: the worker's tasks run here, or in children forked from it, and find them.
     settings = cli_settings(database_url=database_url, broker_url=broker_url, concurrency=concurrency, pool=pool)
+    app = celery_app(settings)
+    check_broker(app)  # before the store is made: a worker that cannot start leaves nothing behind
     store = _store(settings, create=True)  # migrates, and fails early with a clear message when unreachable
     described = store.describe()
     store.close()
     import_modules(imports)
-    app = celery_app(settings)
-    check_broker(app)
     _err().print(f"baton worker: store {described}, broker {broker_display(app)}", highlight=False, markup=False)
     chosen = settings.worker
     steps = chosen.concurrency or (settings.max_in_flight if chosen.pool == "threads" else os.cpu_count() or 1)

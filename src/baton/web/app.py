@@ -31,7 +31,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from baton.errors import BatonError, ContractViolation, RunNotFound, RunNotResumable, StoreUnavailable, UserError
+from baton.errors import (
+    BatonError,
+    BrokerUnavailable,
+    ContractViolation,
+    RunNotFound,
+    RunNotQueued,
+    RunNotResumable,
+    StoreUnavailable,
+    UserError,
+)
 from baton.events import dispatch
 from baton.settings import current_settings
 from baton.store import RunStore
@@ -173,9 +182,17 @@ async def _baton_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, UserError | ContractViolation):
         status = 500
     problem = public_message(exc, request.app.state.store)
+    if isinstance(exc, RunNotQueued) and not _wants_page(request):
+        # Accepted: the run is recorded, and the sweeper queues it once the broker answers. A client that sent
+        # it again on an error would start a second run.
+        body = {"id": exc.run_id, "url": f"/runs/{exc.run_id}", "queued": False, "detail": problem}
+        return JSONResponse(body, status_code=202)
+    if isinstance(exc, BrokerUnavailable):
+        response = _problem(request, problem, 503)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if _wants_page(request):
-        html = request.app.state.templates.get_template("problem.html").render(request=request, problem=problem)
-        return HTMLResponse(html, status_code=status)
+        return _problem(request, problem, status)
     body: dict[str, Any] = {"detail": problem, "type": type(exc).__name__}
     if isinstance(exc, ContractViolation):
         body["errors"] = exc.errors

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from baton._urls import mask_url
-from baton.errors import ContractViolation, UserError
+from baton.errors import BrokerUnavailable, ContractViolation, RunNotQueued, UserError
 from baton.store import RunStore
 
 __all__ = ["MAX_ECHO_CHARS", "http_problem", "public_message", "short", "validation_problem"]
@@ -49,6 +49,15 @@ def public_message(exc: BaseException, store: RunStore) -> str:
     echoes cut), else its kind."""
     if isinstance(exc, UserError | ContractViolation):
         return short(_without_store(str(exc), store))
+    if isinstance(exc, BrokerUnavailable):
+        # Where the broker is and why it refused are the operator's (the log has them), not the client's.
+        log.warning("%s", exc)
+        if isinstance(exc, RunNotQueued):
+            return (
+                f"run {exc.run_id} is recorded but not queued: the broker cannot be reached right now; it is "
+                "queued once the broker answers again (or resume it then)"
+            )
+        return "the broker cannot be reached right now; nothing was recorded or changed. Try again shortly"
     log.error("answered a request with a server error", exc_info=exc)
     return f"{type(exc).__name__}: the server could not do this; its log says why"
 

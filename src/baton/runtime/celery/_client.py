@@ -163,6 +163,11 @@ class CeleryRuntime:
         """Refuse, before anything is recorded, a pattern that workers cannot import, a misconfigured broker,
         or one that cannot be reached (looked at again only every few seconds)."""
         _require_target(pattern)
+        self.check_ready()
+
+    def check_ready(self) -> None:
+        """Refuse, in one line, a broker or result backend that is misconfigured or cannot be reached (looked
+        at again only every few seconds)."""
         check_broker(celery_app(self.settings), recent=True)
 
     @contextlib.contextmanager
