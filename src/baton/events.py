@@ -363,6 +363,7 @@ class _Dispatcher:
         self.thread: threading.Thread | None = None
 
     def kick(self) -> None:
+        _wait_at_exit()
         with self.lock:
             self.pending = True
             if self.thread is not None:
@@ -386,6 +387,35 @@ class _Dispatcher:
 
 
 _dispatchers: dict[tuple[int, str], _Dispatcher] = {}
+_waits_at_exit = False
+
+
+def _wait_at_exit() -> None:
+    """Make the end of the interpreter wait for the dispatchers and the runs they start here, registered from
+    the thread that publishes (a dispatcher thread is too late: the interpreter is ending by then)."""
+    global _waits_at_exit
+    with _lock:
+        if _waits_at_exit:
+            return
+        try:
+            # Before the interpreter shuts its thread pools down, which the runs need (`atexit` is too late).
+            threading._register_atexit(_finish_dispatching)  # type: ignore[attr-defined]
+        except RuntimeError:
+            return  # already ending: a dispatcher started now hands over in the caller's thread
+        _waits_at_exit = True
+
+
+def _finish_dispatching() -> None:
+    """A script that published an event and ended: its events are handed over, and the runs they started in
+    this process end, before the interpreter stops."""
+    while True:
+        for dispatcher in list(_dispatchers.values()):
+            thread = dispatcher.thread
+            if thread is not None:
+                thread.join()
+        get_runtime("local").drain()  # the runs those events started here, and what their own events started
+        if all(d.thread is None for d in list(_dispatchers.values())):
+            return
 
 
 def _quietly(store: RunStore, runtime: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -127,3 +129,29 @@ def test_a_mistyped_target_suggests_the_closest_name_in_one_line(env):
     assert result.stderr == "error: baton.examples.triage has no attribute 'triag'; did you mean 'triage'?\n"
     result = baton(env, "run", "baton.exampels.triage:triage", "--input", "{}", check=2)
     assert result.stderr.endswith("; did you mean 'baton.examples.triage'?\n") and len(result.stderr.splitlines()) == 1
+
+
+PUBLISHER = """
+import baton
+from pydantic import BaseModel
+from baton import on, step
+
+class Order(BaseModel):
+    n: int
+
+@on("order.placed")
+@step
+def ship(o: Order) -> Order:
+    return o
+
+print(baton.publish("order.placed", {"n": 1}))
+"""
+
+
+def test_a_script_that_publishes_an_event_and_ends_waits_for_the_run_it_started(env, tmp_path):
+    script = tmp_path / "publisher.py"
+    script.write_text(PUBLISHER)
+    ended = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 0 and "Traceback" not in ended.stderr, ended.stderr
+    (run,) = json.loads(baton(env, "runs", "--json", check=0).stdout)
+    assert (run["pipeline"], run["status"]) == ("ship", "succeeded")

@@ -117,8 +117,11 @@ class _Admission:
             if not self.drain_registered:
                 # A script that submits runs and ends waits for them, as it would for threads it started. It
                 # must wait before the interpreter shuts its thread pools down (which `atexit` is too late for).
-                threading._register_atexit(self.drain)  # type: ignore[attr-defined]
-                self.drain_registered = True
+                try:
+                    threading._register_atexit(self.drain)  # type: ignore[attr-defined]
+                    self.drain_registered = True
+                except RuntimeError:
+                    pass  # the interpreter is ending: whoever submits now (a dispatcher) is waited for
         background().loop().call_soon_threadsafe(self._queue, job)
 
     def _queue(self, job: Callable[[], Coroutine[Any, Any, Any]]) -> None:
