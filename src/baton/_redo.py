@@ -48,10 +48,19 @@ def describe_effects(run: Run, effects: list[EffectRecord]) -> str:
     return "; ".join(parts)
 
 
-def refuse_redo(store: RunStore, run: Run, pattern: Any, step: str, *, confirm_with: str) -> None:
-    """Raise `EffectsWouldRepeat` when retrying `run` from `step` would do side effects again; `confirm_with`
-    says how the person says yes on this surface."""
-    effects = effects_redone(store, run, pattern, step)
+def refuse_redo(
+    store: RunStore,
+    run: Run,
+    pattern: Any,
+    step: str,
+    *,
+    confirm_with: str,
+    effects: list[EffectRecord] | None = None,
+) -> None:
+    """Raise `EffectsWouldRepeat` when retrying `run` from `step` would do side effects again (`effects`, when
+    the caller looked them up already); `confirm_with` says how the person says yes on this surface."""
+    if effects is None:
+        effects = effects_redone(store, run, pattern, step)
     if effects:
         raise EffectsWouldRepeat(
             f"retrying run {run.id} from step '{step}' does again what it already did: "

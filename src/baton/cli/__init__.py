@@ -285,13 +285,14 @@ def _confirm_redo(store: RunStore, run: Run, pattern: Any, step: str, yes: bool)
     terminal interactively, elsewhere only `--yes` says yes."""
     from baton._redo import describe_effects, effects_redone, refuse_redo
 
-    if yes or not effects_redone(store, run, pattern, step):
+    effects = [] if yes else effects_redone(store, run, pattern, step)
+    if not effects:
         return
     if not sys.stdin.isatty():
-        refuse_redo(store, run, pattern, step, confirm_with="add --yes")
+        refuse_redo(store, run, pattern, step, confirm_with="add --yes", effects=effects)
     say = _err().print
     say(f"retrying run {run.id} from step '{step}' does again what it already did:", highlight=False, markup=False)
-    for effect in effects_redone(store, run, pattern, step):
+    for effect in effects:
         say(f"  {describe_effects(run, [effect])}", highlight=False, markup=False)
     if not click.confirm("Do it again?", default=False, err=True):
         raise UserError(f"run {run.id} not retried: nothing was done")
