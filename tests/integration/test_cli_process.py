@@ -48,6 +48,12 @@ def test_run_prints_the_finished_run_as_show_does(env):
         "correlation_id",
         "trigger_event",
         "emitted_events",
+        # When it was made, started, last resumed, ended, and how long its last go took.
+        "created_at",
+        "started_at",
+        "resumed_at",
+        "finished_at",
+        "duration_ms",
     }
     step_keys = {"name", "status", "attempts", "output", "error", "tokens", "duration_ms"}
     assert [set(s) for s in run["steps"]] == [
