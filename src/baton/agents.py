@@ -120,6 +120,11 @@ class Agent(Step):
     The answer is forced into the `output` contract (by the provider's structured output) and validated
     against all its bounds; an invalid answer is sent back with the errors, up to `reasks` times. Its work is
     async: model calls and tools are awaited, so many agents share one event loop.
+
+    `answer=` gives the model a contract of its own, apart from the step's `output`: the model answers it, is
+    re-asked on it, and `finish(answer, value)` (overridden in a subclass) builds the step's output from the
+    validated answer and the step's input. A small model that cannot copy a document's sentences can pick
+    their numbers, and `finish` hands on the sentences themselves.
     """
 
     calls_model = True
@@ -131,6 +136,7 @@ class Agent(Step):
         instructions: str,
         input: type[BaseModel],
         output: type[BaseModel],
+        answer: type[BaseModel] | None = None,
         model: str | Any | None = None,
         reasks: int = 2,
         tools: Sequence[Callable[..., Any] | Tool] = (),
@@ -140,9 +146,15 @@ class Agent(Step):
     ) -> None:
         if not isinstance(instructions, str) or not instructions.strip():
             raise DefinitionError(f"agent '{name}' needs instructions (its system prompt)")
-        for role, contract in (("input", input), ("output", output)):
+        answer = output if answer is None else answer
+        for role, contract in (("input", input), ("output", output), ("answer", answer)):
             if not is_contract(contract):
                 raise DefinitionError(f"agent '{name}': {role}= must be a Pydantic model class, not {contract!r}")
+        if answer is not output and type(self).finish is Agent.finish:
+            raise DefinitionError(
+                f"agent '{name}': its model answers {answer.__name__} but its step hands on {output.__name__}; "
+                f"subclass Agent and override finish(answer, value) to build one from the other"
+            )
         if not isinstance(reasks, int) or reasks < 0:
             raise DefinitionError(f"agent '{name}': reasks={reasks!r} must be an int >= 0")
         if model is None:
@@ -169,7 +181,9 @@ class Agent(Step):
             raise DefinitionError(f"agent '{name}': model {self.model_label!r} cannot call tools")
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.schema = output.model_json_schema()
+        # The contract the model writes: forced by the provider, validated, re-asked on (the output by default).
+        self.answer = answer
+        self.schema = answer.model_json_schema()
         super().__init__(name, self._work, input=input, output=output, retry=retry)
 
     @property
@@ -188,8 +202,17 @@ class Agent(Step):
         """
         system = self.instructions
         if not getattr(self._provider()[0], "model_sees_schema", True):
-            system = f"{system}\n\n{field_guide(self.output)}"
+            system = f"{system}\n\n{field_guide(self.answer)}"
         return [Message("system", system), Message("user", value.model_dump_json())]
+
+    def finish(self, answer: BaseModel, value: BaseModel) -> BaseModel:
+        """The step's output, from the model's validated answer and the step's input: the answer by default.
+
+        Override it with `answer=` to hand on something the model could not write itself (the sentences it
+        picked by number, the input's ids). It is code, not the model: what it raises fails the step, and
+        what it returns is checked against the `output` contract like any step's output.
+        """
+        return answer
 
     async def _work(self, value: BaseModel) -> BaseModel:
         ctx = current_step()
@@ -202,14 +225,14 @@ class Agent(Step):
                 answer = self._parse(raw, value)
                 # A NUL the store cannot keep is an invalid answer like any other: the model is asked again.
                 refuse_nul(
-                    answer.model_dump_json(), contract=self.output.__name__, step=self.name, where="the model's answer"
+                    answer.model_dump_json(), contract=self.answer.__name__, step=self.name, where="the model's answer"
                 )
             except (ValidationError, ContractViolation) as exc:
                 violation = (
                     exc
                     if isinstance(exc, ContractViolation)
                     else ContractViolation.from_validation_error(
-                        exc, contract=self.output.__name__, step=self.name, where="the model's answer"
+                        exc, contract=self.answer.__name__, step=self.name, where="the model's answer"
                     )
                 )
                 errors = violation.errors
@@ -219,16 +242,16 @@ class Agent(Step):
                     *messages,
                     # Never an empty message (APIs refuse them): the model is shown what it gave.
                     Message("assistant", raw or "(no answer)"),
-                    Message("user", REASK.format(contract=self.output.__name__, errors=listed)),
+                    Message("user", REASK.format(contract=self.answer.__name__, errors=listed)),
                 ]
                 continue
             await _keep(ctx, call, "answer")
             if ctx is not None and ctx.step != self.name:
                 # An agent called by another step: its calls are in the store before that step goes on.
                 await ctx.aflush()
-            return answer
+            return self.finish(answer, value)
         raise ContractViolation(
-            contract=self.output.__name__,
+            contract=self.answer.__name__,
             errors=errors,
             step=self.name,
             where=f"the model's answer (after {self.reasks} re-ask{'s' if self.reasks != 1 else ''})",
@@ -240,7 +263,7 @@ class Agent(Step):
         # (a summary that shares no word with its source); validated anywhere else, the context is absent.
         context = {"input": value}
         try:
-            return self.output.model_validate_json(raw, context=context)
+            return self.answer.model_validate_json(raw, context=context)
         except ValidationError as exc:
             if not any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise
@@ -250,7 +273,7 @@ class Agent(Step):
                 data = json.loads(raw, strict=False)
             except ValueError:
                 raise exc from None
-            return self.output.model_validate(data, context=context)
+            return self.answer.model_validate(data, context=context)
 
     async def _answer(self, messages: list[Message], ctx: StepContext | None) -> tuple[str, LLMCall]:
         """Ask until the model answers (running the tools it calls in between): the answer's text and the
@@ -268,7 +291,7 @@ class Agent(Step):
             for tool_call in completion.tool_calls:
                 messages.append(await self._run_tool(tool_call))
         raise ContractViolation(
-            contract=self.output.__name__,
+            contract=self.answer.__name__,
             errors=[{"field": "(root)", "message": f"no answer after {MAX_TOOL_ROUNDS} tool rounds", "type": "tools"}],
             step=self.name,
             where="the model's answer",
@@ -299,7 +322,7 @@ class Agent(Step):
                 model,
                 list(messages),
                 schema=self.schema,
-                schema_name=self.output.__name__,
+                schema_name=self.answer.__name__,
                 tools=[t.spec for t in self.tools],
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,

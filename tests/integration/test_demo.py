@@ -9,7 +9,16 @@ from importlib.metadata import metadata
 import pytest
 
 from baton import ScriptedModel
-from baton.demo import Chunks, Classification, Document, ExtractionResult, Summaries, document_pipeline, load_document
+from baton.demo import (
+    Chunks,
+    Classification,
+    Document,
+    ExtractionResult,
+    Summaries,
+    document_pipeline,
+    document_sentences,
+    load_document,
+)
 
 
 @pytest.fixture
@@ -64,6 +73,22 @@ def test_the_demo_on_real_documents_hands_on_valid_answers_or_fails_at_the_agent
         assert run["input_boundary_tokens"] > 100  # the document the extractor reads
 
 
+def test_the_demo_on_the_bundled_sample_succeeds_on_the_embedded_model(env):
+    # A new user's first command. The model picks sentences by number (it cannot copy them) and the
+    # contracts still hold every answer against its source; the embedded model is deterministic (seed 0).
+    result = demo(env, "--json")
+    assert result.returncode == 0, result.stdout[-2000:]
+    run = json.loads(result.stdout)
+    assert [(s["name"], s["status"]) for s in run["steps"]] == [
+        ("extract", "succeeded"), ("chunk", "succeeded"), ("summarise", "succeeded"), ("classify", "succeeded"),
+    ]  # fmt: skip
+    document = load_document()[0]
+    assert_refused_or_valid(run, document)
+    facts = run["steps"][0]["output"]["key_facts"]
+    assert facts and set(facts) <= set(document_sentences(document))
+    assert run["output"]["label"] == "finance" and "revenue" in run["output"]["evidence"]
+
+
 def test_the_demo_prints_progress_the_result_tokens_and_the_run_id(env, tmp_path):
     (tmp_path / "notes.md").write_text(
         "# Contract review\n\nThe court ruled the supply contract void on 3 May 2024. Damages were set at "
@@ -86,20 +111,20 @@ def test_the_same_pipeline_runs_on_a_scripted_model(store):
     model = ScriptedModel(
         [
             {
-                "key_facts": ["Revenue was 48.2 million euros."],
+                "key_sentences": [7, 1],
                 "raw_data_summary": "The Q3 report of Northwind Logistics.",
                 "confidence_score": 0.9,
             },
-            {"summaries": ["Revenue grew."], "overall": "Revenue was 48.2 million euros."},
-            {"evidence": "Revenue grew", "label": "finance", "confidence": 0.8},
+            {"summaries": ["Revenue grew 12 percent."], "overall": "Delivery rose to 94.1 percent."},
+            {"evidence": 1, "label": "finance", "confidence": 0.8},
         ]
     )
     doc, _ = load_document()
     run = document_pipeline(model).run(doc, store=store)
-    # The label comes with the words of the summaries that show it (a label with no evidence is refused).
-    assert run.output == {"evidence": "Revenue grew", "label": "finance", "confidence": 0.8}
+    # The label comes with the sentence of the summaries that shows it (a label with no evidence is refused).
+    assert run.output == {"evidence": "Revenue grew 12 percent.", "label": "finance", "confidence": 0.8}
     assert json.loads(model.requests[1][1].content) == {
-        "chunks": [{"index": 0, "facts": ["Revenue was 48.2 million euros."]}],
+        "chunks": [{"index": 0, "facts": ["On-time delivery rose to 94.1 percent.", document_sentences(doc)[0]]}],
     }
 
 

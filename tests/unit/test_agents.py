@@ -340,3 +340,44 @@ def test_a_cancelled_run_keeps_the_model_call_it_made(store):
     run = store.runs.get(run.id)
     assert run.status is RunStatus.INTERRUPTED
     assert [c.outcome for c in run.step("extract").calls] == ["answer"]
+
+
+class Picked(BaseModel):
+    """What a picking model answers: the numbers of the input's lines that hold key facts."""
+
+    lines: list[int] = Field(min_length=1, max_length=3)
+    confidence: float = Field(ge=0, le=1)
+
+
+class LinePicker(Agent):
+    def finish(self, answer: Picked, value: Doc) -> Facts:
+        lines = value.text.splitlines()
+        return Facts(key_facts=[lines[n - 1] for n in answer.lines], confidence=answer.confidence)
+
+
+def picker(model, **kw):
+    return LinePicker("extract", instructions="Pick.", input=Doc, output=Facts, answer=Picked, model=model, **kw)
+
+
+def test_an_agent_with_its_own_answer_contract_hands_on_what_finish_builds_from_it_and_the_input(store):
+    model = ScriptedModel([{"lines": [2], "confidence": 0.5}])
+    run = Pipeline("picks", [picker(model)]).run({"text": "Hello.\nRevenue rose 12%."}, store=store)
+    assert run.status is RunStatus.SUCCEEDED
+    assert run.output == {"key_facts": ["Revenue rose 12%."], "confidence": 0.5}
+    assert model.schemas[0] == Picked.model_json_schema()  # the model is asked for its answer, not the output
+
+
+def test_an_answer_that_breaks_its_own_contract_is_re_asked_then_fails_naming_it(store):
+    model = ScriptedModel([{"lines": [], "confidence": 0.5}, {"lines": [1, 2, 3, 4], "confidence": 0.5}])
+    run = Pipeline("picks", [picker(model, reasks=1)]).run({"text": "Hello."}, store=store)
+    assert "Picked contract" in model.requests[1][-1].content
+    error = run.step("extract").error
+    assert run.status is RunStatus.FAILED and "contract Picked" in error.message
+    assert json.loads(error.raw_output) == {"lines": [1, 2, 3, 4], "confidence": 0.5}
+
+
+def test_an_answer_contract_apart_from_the_output_needs_finish_at_definition():
+    with pytest.raises(DefinitionError, match="override finish"):
+        Agent("extract", instructions="Pick.", input=Doc, output=Facts, answer=Picked, model=ScriptedModel([GOOD]))
+    with pytest.raises(DefinitionError, match="answer= must be a Pydantic model"):
+        LinePicker("extract", instructions="Pick.", input=Doc, output=Facts, answer=dict, model=ScriptedModel([GOOD]))
