@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -209,8 +210,11 @@ class Agent(Step):
         """The step's output, from the model's validated answer and the step's input: the answer by default.
 
         Override it with `answer=` to hand on something the model could not write itself (the sentences it
-        picked by number, the input's ids). It is code, not the model: what it raises fails the step, and
-        what it returns is checked against the `output` contract like any step's output.
+        picked by number, the input's ids); it may be `async def`. It is code, not the model: what it raises
+        fails the step (the model's answer kept with the error), and what it returns is checked against the
+        `output` contract like any step's output. What it relies on (a number within the input's range) belongs
+        in the answer's contract, checked against the input given as validation context, so that a model's
+        mistake is re-asked rather than failing here.
         """
         return answer
 
@@ -249,7 +253,17 @@ class Agent(Step):
             if ctx is not None and ctx.step != self.name:
                 # An agent called by another step: its calls are in the store before that step goes on.
                 await ctx.aflush()
-            return self.finish(answer, value)
+            try:
+                finished = self.finish(answer, value)
+                if inspect.isawaitable(finished):
+                    finished = await finished
+            except Exception as exc:
+                # The answer `finish` could not use is kept with the failure, as a refused answer is.
+                if getattr(exc, "raw_output", None) is None:
+                    with contextlib.suppress(AttributeError, TypeError):
+                        exc.raw_output = raw  # type: ignore[attr-defined]
+                raise
+            return finished
         raise ContractViolation(
             contract=self.answer.__name__,
             errors=errors,

@@ -408,14 +408,21 @@ def _wait_at_exit() -> None:
 def _finish_dispatching() -> None:
     """A script that published an event and ended: its events are handed over, and the runs they started in
     this process end, before the interpreter stops."""
-    while True:
-        for dispatcher in list(_dispatchers.values()):
-            thread = dispatcher.thread
-            if thread is not None:
-                thread.join()
-        get_runtime("local").drain()  # the runs those events started here, and what their own events started
-        if all(d.thread is None for d in list(_dispatchers.values())):
-            return
+    try:
+        while True:
+            for dispatcher in list(_dispatchers.values()):
+                with dispatcher.lock:
+                    thread = dispatcher.thread
+                if thread is not None and thread.is_alive():
+                    thread.join()
+            get_runtime("local").drain()  # the runs those events started here, and what their own events started
+            with _lock:
+                busy = [d for d in _dispatchers.values() if d.thread is not None and d.thread.is_alive()]
+            if not busy:
+                return
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or the first one while waiting here: stop waiting; the runs show interrupted.
+        log.warning("stopped waiting for the runs this process started; `baton resume` them")
 
 
 def _quietly(store: RunStore, runtime: str) -> None:

@@ -167,3 +167,23 @@ def test_an_unreadable_pdf_is_a_clear_error(env, tmp_path):
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
     result = demo(env, "--file", str(tmp_path / "broken.pdf"))
     assert result.returncode == 2 and "PDF" in result.stderr
+
+
+def test_a_markdown_list_is_read_as_sentences_without_its_markers(tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text(
+        "# Release notes\n\n- Added a new export of reports to CSV files.\n- Removed the old API that nobody "
+        "used.\n## Upgrading\n1. Stop the server before you upgrade it.\n"
+    )
+    assert document_sentences(load_document(str(notes))[0]) == (
+        "Added a new export of reports to CSV files.", "Removed the old API that nobody used.",
+        "Stop the server before you upgrade it.",
+    )  # fmt: skip
+
+
+def test_a_document_with_no_sentence_to_pick_is_refused_before_any_model_call(env, tmp_path):
+    (tmp_path / "figures.md").write_text("# Q3\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    result = demo(env, "--file", str(tmp_path / "figures.md"))
+    assert result.returncode == 2 and "has no sentence the demo can pick key facts from" in result.stderr
+    runs = subprocess.run([sys.executable, "-m", "baton", "runs", "--json"], env=env, capture_output=True, text=True)
+    assert runs.returncode == 2 or json.loads(runs.stdout) == []  # no store was made, or it holds no run

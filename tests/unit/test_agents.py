@@ -376,6 +376,31 @@ def test_an_answer_that_breaks_its_own_contract_is_re_asked_then_fails_naming_it
     assert json.loads(error.raw_output) == {"lines": [1, 2, 3, 4], "confidence": 0.5}
 
 
+def test_what_finish_raises_fails_the_step_keeping_the_models_answer(store):
+    # Line 5 of a one-line input: the answer's contract did not bound it, so `finish` fails on it.
+    run = Pipeline("picks", [picker(ScriptedModel([{"lines": [5], "confidence": 0.5}]))]).run(
+        {"text": "Hello."}, store=store
+    )
+    error = run.step("extract").error
+    assert run.status is RunStatus.FAILED and error.type == "IndexError"
+    assert json.loads(error.raw_output) == {"lines": [5], "confidence": 0.5}
+
+
+class AsyncLinePicker(Agent):
+    async def finish(self, answer: Picked, value: Doc) -> Facts:
+        await asyncio.sleep(0)
+        return Facts(key_facts=[value.text.splitlines()[n - 1] for n in answer.lines], confidence=answer.confidence)
+
+
+def test_finish_may_be_async(store):
+    agent = AsyncLinePicker(
+        "extract", instructions="Pick.", input=Doc, output=Facts, answer=Picked,
+        model=ScriptedModel([{"lines": [1], "confidence": 0.5}]),
+    )  # fmt: skip
+    run = Pipeline("async-picks", [agent]).run({"text": "Revenue rose 12%."}, store=store)
+    assert run.status is RunStatus.SUCCEEDED and run.output["key_facts"] == ["Revenue rose 12%."]
+
+
 def test_an_answer_contract_apart_from_the_output_needs_finish_at_definition():
     with pytest.raises(DefinitionError, match="override finish"):
         Agent("extract", instructions="Pick.", input=Doc, output=Facts, answer=Picked, model=ScriptedModel([GOOD]))

@@ -133,7 +133,7 @@ def run(
     # A runtime that cannot take the run now (its broker down) says so before the store is made, if need be.
     check_ready = getattr(get_runtime(runtime), "check_ready", None)
     if check_ready is not None:
-        check_ready()
+        check_ready(pattern)
     store = _store(settings, create=True)
     if not (get_runtime(runtime).executes_here or wait):
         run_id = pattern.submit(data, store=store, runtime=runtime)

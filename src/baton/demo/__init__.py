@@ -385,7 +385,14 @@ def load_document(path: str | None = None) -> tuple[Document, list[str]]:
     if len(text) > MAX_TEXT:
         warnings.append(f"{file.name} has {len(text):,} characters; the demo reads the first {MAX_TEXT:,}")
         text = text[:MAX_TEXT]
-    return Document(title=first[:200], text=text), warnings
+    document = Document(title=first[:200], text=text)
+    if not document_sentences(document):
+        # Refused before any model call: the extractor picks whole sentences, and would be shown none.
+        raise UserError(
+            f"{file} has no sentence the demo can pick key facts from (three words or more, without quotes, "
+            "brackets or markup)"
+        )
+    return document, warnings
 
 
 def _pdf_text(file: Path) -> str:

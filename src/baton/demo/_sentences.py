@@ -14,7 +14,11 @@ __all__ = ["MAX_SENTENCES", "beyond", "numbered", "sentences"]
 
 # The sentences a model is shown: their numbers are a range the grammar spells out (at most 100 wide).
 MAX_SENTENCES = 100
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+# A sentence ends at its full stop, a paragraph, or the next item of a list or a heading (Markdown).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n\s*(?=(?:[-*+]|#+|\d+[.)])\s)")
+# A list item's or a heading's marker: not part of the sentence a model is shown (what is left is still
+# the document's words, in order).
+_MARKER = re.compile(r"^(?:[-*+]|#+|\d+[.)])\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
 
 
@@ -23,13 +27,13 @@ def sentences(text: str, limit: int) -> tuple[str, ...]:
     """The sentences of `text` a model may pick by number, in order (at most MAX_SENTENCES).
 
     A sentence longer than `limit` is cut at its commas and semicolons (at word ends only if a clause is
-    still too long); a piece that is not a sentence of three words or more (a heading, a row of figures) is
-    left out.
+    still too long); a list item's or a heading's marker is taken off; a piece that is not a sentence of
+    three words or more, without quotes or markup (a short heading, a row of figures, a link), is left out.
     """
     sentence_of = _sentence_adapter(limit)
     found: list[str] = []
     for sentence in _SENTENCE_END.split(text):
-        for piece in _pieces(" ".join(sentence.split()), limit):
+        for piece in _pieces(_MARKER.sub("", " ".join(sentence.split())), limit):
             try:
                 found.append(sentence_of.validate_python(piece))
             except ValidationError:

@@ -82,9 +82,10 @@ def error_info(exc: BaseException) -> ErrorInfo:
     kind = type(exc)
     builtin = kind.__module__ in ("builtins",) or kind.__module__.startswith("baton.")
     name = kind.__qualname__ if builtin else f"{kind.__module__}.{kind.__qualname__}"
-    raw = details = None
-    if isinstance(exc, ContractViolation):
-        raw, details = exc.raw_output, tuple(exc.errors)
+    # A model's answer rides on a contract violation, or on what an agent's `finish` raised about it.
+    raw = getattr(exc, "raw_output", None)
+    raw = raw if isinstance(raw, str) else None
+    details = tuple(exc.errors) if isinstance(exc, ContractViolation) else None
     return ErrorInfo(
         type=name,
         message=str(exc),

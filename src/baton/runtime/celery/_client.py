@@ -59,7 +59,7 @@ class CeleryRuntime:
         `BrokerUnavailable` before anything is recorded; one lost between that look and the send raises
         `RunNotQueued`, carrying the id of the run that waits, pending, for `baton resume`.
         """
-        self._require_ready(pattern)
+        self.check_ready(pattern)
         with store.writer() as writer:
             run_id, *_ = create_run(
                 writer, store, pattern, value, CELERY_OWNER, pending=True, runtime=self.name,
@@ -115,7 +115,7 @@ class CeleryRuntime:
         A celery run still pending or running that no worker holds (its message was lost with the broker's
         data, say) is queued again as it is: a message delivered twice is safe.
         """
-        self._require_ready(pattern)
+        self.check_ready(pattern)
         run = read_run(store, pattern, run_id)
         if run.runtime == self.name and run.status in (RunStatus.PENDING, RunStatus.RUNNING):
             with self._queueing(run.id):
@@ -132,7 +132,7 @@ class CeleryRuntime:
 
     def approve(self, store: RunStore, pattern: Any, run_id: str) -> str:
         """Approve a run awaiting approval: the step it waited before is queued again for the workers."""
-        self._require_ready(pattern)
+        self.check_ready(pattern)
         idx = store.steps.decide(run_id, approve=True, now=utcnow(), runtime=self.name)
         if idx < 0:
             raise RunNotResumable(f"run {run_id} is not awaiting approval")
@@ -145,7 +145,7 @@ class CeleryRuntime:
         self, store: RunStore, pattern: Any, run_id: str, step: str, observer: Observer | None = None
     ) -> str:
         """Discard the checkpoints of `step` and of what follows it, and queue the run again from there."""
-        self._require_ready(pattern)
+        self.check_ready(pattern)
         run = read_run(store, pattern, run_id)
         rewind = rewind_plan(run, pattern, step)
         if not store.runs.reopen(run.id, claims=run.claims, runtime=self.name, now=utcnow(), rewind=rewind):
@@ -159,15 +159,10 @@ class CeleryRuntime:
             observer.run_created(run.id)
         return run.id
 
-    def _require_ready(self, pattern: Any) -> None:
-        """Refuse, before anything is recorded, a pattern that workers cannot import, a misconfigured broker,
-        or one that cannot be reached (looked at again only every few seconds)."""
+    def check_ready(self, pattern: Any) -> None:
+        """Refuse, in one line and before anything is recorded, a pattern that workers cannot import, a
+        misconfigured broker, or one that cannot be reached (looked at again only every few seconds)."""
         _require_target(pattern)
-        self.check_ready()
-
-    def check_ready(self) -> None:
-        """Refuse, in one line, a broker or result backend that is misconfigured or cannot be reached (looked
-        at again only every few seconds)."""
         check_broker(celery_app(self.settings), recent=True)
 
     @contextlib.contextmanager
