@@ -394,6 +394,8 @@ def _wait_at_exit() -> None:
     """Make the end of the interpreter wait for the dispatchers and the runs they start here, registered from
     the thread that publishes (a dispatcher thread is too late: the interpreter is ending by then)."""
     global _waits_at_exit
+    if _waits_at_exit:  # every emitted event passes here: no lock once it is done
+        return
     with _lock:
         if _waits_at_exit:
             return
