@@ -20,10 +20,12 @@ from baton.api import (
     wait,
     wait_chain,
 )
+from baton.budgets import Budget
 from baton.effects import aeffect, effect
 from baton.errors import (
     BatonError,
     BrokerUnavailable,
+    BudgetExceeded,
     Cancelled,
     ContractViolation,
     DefinitionError,
@@ -36,6 +38,7 @@ from baton.errors import (
     RunNotQueued,
     RunNotResumable,
     StepFailed,
+    StepTimeout,
     StoreUnavailable,
     TransientError,
     UserError,
@@ -64,6 +67,7 @@ __all__ = [
     "Pipeline",
     "Supervisor",
     "Retry",
+    "Budget",
     "Step",
     "step",
     "register_transient",
@@ -112,6 +116,8 @@ __all__ = [
     "RunNotQueued",
     "RunNotResumable",
     "StepFailed",
+    "StepTimeout",
+    "BudgetExceeded",
     "StoreUnavailable",
     "BrokerUnavailable",
     "TransientError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,11 +54,23 @@ class StepContext:
     side_effect: bool = False
     # The names of the effects this attempt performed (each name once).
     effects: set[str] = field(default_factory=set)
+    # Where the attempt runs ("local", "celery"): which backend its rate limits share.
+    runtime: str = "local"
+    # The run's budgets (`baton.store.budgets.BudgetState`), read before its first model call.
+    budgets: tuple[Any, ...] | None = None
+    # The attempt's timeout, and whether it ran past it: its work, abandoned, may make no more model calls
+    # and no more effects (they would belong to an attempt that already failed).
+    timeout: float | None = None
+    abandoned: bool = False
 
     def keep(self, call: LLMCall) -> None:
         """Note a call whose outcome is known; it is written before the next call, or with the attempt's end."""
         self.calls.append(call)
         self.unwritten.append(call)
+        if self.abandoned:
+            # Its attempt has ended: nothing else would write what this call cost.
+            with contextlib.suppress(Exception):
+                self.flush()
 
     async def akeep(self, call: LLMCall) -> None:
         """`keep`, from async code."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -12,17 +13,19 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 
+from baton import budgets
 from baton._context import LLMCall, StepContext, current_step
 from baton.contracts import is_contract, refuse_nul
-from baton.errors import ContractViolation, DefinitionError
+from baton.errors import ContractViolation, DefinitionError, StepTimeout
 from baton.pricing import cost_of
 from baton.providers import Completion, Message, ToolCall, ToolSpec, check_model, get_provider, split_model
 from baton.providers.base import redact
 from baton.retry import Retry
-from baton.runtime.aio import call_in_background, call_threads, in_work_thread
+from baton.runtime.aio import call_in_background, call_threads, in_store_thread, in_work_thread
 from baton.settings import current_settings
 from baton.steps import Step
 from baton.store import utcnow
+from baton.tokens import count_tokens
 
 __all__ = ["Agent", "Tool"]
 
@@ -144,6 +147,7 @@ class Agent(Step):
         retry: Retry | None = None,
         max_tokens: int = 1024,
         temperature: float = 0.0,
+        timeout: float | None = None,
     ) -> None:
         if not isinstance(instructions, str) or not instructions.strip():
             raise DefinitionError(f"agent '{name}' needs instructions (its system prompt)")
@@ -185,7 +189,7 @@ class Agent(Step):
         # The contract the model writes: forced by the provider, validated, re-asked on (the output by default).
         self.answer = answer
         self.schema = answer.model_json_schema()
-        super().__init__(name, self._work, input=input, output=output, retry=retry)
+        super().__init__(name, self._work, input=input, output=output, retry=retry, timeout=timeout)
 
     @property
     def model_label(self) -> str:
@@ -326,10 +330,15 @@ class Agent(Step):
         self, provider: Any, model: str, messages: list[Message], ctx: StepContext | None
     ) -> tuple[Any, LLMCall]:
         if ctx is not None:
+            if ctx.abandoned:  # its attempt ran past the step's timeout: this call would belong to none
+                raise StepTimeout(ctx.step, ctx.timeout or 0.0, ctx.attempt)
             await ctx.aflush()  # what was spent so far is in the store before more is
+        provider_name = getattr(provider, "name", type(provider).__name__)
+        priced = f"{provider_name}:{model}" if model else provider_name
+        tools = [t.spec for t in self.tools]
+        held = await self._hold(ctx, priced, messages, tools)
         started = utcnow()
         t0 = time.perf_counter()
-        provider_name = getattr(provider, "name", type(provider).__name__)
         try:
             completion = await _complete(
                 provider,
@@ -337,16 +346,19 @@ class Agent(Step):
                 list(messages),
                 schema=self.schema,
                 schema_name=self.answer.__name__,
-                tools=[t.spec for t in self.tools],
+                tools=tools,
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
             )
-        except Exception as exc:
+        except BaseException as exc:
+            if held is not None:
+                await _settle(ctx, held, 0, 0.0)
+            if not isinstance(exc, Exception):
+                raise
             latency = (time.perf_counter() - t0) * 1000
             error = redact(str(exc))[:500]
             await _keep(ctx, LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, error), "error")
             raise
-        priced = f"{provider_name}:{model}" if model else provider_name
         call = LLMCall(
             provider=provider_name,
             model=completion.model,
@@ -357,7 +369,31 @@ class Agent(Step):
             outcome="answer",
             started_at=started,
         )
+        if held is not None:
+            await _settle(ctx, held, completion.input_tokens + completion.output_tokens, call.cost_usd)
         return completion, call
+
+    async def _hold(
+        self, ctx: StepContext | None, priced: str, messages: list[Message], tools: list[ToolSpec]
+    ) -> budgets.Hold | None:
+        """Hold the call's worst case against its run's budgets, if it has any (see `baton.budgets`)."""
+        if ctx is None or ctx.store is None:
+            return None
+        store = ctx.store
+        if ctx.budgets is None:
+            ctx.budgets = tuple(await in_store_thread(store, store.patiently, store.budgets.for_run, ctx.run_id))
+        if not ctx.budgets:
+            return None
+        # What the provider is sent: the messages, the answer's schema and the tools' (an estimate, on the
+        # embedded model's tokenizer, of what the provider will count).
+        sent = [m.content for m in messages] + [json.dumps(self.schema)] + [json.dumps(t.parameters) for t in tools]
+        prompt_tokens = count_tokens("\n".join(sent))
+        return await in_store_thread(
+            store,
+            functools.partial(
+                budgets.hold, ctx, store, model=priced, prompt_tokens=prompt_tokens, max_tokens=self.max_tokens
+            ),
+        )
 
 
 async def _complete(provider: Any, model: str, messages: list[Message], **options: Any) -> Completion:
@@ -367,6 +403,14 @@ async def _complete(provider: Any, model: str, messages: list[Message], **option
         return await acomplete(model, messages, **options)
     # A provider written before agents were async: on a thread, so that it never blocks the loop.
     return await in_work_thread(functools.partial(provider.complete, model, messages, **options), pool=call_threads())
+
+
+async def _settle(ctx: StepContext | None, held: budgets.Hold, tokens: int, usd: float | None) -> None:
+    """Count what a call spent against the budgets it held, and give the hold back (even when cancelled)."""
+    assert ctx is not None and ctx.store is not None
+    store = ctx.store
+    settling = functools.partial(budgets.settle, store, held, tokens=tokens, usd=usd)
+    await asyncio.shield(in_store_thread(store, settling))
 
 
 async def _keep(ctx: StepContext | None, call: LLMCall, outcome: str) -> None:

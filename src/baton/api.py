@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from baton.budgets import Budget, rebudget
 from baton.errors import RunError, RunNotResumable
 from baton.patterns.registry import find_pattern
 from baton.run import Run
@@ -56,11 +57,15 @@ def resume(run_id: str, *, store: RunStore | str | None = None, **options: Any) 
     return pattern.resume(recorded.id, store=s, **options)
 
 
-def resume_later(run_id: str, *, store: RunStore | str | None = None, runtime: str | None = None) -> str:
-    """Continue a failed or interrupted run on its own runtime (or `runtime`); returns its id at once."""
+def resume_later(
+    run_id: str, *, store: RunStore | str | None = None, runtime: str | None = None, budget: Budget | None = None
+) -> str:
+    """Continue a failed or interrupted run on its own runtime (or `runtime`), under `budget` if given (it
+    replaces the run's); returns its id at once."""
     s = _store(store)
     recorded = s.runs.get(run_id)
     pattern = find_pattern(recorded.pipeline, recorded.target)
+    rebudget(s, recorded, budget, f"resume of run {recorded.id}")
     return get_runtime(runtime or recorded.runtime).resume(s, pattern, recorded.id)
 
 

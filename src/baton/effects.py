@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from baton._context import current_step
 from baton._effect_result import ResultShape, declared_shape, describe, misfits
 from baton._owner import owner_alive, this_owner
-from baton.errors import DefinitionError, EffectUncertain, TransientError, UserError
+from baton.errors import DefinitionError, EffectUncertain, StepTimeout, TransientError, UserError
 
 if TYPE_CHECKING:
     from baton.store import RunStore
@@ -135,6 +135,9 @@ def _begin(name: str, shape: ResultShape | None) -> tuple[Any, str, Any]:
             f"step '{ctx.step}' performs the effect '{name}' but is not declared as acting on the world: "
             "write @step(side_effect=True)"
         )
+    if ctx.abandoned:
+        # Its attempt ran past the step's timeout and failed: an act now would belong to no attempt.
+        raise StepTimeout(ctx.step, ctx.timeout or 0.0, ctx.attempt)
     if name in ctx.effects:
         raise DefinitionError(f"step '{ctx.step}' performs the effect '{name}' twice: give each effect its own name")
     ctx.effects.add(name)

@@ -22,6 +22,8 @@ __all__ = [
     "RunNotResumable",
     "EffectsWouldRepeat",
     "StepFailed",
+    "StepTimeout",
+    "BudgetExceeded",
     "StoreUnavailable",
     "BrokerUnavailable",
     "EffectUncertain",
@@ -163,6 +165,36 @@ class EffectUncertain(RunError):
 
 class TransientError(RunError):
     """Raise (or subclass) this from a step for a failure worth retrying: the step's Retry policy applies."""
+
+
+class StepTimeout(TransientError, TimeoutError):
+    """An attempt ran past its step's `timeout`: transient (retried under the step's Retry); what it produces
+    later is thrown away, never checkpointed."""
+
+    def __init__(self, step: str, seconds: float, attempt: int | None = None) -> None:
+        self.step, self.seconds, self.attempt = step, seconds, attempt
+        which = f" (attempt {attempt})" if attempt is not None else ""
+        super().__init__(f"step '{step}' ran past its timeout of {seconds:g} s{which}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StepTimeout, (self.step, self.seconds, self.attempt))
+
+
+class BudgetExceeded(RunError):
+    """A model call would take a run past its budget: no call was made, the step and the run fail.
+
+    `baton resume RUN_ID --budget-usd X` (or `--budget-tokens N`) continues it with a larger budget.
+    """
+
+    def __init__(self, step: str, limit: str, spent: str, call: str, budget: str = "run") -> None:
+        self.step, self.limit, self.spent, self.call, self.budget = step, limit, spent, call, budget
+        super().__init__(
+            f"step '{step}': a model call of up to {call} would take the {budget}'s spend of {spent} past its "
+            f"budget of {limit}; no call was made"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BudgetExceeded, (self.step, self.limit, self.spent, self.call, self.budget))
 
 
 class Cancelled(BaseException):

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from baton._context import current_step
 from baton._ids import new_run_id
+from baton.budgets import Budget, check_budget
 from baton.contracts import refuse_nul, validate_input, validate_json
 from baton.errors import ContractViolation, DefinitionError, InvalidInput, UserError
 from baton.patterns import Pipeline
@@ -42,6 +43,7 @@ from baton.runtime import get_runtime
 from baton.runtime.base import hooks
 from baton.steps import Step
 from baton.store import RunStore, open_store, utcnow
+from baton.store.budgets import chain_budget_id
 from baton.store.events import EventRecord
 
 __all__ = [
@@ -86,21 +88,28 @@ _subscriptions: dict[str, dict[str, Subscription]] = {}
 _lock = threading.Lock()
 
 
-def on(event_type: str, *, name: str | None = None) -> Callable[[T], T]:
+def on(event_type: str, *, name: str | None = None, budget: Budget | None = None) -> Callable[[T], T]:
     """Subscribe the decorated step (or pattern) to `event_type`; it is returned unchanged.
 
-    Each delivery of an event of that type starts a run of it, named `name` (default: the step's name).
+    Each delivery of an event of that type starts a run of it, named `name` (default: the step's name), under
+    `budget` (a step's; a pattern declares its own with `budget=`).
     """
+    budget = check_budget(budget, f"on({event_type!r})")
     if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type):
         raise DefinitionError(f"on({event_type!r}): an event type is letters, digits, '_', '-' and '.'")
 
     def subscribe(target: T) -> T:
         if isinstance(target, Step):
             module = getattr(target.fn, "__module__", None) or sys._getframe(1).f_globals.get("__name__")
-            pattern: Pattern = Pipeline(name or target.name, [target])
+            pattern: Pattern = Pipeline(name or target.name, [target], budget=budget)
             pattern._module = module
             pattern.stands_for = target  # type: ignore[attr-defined]
         elif isinstance(target, Pattern):
+            if budget is not None:
+                raise DefinitionError(
+                    f"on({event_type!r}, budget=...) subscribes pattern '{target.name}': declare its budget on the "
+                    "pattern itself"
+                )
             pattern = target
         else:
             hint = " (put @on above @step)" if callable(target) else ""
@@ -140,8 +149,14 @@ def publish(
     store: RunStore | str | None = None,
     runtime: str = "local",
     correlation_id: str | None = None,
+    budget: Budget | None = None,
 ) -> str:
-    """Record an event from outside any run (a request, a script) and dispatch it; returns its id at once."""
+    """Record an event from outside any run (a request, a script) and dispatch it; returns its id at once.
+
+    `budget` is one budget for the whole chain it starts: every run its delivery starts, and every run their
+    events start, hold their model calls against it (besides any budget of their own).
+    """
+    budget = check_budget(budget, f"publish({event_type!r})")
     if not EVENT_TYPE.match(event_type):
         raise UserError(f"event type {event_type!r} is not valid: letters, digits, '_', '-' and '.'")
     if isinstance(payload, dict):
@@ -152,6 +167,8 @@ def publish(
     payload_json = _checked(event_type, payload, where="publish()", step=None, error=InvalidInput)
     s = store if isinstance(store, RunStore) else open_store(store)
     event_id = new_run_id()
+    if budget is not None:
+        s.budgets.set(chain_budget_id(correlation_id or event_id), tokens=budget.tokens, usd=budget.usd)
     s.events.add(event_id, event_type, payload_json, correlation_id or event_id, utcnow(), runtime=runtime)
     dispatch_soon(s, runtime)  # never raises: what fails to go out now goes with a later dispatch
     return event_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from baton.contracts import is_contract
 from baton.errors import DefinitionError
 from baton.retry import Retry
 
-__all__ = ["Step", "step"]
+__all__ = ["Step", "check_timeout", "step"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 
@@ -38,6 +39,7 @@ class Step:
         retry: Retry | None = None,
         side_effect: bool = False,
         approval: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise DefinitionError(
@@ -51,6 +53,7 @@ class Step:
         if retry is not None and not isinstance(retry, Retry):
             raise DefinitionError(f"step '{name}': retry= takes a baton.Retry, not {retry!r}")
         self.name = name
+        self.timeout = check_timeout(timeout, f"step '{name}'")
         self.fn = fn
         self.input = input
         self.output = output
@@ -83,11 +86,25 @@ class Step:
         return f"<Step {self.name}: {self.input.__name__} -> {self.output.__name__}>"
 
 
+def check_timeout(timeout: object, what: str) -> float | None:
+    """`timeout` as seconds (None: no timeout); a timeout that is not a number of seconds above 0 is refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+        raise DefinitionError(f"{what}: timeout={timeout!r} must be a number of seconds above 0 (or None)")
+    return float(timeout)
+
+
 @overload
 def step(fn: Callable[[Any], Any], /) -> Step: ...
 @overload
 def step(
-    *, name: str | None = None, retry: Retry | None = None, side_effect: bool = False, approval: bool = False
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    side_effect: bool = False,
+    approval: bool = False,
+    timeout: float | None = None,
 ) -> Callable[[Callable[[Any], Any]], Step]: ...
 
 
@@ -99,12 +116,15 @@ def step(
     retry: Retry | None = None,
     side_effect: bool = False,
     approval: bool = False,
+    timeout: float | None = None,
 ) -> Step | Callable[[Callable[[Any], Any]], Step]:
     """Make a function a step; its contracts are read from its annotations (`def f(x: In) -> Out`).
 
     `side_effect=True` declares a step that acts on the world: it does so through `baton.effect`, which
     carries an idempotency key and never does the same effect twice, whatever retries or redeliveries come.
     `approval=True` stops the run before the step, `awaiting_approval`, until a person approves or rejects it.
+    `timeout=SECONDS` bounds each attempt: one that runs past it fails with `StepTimeout` (transient, so retried
+    under `retry`), and what it produces later is thrown away.
     """
 
     def build(func: Callable[[Any], Any]) -> Step:
@@ -115,7 +135,7 @@ def step(
         input_type, output_type = _contracts_of(func)
         return Step(
             name or func.__name__, func, input=input_type, output=output_type, retry=retry,
-            side_effect=side_effect, approval=approval,
+            side_effect=side_effect, approval=approval, timeout=timeout,
         )  # fmt: skip
 
     if fn is None:

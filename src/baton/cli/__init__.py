@@ -20,6 +20,8 @@ from baton.cli._common import (
     _out,
     _print_json,
     _store,
+    budget_of,
+    budget_options,
     cli_settings,
     import_modules,
     json_option,
@@ -109,12 +111,13 @@ def main() -> None:
     "--follow-timeout", default=600.0, show_default=True, type=click.FloatRange(0, min_open=True), metavar="SECONDS",
     help="On celery, stop following a chain still going after this long (exit 1, naming what still runs).",
 )  # fmt: skip
+@budget_options
 @store_option
 @json_option
 @_errors_to_exit
 def run(
     target: str, input_text: str, runtime: str | None, wait: bool | None, follow: bool, follow_timeout: float,
-    database_url: str | None, as_json: bool,
+    budget_usd: float | None, budget_tokens: int | None, database_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not.
 
@@ -124,6 +127,7 @@ def run(
     from baton.cli.render import LiveProgress
 
     data = _read_input(input_text)
+    budget = budget_of(budget_usd, budget_tokens)
     settings = cli_settings(database_url=database_url, runtime=runtime)  # before the target's agents are declared
     pattern = load_target(target)
     if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
@@ -136,11 +140,11 @@ def run(
         check_ready(pattern)
     store = _store(settings, create=True)
     if not (get_runtime(runtime).executes_here or wait):
-        run_id = pattern.submit(data, store=store, runtime=runtime)
+        run_id = pattern.submit(data, store=store, runtime=runtime, budget=budget)
         _submitted(store, run_id, f"submitted to the {runtime} runtime", wait, as_json)
         return
     with LiveProgress(_err(), pattern.step_names, pattern.name) as progress:
-        result = pattern.run(data, store=store, runtime=runtime, observer=progress)
+        result = pattern.run(data, store=store, runtime=runtime, observer=progress, budget=budget)
     here = get_runtime(runtime).executes_here
     if follow:
         # Runs that execute in this process must end before it does: no time limit on those.
@@ -197,10 +201,14 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     store = _store(cli_settings(database_url=database_url))
     store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
     found = store.runs.get(run_id)
+    budgets = store.budgets.for_run(found.id)
     if as_json:
-        _print_json(found.to_json_dict())
+        shown = found.to_json_dict()
+        if budgets:
+            shown["budgets"] = [b.to_json_dict() for b in budgets]
+        _print_json(shown)
     else:
-        _out().print(render_run(found))
+        _out().print(render_run(found, budgets))
 
 
 @main.command()
@@ -229,13 +237,14 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
     "(an e-mail sent) of the steps that run again without asking; without it baton asks on a terminal, and "
     "elsewhere refuses.",
 )  # fmt: skip
+@budget_options
 @store_option
 @json_option
 @_errors_to_exit
 def resume(
     run_id: str | None, runtime: str | None, wait: bool | None, from_step: str | None, all_runs: bool,
-    status: str | None, pipeline: str | None, older_than: str | None, yes: bool, database_url: str | None,
-    as_json: bool,
+    status: str | None, pipeline: str | None, older_than: str | None, yes: bool, budget_usd: float | None,
+    budget_tokens: int | None, database_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run.
 
@@ -244,7 +253,9 @@ def resume(
     command exits 1 if any could not be. Runs of the local runtime go on in this process, which waits for them.
     """
     given = {"--runtime": runtime, "--wait": wait, "--from": from_step, "--status": status, "--pipeline": pipeline}
+    given |= {"--budget-usd": budget_usd, "--budget-tokens": budget_tokens}
     check_options(run_id, all_runs, given | {"--older-than": older_than, "--yes": yes})
+    budget = budget_of(budget_usd, budget_tokens)
     if all_runs:
         store = _store(cli_settings(database_url=database_url))
         bulk = {"pipeline": pipeline, "older_than": older_than, "yes": yes, "as_json": as_json}
@@ -261,21 +272,21 @@ def resume(
     if from_step is not None:
         _confirm_redo(store, recorded, pattern, from_step, yes)
         if not here:
-            pattern.retry(recorded.id, from_step, store=store, runtime=runtime)
+            pattern.retry(recorded.id, from_step, store=store, runtime=runtime, budget=budget)
             _submitted(store, recorded.id, f"retried from step {from_step}", wait, as_json)
             return
         # A run retried in this process runs on a thread of it, which must stay until the run ends.
         with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
-            pattern.retry(recorded.id, from_step, store=store, runtime=runtime, observer=progress)
+            pattern.retry(recorded.id, from_step, store=store, runtime=runtime, observer=progress, budget=budget)
             api.wait(recorded.id, store=store)
         api.wait_chain(recorded.correlation_id or recorded.id, store=store)  # the runs its events started, here
         _finish(store.runs.get(recorded.id), as_json)
     if not here:
-        api.resume_later(recorded.id, store=store, runtime=runtime)
+        api.resume_later(recorded.id, store=store, runtime=runtime, budget=budget)
         _submitted(store, recorded.id, f"resumed on the {runtime} runtime", wait, as_json)
         return
     with LiveProgress(_err(), [s.name for s in recorded.steps], recorded.pipeline) as progress:
-        result = pattern.resume(recorded.id, store=store, runtime=runtime, observer=progress)
+        result = pattern.resume(recorded.id, store=store, runtime=runtime, observer=progress, budget=budget)
     api.wait_chain(result.correlation_id or result.id, store=store)  # the runs its events started, here
     _finish(store.runs.get(result.id), as_json)
 

@@ -144,6 +144,35 @@ def _given(section: Any, **flags: Any) -> Any:
     return replace(section, **given) if given else section
 
 
+def budget_options(fn: F) -> F:
+    """--budget-usd and --budget-tokens: the run's budget on model spend (see `baton.Budget`)."""
+    fn = click.option(
+        "--budget-tokens", type=int, default=None, metavar="N",
+        help="At most N tokens (input and output) of model calls for the run; past it no call is made and the "
+        "run fails with BudgetExceeded. Replaces the budget its pipeline declares.",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--budget-usd", type=float, default=None, metavar="X",
+        help="At most X dollars of model calls for the run (calls of models with a known price), checked before "
+        "every call on every worker. Replaces the budget its pipeline declares.",
+    )(fn)  # fmt: skip
+
+
+def budget_of(usd: float | None, tokens: int | None) -> Any:
+    """The `baton.Budget` of --budget-usd and --budget-tokens (None when neither is given); a bad one is
+    refused naming the option."""
+    if usd is None and tokens is None:
+        return None
+    from baton.budgets import Budget
+    from baton.errors import DefinitionError
+
+    try:
+        return Budget(tokens=tokens, usd=usd)
+    except DefinitionError as exc:
+        option = "--budget-tokens" if "tokens=" in str(exc) else "--budget-usd"
+        raise UserError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
+
+
 def json_option(fn: F) -> F:
     """The --json option: print machine-readable JSON instead of tables."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)

@@ -47,7 +47,8 @@ def check_options(run_id: str | None, all_runs: bool, given: dict[str, Any]) -> 
     if all_runs:
         if not given.get("--status"):
             raise UserError(f"--all needs --status: one of {', '.join(BULK_STATUSES)}")
-        alone = [name for name in ("--runtime", "--from", "--wait") if given.get(name) not in (None, False)]
+        one = ("--runtime", "--from", "--wait", "--budget-usd", "--budget-tokens")
+        alone = [name for name in one if given.get(name) not in (None, False)]
         if alone:
             raise UserError(f"{alone[0]} resumes one run: give a RUN_ID instead of --all")
         if given.get("--older-than"):

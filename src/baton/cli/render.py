@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -76,7 +77,7 @@ def render_runs(runs: list[Run]) -> Table:
     return table
 
 
-def render_run(run: Run) -> Group:
+def render_run(run: Run, budgets: Sequence[Any] = ()) -> Group:
     """One run: a summary, its steps, the error of any failed step, and its output."""
     head = Table.grid(padding=(0, 2))
     head.add_row("run", Text(run.id, style="bold"))
@@ -89,6 +90,8 @@ def render_run(run: Run) -> Group:
         head.add_row("duration", _ms(run.duration_ms) + (" (since resumed)" if run.resumed_at else ""))
     head.add_row("tokens", f"{run.tokens.input} in / {run.tokens.output} out")
     head.add_row("cost", _usd(run.cost_usd))
+    for budget in budgets:
+        head.add_row("budget", budget.describe())
     if run.correlation_id and run.correlation_id != run.id:
         head.add_row("chain", f"{run.correlation_id} (baton trace {run.correlation_id})")
     if run.trigger_event:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from baton.budgets import Budget, check_budget, rebudget
 from baton.contracts import validate_input, validate_json
 from baton.patterns.plan import Done, Fail, Next, RunSteps, States, Wait
 from baton.patterns.registry import register
@@ -46,6 +47,9 @@ class Pattern:
         """Which of the `steps` steps of a run of this kind run as parallel branches (the dashboard draws
         them side by side); the pattern's code is not needed, only its kind and its run's step count."""
         return frozenset()
+
+    # What a run's model calls may spend (`baton.Budget`); `submit(..., budget=)` overrides it for one run.
+    budget: Budget | None = None
 
     # How many parallel branches one process runs at once (each holds a database connection).
     max_parallel: int = 8
@@ -134,10 +138,12 @@ class Pattern:
         store: RunStore | str | None = None,
         runtime: str = "local",
         observer: Observer | None = None,
+        budget: Budget | None = None,
     ) -> Run:
-        """Run to the end on `input` and return the recorded Run (check `.status`)."""
+        """Run to the end on `input` and return the recorded Run (check `.status`); `budget` overrides the
+        pattern's for this run."""
         value = validate_input(self.input, input, step=self.steps[0].name)
-        return get_runtime(runtime).run(store_of(store), self, value, observer)
+        return get_runtime(runtime).run(store_of(store), self, value, observer, **_budget(self, budget))
 
     def submit(
         self,
@@ -145,10 +151,11 @@ class Pattern:
         *,
         store: RunStore | str | None = None,
         runtime: str = "local",
+        budget: Budget | None = None,
     ) -> str:
-        """Start on `input` and return the run id at once."""
+        """Start on `input` and return the run id at once; `budget` overrides the pattern's for this run."""
         value = validate_input(self.input, input, step=self.steps[0].name)
-        return get_runtime(runtime).submit(store_of(store), self, value)
+        return get_runtime(runtime).submit(store_of(store), self, value, **_budget(self, budget))
 
     async def arun(
         self,
@@ -157,11 +164,12 @@ class Pattern:
         store: RunStore | str | None = None,
         runtime: str = "local",
         observer: Observer | None = None,
+        budget: Budget | None = None,
     ) -> Run:
         """`run` for async code: on the local runtime the run executes on the running loop (its async steps
         awaited there, its sync steps on threads); on celery it is awaited in the store."""
         value = validate_input(self.input, input, step=self.steps[0].name)
-        return await get_runtime(runtime).arun(store_of(store), self, value, observer)
+        return await get_runtime(runtime).arun(store_of(store), self, value, observer, **_budget(self, budget))
 
     async def asubmit(
         self,
@@ -169,10 +177,11 @@ class Pattern:
         *,
         store: RunStore | str | None = None,
         runtime: str = "local",
+        budget: Budget | None = None,
     ) -> str:
         """`submit` for async code: start on `input` and return the run id at once (`baton.await_run` waits)."""
         value = validate_input(self.input, input, step=self.steps[0].name)
-        run_id = await get_runtime(runtime).asubmit(store_of(store), self, value)
+        run_id = await get_runtime(runtime).asubmit(store_of(store), self, value, **_budget(self, budget))
         assert run_id is not None
         return run_id
 
@@ -183,12 +192,16 @@ class Pattern:
         store: RunStore | str | None = None,
         runtime: str | None = None,
         observer: Observer | None = None,
+        budget: Budget | None = None,
     ) -> Run:
         """Continue a failed or interrupted run (on its own runtime unless `runtime` says) and wait until it
-        stops again; what succeeded is replayed from its checkpoints, not re-run."""
+        stops again; what succeeded is replayed from its checkpoints, not re-run. `budget` replaces its budget
+        (a run that failed with `BudgetExceeded` goes on with a larger one)."""
         s = store_of(store)
         run_id = s.runs.resolve_id(run_id)
-        where = runtime or s.runs.get(run_id).runtime
+        recorded = s.runs.get(run_id)
+        where = runtime or recorded.runtime
+        rebudget(s, recorded, budget, f"resume of run {run_id}")
         return wait_for(s, get_runtime(where).resume(s, self, run_id, observer))
 
     def retry(
@@ -199,14 +212,17 @@ class Pattern:
         store: RunStore | str | None = None,
         runtime: str | None = None,
         observer: Observer | None = None,
+        budget: Budget | None = None,
     ) -> str:
         """Run a finished run again from `from_step`: its checkpoint and those after it are discarded and the
         steps re-run in the background (on the run's own runtime unless `runtime` says); returns the run id.
-        `observer` hears of the steps as they go, as a resume's does.
+        `observer` hears of the steps as they go, as a resume's does; `budget` replaces the run's budget.
         """
         s = store_of(store)
         run_id = s.runs.resolve_id(run_id)
-        where = runtime or s.runs.get(run_id).runtime
+        recorded = s.runs.get(run_id)
+        where = runtime or recorded.runtime
+        rebudget(s, recorded, budget, f"retry of run {run_id}")
         if observer is None:  # a runtime from a plugin, written before observers, still retries
             return get_runtime(where).retry_from(s, self, run_id, from_step)
         return get_runtime(where).retry_from(s, self, run_id, from_step, observer=observer)
@@ -214,6 +230,13 @@ class Pattern:
     def rerun_from(self, idx: int) -> list[int]:
         """The steps that run again when a run is retried from step `idx`, that one first: it and those after."""
         return list(range(idx, len(self.steps)))
+
+
+def _budget(pattern: Pattern, budget: object) -> dict[str, Any]:
+    """The `budget=` to hand a runtime: only when given, so that a runtime written before budgets still runs
+    patterns that declare none."""
+    checked = check_budget(budget, f"run of '{pattern.name}'")
+    return {} if checked is None else {"budget": checked}
 
 
 def next_in_chain(states: States, idxs: range) -> Next | None:

@@ -6,6 +6,7 @@ import itertools
 import sys
 from collections.abc import Sequence
 
+from baton.budgets import Budget, check_budget
 from baton.errors import DefinitionError
 from baton.patterns.base import NAME, Pattern, next_in_chain
 from baton.patterns.plan import Done, Next, RunSteps, States
@@ -21,7 +22,9 @@ class Pipeline(Pattern):
     next step's input contract.
     """
 
-    def __init__(self, name: str, steps: Sequence[Step], *, target: str | None = None) -> None:
+    def __init__(
+        self, name: str, steps: Sequence[Step], *, target: str | None = None, budget: Budget | None = None
+    ) -> None:
         if not isinstance(name, str) or not NAME.match(name):
             raise DefinitionError(
                 f"Pipeline name {name!r} is not valid: letters, digits, '_', '-' or '.', at most 200 characters"
@@ -46,6 +49,7 @@ class Pipeline(Pattern):
                     f"step '{after.name}' takes {after.input.__name__}"
                 )
         self.name = name
+        self.budget = check_budget(budget, f"Pipeline '{name}'")
         self.steps: tuple[Step, ...] = tuple(steps)
         # Made once: a chain's next node is the same for every run.
         self._follows: tuple[Next, ...] = (*(RunSteps((i + 1,)) for i in range(len(steps) - 1)), Done())

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from baton.budgets import Budget, check_budget
 from baton.errors import ContractViolation, DefinitionError
 from baton.patterns.base import NAME, Pattern, fan_out, next_in_chain
 from baton.patterns.plan import Next, States
@@ -41,6 +42,7 @@ class Supervisor(Pattern):
         merge: Step,
         max_parallel: int | None = None,
         target: str | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if not isinstance(name, str) or not NAME.match(name):
             raise DefinitionError(f"Supervisor name {name!r} is not valid: letters, digits, '_', '-' or '.'")
@@ -69,6 +71,7 @@ class Supervisor(Pattern):
         if max_parallel is not None and max_parallel < 1:
             raise DefinitionError(f"Supervisor '{name}': max_parallel must be >= 1")
         self.name = name
+        self.budget = check_budget(budget, f"Supervisor '{name}'")
         self.router = _RoutingStep(router, set(workers))
         # Each worker is recorded under its key in `workers`, whatever its own name.
         self.workers = {key: _renamed(worker, key) for key, worker in workers.items()}
@@ -132,7 +135,9 @@ class _RoutingStep(Step):
 
     def __init__(self, router: Step, workers: set[str]) -> None:
         fn = self._aroute if router.is_async else self._route
-        super().__init__(router.name, fn, input=router.input, output=router.output, retry=router.retry)
+        super().__init__(
+            router.name, fn, input=router.input, output=router.output, retry=router.retry, timeout=router.timeout
+        )
         self.inner = router
         self.known = workers
         # An agent router stays an agent for what measures models' boundaries.

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from baton._ids import RUN_ID_LENGTH
 
 if TYPE_CHECKING:
+    from baton.budgets import Budget
     from baton.run import Run
     from baton.runtime.executor import Attempt, Outcome
     from baton.store import RunStore
@@ -62,12 +63,22 @@ class Runtime(Protocol):
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        budget: Budget | None = None,
     ) -> str | None:
         """Record a pending run of `pattern` on the validated `value` and start it; returns its id at once
-        (None when the event `delivery` was already handed to that subscriber)."""
+        (None when the event `delivery` was already handed to that subscriber). `budget` overrides the
+        pattern's (see `baton.runtime.records.create_run`, which records both)."""
         ...
 
-    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+    def run(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        observer: Observer | None = None,
+        *,
+        budget: Budget | None = None,
+    ) -> Run:
         """Record a run, follow it to its end (here, or on workers through the store) and return it."""
         ...
 
@@ -80,11 +91,20 @@ class Runtime(Protocol):
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        budget: Budget | None = None,
     ) -> str | None:
         """`submit` for async code: it never blocks the caller's loop."""
         ...
 
-    async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+    async def arun(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        observer: Observer | None = None,
+        *,
+        budget: Budget | None = None,
+    ) -> Run:
         """`run` for async code: it never blocks the caller's loop."""
         ...
 

@@ -31,6 +31,7 @@ from baton.errors import ContractViolation
 from baton.run import ErrorInfo
 from baton.runtime.aio import call_in_background, in_store_thread, in_work_thread
 from baton.runtime.base import hooks
+from baton.runtime.timeouts import timed_here, timed_on_loop
 from baton.steps import Step
 from baton.store import LostOwnership, RunStore, RunWriter, StepResult, utcnow
 from baton.store.trouble import Patience, is_store_trouble
@@ -299,6 +300,8 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
         )
     ctx.store = store
     ctx.side_effect = step.side_effect
+    ctx.runtime = attempt.runtime
+    ctx.timeout = step.timeout
     token = enter(ctx)
     try:
         try:
@@ -306,9 +309,9 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
                 with contextlib.ExitStack() as around:
                     for wrapper in hooks.wrappers(attempt):
                         around.enter_context(wrapper)
-                    produced = await mode.work(step, attempt.value)
+                    produced = await _work(mode, step, attempt.value, ctx)
             else:  # the hot path: nothing wraps an attempt unless a hook asked to
-                produced = await mode.work(step, attempt.value)
+                produced = await _work(mode, step, attempt.value, ctx)
         except ValidationError as exc:
             # The step built a contract that breaks its bounds (`return Letter(body=...)`): that is the
             # boundary failing, and it must say so, naming the step.
@@ -372,6 +375,15 @@ async def aexecute(mode: Mode, attempt: Attempt) -> Outcome:
     if emitted:
         await mode.db(hooks.emitted, store, attempt.runtime, emitted)
     return Succeeded(output, cancel, result, bool(ctx.calls), emitted)
+
+
+async def _work(mode: Mode, step: Step, value: BaseModel, ctx: StepContext) -> Any:
+    """The step's work on `value`, in the mode's way, under the step's timeout if it has one."""
+    if step.timeout is None:
+        return await mode.work(step, value)
+    if mode.on_loop:
+        return await timed_on_loop(step, value, ctx)
+    return timed_here(step, value, ctx)
 
 
 async def _checkpoint(mode: Mode, attempt: Attempt, write: Callable[..., bool], unwritten: list[Any]) -> bool:

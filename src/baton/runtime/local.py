@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from baton._owner import this_owner
+from baton.budgets import Budget
 from baton.errors import RunNotResumable
 from baton.patterns.plan import Done, Fail, RunSteps, States, resume_states, rewind_plan
 from baton.run import Run, StepRecord
@@ -168,31 +169,49 @@ class LocalRuntime:
         self._admission = _Admission()
         os.register_at_fork(after_in_child=self._admission.after_fork)
 
-    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+    def run(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        observer: Observer | None = None,
+        *,
+        budget: Budget | None = None,
+    ) -> Run:
         """Record a new run of `pattern` on the validated `value`, execute it here to the end, return it."""
         refuse_on_own_loop(f"{pattern.name}.run()", f"await {pattern.name}.arun()")
         owner = this_owner()
         with store.writer() as writer:
-            base, states = self._new(writer, store, pattern, value, owner)
+            base, states = self._new(writer, store, pattern, value, owner, budget)
             ended = drive(self._follow(Here(store, writer), base, owner, pattern, states, observer))
         assert ended is not None  # read back
         return ended
 
-    async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+    async def arun(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        observer: Observer | None = None,
+        *,
+        budget: Budget | None = None,
+    ) -> Run:
         """Record a new run and execute it to the end on the running loop; cancelled, it is left interrupted."""
         owner = this_owner()
         mode = OnLoop(store)
         base, states = await in_store_thread(
-            store, lambda: self._new(store.kept_writer(), store, pattern, value, owner)
+            store, lambda: self._new(store.kept_writer(), store, pattern, value, owner, budget)
         )
         ended = await self._follow(mode, base, owner, pattern, states, observer)
         assert ended is not None  # read back
         return ended
 
     def _new(
-        self, writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str
+        self, writer: RunWriter, store: RunStore, pattern: Any, value: BaseModel, owner: str, budget: Budget | None
     ) -> tuple[Run, States]:
-        run_id, input_json, now, input_tokens = create_run(writer, store, pattern, value, owner, pending=False)
+        run_id, input_json, now, input_tokens = create_run(
+            writer, store, pattern, value, owner, pending=False, budget=budget
+        )
         assert run_id is not None
         base = Run(
             id=run_id, pipeline=pattern.name, status=RunStatus.RUNNING, input=json.loads(input_json),
@@ -210,6 +229,7 @@ class LocalRuntime:
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        budget: Budget | None = None,
     ) -> str | None:
         """Record a pending run and execute it on the background loop; returns its id at once.
 
@@ -220,7 +240,7 @@ class LocalRuntime:
         with store.writer() as writer:
             run_id, input_json, now, input_tokens = create_run(
                 writer, store, pattern, value, owner, pending=True,
-                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
+                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery, budget=budget,
             )  # fmt: skip
         if run_id is None:
             return None
@@ -242,9 +262,15 @@ class LocalRuntime:
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        budget: Budget | None = None,
     ) -> str | None:
         """`submit` for async code: the run is recorded without blocking the caller's loop."""
-        where = {"correlation_id": correlation_id, "trigger_event": trigger_event, "delivery": delivery}
+        where = {
+            "correlation_id": correlation_id,
+            "trigger_event": trigger_event,
+            "delivery": delivery,
+            "budget": budget,
+        }
         return await submit_off_loop(self, store, pattern, value, **where)
 
     def resume(self, store: RunStore, pattern: Any, run_id: str, observer: Observer | None = None) -> str:

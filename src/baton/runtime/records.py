@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from baton._ids import new_run_id
+from baton.budgets import Budget, record_budget
 from baton.errors import RunNotResumable
 from baton.patterns.plan import RunSteps, States, resume_states
 from baton.run import Run
@@ -30,13 +31,18 @@ def create_run(
     correlation_id: str | None = None,
     trigger_event: str | None = None,
     delivery: tuple[str, str | None] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[str | None, str, datetime, int | None]:
     """Record a new run of `pattern` on `value`: (its id, or None when the event `delivery` was already made;
     its input's JSON; now; the input's tokens when a model reads it).
 
     A run owned by one process holds a lease on the whole run; a celery run's steps hold theirs instead.
+    Its budget (`budget`, else the pattern's) is written before it, so that no step of it runs without.
     """
     run_id = new_run_id()
+    budget = budget if budget is not None else getattr(pattern, "budget", None)
+    if budget is not None:
+        record_budget(store, run_id, correlation_id, budget)
     input_json = value.model_dump_json()
     # The run's input is a boundary too when a model reads it.
     input_tokens = count_tokens(input_json) if pattern.measure_input else None
@@ -59,6 +65,8 @@ def create_run(
         delivery=delivery,
     )
     if not created:
+        if budget is not None and not budget.chain:
+            store.budgets.forget(run_id)  # the run was not made: its budget belongs to nothing
         return None, input_json, now, input_tokens
     return run_id, input_json, now, input_tokens
 

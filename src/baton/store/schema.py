@@ -18,7 +18,18 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["attempts", "deliveries", "effects", "events", "llm_calls", "metadata", "runs", "steps", "subscriptions"]
+__all__ = [
+    "attempts",
+    "budgets",
+    "deliveries",
+    "effects",
+    "events",
+    "llm_calls",
+    "metadata",
+    "runs",
+    "steps",
+    "subscriptions",
+]
 
 metadata = MetaData()
 
@@ -248,4 +259,20 @@ effects = Table(
     # checked against it without importing the step's code. NULL: the result is not used.
     Column("result_schema", Json, nullable=True),
     Index("ix_baton_effects_run", "run_id"),
+)
+
+# Budgets on model spend (see `baton.Budget`): a run's own, keyed by its id, and an event chain's, keyed
+# "chain:<correlation id>". A call holds its worst case (`held_*`) before it is made, in a conditional update
+# that no two processes can both pass past the limit, and settles it (`spent_*`) once it is answered.
+budgets = Table(
+    "baton_budgets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tokens", Integer, nullable=True),
+    Column("usd", Float, nullable=True),
+    Column("spent_tokens", Integer, nullable=False, default=0, server_default="0"),
+    Column("spent_usd", Float, nullable=False, default=0.0, server_default="0"),
+    Column("held_tokens", Integer, nullable=False, default=0, server_default="0"),
+    Column("held_usd", Float, nullable=False, default=0.0, server_default="0"),
+    Column("updated_at", DateTime, nullable=False),
 )

@@ -1,4 +1,4 @@
-"""The run store: one engine shared by its parts (`runs`, `steps`, `events`, `effects`, `browse`)."""
+"""The run store: one engine shared by its parts (`runs`, `steps`, `events`, `effects`, `browse`, `budgets`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from baton._urls import mask_url
 from baton.errors import StoreUnavailable, UserError
 from baton.store.browse import Browse
+from baton.store.budgets import Budgets
 from baton.store.claims import LeaseClaimer
 from baton.store.context import StoreContext, utcnow
 from baton.store.effects import Effects
@@ -73,6 +74,7 @@ class RunStore:
         self.events = Events(ctx)
         self.effects = Effects(ctx)
         self.browse = Browse(ctx)
+        self.budgets = Budgets(ctx)
 
     def close(self) -> None:
         """Release the store's connections (and the threads that made its calls for code on a loop)."""

@@ -179,6 +179,7 @@ def _run_context(store: RunStore, run_id: str) -> dict[str, Any]:
     return {
         "redo": latest_effects(store, run.id) if run.status.finished else [],
         "run": run,
+        "budgets": store.budgets.for_run(run.id),
         "chain_id": chain_id,
         "chain": sorted(chain[:CHAIN_ROWS], key=lambda r: r.id) if len(chain) > 1 else [],
         "chain_more": len(chain) > CHAIN_ROWS,

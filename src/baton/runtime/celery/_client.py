@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from baton.budgets import Budget
 from baton.errors import RunNotQueued, RunNotResumable, UserError
 from baton.patterns.plan import States, recorded_states, rewind_plan
 from baton.run import Run
@@ -51,6 +52,7 @@ class CeleryRuntime:
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        budget: Budget | None = None,
     ) -> str | None:
         """Record a pending run and queue what its plan starts with; returns the run id at once.
 
@@ -63,7 +65,7 @@ class CeleryRuntime:
         with store.writer() as writer:
             run_id, *_ = create_run(
                 writer, store, pattern, value, CELERY_OWNER, pending=True, runtime=self.name,
-                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery,
+                correlation_id=correlation_id, trigger_event=trigger_event, delivery=delivery, budget=budget,
             )  # fmt: skip
         if run_id is None:
             if delivery is not None and trigger_event is not None:
@@ -79,9 +81,17 @@ class CeleryRuntime:
             self._start(store, pattern, run_id, States(), fence=0)  # a new run's fence: it was never claimed
         return run_id
 
-    def run(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+    def run(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        observer: Observer | None = None,
+        *,
+        budget: Budget | None = None,
+    ) -> Run:
         """Submit, then wait on the store until the run stops (never on Celery's results)."""
-        run_id = self.submit(store, pattern, value)
+        run_id = self.submit(store, pattern, value, budget=budget)
         assert run_id is not None
         if observer is not None:
             observer.run_created(run_id)
@@ -96,14 +106,28 @@ class CeleryRuntime:
         correlation_id: str | None = None,
         trigger_event: str | None = None,
         delivery: tuple[str, str | None] | None = None,
+        budget: Budget | None = None,
     ) -> str | None:
         """`submit` for async code: recorded and queued without blocking the caller's loop."""
-        where = {"correlation_id": correlation_id, "trigger_event": trigger_event, "delivery": delivery}
+        where = {
+            "correlation_id": correlation_id,
+            "trigger_event": trigger_event,
+            "delivery": delivery,
+            "budget": budget,
+        }
         return await submit_off_loop(self, store, pattern, value, **where)
 
-    async def arun(self, store: RunStore, pattern: Any, value: BaseModel, observer: Observer | None = None) -> Run:
+    async def arun(
+        self,
+        store: RunStore,
+        pattern: Any,
+        value: BaseModel,
+        observer: Observer | None = None,
+        *,
+        budget: Budget | None = None,
+    ) -> Run:
         """`run` for async code: submit, then await the run in the store."""
-        run_id = await self.asubmit(store, pattern, value)
+        run_id = await self.asubmit(store, pattern, value, budget=budget)
         assert run_id is not None
         if observer is not None:
             observer.run_created(run_id)

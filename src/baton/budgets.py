@@ -1,0 +1,144 @@
+"""Budgets on what a run's model calls spend: tokens and dollars, checked before every call, on every worker.
+
+`Budget(tokens=..., usd=...)` is declared on a pattern (`Pipeline(..., budget=)`, `Supervisor(..., budget=)`,
+`@on(..., budget=)`) or given for one run (`submit(..., budget=)`, `baton run --budget-usd`). Before each
+model call, the run's recorded spend, what calls in flight hold, and the call's worst case (its prompt and its
+`max_tokens` of answer) are checked against it in the store; past it, no call is made and the step fails with
+`BudgetExceeded`. `Budget(..., chain=True)` (or `publish(..., budget=)`) is one budget for a whole event chain.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from baton.errors import BudgetExceeded, DefinitionError, RunError
+
+if TYPE_CHECKING:
+    from baton._context import StepContext
+    from baton.run import Run
+    from baton.store import RunStore
+    from baton.store.budgets import BudgetState
+
+__all__ = ["Budget", "Hold", "check_budget", "hold", "rebudget", "record_budget", "settle"]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """At most `tokens` (input and output) and `usd` of model calls, for a run, or with `chain=True` for the
+    run and every run its events start."""
+
+    tokens: int | None = None
+    usd: float | None = None
+    chain: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tokens is None and self.usd is None:
+            raise DefinitionError("Budget() needs tokens= or usd= (or both)")
+        if self.tokens is not None and (
+            isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens <= 0
+        ):
+            raise DefinitionError(f"Budget(tokens={self.tokens!r}): must be a whole number of tokens above 0")
+        if self.usd is not None and (
+            isinstance(self.usd, bool)
+            or not isinstance(self.usd, int | float)
+            or not math.isfinite(self.usd)
+            or self.usd <= 0
+        ):
+            raise DefinitionError(f"Budget(usd={self.usd!r}): must be a number of dollars above 0")
+
+    def describe(self) -> str:
+        """`$0.50 and 20,000 tokens`, for messages."""
+        parts = [f"${self.usd:g}"] if self.usd is not None else []
+        parts += [f"{self.tokens:,} tokens"] if self.tokens is not None else []
+        return " and ".join(parts)
+
+
+def check_budget(budget: object, what: str) -> Budget | None:
+    """`budget` if it is a Budget (or None); anything else is refused, naming `what`."""
+    if budget is None or isinstance(budget, Budget):
+        return budget
+    raise DefinitionError(f"{what}: budget= takes a baton.Budget(tokens=..., usd=...), not {budget!r}")
+
+
+def record_budget(store: RunStore, run_id: str, correlation_id: str | None, budget: Budget) -> None:
+    """Write `budget` for a new run (keyed by its id), or for its chain when `budget.chain`."""
+    from baton.store.budgets import chain_budget_id
+
+    key = chain_budget_id(correlation_id or run_id) if budget.chain else run_id
+    store.budgets.set(key, tokens=budget.tokens, usd=budget.usd)
+
+
+def rebudget(store: RunStore, run: Run, budget: object, what: str) -> None:
+    """Before `run` goes on again (`what`: a resume, a retry): `budget`, if given, becomes its budget (its
+    chain's with `chain=True`), what it spent counted as before; and what its calls held is given back when it
+    has stopped, since none is in flight then (a process that died mid-call must not hold its worst case for
+    ever). A run still running keeps its holds: its calls may be in flight."""
+    checked = check_budget(budget, what)
+    if checked is not None:
+        record_budget(store, run.id, run.correlation_id, checked)
+    if run.status.finished:
+        store.budgets.release(run.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one call holds against its run's budgets until it is settled."""
+
+    ids: tuple[str, ...]
+    tokens: int
+    usd: float
+
+
+def hold(ctx: StepContext, store: RunStore, *, model: str, prompt_tokens: int, max_tokens: int) -> Hold | None:
+    """Hold a call's worst case against the run's budgets (None when the run has none).
+
+    Raises `BudgetExceeded`, and nothing is held or called, when it would take a budget past its limit.
+    """
+    from baton.pricing import cost_of
+
+    budgets = _budgets_of(ctx, store)
+    if not budgets:
+        return None
+    tokens = prompt_tokens + max_tokens
+    price = cost_of(model, prompt_tokens, max_tokens)
+    if price is None and any(b.usd is not None for b in budgets):
+        raise RunError(
+            f"step '{ctx.step}': the run has a budget in dollars, but no price is known for model {model!r}, so "
+            "a call's cost cannot be held against it: declare it with baton.register_price(), or budget tokens"
+        )
+    usd = price or 0.0
+    refused = store.patiently(store.budgets.hold, [b.id for b in budgets], tokens, usd)
+    if refused is not None:
+        raise _exceeded(ctx.step, refused, tokens, usd)
+    return Hold(tuple(b.id for b in budgets), tokens, usd)
+
+
+def settle(store: RunStore, held: Hold, *, tokens: int, usd: float | None) -> None:
+    """The call answered (or failed) having spent `tokens` and `usd`: count it, and give its hold back."""
+    settling = functools.partial(
+        store.budgets.settle, held.ids, held_tokens=held.tokens, held_usd=held.usd, tokens=tokens, usd=usd or 0.0
+    )
+    store.patiently(settling)
+
+
+def _budgets_of(ctx: StepContext, store: RunStore) -> Sequence[BudgetState]:
+    """The run's budgets, read once an attempt (a chain's budget added while it runs counts from the next)."""
+    if ctx.budgets is None:
+        ctx.budgets = tuple(store.patiently(store.budgets.for_run, ctx.run_id))
+    return ctx.budgets
+
+
+def _exceeded(step: str, found: BudgetState, tokens: int, usd: float) -> BudgetExceeded:
+    over_tokens = found.tokens is not None and found.spent_tokens + found.held_tokens + tokens > found.tokens
+    scope = "event chain" if found.chain else "run"
+    if over_tokens:
+        assert found.tokens is not None
+        spent = f"{found.spent_tokens:,} tokens" + (f" (+{found.held_tokens:,} held)" if found.held_tokens else "")
+        return BudgetExceeded(step, f"{found.tokens:,} tokens", spent, f"{tokens:,} tokens", scope)
+    assert found.usd is not None
+    spent = f"${found.spent_usd:.6g}" + (f" (+${found.held_usd:.6g} held)" if found.held_usd else "")
+    return BudgetExceeded(step, f"${found.usd:g}", spent, f"${usd:.6g}", scope)
