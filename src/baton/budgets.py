@@ -1,7 +1,7 @@
 """Budgets on what a run's model calls spend: tokens and dollars, checked before every call, on every worker.
 
-`Budget(tokens=..., usd=...)` is declared on a pattern (`Pipeline(..., budget=)`, `Supervisor(..., budget=)`,
-`@on(..., budget=)`) or given for one run (`submit(..., budget=)`, `baton run --budget-usd`). Before each
+`Budget(tokens=..., usd=...)` is declared on a pattern (`budget=` of a pipeline or a supervisor, of
+`@on(...)`) or given for one run (`submit(..., budget=)`, `baton run --budget-usd`). Before each
 model call, the run's recorded spend, what calls in flight hold, and the call's worst case (its prompt and its
 `max_tokens` of answer) are checked against it in the store; past it, no call is made and the step fails with
 `BudgetExceeded`. `Budget(..., chain=True)` (or `publish(..., budget=)`) is one budget for a whole event chain.

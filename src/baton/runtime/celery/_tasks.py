@@ -89,6 +89,18 @@ def source_of(pattern: Any, idx: int) -> int:
     return reads[0] if len(reads) == 1 else -1
 
 
+# A step's timeout is enforced by its executor; Celery's hard time limit (prefork pools only) is the backstop
+# for work the executor cannot stop (an async step that blocks its loop, native code holding the GIL): it kills
+# the pool's child this long after the timeout, and the step is taken over like one whose worker died.
+HARD_LIMIT_GRACE = 30.0
+
+
+def limits_of(step: Any) -> dict[str, float]:
+    """The options that give a step's message Celery's hard time limit, when the step has a timeout."""
+    timeout = getattr(step, "timeout", None)
+    return {} if timeout is None else {"time_limit": timeout + HARD_LIMIT_GRACE}
+
+
 def send(
     app: celery.Celery, pattern: Any, run_id: str, idx: int, fence: int | None, *, countdown: float | None = None
 ) -> None:
@@ -96,7 +108,17 @@ def send(
     args = (run_id, idx, 1, source_of(pattern, idx), fence)
     # No result to wait on (baton waits on its store): without this, Celery also subscribes the sender to the
     # task's result in the result backend, and a backend that is down costs the sender 20 s of retries.
-    app.send_task(STEP, args=args, queue=QUEUE, countdown=countdown, ignore_result=True)
+    limits = limits_of(pattern.steps[idx])
+    app.send_task(STEP, args=args, queue=QUEUE, countdown=countdown, ignore_result=True, **limits)
+
+
+def own_task(task: Any, pattern: Any, idx: int) -> bool:
+    """Whether step `idx` goes through the broker as a task of its own rather than on in `task`: a step with
+    a timeout needs its own hard time limit, and a task under one goes no further than its step."""
+    if getattr(pattern.steps[idx], "timeout", None) is not None:
+        return True
+    limit = getattr(task.request, "timelimit", None)
+    return bool(limit and any(limit))
 
 
 def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: Next, fence: int | None) -> int | None:
@@ -116,7 +138,12 @@ def start(app: celery.Celery, store: RunStore, pattern: Any, run_id: str, nxt: N
     if not (nxt.branches or len(nxt.steps) > 1):
         return nxt.steps[0]
     join = app.signature(JOIN, args=(run_id, fence), queue=QUEUE)
-    members = [app.signature(BRANCH, args=(run_id, i, 1, source_of(pattern, i), fence), queue=QUEUE) for i in nxt.steps]
+    members = [
+        app.signature(
+            BRANCH, args=(run_id, i, 1, source_of(pattern, i), fence), queue=QUEUE, **limits_of(pattern.steps[i])
+        )
+        for i in nxt.steps
+    ]
     celery.chord(members)(join)
     return None
 
@@ -314,7 +341,7 @@ class _Worker:
         idx = start(self.task.app, store, pattern, run_id, nxt, fence)
         if idx is None:
             return
-        if self.hop == "step":
+        if self.hop == "step" or own_task(self.task, pattern, idx):
             send(self.task.app, pattern, run_id, idx, fence)
             return
         with contextlib.suppress(_Requeued):
@@ -459,7 +486,7 @@ class _Worker:
         follow = start(self.task.app, self.store, pattern, run_id, nxt, fence)
         if follow is None:
             return None, None
-        if self.hop == "step":
+        if self.hop == "step" or own_task(self.task, pattern, follow):
             send(self.task.app, pattern, run_id, follow, fence)
             return None, None
         return follow, source_of(pattern, follow)
