@@ -133,12 +133,13 @@ def _budgets_of(ctx: StepContext, store: RunStore) -> Sequence[BudgetState]:
 
 
 def _exceeded(step: str, found: BudgetState, tokens: int, usd: float) -> BudgetExceeded:
-    over_tokens = found.tokens is not None and found.spent_tokens + found.held_tokens + tokens > found.tokens
+    # As the budget stands now, which a call settling since may have moved: the limit it is over, or else
+    # the one it comes closest to.
     scope = "event chain" if found.chain else "run"
-    if over_tokens:
-        assert found.tokens is not None
+    token_share = (found.spent_tokens + found.held_tokens + tokens) / found.tokens if found.tokens else 0.0
+    usd_share = (found.spent_usd + found.held_usd + usd) / found.usd if found.usd else 0.0
+    if found.tokens is not None and (found.usd is None or token_share >= usd_share):
         spent = f"{found.spent_tokens:,} tokens" + (f" (+{found.held_tokens:,} held)" if found.held_tokens else "")
         return BudgetExceeded(step, f"{found.tokens:,} tokens", spent, f"{tokens:,} tokens", scope)
-    assert found.usd is not None
     spent = f"${found.spent_usd:.6g}" + (f" (+${found.held_usd:.6g} held)" if found.held_usd else "")
-    return BudgetExceeded(step, f"${found.usd:g}", spent, f"${usd:.6g}", scope)
+    return BudgetExceeded(step, f"${found.usd or 0:g}", spent, f"${usd:.6g}", scope)

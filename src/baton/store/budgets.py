@@ -37,6 +37,12 @@ class BudgetState:
         """Whether it is an event chain's budget, rather than one run's."""
         return self.id.startswith("chain:")
 
+    def fits(self, tokens: int, usd: float) -> bool:
+        """Whether a call holding `tokens` and `usd` stays within this budget as it stands."""
+        return (self.tokens is None or self.spent_tokens + self.held_tokens + tokens <= self.tokens) and (
+            self.usd is None or self.spent_usd + self.held_usd + usd <= self.usd
+        )
+
     def describe(self) -> str:
         """What was spent against what is allowed: `$0.012 of $0.05 (24%) · 1,200 of 10,000 tokens (12%)`."""
         parts = []
@@ -94,9 +100,17 @@ class Budgets:
         Each hold is one conditional update: on PostgreSQL a second one waits for the first's row lock and
         checks the sum again, on SQLite writers take turns, so no two processes both take the last of a budget.
         """
+        for _ in range(3):
+            refused = self._hold(ids, tokens, usd)
+            if refused is None or not refused.fits(tokens, usd):
+                return refused
+            # Refused, then a call in flight settled for less than it held: it fits now; try again.
+        return refused
+
+    def _hold(self, ids: Sequence[str], tokens: int, usd: float) -> BudgetState | None:
+        b = budgets.c
         with self._ctx.engine.connect() as c:
             for budget_id in ids:
-                b = budgets.c
                 within = update(budgets).where(
                     b.id == budget_id,
                     or_(b.tokens.is_(None), b.spent_tokens + b.held_tokens + tokens <= b.tokens),
