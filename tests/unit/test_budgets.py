@@ -30,7 +30,7 @@ def test_a_budget_that_is_not_positive_is_refused_when_declared():
     for bad in ({"tokens": 0}, {"tokens": -5}, {"usd": -0.5}, {"usd": float("nan")}, {}, {"tokens": 1.5}):
         with pytest.raises(DefinitionError, match="Budget"):
             Budget(**bad)
-    with pytest.raises(DefinitionError, match="budget= takes a baton.Budget"):
+    with pytest.raises(DefinitionError, match=r"budget= takes a baton\.Budget"):
         Pipeline("bad-budget", agents(ScriptedModel([{"text": "x"}]), "one"), budget={"usd": 1})
 
 

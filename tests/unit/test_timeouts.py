@@ -24,7 +24,7 @@ def test_a_timeout_that_is_not_a_number_of_seconds_above_zero_is_refused_when_de
             def f(x: N) -> N:
                 return x
 
-    with pytest.raises(DefinitionError, match="agent_t.*timeout=0"):
+    with pytest.raises(DefinitionError, match=r"agent_t.*timeout=0"):
         Agent("agent_t", instructions="x", input=N, output=N, model=ScriptedModel([{"n": 1}]), timeout=0)
 
 
