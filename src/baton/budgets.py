@@ -73,15 +73,12 @@ def record_budget(store: RunStore, run_id: str, correlation_id: str | None, budg
 
 
 def rebudget(store: RunStore, run: Run, budget: object, what: str) -> None:
-    """Before `run` goes on again (`what`: a resume, a retry): `budget`, if given, becomes its budget (its
-    chain's with `chain=True`), what it spent counted as before; and what its calls held is given back when it
-    has stopped, since none is in flight then (a process that died mid-call must not hold its worst case for
-    ever). A run still running keeps its holds: its calls may be in flight."""
+    """Before `run` goes on again (`what`: a resume, a retry), `budget`, if given, becomes its budget (its
+    chain's with `chain=True`); what it spent still counts. (What its calls held is given back when it is
+    reopened: see `Runs.reopen`.)"""
     checked = check_budget(budget, what)
     if checked is not None:
         record_budget(store, run.id, run.correlation_id, checked)
-    if run.status.finished:
-        store.budgets.release(run.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from baton import Pipeline, Retry, step
+from baton import Agent, Pipeline, Retry, ScriptedModel, step
 from baton.web.access import Access
 from baton.web.app import create_app
 from tests.unit.test_events import Request as Req
@@ -23,6 +23,15 @@ def api_ticket(request: Req) -> Ticket:
 
 
 API_PIPELINE = Pipeline("api-tickets", [api_ticket])
+
+_budget_model = ScriptedModel([{"subject": "ok"}])
+API_BUDGETED = Pipeline(
+    "api-budgeted",
+    [
+        Agent("api_first", instructions="x", input=Req, output=Ticket, model=_budget_model, max_tokens=100),
+        Agent("api_second", instructions="x", input=Ticket, output=Ticket, model=_budget_model, max_tokens=100),
+    ],
+)
 
 
 @pytest.fixture
@@ -81,3 +90,25 @@ def test_bad_input_is_a_4xx_that_says_what_is_wrong(client, method, path, body, 
     answer = getattr(client, method)(path, **({"json": body} if body is not None else {}))
     assert answer.status_code == status, answer.text
     assert needle in answer.text
+
+
+def test_a_run_is_given_a_budget_shows_its_spend_and_resumes_with_a_larger_one(client):
+    answer = client.post("/runs/api-budgeted", params={"budget_tokens": 160}, json={"text": "hello"})
+    assert answer.status_code == 202, answer.text
+    run = _until_done(client, answer.json()["id"])
+    assert run["status"] == "failed" and run["steps"][1]["name"] == "api_second"
+    assert run["steps"][1]["error"]["type"] == "BudgetExceeded"
+    [budget] = run["budgets"]
+    assert budget["scope"] == "run" and budget["tokens"] == 160 and 0 < budget["spent_tokens"] < 160
+    page = client.get(f"/ui/runs/{run['id']}")
+    assert f"{budget['spent_tokens']:,} of 160 tokens" in page.text
+    resumed = client.post(f"/runs/{run['id']}/resume", params={"budget_tokens": 10_000})
+    assert resumed.status_code == 202, resumed.text
+    done = _until_done(client, run["id"])
+    assert done["status"] == "succeeded" and done["budgets"][0]["tokens"] == 10_000
+
+
+def test_a_budget_that_is_not_positive_is_a_422_naming_it(client):
+    answer = client.post("/runs/api-budgeted", params={"budget_usd": -1}, json={"text": "hello"})
+    assert answer.status_code == 422 and "Budget(usd=-1" in answer.json()["detail"]
+    assert client.get("/runs", params={"pipeline": "api-budgeted"}).json()["runs"] == []

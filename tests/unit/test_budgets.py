@@ -49,6 +49,11 @@ def test_a_run_stops_before_the_call_that_would_pass_its_budget_and_resumes_with
     assert spent.spent_tokens == run.tokens.input + run.tokens.output
     assert spent.held_tokens == 0
 
+    shown = CliRunner().invoke(main, ["show", run.id, "--database-url", store.url], terminal_width=200)
+    assert f"{spent.spent_tokens:,} of 150 tokens" in shown.output, shown.output
+    as_json = CliRunner().invoke(main, ["show", run.id, "--database-url", store.url, "--json"])
+    assert '"budgets"' in as_json.output and '"spent_tokens": ' + str(spent.spent_tokens) in as_json.output
+
     resumed = baton.resume(run.id, store=store, budget=Budget(tokens=10_000))
     assert resumed.status is RunStatus.SUCCEEDED
     assert len(model.requests) == 3  # the first agent was not asked again

@@ -150,12 +150,6 @@ class Budgets:
         with self._ctx.engine.begin() as c:
             c.execute(budgets.delete().where(budgets.c.id == budget_id))
 
-    def release(self, budget_id: str) -> None:
-        """Give back what calls hold against `budget_id`: none is in flight (its run is being resumed), and a
-        process that died mid-call must not keep holding its worst case."""
-        with self._ctx.engine.begin() as c:
-            c.execute(update(budgets).where(budgets.c.id == budget_id).values(held_tokens=0, held_usd=0.0))
-
 
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"

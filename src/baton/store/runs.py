@@ -23,7 +23,7 @@ from baton.store.browse import RunFilter
 from baton.store.context import StoreContext, utcnow
 from baton.store.reading import current_step, run_from_rows
 from baton.store.rows import StepResult, as_json, attempt_row, ended, error_columns, live_lease_count, names, write_step
-from baton.store.schema import attempts, events, llm_calls, runs, steps
+from baton.store.schema import attempts, budgets, events, llm_calls, runs, steps
 from baton.store.trouble import calm_for
 from baton.store.writer import LostOwnership
 
@@ -335,6 +335,9 @@ class Runs:
                 )
                 .values(status=StepStatus.PENDING, lease_owner=None, lease_expires_at=None)
             )
+            # No call of it is in flight now: what its calls held against its budget (a process that died
+            # mid-call never settled) is given back, or it would hold that worst case for ever.
+            c.execute(update(budgets).where(budgets.c.id == run_id).values(held_tokens=0, held_usd=0.0))
             if rewind:
                 self._rewind(c, run_id, rewind, now)
             return True

@@ -6,6 +6,7 @@ from typing import Any
 
 from baton import api
 from baton._redo import refuse_redo
+from baton.budgets import Budget, rebudget
 from baton.effects import NO_RESULT, settle
 from baton.errors import UserError
 from baton.patterns.registry import find_pattern
@@ -24,10 +25,11 @@ class Actions:
     def __init__(self, store: RunStore) -> None:
         self.store = store
 
-    def resume(self, run_id: str) -> str:
-        """Continue a failed or interrupted run where it stopped; its id."""
+    def resume(self, run_id: str, *, budget: Budget | None = None) -> str:
+        """Continue a failed or interrupted run where it stopped (under `budget`, if given); its id."""
         recorded = self.store.runs.get(run_id)
         pattern = find_pattern(recorded.pipeline, recorded.target)
+        rebudget(self.store, recorded, budget, f"resume of run {recorded.id}")
         # Pending at once (a run that cannot resume answers 409), then continued on its own runtime.
         return get_runtime(recorded.runtime).resume(self.store, pattern, recorded.id)
 

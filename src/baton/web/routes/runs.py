@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from baton.budgets import Budget
 from baton.effects import NO_RESULT
 from baton.patterns.registry import registered
 from baton.status import RunStatus
@@ -78,14 +79,32 @@ def list_runs(
     }
 
 
+def _budget(budget_usd: float | None, budget_tokens: int | None) -> Budget | None:
+    """The budget of the `budget_usd` and `budget_tokens` query parameters (a bad one is a 422 naming it)."""
+    if budget_usd is None and budget_tokens is None:
+        return None
+    return Budget(usd=budget_usd, tokens=budget_tokens)
+
+
 @router.post("/runs/{pipeline}", status_code=202)
-async def submit_run(pipeline: str, request: Request, store: StoreDep, runtime: RuntimeDep) -> JSONResponse:
-    """Start a run of a pattern this server knows (imported with --import) on the body; 202 with its id."""
+async def submit_run(
+    pipeline: str,
+    request: Request,
+    store: StoreDep,
+    runtime: RuntimeDep,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
+) -> JSONResponse:
+    """Start a run of a pattern this server knows (imported with --import) on the body; 202 with its id.
+
+    `?budget_usd=&budget_tokens=` give the run a budget on model spend, in place of its pattern's.
+    """
     pattern = registered(pipeline)
     if pattern is None:
         raise HTTPException(404, f"no pattern '{pipeline}' here; start the server with --import its module")
+    budget = _budget(budget_usd, budget_tokens)
     data = await read_json(request)
-    run_id = await run_in_threadpool(pattern.submit, data, store=store, runtime=runtime)
+    run_id = await run_in_threadpool(pattern.submit, data, store=store, runtime=runtime, budget=budget)
     return JSONResponse({"id": run_id, "url": f"/runs/{run_id}"}, status_code=202)
 
 
@@ -93,13 +112,21 @@ async def submit_run(pipeline: str, request: Request, store: StoreDep, runtime: 
 def get_run(run_id: str, store: StoreDep) -> dict[str, Any]:
     """One run with every step."""
     store.runs.reap(run_id)  # a run whose owner is gone shows interrupted
-    return store.runs.get(run_id).to_json_dict()
+    found = store.runs.get(run_id)
+    shown = found.to_json_dict()
+    budgets = store.budgets.for_run(found.id)
+    if budgets:
+        shown["budgets"] = [b.to_json_dict() for b in budgets]
+    return shown
 
 
 @router.post("/runs/{run_id}/resume", status_code=202)
-def resume_run(run_id: str, actions: ActionsDep) -> JSONResponse:
-    """Continue a failed or interrupted run from its first unfinished step, in the background."""
-    resumed = actions.resume(run_id)
+def resume_run(
+    run_id: str, actions: ActionsDep, budget_usd: float | None = None, budget_tokens: int | None = None
+) -> JSONResponse:
+    """Continue a failed or interrupted run from its first unfinished step, in the background;
+    `?budget_usd=&budget_tokens=` replace its budget (a run that failed with BudgetExceeded goes on)."""
+    resumed = actions.resume(run_id, budget=_budget(budget_usd, budget_tokens))
     return JSONResponse({"id": resumed, "url": f"/runs/{resumed}"}, status_code=202)
 
 
