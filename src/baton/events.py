@@ -100,7 +100,12 @@ def on(event_type: str, *, name: str | None = None, budget: Budget | None = None
 
     def subscribe(target: T) -> T:
         if isinstance(target, Step):
-            module = getattr(target.fn, "__module__", None) or sys._getframe(1).f_globals.get("__name__")
+            # Where the step is declared, for other processes to import it: an agent's work is a method of baton's
+            # own, so it is the module that subscribes it.
+            own = getattr(target.fn, "__self__", None) is target
+            module = (None if own else getattr(target.fn, "__module__", None)) or sys._getframe(1).f_globals.get(
+                "__name__"
+            )
             pattern: Pattern = Pipeline(name or target.name, [target], budget=budget)
             pattern._module = module
             pattern.stands_for = target  # type: ignore[attr-defined]

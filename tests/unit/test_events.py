@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 import baton
 import baton._ids
 import baton.store
-from baton import Pipeline, Retry, RunStatus, UserError, emit, on, step
+from baton import Agent, Pipeline, Retry, RunStatus, ScriptedModel, UserError, emit, on, step
 from baton.events import dispatch, redeliver, subscribers
 
 
@@ -201,3 +201,13 @@ def test_a_delivery_that_succeeded_is_never_replayed(store):
     baton.wait_chain(event_id, store=store, timeout=20)
     assert redeliver(store, event_id, subscriber="test_respond") == []
     assert seen == {"respond": ["c"]}
+
+
+_SUBSCRIBED_AGENT = on("agent.subscribed.target")(
+    Agent("subscribed_agent", instructions="x", input=Ticket, output=Ticket, model=ScriptedModel([{"subject": "s"}]))
+)
+
+
+def test_an_agent_subscribed_at_module_level_is_found_by_other_processes_through_its_module():
+    [subscription] = subscribers("agent.subscribed.target")
+    assert subscription.pattern.target == f"{__name__}:_SUBSCRIBED_AGENT"
