@@ -9,8 +9,8 @@ A fake OpenAI-compatible server on 127.0.0.1, in a process of its own (`fake_ope
 installed, else uvicorn + starlette, with a listen backlog of 4096), answers every POST /v1/chat/completions
 after --latency seconds (0.5) with a minimal instance of the JSON schema in the request's `response_format`
 (objects with their required fields, strings, numbers and arrays within their bounds, enums, $ref/$defs,
-anyOf) and a usage block. N runs (--runs, 1,000) of a 3-agent pipeline (extract -> summarise -> classify a support ticket, see
-`concurrency_app.py`) go through the openai SDK (BATON_OPENAI_BASE_URL), every run submitted at once
+anyOf) and a usage block. N runs (--runs, 1,000) of a 3-agent pipeline (extract -> summarise -> classify a
+support ticket, see `concurrency_app.py`) go through the openai SDK (BATON_OPENAI_BASE_URL), every run submitted at once
 (`pattern.asubmit`, then `baton.await_run`), on:
 
 - local, SQLite: the local runtime, a fresh SQLite file;

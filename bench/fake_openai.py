@@ -353,12 +353,10 @@ class ModelServer:
         self.base_url = f"{self.url}/v1"
 
     def stats(self) -> dict[str, Any]:
-        """What it did since the last reset (see `FakeModel.stats`)."""
-        return _call(f"{self.url}/stats")
+        return server_stats(self.url)
 
     def reset(self) -> dict[str, Any]:
-        """Its counters back to 0 and its rate limit's window emptied; what it had done before."""
-        return _call(f"{self.url}/reset", method="POST")
+        return server_reset(self.url)
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
@@ -370,6 +368,16 @@ class ModelServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def server_stats(url: str) -> dict[str, Any]:
+    """What the server at `url` (http://127.0.0.1:PORT) did since its last reset (see `FakeModel.stats`)."""
+    return _call(f"{url}/stats")
+
+
+def server_reset(url: str) -> dict[str, Any]:
+    """The server's counters back to 0 and its rate limit's window emptied; what it had done before."""
+    return _call(f"{url}/reset", method="POST")
 
 
 def _call(url: str, method: str = "GET") -> dict[str, Any]:
