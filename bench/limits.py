@@ -3,7 +3,8 @@
     python bench/limits.py [--runs N] [--rpm R] [--window S] [--latency S] [--only local|celery|both]
                            [--no-compare] [--declare code|setting] [--workers W] [--concurrency C]
                            [--max-in-flight M] [--timeout S] [--postgres URL] [--broker URL]
-    python bench/limits.py --runs 60 --rpm 120     # a quick check: about a minute and a half a case
+    python bench/limits.py --runs 100 --window 6   # a quick check: well under a minute a case
+    python bench/limits.py --window 1              # the same rate enforced over every second: no burst
 
 The fake OpenAI-compatible server of `fake_openai.py` (a process of its own, so that it does not share the
 measured client's GIL) answers after --latency seconds (0.05) and admits --rpm requests a minute (600),
@@ -33,7 +34,10 @@ not succeed.
 
 A sliding window admits a whole window's allowance at once: a burst of rpm x window / 60 calls at the start,
 then as fast as the first ones leave the window. So the throughput of a short case can pass 100%, and a case
-needs many more calls than one window admits (3 x runs well above rpm x window / 60) to say anything.
+needs many more calls than one window admits (3 x runs well above rpm x window / 60) to say anything. On a
+60 s window, runs that only honour Retry-After already keep up with the rate (the window frees its slots in
+the bursts it admitted them); a server that enforces its rate over shorter periods (--window 1: 10 in any
+second at 600 a minute) is where the 429 storm costs time.
 The machine has 2 cores, shared by the server, the driving process, the workers, PostgreSQL and Redis.
 """
 
