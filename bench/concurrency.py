@@ -5,12 +5,12 @@
                                 [--postgres URL] [--broker URL] [--warmup W] [--timeout S]
     python bench/concurrency.py --runs 50      # a smoke test: about half a minute
 
-A fake OpenAI-compatible server on 127.0.0.1, in a process of its own (aiohttp if installed, else uvicorn +
-starlette, with a listen backlog of 4096), answers every POST /v1/chat/completions after --latency seconds
-(0.5) with a minimal instance of the JSON schema in the request's `response_format` (objects with their
-required fields, strings, numbers and arrays within their bounds, enums, $ref/$defs, anyOf) and a usage
-block. N runs (--runs, 1,000) of a 3-agent pipeline (extract -> summarise -> classify a support ticket, see
-`concurrency_app.py`) go through the openai SDK (BATON_OPENAI_BASE_URL), every run submitted at once
+A fake OpenAI-compatible server on 127.0.0.1, in a process of its own (`fake_openai.py`: aiohttp if
+installed, else uvicorn + starlette, with a listen backlog of 4096), answers every POST /v1/chat/completions
+after --latency seconds (0.5) with a minimal instance of the JSON schema in the request's `response_format`
+(objects with their required fields, strings, numbers and arrays within their bounds, enums, $ref/$defs,
+anyOf) and a usage block. N runs (--runs, 1,000) of a 3-agent pipeline (extract -> summarise -> classify a
+support ticket, see `concurrency_app.py`) go through the openai SDK (BATON_OPENAI_BASE_URL), every run submitted at once
 (`pattern.asubmit`, then `baton.await_run`), on:
 
 - local, SQLite: the local runtime, a fresh SQLite file;
@@ -41,13 +41,11 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -55,6 +53,7 @@ from typing import Any
 
 import psycopg
 import redis
+from fake_openai import ModelServer, cpu_seconds
 from overhead import PgDatabases, Worker
 
 HERE = Path(__file__).resolve().parent
@@ -67,252 +66,8 @@ CASES = {
 }
 TARGETS = {"sqlite": 2.0, "postgres": 2.0, "celery": 3.0}  # wall time, at most this many times the floor's
 RSS_TARGET_MIB = 1024
-BACKLOG = 4096
 STEPS = 3
 WORKER_LOG = Path(tempfile.gettempdir()) / "baton-bench-concurrency-worker.log"
-
-
-# The fake model: a minimal value valid for a JSON schema.
-
-_TEXT = (
-    "the parcel arrived late and the device stops after a few minutes so the customer asks for a refund of "
-    "the second charge and a replacement or their money back"
-)
-_WORDS = _TEXT.split()
-_FORMATS = {
-    "date-time": "2025-01-01T12:00:00Z",
-    "date": "2025-01-01",
-    "time": "12:00:00",
-    "email": "customer@example.com",
-    "uri": "https://example.com/",
-    "uuid": "00000000-0000-4000-8000-000000000000",
-}
-
-
-def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, salt: int = 0) -> Any:
-    """A small value valid for `schema`: an object's required fields, strings, numbers and arrays within
-    their bounds, an enum's or a Literal's value, $ref into $defs, the first non-null choice of anyOf/oneOf.
-    `salt` varies the strings and the enum values picked, so that answers are not all alike."""
-    if defs is None:
-        defs = schema.get("$defs") or schema.get("definitions") or {}
-    if "$ref" in schema:
-        return instance(defs[schema["$ref"].rsplit("/", 1)[-1]], defs, salt)
-    if "const" in schema:
-        return schema["const"]
-    if "enum" in schema:
-        return schema["enum"][salt % len(schema["enum"])]
-    for key in ("anyOf", "oneOf"):
-        if key in schema:
-            choices = [c for c in schema[key] if c.get("type") != "null"] or schema[key]
-            return instance(choices[0], defs, salt)
-    if "allOf" in schema:
-        merged = {k: v for k, v in schema.items() if k != "allOf"}
-        for part in schema["allOf"]:
-            merged |= defs[part["$ref"].rsplit("/", 1)[-1]] if "$ref" in part else part
-        return instance(merged, defs, salt)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "string"
-    if kind == "object":
-        properties = schema.get("properties", {})
-        required = schema.get("required", [])
-        return {name: instance(properties.get(name, {}), defs, salt + i) for i, name in enumerate(required)}
-    if kind == "array":
-        prefix = schema.get("prefixItems", [])
-        low = max(schema.get("minItems", 0), len(prefix))
-        n = min(max(low, 1), schema.get("maxItems", max(low, 1)))
-        items = schema.get("items", {})
-        return [instance(prefix[i] if i < len(prefix) else items, defs, salt + i) for i in range(n)]
-    if kind == "string":
-        if schema.get("format") in _FORMATS:
-            return _FORMATS[schema["format"]]
-        low = schema.get("minLength", 0)
-        n = min(max(low, 24), schema.get("maxLength", max(low, 24)))
-        words = _WORDS[salt % len(_WORDS) :] + _WORDS
-        return " ".join(words * (n // len(_TEXT) + 2))[:n]
-    if kind in ("integer", "number"):
-        return _number(schema, salt, integer=kind == "integer")
-    if kind == "boolean":
-        return salt % 2 == 1
-    return None
-
-
-def _number(schema: dict[str, Any], salt: int, *, integer: bool) -> float | int:
-    low, high = schema.get("minimum"), schema.get("maximum")
-    above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-    if integer:
-        lo = low if low is not None else (int(above) + 1 if above is not None else None)
-        hi = high if high is not None else (-int(-below) - 1 if below is not None else None)
-        if lo is not None and hi is not None:
-            return lo + salt % (hi - lo + 1)
-        return lo if lo is not None else min(0, hi) if hi is not None else salt % 10
-    lo = low if low is not None else above
-    hi = high if high is not None else below
-    if lo is not None and hi is not None:
-        return (lo + hi) / 2  # inside both bounds, exclusive or not
-    return lo + 1 if lo is not None else hi - 1 if hi is not None else 0.5
-
-
-class FakeModel:
-    """Answers a chat completion after `latency` seconds; counts what it served and the most held at once."""
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-        self.served = self.in_flight = self.peak = 0
-
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            await asyncio.sleep(self.latency)
-        finally:
-            self.in_flight -= 1
-        self.served += 1
-        schema = _schema_of(body.get("response_format") or {})
-        content = "ok" if schema is None else json.dumps(instance(schema, salt=self.served))
-        prompt = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 4 + 1
-        output = len(content) // 4 + 1
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "bench-model"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output},
-        }
-
-    def stats(self) -> dict[str, int]:
-        """What was served since the last call, and the most calls held at once; both start again at 0."""
-        out = {"served": self.served, "peak": self.peak}
-        self.served, self.peak = 0, self.in_flight
-        return out
-
-
-def _schema_of(response_format: dict[str, Any]) -> dict[str, Any] | None:
-    if response_format.get("type") == "json_schema":
-        return response_format["json_schema"]["schema"]
-    if response_format.get("type") == "json_object":
-        return response_format.get("schema") or {"type": "object"}
-    return None
-
-
-def _bad_request(message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error"}}
-
-
-async def _serve_aiohttp(sock: socket.socket, model: FakeModel) -> None:
-    from aiohttp import web
-
-    async def completions(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return web.json_response(_bad_request("the body is not JSON"), status=400)
-        return web.json_response(await model.complete(body))
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(model.stats())
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_get("/stats", stats)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=BACKLOG).start()
-    await asyncio.Event().wait()
-
-
-async def _serve_uvicorn(sock: socket.socket, model: FakeModel) -> None:
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def completions(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse(_bad_request("the body is not JSON"), status_code=400)
-        return JSONResponse(await model.complete(body))
-
-    async def stats(request: Request) -> JSONResponse:
-        return JSONResponse(model.stats())
-
-    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]), Route("/stats", stats)])
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, backlog=BACKLOG, timeout_keep_alive=120, lifespan="off"
-    )
-    await uvicorn.Server(config).serve(sockets=[sock])
-
-
-def serve(argv: list[str]) -> None:
-    """The server's process: print `port PORT KIND` once listening, then serve until killed."""
-    parser = argparse.ArgumentParser(prog="concurrency.py _serve")
-    parser.add_argument("--latency", type=float, required=True)
-    parser.add_argument("--server", choices=["auto", "aiohttp", "uvicorn"], default="auto")
-    args = parser.parse_args(argv)
-    kind = args.server
-    if kind == "auto":
-        try:
-            import aiohttp  # noqa: F401
-        except ImportError:
-            kind = "uvicorn"
-        else:
-            kind = "aiohttp"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(BACKLOG)
-    sock.setblocking(False)
-    print(f"port {sock.getsockname()[1]} {kind}", flush=True)
-    model = FakeModel(args.latency)
-    asyncio.run((_serve_aiohttp if kind == "aiohttp" else _serve_uvicorn)(sock, model))
-
-
-class ModelServer:
-    """The fake model's server process, seen from the benchmark."""
-
-    def __init__(self, latency: float, kind: str) -> None:
-        argv = [sys.executable, str(Path(__file__).resolve()), "_serve", "--latency", str(latency), "--server", kind]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().split()
-        if len(line) != 3 or line[0] != "port":
-            self.proc.kill()
-            raise RuntimeError(f"the fake model's server did not start: {line}")
-        self.port, self.kind = int(line[1]), line[2]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, int]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=30) as response:
-            return json.load(response)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -473,7 +228,7 @@ def run_one(case: str, args: argparse.Namespace, server: ModelServer, databases:
     argv += ["--warmup", str(args.warmup), "--timeout", str(args.timeout), "--store", store, "--out", str(out)]
     worker = None
     broker = redis.Redis.from_url(args.broker)
-    server.stats()
+    server.reset()
     server_cpu = server.cpu_seconds()
     try:
         if case == "celery":
@@ -511,8 +266,6 @@ def run_one(case: str, args: argparse.Namespace, server: ModelServer, databases:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["_serve"]:
-        return serve(sys.argv[2:])
     if sys.argv[1:2] == ["_case"]:
         return run_case(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -601,7 +354,7 @@ def print_table(args: argparse.Namespace, server_kind: str, results: dict[str, d
         lost = _lost(result, args.runs, args.warmup)
         missed = _missed(case, result, floor, lost)
         verdict = "ok" if not missed else "MISSED " + ", ".join(missed)
-        server = f"{result['server']['served']:>5} {result['server']['peak']:>4} {result['server_cpu']:>7.1f}"
+        server = f"{result['server']['answered']:>5} {result['server']['peak']:>4} {result['server_cpu']:>7.1f}"
         if "failed" in result:
             print(f"{CASES[case]:<28} {'FAILED':>6} {'':>54} {server} {lost:>4}  {verdict}")
             continue
