@@ -50,6 +50,7 @@ from baton.providers import (
     TransientProviderError,
     register_provider,
 )
+from baton.ratelimits import limit
 from baton.retry import Retry, register_transient
 from baton.run import Run
 from baton.runtime import register_runtime
@@ -92,6 +93,7 @@ __all__ = [
     "aeffect",
     # models
     "ScriptedModel",
+    "limit",
     "register_price",
     "register_provider",
     # storage and runtimes

@@ -1,0 +1,108 @@
+"""Rate limits: declared with `baton.limit` or BATON_LIMITS, checked when declared, found for a call."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from baton import DefinitionError, UserError
+from baton.ratelimits import Limit, clear_limits, declared_limits, fingerprint, limit, limits_for
+from baton.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_declared_limits():
+    clear_limits()
+    yield
+    clear_limits()
+
+
+def with_limits(text: str) -> Settings:
+    return Settings.from_env({"BATON_LIMITS": text})
+
+
+# -- declaring --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "options", "says"),
+    [
+        ("nowhere:model", {"rpm": 5}, "baton.limit('nowhere:model'): no provider 'nowhere'; valid providers: "),
+        ("openai", {"rpm": 0}, "baton.limit('openai'): rpm=0 is not a positive whole number"),
+        ("openai", {"tpm": -5}, "tpm=-5 is not a positive whole number"),
+        ("openai", {"concurrent": 2.5}, "concurrent=2.5 is not a positive whole number"),
+        ("openai", {"rpm": True}, "rpm=True is not a positive whole number"),
+        ("openai", {}, "baton.limit('openai'): give at least one of rpm, tpm or concurrent"),
+        ("openai:", {"rpm": 5}, "names no model after the colon (write 'openai')"),
+        ("openai gpt", {"rpm": 5}, "the target 'openai gpt' is not 'provider' or 'provider:model'"),
+        ("openai", {"rpm": 5, "per_key": "yes"}, "per_key='yes' is not True or False"),
+    ],
+)
+def test_a_bad_limit_is_refused_when_declared_naming_the_limit_and_the_field(target, options, says):
+    with pytest.raises(DefinitionError, match=re.escape(says)):
+        limit(target, **options)
+    assert declared_limits(Settings()) == []
+
+
+def test_declaring_a_target_again_replaces_its_limit():
+    limit("openai:gpt-4o-mini", rpm=500)
+    again = limit("openai:gpt-4o-mini", tpm=1000, concurrent=2)
+    assert declared_limits(Settings()) == [again]
+    assert (again.provider, again.model, again.rpm) == ("openai", "gpt-4o-mini", None)
+
+
+def test_baton_limits_is_read_with_the_settings_one_entry_a_target():
+    settings = with_limits("openai:gpt-4o-mini rpm=500 tpm=200000 concurrent=8;\n anthropic rpm=50 per_key;")
+    assert declared_limits(settings) == [
+        Limit("openai:gpt-4o-mini", rpm=500, tpm=200000, concurrent=8),
+        Limit("anthropic", rpm=50, per_key=True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("nowhere rpm=5", "BATON_LIMITS entry 'nowhere rpm=5': no provider 'nowhere'"),
+        ("openai rpm=five", "BATON_LIMITS entry 'openai rpm=five': rpm='five' is not a positive whole number"),
+        ("openai rpm=0", "rpm=0 is not a positive whole number"),
+        ("openai rps=5", "BATON_LIMITS entry 'openai rps=5': 'rps=5' is not rpm=N, tpm=N, concurrent=N or per_key"),
+        ("openai rpm=5 rpm=6", "rpm is given twice"),
+        ("openai", "BATON_LIMITS entry 'openai': give at least one of rpm, tpm or concurrent"),
+        ("openai rpm=5; openai tpm=9", "'openai' is limited twice in BATON_LIMITS"),
+    ],
+)
+def test_a_bad_baton_limits_fails_when_the_settings_are_read_naming_it_and_the_entry(text, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        with_limits(text)
+
+
+# -- finding the limits of a call -----------------------------------------------------------------------
+
+
+def test_a_call_obeys_its_models_limit_and_its_providers_and_no_other():
+    model = limit("openai:gpt-4o-mini", rpm=500)
+    provider = limit("openai", concurrent=4)
+    limit("openai:gpt-4o", rpm=10)
+    limit("anthropic", rpm=50)
+    settings = Settings()
+    assert limits_for("openai", "gpt-4o-mini", settings=settings) == [model, provider]
+    assert limits_for("openai", "o3", settings=settings) == [provider]
+    assert limits_for("local", "", settings=settings) == []
+
+
+def test_no_limit_anywhere_means_no_limit_for_any_call():
+    assert limits_for("openai", "gpt-4o-mini", settings=Settings()) == []
+    assert limits_for("openai", "gpt-4o-mini") == []
+
+
+def test_code_wins_over_baton_limits_for_the_same_target_and_the_setting_keeps_the_others():
+    settings = with_limits("openai:gpt-4o-mini rpm=500; openai concurrent=8")
+    mine = limit("openai:gpt-4o-mini", rpm=100)
+    assert limits_for("openai", "gpt-4o-mini", settings=settings) == [mine, Limit("openai", concurrent=8)]
+
+
+def test_an_api_key_is_known_by_a_short_fingerprint_never_by_itself():
+    print_ = fingerprint("sk-secret-key-123456")
+    assert print_ == fingerprint("sk-secret-key-123456") != fingerprint("sk-other-key-1234567")
+    assert re.fullmatch(r"[0-9a-f]{16}", print_) and "secret" not in print_
