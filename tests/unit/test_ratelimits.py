@@ -1,13 +1,17 @@
-"""Rate limits: declared with `baton.limit` or BATON_LIMITS, checked when declared, found for a call."""
+"""Rate limits: declared with `baton.limit` or BATON_LIMITS, checked when declared, found for a call, paced
+so that a server counting per minute never refuses."""
 
 from __future__ import annotations
 
+import bisect
+import random
 import re
 
 import pytest
 
 from baton import DefinitionError, UserError
-from baton.ratelimits import Limit, clear_limits, declared_limits, fingerprint, limit, limits_for
+from baton.ratelimits import Limit, Rate, clear_limits, declared_limits, fingerprint, limit, limits_for
+from baton.ratelimits.meter import allowed_at, next_due
 from baton.settings import Settings
 
 
@@ -106,3 +110,48 @@ def test_an_api_key_is_known_by_a_short_fingerprint_never_by_itself():
     print_ = fingerprint("sk-secret-key-123456")
     assert print_ == fingerprint("sk-secret-key-123456") != fingerprint("sk-other-key-1234567")
     assert re.fullmatch(r"[0-9a-f]{16}", print_) and "secret" not in print_
+
+
+# -- pacing ---------------------------------------------------------------------------------------------
+
+
+def _most_in_a_minute(times: list[float], costs: list[int]) -> int:
+    """The most a server counting in any sliding 60 s window sees."""
+    order = sorted(range(len(times)), key=times.__getitem__)
+    arrived = [times[i] for i in order]
+    totals = [0]
+    for i in order:
+        totals.append(totals[-1] + costs[i])
+    return max(totals[j + 1] - totals[bisect.bisect_right(arrived, arrived[j] - 60.0)] for j in range(len(arrived)))
+
+
+@pytest.mark.parametrize("per_minute", [10, 60, 600, 10_000])
+def test_waiting_calls_are_paced_to_nearly_the_whole_limit_and_never_past_a_minutes_count(per_minute):
+    rate, due, now = Rate.per_minute(per_minute), 0.0, 0.0
+    rng = random.Random(per_minute)
+    starts = []
+    for _ in range(per_minute * 4):  # four minutes of calls, always more waiting
+        start = allowed_at(due, now, 1, rate)
+        due = next_due(due, start, 1, rate)
+        starts.append(start)
+        now = start + rng.uniform(0, 0.002)  # the next asks a moment later
+    # Each request reaches the server up to half a second late, in any order.
+    arrived = [s + rng.uniform(0, 0.5) for s in starts]
+    assert _most_in_a_minute(arrived, [1] * len(arrived)) <= per_minute
+    assert len(starts) / (starts[-1] / 60) >= 0.95 * per_minute
+
+
+def test_tokens_are_paced_by_each_calls_cost_and_a_call_larger_than_the_burst_still_goes():
+    rate, due, now = Rate.per_minute(200_000), 0.0, 0.0
+    rng = random.Random(7)
+    costs = [rng.randint(100, 3_000) for _ in range(1_000)]
+    starts = []
+    for cost in costs:
+        start = allowed_at(due, now, cost, rate)
+        due = next_due(due, start, cost, rate)
+        starts.append(start)
+        now = start
+    assert _most_in_a_minute(starts, costs) <= 200_000
+    assert sum(costs[:-1]) / (starts[-1] / 60) >= 0.95 * 200_000
+    huge = Rate.per_minute(1_000)  # a burst of 16 tokens; a call of 500 goes on a full bucket
+    assert allowed_at(0.0, 100.0, 500, huge) == 100.0
