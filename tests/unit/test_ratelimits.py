@@ -1,16 +1,28 @@
 """Rate limits: declared with `baton.limit` or BATON_LIMITS, checked when declared, found for a call, paced
-so that a server counting per minute never refuses."""
+so that a server counting per minute never refuses; `within_limits` on a real SQLite store."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import random
 import re
+import time
 
 import pytest
 
-from baton import DefinitionError, UserError
-from baton.ratelimits import Limit, Rate, clear_limits, declared_limits, fingerprint, limit, limits_for
+from baton import DefinitionError, TransientProviderError, UserError
+from baton.ratelimits import (
+    Limit,
+    Rate,
+    clear_limits,
+    declared_limits,
+    fingerprint,
+    limit,
+    limits_for,
+    within_limits,
+)
+from baton.ratelimits.backends.store import StoreBackend
 from baton.ratelimits.meter import allowed_at, next_due
 from baton.settings import Settings
 
@@ -155,3 +167,72 @@ def test_tokens_are_paced_by_each_calls_cost_and_a_call_larger_than_the_burst_st
     assert sum(costs[:-1]) / (starts[-1] / 60) >= 0.95 * 200_000
     huge = Rate.per_minute(1_000)  # a burst of 16 tokens; a call of 500 goes on a full bucket
     assert allowed_at(0.0, 100.0, 500, huge) == 100.0
+
+
+# -- within_limits, on a real SQLite store ------------------------------------------------------------
+
+
+class Calls:
+    """A model call that answers, or raises what it is told to, and counts."""
+
+    def __init__(self, *raises: BaseException) -> None:
+        self.raises = list(raises)
+        self.made = 0
+
+    async def __call__(self) -> int:
+        self.made += 1
+        if self.raises:
+            raise self.raises.pop(0)
+        return 7
+
+
+def refused(after: float | None) -> TransientProviderError:
+    return TransientProviderError("openai", "rate limited", status=429, retry_after=after)
+
+
+def call_within(backend, limits, calls, **options):
+    options = {"tokens": 10, "key": None, "used": lambda result: result} | options
+    return asyncio.run(within_limits(limits, backend=backend, call=calls, **options))
+
+
+def test_a_call_with_no_limit_is_made_at_once(store):
+    calls = Calls()
+    assert call_within(StoreBackend(store, lease=5), [], calls) == 7 and calls.made == 1
+
+
+def test_a_429_holds_the_limit_back_for_its_retry_after_then_the_call_is_made_again(store):
+    seen: list[BaseException] = []
+
+    async def note(exc: BaseException) -> None:
+        seen.append(exc)
+
+    first = refused(0.4)
+    calls = Calls(first)
+    t0 = time.monotonic()
+    result = call_within(StoreBackend(store, lease=5), [limit("openai", rpm=6000)], calls, on_refused=note)
+    assert result == 7 and calls.made == 2 and seen == [first]
+    assert time.monotonic() - t0 >= 0.4
+
+
+def test_past_max_refusals_the_last_429_is_raised_and_not_passed_to_on_refused(store):
+    seen: list[BaseException] = []
+
+    async def note(exc: BaseException) -> None:
+        seen.append(exc)
+
+    calls = Calls(refused(0.01), refused(0.01), refused(0.01))
+    with pytest.raises(TransientProviderError) as raised:
+        call_within(StoreBackend(store, lease=5), [limit("openai", rpm=6000)], calls, on_refused=note, max_refusals=2)
+    assert calls.made == 3 and len(seen) == 2 and raised.value not in seen
+
+
+def test_another_error_is_raised_at_once_freeing_the_slot_and_giving_the_tokens_back(store):
+    backend = StoreBackend(store, lease=30)
+    # 600 tokens a minute: without the 50 given back, the next call would wait about five seconds.
+    limits = [limit("openai:gpt-4o-mini", tpm=600, concurrent=1)]
+    calls = Calls(ValueError("bad request"))
+    with pytest.raises(ValueError):
+        call_within(backend, limits, calls, tokens=50)
+    t0 = time.monotonic()
+    assert call_within(backend, limits, calls, tokens=50, used=lambda _: 50) == 7
+    assert calls.made == 2 and time.monotonic() - t0 < 1.0

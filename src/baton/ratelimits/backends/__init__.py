@@ -1,0 +1,1 @@
+"""Where limits are shared: the run store (`store.py`)."""
