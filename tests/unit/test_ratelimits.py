@@ -8,6 +8,7 @@ import bisect
 import random
 import re
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,7 @@ from baton import DefinitionError, TransientProviderError, UserError
 from baton.ratelimits import (
     Limit,
     Rate,
+    backend_for,
     clear_limits,
     declared_limits,
     fingerprint,
@@ -22,9 +24,10 @@ from baton.ratelimits import (
     limits_for,
     within_limits,
 )
+from baton.ratelimits.backends.redis import RedisBackend
 from baton.ratelimits.backends.store import StoreBackend
 from baton.ratelimits.meter import allowed_at, next_due
-from baton.settings import Settings
+from baton.settings import Settings, WorkerSettings
 
 
 @pytest.fixture(autouse=True)
@@ -167,6 +170,22 @@ def test_tokens_are_paced_by_each_calls_cost_and_a_call_larger_than_the_burst_st
     assert sum(costs[:-1]) / (starts[-1] / 60) >= 0.95 * 200_000
     huge = Rate.per_minute(1_000)  # a burst of 16 tokens; a call of 500 goes on a full bucket
     assert allowed_at(0.0, 100.0, 500, huge) == 100.0
+
+
+# -- the backend --------------------------------------------------------------------------------------
+
+
+def test_the_celery_runtime_shares_limits_in_its_redis_and_everything_else_in_the_store(store):
+    settings = Settings()
+    on_store = backend_for(store, settings, "local")
+    assert isinstance(on_store, StoreBackend) and backend_for(store, settings, "local") is on_store
+    on_redis = backend_for(store, settings, "celery")
+    assert isinstance(on_redis, RedisBackend) and on_redis.url == settings.worker.broker_url
+    chords = replace(settings, worker=WorkerSettings(broker_url="amqp://h//", result_backend="redis://h:6379/3"))
+    assert backend_for(store, chords, "celery").url == "redis://h:6379/3"  # type: ignore[attr-defined]
+    rabbit_only = replace(settings, worker=WorkerSettings(broker_url="amqp://h//"))
+    assert backend_for(store, rabbit_only, "celery") is on_store
+    assert on_store.lease == settings.store.lease_seconds
 
 
 # -- within_limits, on a real SQLite store ------------------------------------------------------------

@@ -5,6 +5,7 @@ Declare them in code (`baton.limit("openai:gpt-4o-mini", rpm=500, tpm=200_000, c
 """
 
 from baton.ratelimits.backend import Backend, Taken
+from baton.ratelimits.backends import backend_for, redis_url
 from baton.ratelimits.gate import DEFAULT_RETRY_AFTER, within_limits
 from baton.ratelimits.limit import Limit, clear_limits, declared_limits, fingerprint, limit, limits_for, parse_limits
 from baton.ratelimits.meter import Meter, Rate, meters_for
@@ -27,4 +28,6 @@ __all__ = [
     "Rate",
     "meters_for",
     "Taken",
+    "backend_for",
+    "redis_url",
 ]
