@@ -48,7 +48,8 @@ def lookups() -> None:
         limits_for("openai", "gpt-4o-mini", settings=settings)
     some = (time.perf_counter() - t0) / n * 1e9
     clear_limits()
-    print(f"limits_for: none declared {none:.0f} ns ({from_env:.0f} ns reading the settings), two declared {some:.0f} ns")
+    reading = f"{from_env:.0f} ns reading the settings"
+    print(f"limits_for: none declared {none:.0f} ns ({reading}), two declared {some:.0f} ns")
 
 
 def overhead(kind: str, url: str, calls: int = 300) -> float:
