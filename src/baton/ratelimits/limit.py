@@ -101,8 +101,11 @@ def declared_limits(settings: Settings | None = None) -> list[Limit]:
 
 
 def limits_for(provider: str, model: str, *, settings: Settings | None = None) -> list[Limit]:
-    """The limits a call of `model` on `provider` obeys: its model's, then its provider's (empty, and cheap,
-    when none is declared)."""
+    """The limits a call of `model` on `provider` obeys: its model's, then its provider's.
+
+    With `settings` given and no limit declared it costs a few hundred nanoseconds; without, reading the
+    process's settings costs tens of microseconds more (they are compared with the environment).
+    """
     configured = (settings or current_settings()).providers.limits
     if not _declared and not configured:
         return []
