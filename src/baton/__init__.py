@@ -53,6 +53,7 @@ from baton.providers import (
     TransientProviderError,
     register_provider,
 )
+from baton.ratelimits import limit
 from baton.retry import Retry, register_transient
 from baton.run import Run
 from baton.runtime import register_runtime
@@ -96,6 +97,7 @@ __all__ = [
     "aeffect",
     # models
     "ScriptedModel",
+    "limit",
     "register_price",
     "register_provider",
     # storage and runtimes

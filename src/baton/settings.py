@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,26 @@ __all__ = [
 ]
 
 
-def _var(name: str, default: Any, *choices: str, minimum: float = 0, secret: bool = False) -> Any:
-    """A field read from the environment variable `name`; a value outside `choices` (when given), or a
-    number below `minimum`, is refused; a `secret` is left out of the settings' repr."""
-    return field(default=default, repr=not secret, metadata={"env": name, "choices": choices, "minimum": minimum})
+def _var(
+    name: str,
+    default: Any,
+    *choices: str,
+    minimum: float = 0,
+    secret: bool = False,
+    check: Callable[[str], object] | None = None,
+) -> Any:
+    """A field read from the environment variable `name`; a value outside `choices` (when given), a number
+    below `minimum`, or text that `check` refuses (it raises a `UserError` naming the variable), is refused;
+    a `secret` is left out of the settings' repr."""
+    metadata = {"env": name, "choices": choices, "minimum": minimum, "check": check}
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+def _limits(raw: str) -> object:
+    # Read here so that a bad BATON_LIMITS fails when the settings are read, not at the first model call.
+    from baton.ratelimits.limit import parse_limits
+
+    return parse_limits(raw)
 
 
 class _Section:
@@ -115,6 +131,9 @@ class ProviderSettings(_Section):
     anthropic_timeout: float = _var("BATON_ANTHROPIC_TIMEOUT", 120.0)
     # 0: one thread per CPU.
     local_threads: int = _var("BATON_LOCAL_THREADS", 0)
+    # Rate limits and concurrency caps on model calls, shared by every process on the same store or broker:
+    # "openai:gpt-4o-mini rpm=500 tpm=200000 concurrent=8; anthropic rpm=50" (see `baton.limit`).
+    limits: str = _var("BATON_LIMITS", "", check=_limits)
 
 
 @dataclass(frozen=True, repr=False)
@@ -170,6 +189,8 @@ def _values(cls: Any, env: Mapping[str, str]) -> dict[str, Any]:
         if raw is None or raw == "":
             continue
         values[f.name] = _parse(name, raw, type(f.default), f.metadata["choices"], f.metadata["minimum"])
+        if f.metadata["check"] is not None:
+            f.metadata["check"](raw)
     return values
 
 

@@ -19,7 +19,7 @@ from baton.errors import UserError
 __all__ = ["HEAD_REVISION", "RawJSON", "make_engine", "migrate"]
 
 # The newest migration in migrations/versions; when the database is already there, Alembic is not even loaded.
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 
 
 class RawJSON(str):

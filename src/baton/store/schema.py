@@ -19,17 +19,9 @@ from sqlalchemy import (
 )
 
 __all__ = [
-    "attempts",
-    "budgets",
-    "deliveries",
-    "effects",
-    "events",
-    "llm_calls",
-    "metadata",
-    "runs",
-    "steps",
-    "subscriptions",
-]
+    "attempts", "budgets", "deliveries", "effects", "events", "llm_calls", "metadata", "rate_limit_slots",
+    "rate_limits", "runs", "steps", "subscriptions",
+]  # fmt: skip
 
 metadata = MetaData()
 
@@ -275,4 +267,27 @@ budgets = Table(
     Column("held_tokens", Integer, nullable=False, default=0, server_default="0"),
     Column("held_usd", Float, nullable=False, default=0.0, server_default="0"),
     Column("updated_at", DateTime, nullable=False),
+)
+
+# Rate limits on model calls (`baton.limit`), shared by every process on this store: one row per limit (its
+# target, and for a per-key limit the key's fingerprint), locked while a call takes capacity. Times are
+# seconds since the epoch: when a request and a token are next due (GCRA's theoretical arrival times), and
+# until when a 429 holds every call back.
+rate_limits = Table(
+    "baton_rate_limits",
+    metadata,
+    Column("name", String(300), primary_key=True),
+    Column("requests_due", Float, nullable=True),
+    Column("tokens_due", Float, nullable=True),
+    Column("blocked_until", Float, nullable=True),
+)
+
+# The calls in flight under a limit with a concurrency cap, each until its lease runs out (renewed while the
+# call runs; a process that died gives its slots back when they run out).
+rate_limit_slots = Table(
+    "baton_rate_limit_slots",
+    metadata,
+    Column("name", String(300), primary_key=True),
+    Column("holder", String(32), primary_key=True),
+    Column("expires_at", Float, nullable=False),
 )
