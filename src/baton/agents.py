@@ -20,11 +20,12 @@ from baton.errors import ContractViolation, DefinitionError, StepTimeout
 from baton.pricing import cost_of
 from baton.providers import Completion, Message, ToolCall, ToolSpec, check_model, get_provider, split_model
 from baton.providers.base import redact
+from baton.ratelimits import backend_for, fingerprint, limits_for, within_limits
 from baton.retry import Retry
 from baton.runtime.aio import call_in_background, call_threads, in_store_thread, in_work_thread
 from baton.settings import current_settings
 from baton.steps import Step
-from baton.store import utcnow
+from baton.store import open_store, utcnow
 from baton.tokens import count_tokens
 
 __all__ = ["Agent", "Tool"]
@@ -336,11 +337,16 @@ class Agent(Step):
         provider_name = getattr(provider, "name", type(provider).__name__)
         priced = f"{provider_name}:{model}" if model else provider_name
         tools = [t.spec for t in self.tools]
-        held = await self._hold(ctx, priced, messages, tools)
-        started = utcnow()
-        t0 = time.perf_counter()
-        try:
-            completion = await _complete(
+        settings = current_settings()
+        limits = limits_for(provider_name, model, settings=settings)
+        prompt = _PromptTokens(messages, self.schema, tools)
+        held = await self._hold(ctx, priced, prompt)
+        # When the call itself starts, not its wait for a rate limit's capacity.
+        clock = [utcnow(), time.perf_counter()]
+
+        async def ask() -> Completion:
+            clock[:] = [utcnow(), time.perf_counter()]
+            return await _complete(
                 provider,
                 model,
                 list(messages),
@@ -350,15 +356,36 @@ class Agent(Step):
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
             )
+
+        def failed(exc: BaseException) -> LLMCall:
+            latency = (time.perf_counter() - clock[1]) * 1000
+            return LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", clock[0], redact(str(exc))[:500])
+
+        async def refused(exc: BaseException) -> None:
+            await _keep(ctx, failed(exc), "error")  # a 429 waited out within the limits: kept, then asked again
+
+        try:
+            if limits:
+                store = ctx.store if ctx is not None and ctx.store is not None else open_store(settings=settings)
+                completion = await within_limits(
+                    limits,
+                    tokens=prompt.count() + self.max_tokens,
+                    key=_key_of(provider) if any(lim.per_key for lim in limits) else None,
+                    backend=backend_for(store, settings, ctx.runtime if ctx is not None else "local"),
+                    call=ask,
+                    used=lambda c: c.input_tokens + c.output_tokens,
+                    on_refused=refused,
+                )
+            else:
+                completion = await ask()
         except BaseException as exc:
             if held is not None:
                 await _settle(ctx, held, 0, 0.0)
             if not isinstance(exc, Exception):
                 raise
-            latency = (time.perf_counter() - t0) * 1000
-            error = redact(str(exc))[:500]
-            await _keep(ctx, LLMCall(provider_name, model, 0, 0, latency, 0.0, "error", started, error), "error")
+            await _keep(ctx, failed(exc), "error")
             raise
+        started, t0 = clock
         call = LLMCall(
             provider=provider_name,
             model=completion.model,
@@ -373,9 +400,7 @@ class Agent(Step):
             await _settle(ctx, held, completion.input_tokens + completion.output_tokens, call.cost_usd)
         return completion, call
 
-    async def _hold(
-        self, ctx: StepContext | None, priced: str, messages: list[Message], tools: list[ToolSpec]
-    ) -> budgets.Hold | None:
+    async def _hold(self, ctx: StepContext | None, priced: str, prompt: _PromptTokens) -> budgets.Hold | None:
         """Hold the call's worst case against its run's budgets, if it has any (see `baton.budgets`)."""
         if ctx is None or ctx.store is None:
             return None
@@ -384,16 +409,38 @@ class Agent(Step):
             ctx.budgets = tuple(await in_store_thread(store, store.patiently, store.budgets.for_run, ctx.run_id))
         if not ctx.budgets:
             return None
-        # What the provider is sent: the messages, the answer's schema and the tools' (an estimate, on the
-        # embedded model's tokenizer, of what the provider will count).
-        sent = [m.content for m in messages] + [json.dumps(self.schema)] + [json.dumps(t.parameters) for t in tools]
-        prompt_tokens = count_tokens("\n".join(sent))
         return await in_store_thread(
             store,
             functools.partial(
-                budgets.hold, ctx, store, model=priced, prompt_tokens=prompt_tokens, max_tokens=self.max_tokens
+                budgets.hold, ctx, store, model=priced, prompt_tokens=prompt.count(), max_tokens=self.max_tokens
             ),
         )
+
+
+class _PromptTokens:
+    """What a call sends the provider, counted once when asked (a budget, a rate limit's tokens): the messages,
+    the answer's schema and the tools' (on the embedded model's tokenizer, an estimate of what the provider
+    will count)."""
+
+    __slots__ = ("_count", "_parts")
+
+    def __init__(self, messages: list[Message], schema: dict[str, Any], tools: list[ToolSpec]) -> None:
+        self._parts = (messages, schema, tools)
+        self._count: int | None = None
+
+    def count(self) -> int:
+        """The prompt's tokens."""
+        if self._count is None:
+            messages, schema, tools = self._parts
+            sent = [m.content for m in messages] + [json.dumps(schema)] + [json.dumps(t.parameters) for t in tools]
+            self._count = count_tokens("\n".join(sent))
+        return self._count
+
+
+def _key_of(provider: Any) -> str | None:
+    """The fingerprint of the API key `provider` calls with (for limits kept per key), never the key itself."""
+    key = getattr(provider, "api_key", None)
+    return fingerprint(key) if isinstance(key, str) and key else None
 
 
 async def _complete(provider: Any, model: str, messages: list[Message], **options: Any) -> Completion:

@@ -198,3 +198,13 @@ def wait_for_run(env, pipeline: str) -> dict:
             return finished(env, listed[0]["id"])
         assert time.monotonic() < deadline, f"no run of {pipeline}"
         time.sleep(0.1)
+
+
+def test_a_concurrency_cap_declared_by_setting_holds_across_two_worker_processes(model_server, env, workers):
+    # Shared through the broker's Redis: the two pool processes (each running a branch) take turns.
+    env["BATON_LIMITS"] = "openai:gpt-4o-mini concurrent=1"
+    workers.start(concurrency=2, imports=(GUARDED,))
+    run = finished(env, run_on_celery(env, "survey", {"topic": "ACME"}, "--budget-tokens", "100000"))
+    assert run["status"] == "succeeded", run
+    assert len(model_server.requests) == 4
+    assert model_server.max_in_flight == 1

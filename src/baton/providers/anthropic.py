@@ -7,6 +7,7 @@ the contract, and that call's input is the answer.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +42,11 @@ class AnthropicProvider:
             anthropic.AsyncAnthropic, sdk=anthropic, key_env="ANTHROPIC_API_KEY", hint=hint
         )
         self._settings = settings
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key calls go out with (limits kept per key read its fingerprint, never the key)."""
+        return os.environ.get("ANTHROPIC_API_KEY") or None
 
     def complete(
         self,

@@ -8,6 +8,7 @@ BATON_OPENAI_RESPONSE_FORMAT=json_object, or let baton switch after the server r
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +43,11 @@ class OpenAIProvider:
         self._settings = settings
         # Servers found to know only JSON mode, by base URL.
         self._json_object_only: set[str | None] = set()
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key calls go out with (limits kept per key read its fingerprint, never the key)."""
+        return os.environ.get("OPENAI_API_KEY") or None
 
     def _mode(self, base_url: str | None, settings: ProviderSettings) -> str:
         if base_url in self._json_object_only:
