@@ -130,6 +130,9 @@ class Agent(Step):
     re-asked on it, and `finish(answer, value)` (overridden in a subclass) builds the step's output from the
     validated answer and the step's input. A small model that cannot copy a document's sentences can pick
     their numbers, and `finish` hands on the sentences themselves.
+
+    `timeout=` bounds each attempt (its model calls cancelled past it). Every call is held against the run's
+    budget (`baton.Budget`) and made within the declared rate limits (`baton.limit`).
     """
 
     calls_model = True

@@ -23,7 +23,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 class Step:
     """A typed unit of work: `input` contract in, `output` contract out, under a retry policy.
 
-    Built by `@step` from a function's annotations. Agents (LLM-backed steps) are Steps too.
+    Built by `@step` from a function's annotations. Agents (LLM-backed steps) are Steps too. `timeout` (seconds,
+    or None) bounds each attempt: see `step`.
     """
 
     # Whether a model reads this step's input and writes its output (an Agent): their tokens are measured.
