@@ -38,10 +38,7 @@ def declare_limit() -> None:
     rpm = os.environ.get(RPM_VARIABLE)
     if not rpm:
         return
-    limit = getattr(baton, "limit", None)
-    if limit is None:
-        raise RuntimeError(f"{RPM_VARIABLE}={rpm} asks for a limit, but this baton has no baton.limit yet")
-    limit(f"openai:{MODEL}", rpm=int(rpm))
+    baton.limit(f"openai:{MODEL}", rpm=int(rpm))
 
 
 declare_limit()

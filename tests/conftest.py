@@ -46,6 +46,18 @@ def fail_on_blocked_network(no_network_beyond_loopback) -> Iterator[None]:
         pytest.fail(f"the test tried to reach beyond loopback: {', '.join(blocked)}", pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def settings_of_the_environment() -> Iterator[None]:
+    """A test that runs a command in-process (CliRunner) leaves the process's settings as it found them: a
+    command makes its flags the process's settings, which the next test would otherwise inherit."""
+    from baton.settings import use_settings
+
+    before = use_settings(None)
+    use_settings(before)
+    yield
+    use_settings(before)
+
+
 def _services_optional() -> bool:
     # In CI a missing service must fail the run, never skip it; locally, skipping is opt-in.
     return os.environ.get("BATON_TEST_SKIP_SERVICES") == "1" and os.environ.get("CI") != "true"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +12,8 @@ from typing import Any
 from baton._text import storable
 
 __all__ = ["LLMCall", "StepContext", "current_step"]
+
+log = logging.getLogger("baton.runtime")
 
 
 @dataclass(slots=True)
@@ -69,12 +71,22 @@ class StepContext:
         self.unwritten.append(call)
         if self.abandoned:
             # Its attempt has ended: nothing else would write what this call cost.
-            with contextlib.suppress(Exception):
+            try:
                 self.flush()
+            except Exception:
+                log.warning("a call of abandoned step '%s' (run %s) was not recorded", self.step, self.run_id)
 
     async def akeep(self, call: LLMCall) -> None:
-        """`keep`, from async code."""
-        self.keep(call)
+        """`keep`, from async code (an abandoned attempt's call is written off the loop)."""
+        if not self.abandoned:
+            self.keep(call)
+            return
+        self.calls.append(call)
+        self.unwritten.append(call)
+        try:
+            await self.aflush()
+        except Exception:
+            log.warning("a call of abandoned step '%s' (run %s) was not recorded", self.step, self.run_id)
 
     def flush(self) -> None:
         """Write the calls kept so far (before spending on another)."""

@@ -383,7 +383,10 @@ class Agent(Step):
                 completion = await ask()
         except BaseException as exc:
             if held is not None:
-                await _settle(ctx, held, 0, 0.0)
+                if isinstance(exc, Exception):
+                    await _settle(ctx, held, 0, 0.0)
+                else:  # cancelled in flight (a timeout): the provider may bill it all, so count the worst case
+                    await _settle(ctx, held, held.tokens, held.usd)
             if not isinstance(exc, Exception):
                 raise
             await _keep(ctx, failed(exc), "error")
@@ -409,15 +412,23 @@ class Agent(Step):
             return None
         store = ctx.store
         if ctx.budgets is None:
-            ctx.budgets = tuple(await in_store_thread(store, store.patiently, store.budgets.for_run, ctx.run_id))
+            ctx.budgets = tuple(await in_store_thread(store, budgets.budgets_of, ctx, store))
         if not ctx.budgets:
             return None
-        return await in_store_thread(
-            store,
-            functools.partial(
-                budgets.hold, ctx, store, model=priced, prompt_tokens=prompt.count(), max_tokens=self.max_tokens
-            ),
+        taking = functools.partial(
+            budgets.hold, ctx, store, model=priced, prompt_tokens=prompt.count(), max_tokens=self.max_tokens
         )
+        holding = asyncio.ensure_future(in_store_thread(store, taking))
+        try:
+            return await asyncio.shield(holding)
+        except asyncio.CancelledError:
+            # Cancelled (the step's timeout) while the store took the hold: it may commit all the same, and no
+            # call will settle it.
+            with contextlib.suppress(Exception):
+                held = await holding
+                if held is not None:
+                    await _settle(ctx, held, 0, 0.0)
+            raise
 
 
 class _PromptTokens:

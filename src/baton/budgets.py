@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from baton.store import RunStore
     from baton.store.budgets import BudgetState
 
-__all__ = ["Budget", "Hold", "check_budget", "hold", "rebudget", "record_budget", "settle"]
+__all__ = ["Budget", "Hold", "budgets_of", "check_budget", "hold", "rebudget", "record_budget", "settle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,27 +65,39 @@ def check_budget(budget: object, what: str) -> Budget | None:
     raise DefinitionError(f"{what}: budget= takes a baton.Budget(tokens=..., usd=...), not {budget!r}")
 
 
-def record_budget(store: RunStore, run_id: str, correlation_id: str | None, budget: Budget) -> None:
-    """Write `budget` for a new run (keyed by its id), or for its chain when `budget.chain`."""
+def record_budget(
+    store: RunStore, run_id: str, correlation_id: str | None, budget: Budget, *, declared: bool = False
+) -> None:
+    """Write `budget` for a new run (keyed by its id), or for its chain when `budget.chain`. A chain's budget
+    that a pattern `declared` is written by its chain's first run only: a person may have raised it since."""
     from baton.store.budgets import chain_budget_id
 
     key = chain_budget_id(correlation_id or run_id) if budget.chain else run_id
-    store.budgets.set(key, tokens=budget.tokens, usd=budget.usd)
+    store.budgets.set(key, tokens=budget.tokens, usd=budget.usd, only_new=budget.chain and declared)
 
 
 def rebudget(store: RunStore, run: Run, budget: object, what: str) -> None:
-    """Before `run` goes on again (`what`: a resume, a retry), `budget`, if given, becomes its budget (its
-    chain's with `chain=True`); what it spent still counts. (What its calls held is given back when it is
-    reopened: see `Runs.reopen`.)"""
+    """Before `run` goes on again (`what`: a resume, a retry): `budget`, if given, becomes its budget (its
+    event chain's with `chain=True`). What it spent still counts; a limit it does not give stays as it was.
+    A run still going is left as it is (its runtime refuses the resume). What its calls held is given back
+    when it is reopened (`Runs.reopen`)."""
+    from baton.store.budgets import chain_budget_id
+
     checked = check_budget(budget, what)
-    if checked is not None:
-        record_budget(store, run.id, run.correlation_id, checked)
+    if checked is None or not run.status.finished:
+        return
+    key = chain_budget_id(run.correlation_id or run.id) if checked.chain else run.id
+    [before] = store.budgets.of([key]) or [None]
+    tokens = checked.tokens if checked.tokens is not None or before is None else before.tokens
+    usd = checked.usd if checked.usd is not None or before is None else before.usd
+    store.budgets.set(key, tokens=tokens, usd=usd)
 
 
 @dataclass(frozen=True, slots=True)
 class Hold:
     """What one call holds against its run's budgets until it is settled."""
 
+    id: str
     ids: tuple[str, ...]
     tokens: int
     usd: float
@@ -97,7 +110,7 @@ def hold(ctx: StepContext, store: RunStore, *, model: str, prompt_tokens: int, m
     """
     from baton.pricing import cost_of
 
-    budgets = _budgets_of(ctx, store)
+    budgets = budgets_of(ctx, store)
     if not budgets:
         return None
     tokens = prompt_tokens + max_tokens
@@ -108,21 +121,21 @@ def hold(ctx: StepContext, store: RunStore, *, model: str, prompt_tokens: int, m
             "a call's cost cannot be held against it: declare it with baton.register_price(), or budget tokens"
         )
     usd = price or 0.0
-    refused = store.patiently(store.budgets.hold, [b.id for b in budgets], tokens, usd)
+    ids = tuple(b.id for b in budgets)
+    hold_id = uuid.uuid4().hex
+    taking = functools.partial(store.budgets.hold, hold_id, ids, run_id=ctx.run_id, idx=ctx.idx, tokens=tokens, usd=usd)
+    refused = store.patiently(taking)
     if refused is not None:
         raise _exceeded(ctx.step, refused, tokens, usd)
-    return Hold(tuple(b.id for b in budgets), tokens, usd)
+    return Hold(hold_id, ids, tokens, usd)
 
 
 def settle(store: RunStore, held: Hold, *, tokens: int, usd: float | None) -> None:
     """The call answered (or failed) having spent `tokens` and `usd`: count it, and give its hold back."""
-    settling = functools.partial(
-        store.budgets.settle, held.ids, held_tokens=held.tokens, held_usd=held.usd, tokens=tokens, usd=usd or 0.0
-    )
-    store.patiently(settling)
+    store.patiently(functools.partial(store.budgets.settle, held.id, held.ids, tokens=tokens, usd=usd or 0.0))
 
 
-def _budgets_of(ctx: StepContext, store: RunStore) -> Sequence[BudgetState]:
+def budgets_of(ctx: StepContext, store: RunStore) -> Sequence[BudgetState]:
     """The run's budgets, read once an attempt (a chain's budget added while it runs counts from the next)."""
     if ctx.budgets is None:
         ctx.budgets = tuple(store.patiently(store.budgets.for_run, ctx.run_id))

@@ -183,7 +183,8 @@ class StepTimeout(TransientError, TimeoutError):
 class BudgetExceeded(RunError):
     """A model call would take a run past its budget: no call was made, the step and the run fail.
 
-    `baton resume RUN_ID --budget-usd X` (or `--budget-tokens N`) continues it with a larger budget.
+    `baton resume RUN_ID --budget-usd X` (or `--budget-tokens N`; with `--budget-chain` when it was the event
+    chain's budget) continues it with a larger budget.
     """
 
     def __init__(self, step: str, limit: str, spent: str, call: str, budget: str = "run") -> None:

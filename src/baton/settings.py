@@ -134,6 +134,9 @@ class ProviderSettings(_Section):
     # Rate limits and concurrency caps on model calls, shared by every process on the same store or broker:
     # "openai:gpt-4o-mini rpm=500 tpm=200000 concurrent=8; anthropic rpm=50" (see `baton.limit`).
     limits: str = _var("BATON_LIMITS", "", check=_limits)
+    # Where the processes share them: "auto" (celery workers through their broker's Redis, the others through
+    # the store), or one of the two for all, when local runs and celery workers call the same models at once.
+    limits_backend: str = _var("BATON_LIMITS_BACKEND", "auto", "auto", "store", "redis")
 
 
 @dataclass(frozen=True, repr=False)

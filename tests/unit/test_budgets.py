@@ -151,11 +151,51 @@ def test_a_chain_budget_is_shared_by_every_run_its_events_start(store):
     [shared] = [b for b in store.budgets.for_run(failed.id) if b.chain]
     assert shared.spent_tokens == 140 and shared.held_tokens == 0
 
+    # Raising the run's own budget would not do: it is the chain's that stopped it.
+    resumed = baton.resume(failed.id, store=store, budget=Budget(tokens=1_000, chain=True))
+    assert resumed.status is RunStatus.SUCCEEDED
+    [raised] = [b for b in store.budgets.for_run(failed.id) if b.chain]
+    assert raised.tokens == 1_000 and raised.spent_tokens == 280
+
+
+def test_a_budget_given_on_resume_counts_what_the_run_spent_before_it(store):
+    model = ScriptedModel([{"text": "ok"}, ValueError("the model is down"), {"text": "ok"}])
+    run = Pipeline("budget-late", agents(model, "before", "after")).run({"text": "hi"}, store=store)
+    assert run.status is RunStatus.FAILED and run.failed_step == "after"
+    spent_before = run.tokens.input + run.tokens.output
+    assert spent_before > 0
+    resumed = baton.resume(run.id, store=store, budget=Budget(tokens=10_000))
+    assert resumed.status is RunStatus.SUCCEEDED
+    [budget] = store.budgets.for_run(run.id)
+    assert budget.spent_tokens == resumed.tokens.input + resumed.tokens.output > spent_before
+
+
+def test_a_hold_nobody_will_settle_is_given_back_when_the_run_is_resumed_and_a_late_settle_adds_only_its_spend(
+    store,
+):
+    model = ScriptedModel([{"text": "ok"}, ValueError("down"), {"text": "ok"}])
+    run = Pipeline("budget-dead-hold", agents(model, "one", "two"), budget=Budget(tokens=400)).run(
+        {"text": "hi"}, store=store
+    )
+    assert run.status is RunStatus.FAILED
+    # A call of a process that died mid-call: its hold stays until someone takes the run over.
+    assert store.budgets.hold("dead-call", [run.id], run_id=run.id, idx=1, tokens=300, usd=0.0) is None
+    [stuck] = store.budgets.for_run(run.id)
+    assert stuck.held_tokens == 300
+    resumed = baton.resume(run.id, store=store)
+    assert resumed.status is RunStatus.SUCCEEDED  # 300 held would have left no room for the call
+    store.budgets.settle("dead-call", [run.id], tokens=7, usd=0.0)  # the dead call answers after all
+    [after] = store.budgets.for_run(run.id)
+    assert after.held_tokens == 0
+    assert after.spent_tokens == resumed.tokens.input + resumed.tokens.output + 7
+
 
 def test_baton_run_refuses_a_budget_that_is_not_positive_naming_the_option(tmp_path):
     result = CliRunner().invoke(main, ["run", "nowhere.py:p", "--input", "{}", "--budget-usd", "-1"])
     assert result.exit_code == 2
     assert "--budget-usd" in result.output and "above 0" in result.output
+    alone = CliRunner().invoke(main, ["run", "nowhere.py:p", "--input", "{}", "--budget-chain"])
+    assert alone.exit_code == 2 and "--budget-chain goes with" in alone.output
 
 
 def test_budget_exceeded_survives_a_trip_between_processes():

@@ -186,6 +186,14 @@ def test_the_celery_runtime_shares_limits_in_its_redis_and_everything_else_in_th
     rabbit_only = replace(settings, worker=WorkerSettings(broker_url="amqp://h//"))
     assert backend_for(store, rabbit_only, "celery") is on_store
     assert on_store.lease == settings.store.lease_seconds
+    # Local runs and celery workers calling the same models at once share one of the two, as they are told.
+    one_place = Settings.from_env({"BATON_LIMITS_BACKEND": "store"})
+    assert isinstance(backend_for(store, one_place, "celery"), StoreBackend)
+    on_redis_too = Settings.from_env({"BATON_LIMITS_BACKEND": "redis"})
+    assert isinstance(backend_for(store, on_redis_too, "local"), RedisBackend)
+    nowhere = replace(on_redis_too, worker=WorkerSettings(broker_url="amqp://h//"))
+    with pytest.raises(UserError, match="BATON_LIMITS_BACKEND=redis"):
+        backend_for(store, nowhere, "local")
 
 
 # -- within_limits, on a real SQLite store ------------------------------------------------------------

@@ -117,7 +117,8 @@ def main() -> None:
 @_errors_to_exit
 def run(
     target: str, input_text: str, runtime: str | None, wait: bool | None, follow: bool, follow_timeout: float,
-    budget_usd: float | None, budget_tokens: int | None, database_url: str | None, as_json: bool,
+    budget_usd: float | None, budget_tokens: int | None, budget_chain: bool, database_url: str | None,
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Run TARGET (package.module:name or path/file.py:name) on an input; exit 0 if it succeeded, 1 if not.
 
@@ -127,7 +128,7 @@ def run(
     from baton.cli.render import LiveProgress
 
     data = _read_input(input_text)
-    budget = budget_of(budget_usd, budget_tokens)
+    budget = budget_of(budget_usd, budget_tokens, budget_chain)
     settings = cli_settings(database_url=database_url, runtime=runtime)  # before the target's agents are declared
     pattern = load_target(target)
     if not hasattr(pattern, "run") or not hasattr(pattern, "step_names"):
@@ -244,7 +245,7 @@ def show(run_id: str, database_url: str | None, as_json: bool) -> None:
 def resume(
     run_id: str | None, runtime: str | None, wait: bool | None, from_step: str | None, all_runs: bool,
     status: str | None, pipeline: str | None, older_than: str | None, yes: bool, budget_usd: float | None,
-    budget_tokens: int | None, database_url: str | None, as_json: bool,
+    budget_tokens: int | None, budget_chain: bool, database_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Continue a failed or interrupted run from its first unfinished step; finished steps are not re-run.
 
@@ -253,9 +254,9 @@ def resume(
     command exits 1 if any could not be. Runs of the local runtime go on in this process, which waits for them.
     """
     given = {"--runtime": runtime, "--wait": wait, "--from": from_step, "--status": status, "--pipeline": pipeline}
-    given |= {"--budget-usd": budget_usd, "--budget-tokens": budget_tokens}
+    given |= {"--budget-usd": budget_usd, "--budget-tokens": budget_tokens, "--budget-chain": budget_chain}
     check_options(run_id, all_runs, given | {"--older-than": older_than, "--yes": yes})
-    budget = budget_of(budget_usd, budget_tokens)
+    budget = budget_of(budget_usd, budget_tokens, budget_chain)
     if all_runs:
         store = _store(cli_settings(database_url=database_url))
         bulk = {"pipeline": pipeline, "older_than": older_than, "yes": yes, "as_json": as_json}

@@ -145,7 +145,12 @@ def _given(section: Any, **flags: Any) -> Any:
 
 
 def budget_options(fn: F) -> F:
-    """--budget-usd and --budget-tokens: the run's budget on model spend (see `baton.Budget`)."""
+    """--budget-usd, --budget-tokens and --budget-chain: the run's budget on model spend (see `baton.Budget`)."""
+    fn = click.option(
+        "--budget-chain", is_flag=True,
+        help="The budget is for the run's whole event chain (every run its events start), not the run alone; "
+        "on resume, raise the chain's budget that stopped it.",
+    )(fn)  # fmt: skip
     fn = click.option(
         "--budget-tokens", type=int, default=None, metavar="N",
         help="At most N tokens (input and output) of model calls for the run; past it no call is made and the "
@@ -158,16 +163,18 @@ def budget_options(fn: F) -> F:
     )(fn)  # fmt: skip
 
 
-def budget_of(usd: float | None, tokens: int | None) -> Any:
-    """The `baton.Budget` of --budget-usd and --budget-tokens (None when neither is given); a bad one is
-    refused naming the option."""
+def budget_of(usd: float | None, tokens: int | None, chain: bool = False) -> Any:
+    """The `baton.Budget` of --budget-usd, --budget-tokens and --budget-chain (None when no amount is given);
+    a bad one is refused naming the option."""
     if usd is None and tokens is None:
+        if chain:
+            raise UserError("--budget-chain goes with --budget-usd or --budget-tokens")
         return None
     from baton.budgets import Budget
     from baton.errors import DefinitionError
 
     try:
-        return Budget(tokens=tokens, usd=usd)
+        return Budget(tokens=tokens, usd=usd, chain=chain)
     except DefinitionError as exc:
         option = "--budget-tokens" if "tokens=" in str(exc) else "--budget-usd"
         raise UserError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None

@@ -47,7 +47,7 @@ def check_options(run_id: str | None, all_runs: bool, given: dict[str, Any]) -> 
     if all_runs:
         if not given.get("--status"):
             raise UserError(f"--all needs --status: one of {', '.join(BULK_STATUSES)}")
-        one = ("--runtime", "--from", "--wait", "--budget-usd", "--budget-tokens")
+        one = ("--runtime", "--from", "--wait", "--budget-usd", "--budget-tokens", "--budget-chain")
         alone = [name for name in one if given.get(name) not in (None, False)]
         if alone:
             raise UserError(f"{alone[0]} resumes one run: give a RUN_ID instead of --all")

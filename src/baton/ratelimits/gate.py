@@ -103,7 +103,16 @@ async def _admitted(backend: Backend, meters: Sequence[Meter], tokens: int, hold
 async def _asked(backend: Backend, meters: Sequence[Meter], tokens: int, holder: str) -> float:
     poll = _FIRST_POLL
     while True:
-        taken = await backend.take(meters, tokens=tokens, holder=holder)
+        taking = asyncio.ensure_future(backend.take(meters, tokens=tokens, holder=holder))
+        try:
+            taken = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # Cancelled (the step's timeout) while the backend took the call: it may have, and then nothing
+            # would give back its slot (for a lease's time) and its tokens.
+            with contextlib.suppress(Exception):
+                if (await taking).taken:
+                    await backend.finish(meters, holder=holder, tokens=-tokens)
+            raise
         if taken.taken:
             return taken.wait
         if not taken.full:

@@ -40,9 +40,10 @@ def create_run(
     Its budget (`budget`, else the pattern's) is written before it, so that no step of it runs without.
     """
     run_id = new_run_id()
+    declared = budget is None
     budget = budget if budget is not None else getattr(pattern, "budget", None)
     if budget is not None:
-        record_budget(store, run_id, correlation_id, budget)
+        record_budget(store, run_id, correlation_id, budget, declared=declared)
     input_json = value.model_dump_json()
     # The run's input is a boundary too when a model reads it.
     input_tokens = count_tokens(input_json) if pattern.measure_input else None

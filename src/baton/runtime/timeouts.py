@@ -46,6 +46,7 @@ def timed_here(step: Step, value: BaseModel, ctx: StepContext) -> Any:
     except BaseException:
         if not future.done():
             future.cancel()
+            ctx.abandoned = True  # interrupted (Ctrl-C): a thread that runs on may not act for the attempt
         raise
 
 
@@ -62,6 +63,7 @@ async def timed_on_loop(step: Step, value: BaseModel, ctx: StepContext) -> Any:
         done, _ = await asyncio.wait((work,), timeout=seconds)
     except BaseException:
         work.cancel()
+        ctx.abandoned = True  # the run was cancelled or interrupted: a thread that runs on may not act for it
         raise
     if not done:
         work.cancel()

@@ -20,10 +20,11 @@ from baton.errors import RunNotFound, UserError
 from baton.run import ErrorInfo, Run
 from baton.status import RunStatus, StepStatus
 from baton.store.browse import RunFilter
+from baton.store.budgets import release_holds
 from baton.store.context import StoreContext, utcnow
 from baton.store.reading import current_step, run_from_rows
 from baton.store.rows import StepResult, as_json, attempt_row, ended, error_columns, live_lease_count, names, write_step
-from baton.store.schema import attempts, budgets, events, llm_calls, runs, steps
+from baton.store.schema import attempts, events, llm_calls, runs, steps
 from baton.store.trouble import calm_for
 from baton.store.writer import LostOwnership
 
@@ -337,7 +338,7 @@ class Runs:
             )
             # No call of it is in flight now: what its calls held against its budget (a process that died
             # mid-call never settled) is given back, or it would hold that worst case for ever.
-            c.execute(update(budgets).where(budgets.c.id == run_id).values(held_tokens=0, held_usd=0.0))
+            release_holds(c, run_id)
             if rewind:
                 self._rewind(c, run_id, rewind, now)
             return True

@@ -19,8 +19,8 @@ from sqlalchemy import (
 )
 
 __all__ = [
-    "attempts", "budgets", "deliveries", "effects", "events", "llm_calls", "metadata", "rate_limit_slots",
-    "rate_limits", "runs", "steps", "subscriptions",
+    "attempts", "budget_holds", "budgets", "deliveries", "effects", "events", "llm_calls", "metadata",
+    "rate_limit_slots", "rate_limits", "runs", "steps", "subscriptions",
 ]  # fmt: skip
 
 metadata = MetaData()
@@ -267,6 +267,22 @@ budgets = Table(
     Column("held_tokens", Integer, nullable=False, default=0, server_default="0"),
     Column("held_usd", Float, nullable=False, default=0.0, server_default="0"),
     Column("updated_at", DateTime, nullable=False),
+)
+
+# What each call in flight holds against each budget it is held against, so that a hold is given back once:
+# by its call when it answers, or by whoever takes the call's step or run over (a resume, a celery worker
+# taking over a dead one's step), when that process will never settle it.
+budget_holds = Table(
+    "baton_budget_holds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("budget_id", String(40), primary_key=True),
+    Column("run_id", String(32), nullable=False),
+    Column("step_idx", Integer, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("usd", Float, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_baton_budget_holds_run", "run_id", "step_idx"),
 )
 
 # Rate limits on model calls (`baton.limit`), shared by every process on this store: one row per limit (its

@@ -31,10 +31,16 @@ def redis_url(worker: WorkerSettings) -> str | None:
 
 
 def backend_for(store: RunStore, settings: Settings, runtime: str) -> Backend:
-    """The backend that shares limits among every process of a call on `runtime`: Redis when the runtime is
-    celery and it has one, else `store`. One per process (made again in a forked child)."""
+    """The backend that shares limits among every process of a call on `runtime`: as BATON_LIMITS_BACKEND
+    says, by default Redis when the runtime is celery and it has one, else `store`. One per process (made
+    again in a forked child)."""
     lease = settings.store.lease_seconds
-    url = redis_url(settings.worker) if runtime == "celery" else None
+    shared_by = settings.providers.limits_backend
+    url = redis_url(settings.worker) if shared_by == "redis" or (shared_by == "auto" and runtime == "celery") else None
+    if shared_by == "redis" and url is None:
+        from baton.errors import UserError
+
+        raise UserError("BATON_LIMITS_BACKEND=redis, but neither BATON_BROKER_URL nor BATON_RESULT_BACKEND is a Redis")
     with _lock:
         if url is not None:
             found = _on_redis.get((url, lease))

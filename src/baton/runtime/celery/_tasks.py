@@ -365,6 +365,9 @@ class _Worker:
                     fence=fence,
                 )  # fmt: skip
                 claim = _claiming(store, take)
+                if claim.outcome is ClaimOutcome.CLAIMED:
+                    # The dead worker's calls in flight will never settle: what they held goes back.
+                    _claiming(store, functools.partial(store.budgets.release, run_id, idx))
         return claim
 
     def _step(

@@ -79,11 +79,12 @@ def list_runs(
     }
 
 
-def _budget(budget_usd: float | None, budget_tokens: int | None) -> Budget | None:
-    """The budget of the `budget_usd` and `budget_tokens` query parameters (a bad one is a 422 naming it)."""
+def _budget(budget_usd: float | None, budget_tokens: int | None, budget_chain: bool) -> Budget | None:
+    """The budget of the `budget_usd`, `budget_tokens` and `budget_chain` query parameters (a bad one is a 422
+    naming it)."""
     if budget_usd is None and budget_tokens is None:
         return None
-    return Budget(usd=budget_usd, tokens=budget_tokens)
+    return Budget(usd=budget_usd, tokens=budget_tokens, chain=budget_chain)
 
 
 @router.post("/runs/{pipeline}", status_code=202)
@@ -94,15 +95,17 @@ async def submit_run(
     runtime: RuntimeDep,
     budget_usd: float | None = None,
     budget_tokens: int | None = None,
+    budget_chain: bool = False,
 ) -> JSONResponse:
     """Start a run of a pattern this server knows (imported with --import) on the body; 202 with its id.
 
-    `?budget_usd=&budget_tokens=` give the run a budget on model spend, in place of its pattern's.
+    `?budget_usd=&budget_tokens=` give the run a budget on model spend, in place of its pattern's (with
+    `budget_chain=true`, one for its whole event chain).
     """
     pattern = registered(pipeline)
     if pattern is None:
         raise HTTPException(404, f"no pattern '{pipeline}' here; start the server with --import its module")
-    budget = _budget(budget_usd, budget_tokens)
+    budget = _budget(budget_usd, budget_tokens, budget_chain)
     data = await read_json(request)
     run_id = await run_in_threadpool(pattern.submit, data, store=store, runtime=runtime, budget=budget)
     return JSONResponse({"id": run_id, "url": f"/runs/{run_id}"}, status_code=202)
@@ -122,11 +125,16 @@ def get_run(run_id: str, store: StoreDep) -> dict[str, Any]:
 
 @router.post("/runs/{run_id}/resume", status_code=202)
 def resume_run(
-    run_id: str, actions: ActionsDep, budget_usd: float | None = None, budget_tokens: int | None = None
+    run_id: str,
+    actions: ActionsDep,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
+    budget_chain: bool = False,
 ) -> JSONResponse:
     """Continue a failed or interrupted run from its first unfinished step, in the background;
-    `?budget_usd=&budget_tokens=` replace its budget (a run that failed with BudgetExceeded goes on)."""
-    resumed = actions.resume(run_id, budget=_budget(budget_usd, budget_tokens))
+    `?budget_usd=&budget_tokens=` raise its budget (`budget_chain=true`: its event chain's), so that a run
+    that failed with BudgetExceeded goes on."""
+    resumed = actions.resume(run_id, budget=_budget(budget_usd, budget_tokens, budget_chain))
     return JSONResponse({"id": resumed, "url": f"/runs/{resumed}"}, status_code=202)
 
 

@@ -1,4 +1,5 @@
-"""Budgets on model spend: a run's own and an event chain's, with what was spent and what calls in flight hold.
+"""Budgets on model spend: a run's own and an event chain's, with what was spent and what calls in flight hold
+(one row a call and budget, so that each hold is given back once).
 
 Revision ID: 0011
 Revises: 0010
@@ -25,7 +26,19 @@ def upgrade() -> None:
         sa.Column("held_usd", sa.Float, nullable=False, server_default="0"),
         sa.Column("updated_at", sa.DateTime, nullable=False),
     )
+    op.create_table(
+        "baton_budget_holds",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("budget_id", sa.String(40), primary_key=True),
+        sa.Column("run_id", sa.String(32), nullable=False),
+        sa.Column("step_idx", sa.Integer, nullable=False),
+        sa.Column("tokens", sa.Integer, nullable=False),
+        sa.Column("usd", sa.Float, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+    )
+    op.create_index("ix_baton_budget_holds_run", "baton_budget_holds", ["run_id", "step_idx"])
 
 
 def downgrade() -> None:
+    op.drop_table("baton_budget_holds")
     op.drop_table("baton_budgets")
