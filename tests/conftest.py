@@ -12,12 +12,20 @@ import psycopg
 import pytest
 
 from baton import RunStore
+from tests import parallel
 
 POSTGRES_ADMIN_URL = os.environ.get("BATON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 NETGUARD = Path(__file__).parent / "netguard"
 sys.path.insert(0, str(NETGUARD))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    parallel.group(items)  # before xdist's own hook reads the groups
+    yield
+    parallel.name_groups_in_ids(config, items)  # after it
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,6 +21,11 @@ import click
 import pytest
 
 from baton.cli import main
+from tests.integration.workers import REDIS_URL
+from tests.parallel import BASE_INSTALL
+
+# One xdist worker makes the virtual environment, and runs all these tests.
+pytestmark = BASE_INSTALL
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 NETGUARD = CHECKOUT / "tests" / "netguard"
@@ -113,7 +118,7 @@ def env(tmp_path, redis_url) -> dict[str, str]:
 
 @pytest.fixture
 def redis_url() -> str:
-    return os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+    return REDIS_URL
 
 
 class Session:

@@ -19,6 +19,7 @@ from baton.demo import (
     document_sentences,
     load_document,
 )
+from tests.parallel import MODEL
 
 
 @pytest.fixture
@@ -59,6 +60,7 @@ def assert_refused_or_valid(run: dict, document: Document) -> None:
     assert all(s["status"] == "pending" and s["output"] is None for s in later)
 
 
+@MODEL
 def test_the_demo_on_real_documents_hands_on_valid_answers_or_fails_at_the_agent(env, tmp_path):
     # The embedded model is 135M parameters: on real documents it often writes junk in the contract's shape.
     # Whatever it writes, what goes on passes the contracts checked against the document.
@@ -74,6 +76,7 @@ def test_the_demo_on_real_documents_hands_on_valid_answers_or_fails_at_the_agent
         assert run["input_boundary_tokens"] > 100  # the document the extractor reads
 
 
+@MODEL
 def test_the_demo_on_the_bundled_sample_succeeds_on_the_embedded_model(env):
     # A new user's first command. The model picks sentences by number (it cannot copy them) and the
     # contracts still hold every answer against its source; the embedded model is deterministic (seed 0).
@@ -90,6 +93,7 @@ def test_the_demo_on_the_bundled_sample_succeeds_on_the_embedded_model(env):
     assert run["output"]["label"] == "finance" and "revenue" in run["output"]["evidence"]
 
 
+@MODEL
 def test_the_demo_prints_progress_the_result_tokens_and_the_run_id(env, tmp_path):
     (tmp_path / "notes.md").write_text(
         "# Contract review\n\nThe court ruled the supply contract void on 3 May 2024. Damages were set at "

@@ -17,6 +17,7 @@ from baton.providers.anthropic import AnthropicProvider
 from baton.providers.local import model_path
 from baton.providers.openai import OpenAIProvider
 from tests.integration.fake_servers import ScriptedHTTPServer, anthropic_reply, error_reply, openai_reply
+from tests.parallel import MODEL
 
 
 class Ticket(BaseModel):
@@ -116,6 +117,7 @@ def test_anthropic_overload_is_transient(monkeypatch, store):
     assert run.status is RunStatus.SUCCEEDED and run.step("triage").attempts == 2
 
 
+@MODEL
 def test_the_local_provider_end_to_end(store):
     run = triage("local", max_tokens=30).run({"text": "The app crashes when I upload a photo."}, store=store)
     assert run.status is RunStatus.SUCCEEDED, run.steps[0].error

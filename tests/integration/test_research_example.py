@@ -16,6 +16,7 @@ import pytest
 from tests.integration.commands import baton, control, show, wait_until_finished
 from tests.integration.test_demo import minimal_pdf
 from tests.integration.test_effects import Inbox
+from tests.parallel import MODEL
 
 APPS = Path(__file__).parent / "apps"
 RESEARCH = f"{APPS / 'research_app.py'}:research"
@@ -194,6 +195,7 @@ def _end_to_end(env, tmp_path, inbox, model: str) -> None:
         assert inbox.messages == []
 
 
+@MODEL
 def test_end_to_end_on_the_embedded_model(env, tmp_path, inbox):
     _end_to_end(env, tmp_path, inbox, "smollm2-135m-instruct-q4_1")
 

@@ -7,6 +7,10 @@ import pytest
 import baton
 from baton.web.access import Access
 from baton.web.app import create_app
+from tests.parallel import MODEL
+
+# The embedded model, in this process: on the worker of the model tests.
+pytestmark = MODEL
 
 
 @pytest.fixture

@@ -15,14 +15,17 @@ import pytest
 from kombu.utils.url import url_to_parts
 
 from baton.runtime.celery import QUEUE
+from tests.parallel import redis_url_of_this_worker
 
 __all__ = [
     "BROKERS", "RABBITMQ_URL", "REDIS_URL", "Workers", "on_both_brokers", "empty_rabbitmq", "use_broker",
     "wait_for_file",
 ]  # fmt: skip
 
-REDIS_URL = os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
-# A virtual host of the tests' own on the machine's RabbitMQ (guest/guest), made when missing.
+# This xdist worker's own database: BATON_TEST_REDIS_URL's for gw0, the next one for gw1 (tests/parallel.py).
+REDIS_URL = redis_url_of_this_worker(os.environ.get("BATON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7"))
+# A virtual host of the tests' own on the machine's RabbitMQ (guest/guest), made when missing. One for all the
+# xdist workers: the tests that use RabbitMQ all run on one worker (tests/parallel.py).
 RABBITMQ_URL = os.environ.get("BATON_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/baton_test")
 
 BROKERS = ["redis", "rabbitmq"]
