@@ -25,9 +25,11 @@ from baton.ratelimits.backends.redis import PREFIX, RedisBackend
 from baton.ratelimits.backends.store import StoreBackend
 from baton.store import RunStore
 from tests.conftest import POSTGRES_ADMIN_URL, _services_optional
+from tests.parallel import redis_url_of_this_worker
 
 # Only this database of the machine's Redis: other tests use others.
-LIMITS_REDIS_URL = os.environ.get("BATON_TEST_LIMITS_REDIS_URL", "redis://127.0.0.1:6379/12")
+# A database of each xdist worker's own (12, and 13 for the second): a test empties what it used.
+LIMITS_REDIS_URL = redis_url_of_this_worker(os.environ.get("BATON_TEST_LIMITS_REDIS_URL", "redis://127.0.0.1:6379/12"))
 
 
 @dataclass(frozen=True)
