@@ -53,7 +53,8 @@ Label = Literal["finance", "operations", "legal", "technology", "other"]
 # a sentence of the document quoted word for word (its extractor picks it by number): room for a long one.
 FACT_LENGTH = 200
 Fact = Words(3, FACT_LENGTH)
-Line = Words(2, 150)
+# A warning: the embedded model, asked for one, wrote the numbers of the sentences it had picked again.
+Line = Words(2, 150, letter_first=True)
 Summary = Words(3, 500)
 Overall = Words(3, 300)
 EVIDENCE_LENGTH = 120

@@ -96,24 +96,27 @@ class _NoDebrisPattern:
     """Writes the debris rule into the JSON schema, so that a grammar-forced model cannot even produce it."""
 
     max_length: int
+    # What the first character may be: a digit too, but for a line that a number alone could pass for.
+    first: str = "A-Za-z0-9"
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         result = handler(schema)
         # The characters the validator refuses, spelled so that llama.cpp's grammar reads them too; a line break
         # is refused here only, as `one_line` would undo it anyway. (A pattern of words, not only characters,
         # made the embedded model slower and its answers worse.)
-        result["pattern"] = f'^[A-Za-z0-9][^{{}}\\[\\]<>=\\\\|"\\n\\r\\t]{{0,{self.max_length - 1}}}$'
+        result["pattern"] = f'^[{self.first}][^{{}}\\[\\]<>=\\\\|"\\n\\r\\t]{{0,{self.max_length - 1}}}$'
         return result
 
 
-def Words(min_words: int, max_length: int) -> Any:
-    """A one-line string of at least `min_words` words, mostly letters, with no JSON or template debris."""
+def Words(min_words: int, max_length: int, *, letter_first: bool = False) -> Any:
+    """A one-line string of at least `min_words` words, mostly letters, with no JSON or template debris
+    (beginning with a letter, with `letter_first`: a grammar-forced model cannot answer a bare number)."""
     return Annotated[
         str,
         BeforeValidator(one_line),
         StringConstraints(max_length=max_length),
         AfterValidator(_prose(min_words)),
-        _NoDebrisPattern(max_length),
+        _NoDebrisPattern(max_length, "A-Za-z" if letter_first else "A-Za-z0-9"),
     ]
 
 
